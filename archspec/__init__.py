@@ -1,0 +1,18 @@
+"""archspec: a declarative model-architecture compiler for PyTorch.
+
+    spec = archspec.load("specs/tiny.yaml")      # load -> validate -> resolve (SpecError lists all problems)
+    rep = archspec.report(spec, seq_len=2048)    # accounting as a JSON-ready dict
+    g = archspec.component_graph(spec)           # networkx DiGraph
+    model = archspec.build(spec)                 # trainable causal LM (meta=True: free structural build)
+"""
+from .accounting import account
+from .codegen.build import build
+from .components.base import FlopConvention
+from .errors import BuildRefused, SpecError
+from .graph import component_graph
+from .report import report
+from .spec import ResolvedSpec, load, loads
+
+__version__ = "0.1.0"
+__all__ = ["load", "loads", "report", "account", "component_graph", "build", "FlopConvention",
+           "SpecError", "BuildRefused", "ResolvedSpec", "__version__"]

@@ -1,0 +1,259 @@
+"""The `archspec` command: a thin layer over the Python API.
+
+Exit codes: 0 success; 1 an invalid spec (every error printed) or a refused build;
+2 a usage error or a file that cannot be read; 3 an internal error (a bug: please report it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from . import __version__
+from .errors import BuildRefused, FileProblem, SpecError
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    pass
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="archspec", description="Declarative model-architecture compiler "
+                                "for PyTorch: validate, account for, graph and build model specs.")
+    p.add_argument("--version", action="version", version=f"archspec {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    v = sub.add_parser("validate", help="check specs; print every error with file:line:column")
+    v.add_argument("specs", nargs="+", metavar="SPEC")
+    v.add_argument("--format", choices=["text", "json"], default="text")
+
+    r = sub.add_parser("report", help="parameters, FLOPs, state and memory per component and in total")
+    r.add_argument("spec", metavar="SPEC")
+    r.add_argument("--seq-len", type=positive_int, help="sequence length (default: max_seq_len)")
+    r.add_argument("--format", choices=["table", "json", "markdown"], default="table")
+    r.add_argument("--attention-flops", choices=["attended", "dense"], default="attended",
+                   help="count causal attention's attended pairs (default) or all T^2 pairs")
+    r.add_argument("--device", default="cpu", help="device whose backends the report shows")
+
+    b = sub.add_parser("build", help="instantiate the model and run a smoke forward+backward")
+    b.add_argument("spec", metavar="SPEC")
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    b.add_argument("--meta", action="store_true", help="structural build on the meta device (no memory)")
+    b.add_argument("--save", metavar="DIR", help="write weights (model.pt) and the resolved spec to DIR")
+    b.add_argument("--force", action="store_true", help="build even if the weights may not fit in memory")
+    b.add_argument("--backend", help="force one kernel backend for every component (e.g. reference)")
+    b.add_argument("--batch", type=positive_int, default=2, help="smoke batch size (default 2)")
+    b.add_argument("--seq-len", type=positive_int, help="smoke sequence length (default min(64, max_seq_len))")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--no-smoke", action="store_true", help="skip the smoke forward+backward")
+
+    g = sub.add_parser("graph", help="the component graph as JSON or Graphviz DOT")
+    g.add_argument("spec", metavar="SPEC")
+    g.add_argument("--format", choices=["json", "dot"], default="json")
+    g.add_argument("--seq-len", type=positive_int)
+    g.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+
+    s = sub.add_parser("schema", help="print the spec JSON Schema (for editors), or --write it")
+    s.add_argument("--write", action="store_true", help="regenerate archspec/schema/archspec.schema.json")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except FileProblem as e:
+        print(e.format(), file=sys.stderr)
+        return EXIT_USAGE
+    except SpecError as e:
+        print(e.format(), file=sys.stderr)
+        return EXIT_INVALID
+    except BuildRefused as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    except UsageError as e:
+        print(f"archspec: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a bug in archspec, not in the spec
+        if os.environ.get("ARCHSPEC_DEBUG"):
+            raise
+        print(f"archspec: internal error: {type(e).__name__}: {e}\n"
+              "  this is a bug in archspec; rerun with ARCHSPEC_DEBUG=1 for the traceback and report it",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _load(path: str):
+    from .spec import load
+    return load(path)
+
+
+def cmd_validate(args) -> int:
+    from .accounting import account
+    results, worst = [], EXIT_OK
+    for path in args.specs:
+        try:
+            spec = _load(path)
+            total = account(spec).total()
+            results.append({"file": path, "valid": True, "errors": [],
+                            "sublayers": len(spec.sublayers), "params": total.params})
+            if args.format == "text":
+                print(f"{path}: ok ({len(spec.sublayers)} sublayers, {total.params:,} parameters)")
+        except SpecError as e:
+            code = EXIT_USAGE if isinstance(e, FileProblem) else EXIT_INVALID
+            worst = max(worst, code)
+            results.append({"file": path, "valid": False, "errors": [p.to_dict() for p in e.problems]})
+            if args.format == "text":
+                print(e.format(), file=sys.stderr)
+    if args.format == "json":
+        print(json.dumps(results, indent=2))
+    return worst
+
+
+def _check_seq_len(spec, seq_len):
+    if seq_len is not None and seq_len > spec.model.max_seq_len:
+        raise UsageError(f"--seq-len {seq_len} exceeds the model's max_seq_len {spec.model.max_seq_len}")
+
+
+def cmd_report(args) -> int:
+    from .components.base import FlopConvention
+    from .report import render, report
+    spec = _load(args.spec)
+    _check_seq_len(spec, args.seq_len)
+    rep = report(spec, args.seq_len, FlopConvention(args.attention_flops), args.device)
+    sys.stdout.write(render(rep, args.format))
+    return EXIT_OK
+
+
+def cmd_graph(args) -> int:
+    from .accounting import account
+    from .graph import component_graph, to_dot, to_json
+    spec = _load(args.spec)
+    _check_seq_len(spec, args.seq_len)
+    g = component_graph(spec, account(spec, args.seq_len))
+    text = to_json(g) + "\n" if args.format == "json" else to_dot(g)
+    if args.output:
+        _write_atomic(Path(args.output), text)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_schema(args) -> int:
+    from .schema import editor_schema, write_editor_schema
+    if args.write:
+        print(f"wrote {write_editor_schema()}")
+    else:
+        print(json.dumps(editor_schema(), indent=2))
+    return EXIT_OK
+
+
+def cmd_build(args) -> int:
+    import torch
+
+    from .accounting import account
+    from .codegen.build import build, human_bytes
+    from .smoke import smoke_run
+    spec = _load(args.spec)
+    _check_seq_len(spec, args.seq_len)
+    if args.device != "meta":
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            raise UsageError(f"unknown device '{args.device}' (e.g. cpu, cuda, cuda:1)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError("--device cuda requested but CUDA is not available here")
+    meta = args.meta or args.device == "meta"
+    try:
+        model = build(spec, device="cpu" if meta else args.device, dtype=args.dtype, meta=meta,
+                      backend=args.backend, force=args.force, seed=args.seed)
+    except ValueError as e:  # e.g. a forced backend that cannot run on this device
+        raise UsageError(str(e)) from None
+    total = account(spec).total()
+    n = sum(p.numel() for p in model.parameters())
+    dev = next(model.parameters()).device
+    print(f"built {spec.name}: {n:,} parameters ({'matches' if n == total.params else 'DIFFERS FROM'} "
+          f"the report's {total.params:,}) on {dev}, {next(model.parameters()).dtype}")
+    print(f"layout: {spec.layout_text} ({len(spec.sublayers)} sublayers)")
+    backends = sorted(set(model.backends.values()))
+    print(f"backends: {', '.join(f'{k}={v}' for k, v in sorted(_backend_summary(model).items()))}"
+          if backends else "backends: -")
+    if meta:
+        print("meta build: no memory allocated; no smoke run")
+    elif not args.no_smoke:
+        seq = args.seq_len or min(64, spec.model.max_seq_len)
+        res = smoke_run(model, args.batch, seq, args.seed)
+        peak = human_bytes(res.peak_memory_bytes) if res.peak_memory_bytes is not None else "unknown"
+        print(f"smoke forward+backward (batch {res.batch}, seq_len {res.seq_len}): "
+              f"{res.forward_backward_seconds * 1000:.1f} ms, loss {res.loss:.4f}, "
+              f"peak memory {peak} ({res.peak_memory_kind}), gradients {'finite' if res.grads_finite else 'NOT FINITE'}")
+        if not res.grads_finite:
+            return EXIT_INTERNAL
+    if args.save:
+        if meta:
+            raise UsageError("--save needs real weights; drop --meta")
+        saved = save_model(model, spec, Path(args.save))
+        print(f"saved weights and resolved spec to {saved}")
+    return EXIT_OK
+
+
+def _backend_summary(model) -> dict[str, str]:
+    by_symbol: dict[str, set] = {}
+    for node, backend in model.backends.items():
+        by_symbol.setdefault(node.rsplit(".", 1)[-1], set()).add(backend)
+    return {k: ",".join(sorted(v)) for k, v in by_symbol.items()}
+
+
+def save_model(model, spec, directory: Path) -> Path:
+    """Write model.pt (the state dict) and spec.resolved.json into `directory`, all or nothing."""
+    import torch
+    directory = directory.resolve()
+    if directory.exists() and any(directory.iterdir()):
+        raise UsageError(f"--save directory '{directory}' exists and is not empty; choose a new one")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".archspec-save-", dir=directory.parent))
+    try:
+        torch.save(model.state_dict(), tmp / "model.pt")
+        (tmp / "spec.resolved.json").write_text(json.dumps(
+            {"source": spec.source, "files": spec.files, "layout": spec.layout_text, "spec": spec.data},
+            indent=2, default=str) + "\n")
+        if directory.exists():
+            directory.rmdir()
+        tmp.rename(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+COMMANDS = {"validate": cmd_validate, "report": cmd_report, "build": cmd_build, "graph": cmd_graph,
+            "schema": cmd_schema}
+
+
+def entry() -> None:
+    sys.exit(main())

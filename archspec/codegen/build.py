@@ -1,0 +1,117 @@
+"""Stage 6: emit a trainable nn.Module from a resolved spec.
+
+Modules are always constructed on the meta device first (free, whatever the size), then either
+returned as they are (`meta=True`) or materialised on the target device in the spec's dtype and
+initialised. Each component's kernel backend is chosen through its registry: `auto` takes the
+fastest one that runs on the device; the spec (`backend:` in a component) or the caller can force
+one.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .. import components as C
+from ..accounting import account
+from ..components.base import TORCH_DTYPES
+from ..errors import BuildRefused
+from ..spec import ComponentInstance, ResolvedSpec
+from .model import Block, CausalLM
+
+MEMORY_HEADROOM = 0.8  # refuse builds needing more than this share of free memory
+
+
+def build(spec: ResolvedSpec, device: str | torch.device = "cpu", dtype: str | None = None,
+          meta: bool = False, backend: str | dict | None = None, force: bool = False,
+          seed: int | None = None) -> CausalLM:
+    """Build the model. `backend` forces a backend for every component (a string) or per
+    component name (a dict); `force` builds even when the weights would not fit in memory."""
+    device = torch.device("meta" if meta else device)
+    dtype_name = dtype or spec.model.dtype
+    if dtype_name not in TORCH_DTYPES:
+        raise ValueError(f"unknown dtype '{dtype_name}' (use one of {', '.join(TORCH_DTYPES)})")
+    if not meta and not force:
+        check_memory(spec, device, dtype_name)
+    target = device if not meta else torch.device("cpu")  # backends are chosen for where it will run
+    with torch.device("meta"):
+        model = _construct(spec, backend, target)
+    model = model.to(TORCH_DTYPES[dtype_name])
+    if meta:
+        return model
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = model.to_empty(device=device)
+    model.reset_parameters()
+    return model
+
+
+def _construct(spec: ResolvedSpec, backend, device: torch.device) -> CausalLM:
+    model_cfg = spec.model
+    norm = lambda: C.get(spec.norm.type).build(spec.norm.config, model_cfg, "reference")  # noqa: E731
+    chosen: dict[str, str] = {}
+    blocks = []
+    for sub in spec.sublayers:
+        members = {}
+        for m in sub.members:
+            requested = _requested_backend(m, backend)
+            impl = m.component.choose_backend(requested, device)
+            chosen[f"sublayers.{sub.index}.{m.name}"] = impl.name
+            members[m.name] = impl.factory(m.config, model_cfg)
+        blocks.append(Block(norm(), members))
+    model = CausalLM(C.get("embedding").build({}, model_cfg, "reference"), blocks, norm(),
+                     C.get("lm_head").build({}, model_cfg, "reference"), model_cfg.tie_embeddings)
+    model.backends = chosen
+    model.spec = spec
+    return model
+
+
+def _requested_backend(member: ComponentInstance, backend) -> str:
+    if isinstance(backend, str):
+        return backend
+    if isinstance(backend, dict) and member.name in backend:
+        return backend[member.name]
+    return member.backend
+
+
+def weight_bytes(spec: ResolvedSpec, dtype: str | None = None) -> int:
+    from ..components.base import DTYPE_BYTES
+    return account(spec).total().params * DTYPE_BYTES[dtype or spec.model.dtype]
+
+
+def free_memory_bytes(device: torch.device) -> int | None:
+    """Memory available for a new allocation on `device`, when it can be known."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            return None
+    return None
+
+
+def check_memory(spec: ResolvedSpec, device: torch.device, dtype: str) -> None:
+    """Refuse, with the estimate, a build whose weights alone would not fit."""
+    need = weight_bytes(spec, dtype)
+    free = free_memory_bytes(device)
+    if free is not None and need > MEMORY_HEADROOM * free:
+        raise BuildRefused(
+            f"building '{spec.name}' needs {human_bytes(need)} for its weights in {dtype} "
+            f"alone, but {device} has {human_bytes(free)} free; refusing (it would exhaust memory). "
+            "Use `--meta` (or meta=True) for a free structural build, `archspec report` for the "
+            "numbers, or `--force` (force=True) to build anyway.")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024

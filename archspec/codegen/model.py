@@ -1,0 +1,88 @@
+"""The emitted causal language model.
+
+    tokens [B, T] -> embedding -> sublayers -> final norm -> LM head -> logits [B, T, V]
+    sublayer i:  x <- x + f(norm(x))                       (one member)
+                 x <- x + sum_j g_j f_j(norm(x))           (parallel group; gates g init 1)
+
+`labels` [B, T] are the targets of each position (already shifted; -100 is ignored). The
+output carries the LM loss, the sum of the components' auxiliary losses, and their total.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..components.base import ComponentModule, ForwardContext
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None  # lm_loss + aux_loss: what to call backward on
+    lm_loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    aux_losses: dict = field(default_factory=dict)
+
+
+class Block(nn.Module):
+    """One pre-norm residual sublayer."""
+
+    def __init__(self, norm: nn.Module, members: dict[str, nn.Module]):
+        super().__init__()
+        self.norm = norm
+        self.members = nn.ModuleDict(members)
+        self.gates = nn.Parameter(torch.empty(len(members))) if len(members) > 1 else None
+
+    def reset_gates(self) -> None:
+        if self.gates is not None:
+            nn.init.ones_(self.gates)
+
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        h = self.norm(x)
+        if self.gates is None:
+            (member,) = self.members.values()
+            return x + member(h, ctx)
+        out = x
+        for gate, member in zip(self.gates, self.members.values()):
+            out = out + gate.to(x.dtype) * member(h, ctx)
+        return out
+
+
+class CausalLM(nn.Module):
+    def __init__(self, embedding: nn.Module, blocks: list[Block], final_norm: nn.Module,
+                 lm_head: nn.Module, tied: bool):
+        super().__init__()
+        self.embedding = embedding
+        self.sublayers = nn.ModuleList(blocks)
+        self.final_norm = final_norm
+        self.lm_head = lm_head
+        self.tied = tied
+        self.backends: dict[str, str] = {}  # node name -> kernel backend chosen at build
+        self.spec = None  # the ResolvedSpec it was built from
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Initialise every weight (used after materialising a meta-device build)."""
+        for module in self.modules():
+            if isinstance(module, ComponentModule):
+                module.reset_parameters()
+            elif isinstance(module, Block):
+                module.reset_gates()
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
+        ctx = ForwardContext()
+        x = self.embedding(tokens)
+        for block in self.sublayers:
+            x = block(x, ctx)
+        x = self.final_norm(x)
+        logits = self.lm_head(x, self.embedding.weight if self.tied else None)
+        out = ModelOutput(logits=logits, aux_losses=dict(ctx.aux_losses))
+        if ctx.aux_losses:
+            out.aux_loss = sum(ctx.aux_losses.values())
+        if labels is not None:
+            out.lm_loss = nn.functional.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+            out.loss = out.lm_loss + out.aux_loss if out.aux_loss is not None else out.lm_loss
+        return out

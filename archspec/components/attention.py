@@ -1,0 +1,175 @@
+"""Causal multi-head self-attention with grouped-query heads (GQA/MQA) and rotary positions.
+
+    x: [B, T, d]
+    q = x W_q^T: [B, T, H, hd];   k = x W_k^T, v = x W_v^T: [B, T, H_kv, hd]
+    q, k <- RoPE(q), RoPE(k)            (rotate-half form, base rope_theta)
+    o_h = softmax(q_h k_g^T / sqrt(hd) + causal mask) v_g,   g = h // (H / H_kv)
+    y = concat_h(o_h) W_o^T: [B, T, d]
+
+An optional `window` keeps only the last `window` keys of each query (sliding window). The
+reference path is torch's scaled_dot_product_attention (SDPA).
+
+FLOPs for one sequence: projections 2 T d hd (2H + 2H_kv); scores and values 4 hd H P, where
+P is the number of query-key pairs (see FlopConvention: T(T+1)/2 causal by default);
+elementwise: softmax 5 per pair and head, RoPE 3 per rotated element.
+Inference state: the KV cache, 2 H_kv hd min(T, window) elements per sequence.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import CheckIssue, Component, ComponentModule, Flops, ModelConfig, register
+
+SOFTMAX_FLOPS_PER_PAIR = 5  # scale, subtract max, exp, sum, divide
+ROPE_FLOPS_PER_ELEMENT = 3  # x*cos + rotate(x)*sin
+
+
+@register
+class Attention(Component):
+    type = "attention"
+    summary = "causal self-attention, GQA/MQA, RoPE, optional sliding window"
+    schema = {
+        "properties": {
+            "n_heads": {"type": "integer", "minimum": 1, "description": "query heads"},
+            "n_kv_heads": {"type": "integer", "minimum": 1,
+                           "description": "key/value heads (default n_heads; 1 is MQA)"},
+            "head_dim": {"type": "integer", "minimum": 1, "description": "default d_model / n_heads"},
+            "rope": {"type": "boolean", "default": True, "description": "rotary position embedding"},
+            "rope_theta": {"type": "number", "exclusiveMinimum": 0, "default": 10000.0,
+                           "description": "RoPE base"},
+            "window": {"type": ["integer", "null"], "minimum": 1, "default": None,
+                       "description": "sliding window in tokens (null = full causal)"},
+            "bias": {"type": "boolean", "default": False, "description": "biases on q/k/v/o"},
+        },
+        "required": ["n_heads"],
+    }
+
+    def derive(self, cfg, model):
+        if cfg.get("n_kv_heads") is None:
+            cfg["n_kv_heads"] = cfg["n_heads"]
+        if cfg.get("head_dim") is None:
+            cfg["head_dim"] = model.d_model // cfg["n_heads"]
+        return cfg
+
+    def check(self, cfg, model, written=frozenset()):
+        issues = []
+        h, hkv = cfg["n_heads"], cfg["n_kv_heads"]
+        if "head_dim" not in written and model.d_model % h:
+            divisors = [n for n in range(1, min(model.d_model, 256) + 1) if model.d_model % n == 0]
+            near = sorted(divisors, key=lambda n: abs(n - h))[:3]
+            issues.append(CheckIssue("n_heads", f"n_heads={h} does not divide d_model={model.d_model}",
+                                     f"use a divisor such as {', '.join(map(str, sorted(near)))}, "
+                                     "or set head_dim explicitly"))
+        if h % hkv:
+            issues.append(CheckIssue("n_kv_heads", f"n_kv_heads={hkv} does not divide n_heads={h}",
+                                     "each key/value head serves n_heads / n_kv_heads query heads; "
+                                     "pick a divisor of n_heads"))
+        if cfg["rope"] and cfg["head_dim"] % 2:
+            issues.append(CheckIssue("head_dim", f"RoPE needs an even head_dim, got {cfg['head_dim']}",
+                                     "use an even head_dim or set `rope: false`"))
+        if cfg["window"] is not None and cfg["window"] > model.max_seq_len:
+            issues.append(CheckIssue("window", f"window={cfg['window']} exceeds max_seq_len="
+                                     f"{model.max_seq_len}",
+                                     "use a window up to max_seq_len, or null for full attention"))
+        return issues
+
+    def param_shapes(self, cfg, model):
+        d, hd = model.d_model, cfg["head_dim"]
+        q, kv = cfg["n_heads"] * hd, cfg["n_kv_heads"] * hd
+        shapes = {"q_proj.weight": (q, d), "k_proj.weight": (kv, d), "v_proj.weight": (kv, d),
+                  "o_proj.weight": (d, q)}
+        if cfg["bias"]:
+            shapes.update({"q_proj.bias": (q,), "k_proj.bias": (kv,), "v_proj.bias": (kv,),
+                           "o_proj.bias": (d,)})
+        return shapes
+
+    def flops(self, cfg, model, seq_len, conv):
+        d, hd, h, hkv = model.d_model, cfg["head_dim"], cfg["n_heads"], cfg["n_kv_heads"]
+        pairs = conv.pairs(seq_len, cfg["window"])
+        other = SOFTMAX_FLOPS_PER_PAIR * h * pairs
+        if cfg["rope"]:
+            other += ROPE_FLOPS_PER_ELEMENT * seq_len * (h + hkv) * hd
+        if cfg["bias"]:
+            other += seq_len * ((h + 2 * hkv) * hd + d)
+        return Flops(matmul=2 * seq_len * d * hd * (2 * h + 2 * hkv),
+                     attention=4 * hd * h * pairs, other=other)
+
+    def state_bytes(self, cfg, model, seq_len):
+        kept = seq_len if cfg["window"] is None else min(seq_len, cfg["window"])
+        return 2 * cfg["n_kv_heads"] * cfg["head_dim"] * kept * model.dtype_bytes
+
+    def activation_bytes(self, cfg, model, seq_len):
+        hd, h, hkv = cfg["head_dim"], cfg["n_heads"], cfg["n_kv_heads"]
+        # input x; q, k, v before and after RoPE; attention output; float32 log-sum-exp per head
+        elems = model.d_model + 2 * (h + 2 * hkv) * hd + h * hd
+        return seq_len * (elems * model.dtype_bytes + 4 * h)
+
+    class Module(ComponentModule):
+        def __init__(self, cfg: dict, model: ModelConfig):
+            super().__init__()
+            d, hd = model.d_model, cfg["head_dim"]
+            self.n_heads, self.n_kv_heads, self.head_dim = cfg["n_heads"], cfg["n_kv_heads"], hd
+            self.window, self.use_rope, self.theta = cfg["window"], cfg["rope"], float(cfg["rope_theta"])
+            self.max_seq_len = model.max_seq_len
+            self.std, self.out_std = model.init_std, model.out_proj_std
+            self.q_proj = nn.Linear(d, self.n_heads * hd, bias=cfg["bias"])
+            self.k_proj = nn.Linear(d, self.n_kv_heads * hd, bias=cfg["bias"])
+            self.v_proj = nn.Linear(d, self.n_kv_heads * hd, bias=cfg["bias"])
+            self.o_proj = nn.Linear(self.n_heads * hd, d, bias=cfg["bias"])
+            self.register_buffer("rope_cos", torch.empty(0), persistent=False)
+            self.register_buffer("rope_sin", torch.empty(0), persistent=False)
+
+        def reset_parameters(self):
+            for lin in (self.q_proj, self.k_proj, self.v_proj):
+                nn.init.normal_(lin.weight, std=self.std)
+            nn.init.normal_(self.o_proj.weight, std=self.out_std)
+            for lin in (self.q_proj, self.k_proj, self.v_proj, self.o_proj):
+                if lin.bias is not None:
+                    nn.init.zeros_(lin.bias)
+            self.rope_cos, self.rope_sin = rope_tables(self.max_seq_len, self.head_dim, self.theta,
+                                                       self.q_proj.weight.device)
+
+        def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
+            b, t, _ = x.shape
+            q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+            k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            if self.use_rope:
+                if self.rope_cos.numel() == 0 or self.rope_cos.device != x.device:
+                    self.rope_cos, self.rope_sin = rope_tables(self.max_seq_len, self.head_dim,
+                                                               self.theta, x.device)
+                q, k = apply_rope(q, self.rope_cos, self.rope_sin), apply_rope(k, self.rope_cos, self.rope_sin)
+            gqa = self.n_kv_heads != self.n_heads
+            if self.window is None or self.window >= t:
+                o = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+            else:
+                o = nn.functional.scaled_dot_product_attention(
+                    q, k, v, attn_mask=sliding_window_mask(t, self.window, x.device), enable_gqa=gqa)
+            return self.o_proj(o.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+
+def rope_tables(max_len: int, head_dim: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables [max_len, head_dim] (float32) for the rotate-half RoPE form."""
+    if str(device) == "meta":
+        empty = torch.empty(max_len, head_dim, device=device)
+        return empty, empty
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(max_len, device=device, dtype=torch.float64), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, H, T, hd] -> x cos + rotate_half(x) sin, positions 0..T-1."""
+    t = x.shape[-2]
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos[:t].to(x.dtype) + rotated * sin[:t].to(x.dtype))
+
+
+def sliding_window_mask(t: int, window: int, device) -> torch.Tensor:
+    """[T, T] bool: query i sees keys j with i - window < j <= i."""
+    i = torch.arange(t, device=device)[:, None]
+    j = torch.arange(t, device=device)[None, :]
+    return (j <= i) & (j > i - window)

@@ -1,0 +1,231 @@
+"""The component contract. A component type is one file in `archspec/components/` that defines a
+subclass of `Component` decorated with `@register`: its schema fragment, its semantic checks,
+its accounting (parameter shapes, forward FLOPs, inference state, activation memory) and its
+modules (one per kernel backend). Nothing else in the pipeline names a component type.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable, ClassVar
+
+import torch
+from torch import nn
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Model-wide settings every component may read."""
+
+    vocab_size: int
+    d_model: int
+    max_seq_len: int
+    dtype: str = "float32"
+    tie_embeddings: bool = False
+    norm: dict = field(default_factory=lambda: {"type": "rmsnorm", "eps": 1e-5})
+    init_std: float = 0.02
+    n_sublayers: int = 1
+    name: str = "model"
+
+    @property
+    def dtype_bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return TORCH_DTYPES[self.dtype]
+
+    @property
+    def out_proj_std(self) -> float:
+        """Std of projections that write into the residual stream (GPT-2 scaling), so the
+        residual's variance does not grow with depth."""
+        return self.init_std / math.sqrt(2 * max(1, self.n_sublayers))
+
+
+@dataclass(frozen=True)
+class FlopConvention:
+    """How FLOPs are counted. 1 FLOP = one multiply or one add, so a multiply-accumulate (MAC)
+    is 2 FLOPs. `causal_attention='attended'` counts only the query-key pairs a causal mask
+    keeps (T(T+1)/2 for full attention; fewer with a window); 'dense' counts all T^2 pairs,
+    as torch's FlopCounterMode and fvcore do for SDPA."""
+
+    causal_attention: str = "attended"
+
+    def pairs(self, seq_len: int, window: int | None = None) -> int:
+        """Query-key pairs scored in one head for a sequence of length `seq_len`."""
+        if self.causal_attention == "dense":
+            return seq_len * seq_len
+        return causal_pairs(seq_len, window)
+
+
+def causal_pairs(seq_len: int, window: int | None = None) -> int:
+    """sum over t of min(t + 1, window): pairs a causal (sliding-window) mask keeps."""
+    if window is None or window >= seq_len:
+        return seq_len * (seq_len + 1) // 2
+    return window * (window + 1) // 2 + (seq_len - window) * window
+
+
+@dataclass
+class Flops:
+    """Forward FLOPs of one sequence, by kind. `matmul` and `attention` are what torch's
+    FlopCounterMode measures; `other` is elementwise work (norms, activations, softmax, RoPE,
+    gates, residual adds) at the per-element costs each component states."""
+
+    matmul: int = 0
+    attention: int = 0
+    other: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.matmul + self.attention + self.other
+
+    def __add__(self, o: "Flops") -> "Flops":
+        return Flops(self.matmul + o.matmul, self.attention + o.attention, self.other + o.other)
+
+    def to_dict(self) -> dict:
+        return {"matmul": self.matmul, "attention": self.attention, "other": self.other,
+                "total": self.total}
+
+
+class ForwardContext:
+    """Carried through one forward pass: components add auxiliary losses here (MoE load
+    balancing, MoM routing); the model returns their sum next to the LM loss."""
+
+    def __init__(self):
+        self.aux_losses: dict[str, torch.Tensor] = {}
+
+    def add_aux_loss(self, name: str, value: torch.Tensor) -> None:
+        self.aux_losses[name] = self.aux_losses[name] + value if name in self.aux_losses else value
+
+
+@dataclass(frozen=True)
+class CheckIssue:
+    """A semantic problem in one component config; the validator locates `key`."""
+
+    key: str | None
+    message: str
+    hint: str | None = None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One implementation of a component's module. `available(device)` returns None when it can
+    run there, else the reason it cannot."""
+
+    name: str
+    factory: Callable[[dict, ModelConfig], nn.Module]
+    priority: int = 0
+    available: Callable[[torch.device], str | None] = lambda device: None
+
+
+class Component:
+    """Base of every component type. Subclasses set the class attributes and override what
+    applies; every method takes the resolved config (defaults filled) and the ModelConfig."""
+
+    type: ClassVar[str]
+    # 'sublayer' components may appear in the layout; others are model parts (embedding,
+    # norm, head) configured under `model:`.
+    role: ClassVar[str] = "sublayer"
+    summary: ClassVar[str] = ""
+    # JSON Schema (Draft 2020-12) fragment for the component's hyperparameters: `properties`,
+    # `required`, with reference defaults. `type` and `backend` are added by the registry.
+    schema: ClassVar[dict] = {"properties": {}}
+
+    def __init__(self):
+        self.backends: dict[str, Backend] = {}
+
+    # --- configuration -------------------------------------------------------------------
+    def derive(self, cfg: dict, model: ModelConfig) -> dict:
+        """Fill defaults that depend on other values (e.g. head_dim = d_model / n_heads)."""
+        return cfg
+
+    def check(self, cfg: dict, model: ModelConfig, written: frozenset = frozenset()) -> list[CheckIssue]:
+        """Semantic rules the schema cannot express. `written` holds the keys the spec set
+        itself (the rest are defaults)."""
+        return []
+
+    # --- accounting ----------------------------------------------------------------------
+    def param_shapes(self, cfg: dict, model: ModelConfig) -> dict[str, tuple[int, ...]]:
+        """Every parameter tensor of the module, by its name in `named_parameters()`."""
+        return {}
+
+    def flops(self, cfg: dict, model: ModelConfig, seq_len: int, conv: FlopConvention) -> Flops:
+        """Forward FLOPs for one sequence of `seq_len` tokens."""
+        return Flops()
+
+    def state_bytes(self, cfg: dict, model: ModelConfig, seq_len: int) -> int:
+        """Inference state carried per sequence after `seq_len` tokens (KV cache, SSM state)."""
+        return 0
+
+    def activation_bytes(self, cfg: dict, model: ModelConfig, seq_len: int) -> int:
+        """Estimate of the tensors the reference path saves for backward, per sequence."""
+        return 0
+
+    def active_param_count(self, cfg: dict, model: ModelConfig) -> int:
+        """Parameters used per token (differs from the total for routed components)."""
+        return sum(math.prod(s) for s in self.param_shapes(cfg, model).values())
+
+    # --- emission ------------------------------------------------------------------------
+    def add_backend(self, name: str, factory, priority: int = 0, available=None) -> None:
+        self.backends[name] = Backend(name, factory, priority, available or (lambda device: None))
+
+    def choose_backend(self, requested: str, device: torch.device) -> Backend:
+        """'auto' picks the highest-priority backend that can run on `device`."""
+        if requested == "auto":
+            usable = [b for b in self.backends.values() if b.available(device) is None]
+            return max(usable, key=lambda b: b.priority)
+        if requested not in self.backends:
+            raise ValueError(f"component type '{self.type}' has no '{requested}' backend "
+                             f"(it has: {', '.join(sorted(self.backends))})")
+        backend = self.backends[requested]
+        reason = backend.available(device)
+        if reason is not None:
+            raise ValueError(f"backend '{requested}' of '{self.type}' cannot run on {device}: {reason}")
+        return backend
+
+    def build(self, cfg: dict, model: ModelConfig, backend: str = "auto",
+              device: torch.device | str = "cpu") -> nn.Module:
+        return self.choose_backend(backend, torch.device(device)).factory(cfg, model)
+
+
+REGISTRY: dict[str, Component] = {}
+
+
+def register(cls: type[Component]) -> type[Component]:
+    """Class decorator: make a component type available to specs. Its `reference` backend is
+    the class's `Module` attribute, built as `Module(cfg, model)`."""
+    if cls.type in REGISTRY:
+        raise RuntimeError(f"component type '{cls.type}' registered twice")
+    instance = cls()
+    if hasattr(cls, "Module"):
+        instance.add_backend("reference", lambda cfg, model, m=cls.Module: m(cfg, model), priority=0)
+    REGISTRY[cls.type] = instance
+    return cls
+
+
+def get(type_name: str) -> Component:
+    return REGISTRY[type_name]
+
+
+def types_with_role(role: str) -> list[str]:
+    return sorted(t for t, c in REGISTRY.items() if c.role == role)
+
+
+def numel(shapes: dict[str, tuple[int, ...]]) -> int:
+    return sum(math.prod(s) for s in shapes.values())
+
+
+def init_linear(weight: torch.Tensor, std: float) -> None:
+    nn.init.normal_(weight, mean=0.0, std=std)
+
+
+class ComponentModule(nn.Module):
+    """Base of every component's module. Modules are first built on the meta device (free),
+    then materialised: `reset_parameters()` fills weights and recomputes buffers in place."""
+
+    def reset_parameters(self) -> None:  # pragma: no cover - every subclass overrides
+        raise NotImplementedError(f"{type(self).__name__} must define reset_parameters")

@@ -1,0 +1,109 @@
+"""Feed-forward MLP, gated (SwiGLU, GeGLU) or plain (GeLU, ReLU, SiLU).
+
+Gated (Shazeer, 2020):   y = W_down( act(W_gate x) * (W_up x) )
+Plain:                   y = W_down( act(W_up x) )
+    x: [B, T, d];  W_gate, W_up: [d_ff, d];  W_down: [d, d_ff]
+
+Default d_ff: gated, 8d/3 rounded up to `multiple_of` (Llama: d=4096 gives 11008); plain, 4d.
+FLOPs per token: 2 d d_ff per projection (3 gated, 2 plain), plus the activation on d_ff
+elements at the costs in ACTIVATION_FLOPS (one transcendental = 1 FLOP) and 1 for the gate's
+multiply. Initialisation N(0, init_std); W_down N(0, init_std / sqrt(2 n_sublayers)).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .base import CheckIssue, Component, ComponentModule, Flops, ModelConfig, register
+
+# FLOPs per element: silu = x * 1/(1+exp(-x)) (negate+exp, add, divide, multiply);
+# gelu = 0.5 x (1 + erf(x / sqrt 2)) (scale, erf, add, two multiplies); relu a compare.
+ACTIVATION_FLOPS = {"silu": 4, "gelu": 5, "relu": 1}
+ACTIVATIONS = {"swiglu": ("silu", True), "geglu": ("gelu", True),
+               "silu": ("silu", False), "gelu": ("gelu", False), "relu": ("relu", False)}
+_TORCH_ACT = {"silu": nn.functional.silu, "gelu": nn.functional.gelu, "relu": nn.functional.relu}
+
+
+@register
+class MLP(Component):
+    type = "mlp"
+    summary = "feed-forward network (SwiGLU / GeGLU / GeLU / ReLU / SiLU)"
+    schema = {
+        "properties": {
+            "activation": {"enum": sorted(ACTIVATIONS), "default": "swiglu",
+                           "description": "gated (swiglu, geglu) or plain (gelu, relu, silu)"},
+            "d_ff": {"type": "integer", "minimum": 1,
+                     "description": "hidden width; default 8d/3 rounded up to multiple_of when "
+                                    "gated, else 4d"},
+            "multiple_of": {"type": "integer", "minimum": 1, "default": 256,
+                            "description": "rounding of the default gated d_ff"},
+            "bias": {"type": "boolean", "default": False, "description": "biases on projections"},
+        },
+    }
+
+    def derive(self, cfg, model):
+        if cfg.get("d_ff") is None:
+            if ACTIVATIONS[cfg["activation"]][1]:
+                m = cfg["multiple_of"]
+                cfg["d_ff"] = m * math.ceil(int(8 * model.d_model / 3) / m)
+            else:
+                cfg["d_ff"] = 4 * model.d_model
+        return cfg
+
+    def check(self, cfg, model, written=frozenset()):
+        if cfg["d_ff"] > 64 * model.d_model:
+            return [CheckIssue("d_ff", f"d_ff={cfg['d_ff']} is over 64 x d_model={model.d_model}",
+                               "did you mean a multiplier, e.g. `${d_model} * 4`?")]
+        return []
+
+    def param_shapes(self, cfg, model):
+        d, f = model.d_model, cfg["d_ff"]
+        names = ["gate_proj", "up_proj"] if ACTIVATIONS[cfg["activation"]][1] else ["up_proj"]
+        shapes = {f"{n}.weight": (f, d) for n in names}
+        shapes["down_proj.weight"] = (d, f)
+        if cfg["bias"]:
+            shapes.update({f"{n}.bias": (f,) for n in names})
+            shapes["down_proj.bias"] = (d,)
+        return shapes
+
+    def flops(self, cfg, model, seq_len, conv):
+        d, f = model.d_model, cfg["d_ff"]
+        act, gated = ACTIVATIONS[cfg["activation"]]
+        n_proj = 3 if gated else 2
+        other = f * (ACTIVATION_FLOPS[act] + (1 if gated else 0))
+        if cfg["bias"]:
+            other += (n_proj - 1) * f + d
+        return Flops(matmul=seq_len * 2 * d * f * n_proj, other=seq_len * other)
+
+    def activation_bytes(self, cfg, model, seq_len):
+        d, f = model.d_model, cfg["d_ff"]
+        gated = ACTIVATIONS[cfg["activation"]][1]
+        # input x; gated: gate pre-activation, act(gate), up, product; plain: pre- and post-activation
+        return seq_len * model.dtype_bytes * (d + (4 if gated else 2) * f)
+
+    class Module(ComponentModule):
+        def __init__(self, cfg: dict, model: ModelConfig):
+            super().__init__()
+            d, f = model.d_model, cfg["d_ff"]
+            act, self.gated = ACTIVATIONS[cfg["activation"]]
+            self.act = _TORCH_ACT[act]
+            self.std, self.out_std = model.init_std, model.out_proj_std
+            if self.gated:
+                self.gate_proj = nn.Linear(d, f, bias=cfg["bias"])
+            self.up_proj = nn.Linear(d, f, bias=cfg["bias"])
+            self.down_proj = nn.Linear(f, d, bias=cfg["bias"])
+
+        def reset_parameters(self):
+            for lin in ([self.gate_proj] if self.gated else []) + [self.up_proj]:
+                nn.init.normal_(lin.weight, std=self.std)
+            nn.init.normal_(self.down_proj.weight, std=self.out_std)
+            for lin in self.children():
+                if lin.bias is not None:
+                    nn.init.zeros_(lin.bias)
+
+        def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
+            if self.gated:
+                return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+            return self.down_proj(self.act(self.up_proj(x)))

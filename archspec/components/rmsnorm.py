@@ -1,0 +1,47 @@
+"""RMSNorm (Zhang & Sennrich, 2019).
+
+    x: [..., d]  ->  y = x / sqrt(mean(x^2) + eps) * w,   w: [d] (init 1)
+
+Computed in float32 and cast back. FLOPs per token: 4d + 2 (square, sum, scale, weight; the
+mean's division and the eps add).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Component, ComponentModule, Flops, ModelConfig, register
+
+NORM_SCHEMA = {"eps": {"type": "number", "exclusiveMinimum": 0, "default": 1e-5,
+                       "description": "added to the variance before the square root"}}
+
+
+@register
+class RMSNorm(Component):
+    type = "rmsnorm"
+    role = "norm"
+    summary = "root-mean-square norm with a learned scale"
+    schema = {"properties": dict(NORM_SCHEMA)}
+
+    def param_shapes(self, cfg, model):
+        return {"weight": (model.d_model,)}
+
+    def flops(self, cfg, model, seq_len, conv):
+        return Flops(other=seq_len * (4 * model.d_model + 2))
+
+    def activation_bytes(self, cfg, model, seq_len):
+        return seq_len * (model.d_model * model.dtype_bytes + 4)  # input and 1/rms (float32)
+
+    class Module(ComponentModule):
+        def __init__(self, cfg: dict, model: ModelConfig):
+            super().__init__()
+            self.eps = float(cfg["eps"])
+            self.weight = nn.Parameter(torch.empty(model.d_model))
+
+        def reset_parameters(self):
+            nn.init.ones_(self.weight)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            d = x.shape[-1]
+            y = nn.functional.rms_norm(x.float(), (d,), self.weight.float(), self.eps)
+            return y.to(x.dtype)

@@ -1,0 +1,93 @@
+"""Located spec errors: every problem carries file:line:column, the path in the spec, what is
+wrong and how to fix it. Validation collects them all and raises once."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+Path = tuple  # keys (str) and list indices (int) from the spec root
+
+
+@dataclass(frozen=True)
+class Loc:
+    """A position in a source file; line and column are 1-based as editors show them."""
+
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass
+class Problem:
+    """One thing wrong with a spec."""
+
+    message: str
+    path: Path = ()
+    loc: Loc | None = None
+    hint: str | None = None
+
+    def format(self) -> str:
+        where = str(self.loc) if self.loc else "<spec>"
+        at = f" at {format_path(self.path)}" if self.path else ""
+        text = f"{where}: error{at}: {self.message}"
+        if self.hint:
+            text += f"\n    hint: {self.hint}"
+        return text
+
+    def to_dict(self) -> dict:
+        return {
+            "file": self.loc.file if self.loc else None,
+            "line": self.loc.line if self.loc else None,
+            "column": self.loc.col if self.loc else None,
+            "path": format_path(self.path),
+            "message": self.message,
+            "hint": self.hint,
+        }
+
+
+class SpecError(Exception):
+    """Raised with every problem found in a spec (never just the first)."""
+
+    def __init__(self, problems: Sequence[Problem]):
+        self.problems = list(problems)
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        n = len(self.problems)
+        lines = [p.format() for p in self.problems]
+        lines.append(f"{n} error{'s' if n != 1 else ''} found")
+        return "\n".join(lines)
+
+
+class FileProblem(SpecError):
+    """The file itself could not be read (missing, a directory, no permission): a usage error."""
+
+
+class BuildRefused(Exception):
+    """Building was refused (e.g. it would exhaust memory); the message says why and how to force it."""
+
+
+def format_path(path: Iterable) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<root>"
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """A 'did you mean' hint for a misspelled word, or None when nothing is close."""
+    choices = [c for c in choices if isinstance(c, str)]
+    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+    if not close:
+        lowered = {c.lower(): c for c in choices}
+        if str(word).lower() in lowered:
+            close = [lowered[str(word).lower()]]
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+def one_of(choices: Iterable[str]) -> str:
+    return ", ".join(f"'{c}'" for c in sorted(choices))

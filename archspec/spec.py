@@ -1,0 +1,216 @@
+"""The pipeline's front half: load -> evaluate references -> validate -> resolve.
+
+`load(path)` returns a ResolvedSpec (model settings, component definitions with every default
+filled, and the canonical list of sublayers) or raises SpecError with every problem found.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+
+from . import components as C
+from .errors import Path, Problem, SpecError, did_you_mean, format_path
+from .expr import resolve_references
+from .layout import Sublayer as Symbols, compact, expand_layout
+from .loader import Document, load_with_extends, parse
+from .schema import component_schema, strict_schema
+from .validate import schema_problems
+
+MODEL_DEFAULTS = {"dtype": "float32", "tie_embeddings": False, "init_std": 0.02,
+                  "norm": {"type": "rmsnorm"}}
+
+
+@dataclass
+class ComponentInstance:
+    """A component with its full configuration (defaults filled) as used at one place."""
+
+    name: str
+    type: str
+    config: dict
+    backend: str = "auto"
+    written: frozenset = frozenset()  # keys the spec set itself
+    overrides: dict = field(default_factory=dict)  # keys changed by a per-sublayer override
+
+    @property
+    def component(self) -> C.Component:
+        return C.get(self.type)
+
+
+@dataclass
+class Sublayer:
+    """One pre-norm residual block: x + sum_i g_i f_i(norm(x)) (a single member has no gate)."""
+
+    index: int
+    members: list[ComponentInstance]
+
+    @property
+    def parallel(self) -> bool:
+        return len(self.members) > 1
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.members)
+
+
+@dataclass
+class ResolvedSpec:
+    """A valid spec, resolved: what every later stage reads."""
+
+    source: str
+    files: list[str]
+    model: C.base.ModelConfig
+    norm: ComponentInstance
+    components: dict[str, ComponentInstance]
+    sublayers: list[Sublayer]
+    data: dict  # the evaluated spec (extends merged, references resolved)
+
+    @property
+    def layout_text(self) -> str:
+        return compact([s.symbols for s in self.sublayers])
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+
+def load(path: str | os.PathLike) -> ResolvedSpec:
+    """Load, validate and resolve a spec file; raises SpecError listing every problem."""
+    return resolve_document(load_with_extends(path), str(path))
+
+
+def loads(text: str, name: str = "<string>") -> ResolvedSpec:
+    """As `load`, from YAML text (no `extends`)."""
+    return resolve_document(parse(text, name), name)
+
+
+def resolve_document(doc: Document, source: str) -> ResolvedSpec:
+    data, problems = resolve_references(doc)
+    problems += schema_problems(data, doc, strict_schema())
+    bad = {p.path[:2] for p in problems}
+    if any(p.path[:1] == ("model",) for p in problems) or not isinstance(data.get("model"), dict):
+        raise SpecError(problems)  # every component depends on the model's settings
+    model = _model_config(data, n_sublayers=1)
+    norm, norm_problems = _configure(data["model"].get("norm", MODEL_DEFAULTS["norm"]), "norm",
+                                     model, doc, ("model", "norm"))
+    problems += norm_problems
+    defs: dict[str, ComponentInstance] = {}
+    for name, raw in (data.get("components") or {}).items():
+        if ("components", name) in bad or not isinstance(raw, dict):
+            defs[name] = None  # defined, but broken: usable as a layout symbol, not configured
+            continue
+        inst, found = _configure(raw, name, model, doc, ("components", name))
+        defs[name] = inst
+        problems += found
+    symbols = set(defs)
+    layout = data.get("layout")
+    sublayer_symbols: list[Symbols] = []
+    if layout is not None and ("layout",) not in {p.path[:1] for p in problems}:
+        sublayer_symbols, found = expand_layout(layout, symbols)
+        problems += [Problem(p.message, ("layout",) + p.path, doc.loc(("layout",) + p.path), p.hint)
+                     for p in found]
+    if problems:
+        raise SpecError(problems)
+    model = _model_config(data, n_sublayers=len(sublayer_symbols))
+    defs = {k: _reconfigure(v, model) for k, v in defs.items()}
+    norm = _reconfigure(norm, model)
+    sublayers = [Sublayer(i, [defs[s] for s in syms]) for i, syms in enumerate(sublayer_symbols)]
+    problems += _apply_overrides(sublayers, data.get("overrides") or [], model, doc)
+    if problems:
+        raise SpecError(problems)
+    return ResolvedSpec(source, doc.files, model, norm, defs, sublayers, data)
+
+
+def _model_config(data: dict, n_sublayers: int) -> C.base.ModelConfig:
+    m = {**MODEL_DEFAULTS, **data["model"]}
+    return C.base.ModelConfig(
+        vocab_size=m["vocab_size"], d_model=m["d_model"], max_seq_len=m["max_seq_len"],
+        dtype=m["dtype"], tie_embeddings=m["tie_embeddings"], norm=dict(m["norm"]),
+        init_std=float(m["init_std"]), n_sublayers=n_sublayers,
+        name=m.get("name") or "model")
+
+
+def _fill_defaults(type_name: str, written: dict) -> dict:
+    props = component_schema(type_name)["properties"]
+    cfg = {k: copy.deepcopy(p["default"]) for k, p in props.items() if "default" in p}
+    cfg.update(copy.deepcopy(written))
+    return cfg
+
+
+def _configure(raw: dict, name: str, model, doc: Document, path: Path,
+               located_at=None) -> tuple[ComponentInstance | None, list[Problem]]:
+    """Defaults, derived values and semantic checks of one component config."""
+    type_name = raw["type"]
+    comp = C.get(type_name)
+    cfg = comp.derive(_fill_defaults(type_name, raw), model)
+    backend = cfg.pop("backend", "auto")
+    cfg.pop("type", None)
+    written = frozenset(k for k in raw if k not in ("type", "backend"))
+    inst = ComponentInstance(name, type_name, cfg, backend, written)
+    where = located_at or (lambda key: path + ((key,) if key else ()))
+    problems = [Problem(i.message, where(i.key), doc.loc(where(i.key)), i.hint)
+                for i in comp.check(cfg, model, written)]
+    return inst, problems
+
+
+def _reconfigure(inst: ComponentInstance | None, model) -> ComponentInstance | None:
+    """Re-derive once the model's depth is known (derived defaults may depend on it)."""
+    if inst is None:
+        return None
+    raw = {"type": inst.type, "backend": inst.backend, **{k: inst.config[k] for k in inst.written}}
+    cfg = C.get(inst.type).derive(_fill_defaults(inst.type, raw), model)
+    cfg.pop("type", None)
+    cfg.pop("backend", None)
+    return ComponentInstance(inst.name, inst.type, cfg, inst.backend, inst.written, inst.overrides)
+
+
+def _apply_overrides(sublayers: list[Sublayer], overrides: list, model, doc: Document) -> list[Problem]:
+    problems: list[Problem] = []
+    n = len(sublayers)
+    for k, ov in enumerate(overrides):
+        path = ("overrides", k)
+        targets = ov["at"] if isinstance(ov["at"], list) else [ov["at"]]
+        for j, index in enumerate(targets):
+            at_path = path + (("at", j) if isinstance(ov["at"], list) else ("at",))
+            if index >= n:
+                problems.append(Problem(f"sublayer {index} does not exist: the layout has {n} "
+                                        f"(0 to {n - 1})", at_path, doc.loc(at_path),
+                                        "sublayer indices count from 0 over the expanded layout"))
+                continue
+            sub = sublayers[index]
+            member = _pick_member(sub, ov.get("component"), path, doc, problems)
+            if member is None:
+                continue
+            merged = {"type": member.type, "backend": member.backend,
+                      **{key: member.config[key] for key in member.written}, **ov["set"]}
+            to_spec = lambda p: path + ("set",) + p[1:] if len(p) > 1 and p[1] in ov["set"] else path  # noqa: E731
+            found = schema_problems(merged, doc, component_schema(member.type), ("x",), to_spec)
+            for f in found:
+                f.path = to_spec(f.path)
+            if found:
+                problems += found
+                continue
+            inst, found = _configure(merged, member.name, model, doc, path,
+                                     located_at=lambda key: path + ("set", key) if key in ov["set"] else path)
+            problems += found
+            inst.overrides = {**member.overrides, **ov["set"]}
+            sub.members = [inst if m is member else m for m in sub.members]
+    return problems
+
+
+def _pick_member(sub: Sublayer, name, path, doc, problems) -> ComponentInstance | None:
+    if name is None:
+        if sub.parallel:
+            problems.append(Problem(f"sublayer {sub.index} is a parallel group of "
+                                    f"{', '.join(sub.symbols)}: say which member to change",
+                                    path, doc.loc(path), f"add `component: {sub.symbols[0]}`"))
+            return None
+        return sub.members[0]
+    for m in sub.members:
+        if m.name == name:
+            return m
+    problems.append(Problem(f"sublayer {sub.index} has no component '{name}' (it has "
+                            f"{', '.join(sub.symbols)})", path + ("component",),
+                            doc.loc(path + ("component",)),
+                            did_you_mean(name, sub.symbols) or "name a member of that sublayer"))
+    return None

@@ -1,0 +1,129 @@
+"""Stage 2: JSON Schema validation of an evaluated spec, with each error turned into a located
+Problem that says what is wrong and how to fix it (with "did you mean" for misspellings)."""
+from __future__ import annotations
+
+import re
+
+import jsonschema
+
+from .errors import Path, Problem, did_you_mean, format_path, one_of
+from .loader import Document
+
+_JSON_TYPES = {"integer": "an integer", "number": "a number", "string": "a string",
+               "boolean": "true or false", "object": "a mapping", "array": "a list", "null": "null"}
+
+
+def schema_problems(data: dict, doc: Document, schema: dict, base_path: Path = (),
+                    loc_path=None) -> list[Problem]:
+    """Validate `data` against `schema`; paths are reported under `base_path`. `loc_path` maps a
+    data path to the spec path whose location to show (for overrides)."""
+    validator = jsonschema.Draft202012Validator(schema)
+    problems: list[Problem] = []
+    for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+        problems += _translate(error, doc, base_path, loc_path or (lambda p: p))
+    return _dedupe(problems)
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    seen, out = set(), []
+    for p in problems:
+        key = (p.path, p.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def _describe(value) -> str:
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)):
+        return f"number {value}"
+    if isinstance(value, str):
+        return f"string '{value}'"
+    return "a list" if isinstance(value, list) else "a mapping"
+
+
+def _translate(error: jsonschema.ValidationError, doc: Document, base: Path, loc_path) -> list[Problem]:
+    path = base + tuple(error.absolute_path)
+    where = lambda p: doc.loc(loc_path(p))  # noqa: E731
+    key_where = lambda p: doc.key_loc(loc_path(p))  # noqa: E731
+    v, schema, inst = error.validator, error.schema, error.instance
+    if v in ("anyOf", "oneOf"):
+        return _translate_alternatives(error, doc, base, loc_path)
+    if v == "additionalProperties":
+        allowed = sorted(schema.get("properties", {}))
+        extra = [k for k in inst if k not in schema.get("properties", {})]
+        return [Problem(f"unknown key '{k}'", path + (k,), key_where(path + (k,)),
+                        did_you_mean(k, allowed) or f"allowed keys here: {', '.join(allowed)}")
+                for k in extra]
+    if v == "required":
+        missing = re.match(r"'([^']+)'", error.message)
+        name = missing.group(1) if missing else error.message
+        desc = schema.get("properties", {}).get(name, {}).get("description")
+        return [Problem(f"missing required key '{name}'", path, where(path),
+                        f"add `{name}:`" + (f" ({desc})" if desc else ""))]
+    if v in ("enum", "const"):
+        choices = schema["enum"] if v == "enum" else [schema["const"]]
+        what = "component type" if path[-1:] == ("type",) else "value"
+        hint = did_you_mean(str(inst), [str(c) for c in choices])
+        return [Problem(f"unknown {what} '{inst}'", path, where(path),
+                        hint or f"expected one of: {one_of(map(str, choices))}")]
+    if v == "type":
+        want = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        expected = " or ".join(_JSON_TYPES.get(t, t) for t in want)
+        hint = None
+        if isinstance(inst, str) and re.fullmatch(r"[\d\s.+\-*/%()]+", inst):
+            hint = "arithmetic is evaluated only in expressions with a ${reference}"
+        elif isinstance(inst, str) and set(want) & {"integer", "number"}:
+            hint = "write a number, or an expression such as ${d_model} * 4"
+        return [Problem(f"expected {expected}, got {_describe(inst)}", path, where(path), hint)]
+    if v in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[v]
+        bound = schema[v]
+        hint = "sizes and counts must be positive" if op in (">=", ">") and bound in (0, 1) else None
+        return [Problem(f"must be {op} {bound}, got {inst}", path, where(path), hint)]
+    if v == "propertyNames":
+        bad = error.instance
+        return [Problem(f"'{bad}' is not a valid component name", path + (bad,), key_where(path + (bad,)),
+                        "use a name like 'attn' or 'A', or one character of * + = ~ ! @ # % & ^ -; "
+                        "'x' followed by digits is reserved for repetition")]
+    if v in ("minItems", "minProperties", "minLength"):
+        return [Problem(f"must not be empty", path, where(path))]
+    return [Problem(error.message, path, where(path))]
+
+
+def _translate_alternatives(error, doc, base, loc_path) -> list[Problem]:
+    """For anyOf/oneOf, report the branch that matches the value's kind, else list the kinds."""
+    inst = error.instance
+    by_branch: dict[int, list] = {}
+    for sub in error.context or []:
+        by_branch.setdefault(sub.schema_path[0] if sub.schema_path else 0, []).append(sub)
+    for branch, subs in by_branch.items():
+        branch_schema = error.schema[error.validator][branch]
+        if _matches_kind(inst, branch_schema):
+            out = []
+            for sub in subs:  # sub.absolute_path already includes the parent's path
+                out += _translate(sub, doc, base, loc_path)
+            if out:
+                return out
+    kinds = [(_JSON_TYPES.get(b.get("type"), "a value") + (f" ({b['description']})" if b.get("description") else ""))
+             for b in error.schema[error.validator]]
+    path = base + tuple(error.absolute_path)
+    return [Problem(f"expected one of: {'; '.join(kinds)}; got {_describe(inst)}", path,
+                    doc.loc(loc_path(path)))]
+
+
+def _matches_kind(value, schema: dict) -> bool:
+    t = schema.get("type")
+    if t is None:
+        return False
+    checks = {"string": lambda x: isinstance(x, str), "array": lambda x: isinstance(x, list),
+              "object": lambda x: isinstance(x, dict), "boolean": lambda x: isinstance(x, bool),
+              "integer": lambda x: isinstance(x, int) and not isinstance(x, bool),
+              "number": lambda x: isinstance(x, (int, float)) and not isinstance(x, bool),
+              "null": lambda x: x is None}
+    types = t if isinstance(t, list) else [t]
+    return any(checks[k](value) for k in types if k in checks)
