@@ -65,7 +65,8 @@ class Attention(Component):
             issues.append(CheckIssue("n_kv_heads", f"n_kv_heads={hkv} does not divide n_heads={h}",
                                      "each key/value head serves n_heads / n_kv_heads query heads; "
                                      "pick a divisor of n_heads"))
-        if cfg["rope"] and cfg["head_dim"] % 2:
+        head_dim_known = "head_dim" in written or model.d_model % h == 0
+        if cfg["rope"] and head_dim_known and cfg["head_dim"] % 2:
             issues.append(CheckIssue("head_dim", f"RoPE needs an even head_dim, got {cfg['head_dim']}",
                                      "use an even head_dim or set `rope: false`"))
         if cfg["window"] is not None and cfg["window"] > model.max_seq_len:
