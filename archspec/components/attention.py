@@ -13,6 +13,8 @@ FLOPs for one sequence: projections 2 T d hd (2H + 2H_kv); scores and values 4 h
 P is the number of query-key pairs (see FlopConvention: T(T+1)/2 causal by default);
 elementwise: softmax 5 per pair and head, RoPE 3 per rotated element.
 Inference state: the KV cache, 2 H_kv hd min(T, window) elements per sequence.
+Activation memory (saved for backward) per token: (d + 2 (H + H_kv) hd) elements (input; q, k
+after RoPE, v; the attention output) plus a float32 log-sum-exp per head.
 """
 from __future__ import annotations
 
@@ -102,8 +104,14 @@ class Attention(Component):
 
     def activation_bytes(self, cfg, model, seq_len):
         hd, h, hkv = cfg["head_dim"], cfg["n_heads"], cfg["n_kv_heads"]
-        # input x; q, k, v before and after RoPE; attention output; float32 log-sum-exp per head
-        elems = model.d_model + 2 * (h + 2 * hkv) * hd + h * hd
+        # Measured with saved_tensors_hooks (tests/test_flops.py): the projections' input x [d];
+        # q and k as SDPA gets them (after RoPE, whose multiplies save only the cos/sin tables,
+        # not the un-rotated q, k) and v: (H + 2 H_kv) hd; SDPA's output, which is also
+        # o_proj's input (one storage: the CPU kernel lays it out [B, T, H, hd], so the
+        # transpose+reshape is a view): H hd; and SDPA's float32 log-sum-exp, one per head.
+        # Not per sequence, so not counted: the sliding-window float mask [T, T] and, in low
+        # precision, the cos/sin tables cast to the model dtype.
+        elems = model.d_model + 2 * (h + hkv) * hd
         return seq_len * (elems * model.dtype_bytes + 4 * h)
 
     class Module(ComponentModule):

@@ -3,7 +3,8 @@
     x: [..., d]  ->  y = x / sqrt(mean(x^2) + eps) * w,   w: [d] (init 1)
 
 Computed in float32 and cast back. FLOPs per token: 4d + 2 (square, sum, scale, weight; the
-mean's division and the eps add).
+mean's division and the eps add). Activation memory per token: 8d + 4 bytes (float32 input,
+float32 x / rms, float32 1/rms).
 """
 from __future__ import annotations
 
@@ -30,7 +31,10 @@ class RMSNorm(Component):
         return Flops(other=seq_len * (4 * model.d_model + 2))
 
     def activation_bytes(self, cfg, model, seq_len):
-        return seq_len * (model.d_model * model.dtype_bytes + 4)  # input and 1/rms (float32)
+        # Computed in float32 whatever the model dtype, and rms_norm decomposes in autograd: it
+        # saves the float32 input, 1/rms (float32, one per token) and the normalised x / rms
+        # (float32, for the weight's gradient). Measured with saved_tensors_hooks.
+        return seq_len * (2 * 4 * model.d_model + 4)
 
     class Module(ComponentModule):
         def __init__(self, cfg: dict, model: ModelConfig):
