@@ -19,6 +19,7 @@ from .errors import FileProblem, Loc, Path, Problem, SpecError
 MAX_FILE_BYTES = 1 << 20  # a spec is a few KB; 1 MiB leaves room and stops accidents
 MAX_NODES = 100_000  # values built after alias expansion (bounds "billion laughs")
 MAX_EXTENDS_DEPTH = 16
+MAX_DEPTH = 64  # nesting of mappings and lists; a spec needs about 6
 
 _PLAIN_TAGS = {
     "tag:yaml.org,2002:str",
@@ -31,13 +32,30 @@ _PLAIN_TAGS = {
 }
 
 
+class _TooDeep(yaml.MarkedYAMLError):
+    pass
+
+
 class _SpecLoader(yaml.SafeLoader):
     """SafeLoader whose float resolver also accepts `1e-5` (YAML 1.2), which YAML 1.1 reads as a
-    string: `eps: 1e-5` must be a number."""
+    string: `eps: 1e-5` must be a number. Nesting is bounded (PyYAML's composer recurses), and an
+    unquoted date stays a string (no timestamp objects)."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _TooDeep(None, None, f"values nested more than {MAX_DEPTH} levels deep",
+                               self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 _SpecLoader.yaml_implicit_resolvers = {
-    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:float"]
+    k: [(tag, rx) for tag, rx in v if tag not in ("tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp")]
     for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _SpecLoader.add_implicit_resolver(
@@ -124,6 +142,8 @@ def parse(text: str, name: str = "<string>") -> Document:
         mark = e.problem_mark or e.context_mark
         loc = Loc(name, mark.line + 1, mark.column + 1) if mark else Loc(name, 1, 1)
         what = " ".join(x for x in (e.context, e.problem) if x)
+        if isinstance(e, _TooDeep):
+            raise SpecError([Problem(what, loc=loc, hint="a spec nests a few levels; is this the right file?")]) from None
         raise SpecError([Problem(f"YAML syntax error: {what}", loc=loc,
                                  hint="check indentation, colons and quoting on this line")]) from None
     except yaml.YAMLError as e:
@@ -131,6 +151,7 @@ def parse(text: str, name: str = "<string>") -> Document:
     if root is None:
         raise SpecError([Problem("spec file is empty", loc=Loc(name, 1, 1))])
     builder = _Builder(name)
+    builder.check_size(root)
     data = builder.build(root, ())
     if builder.problems:
         raise SpecError(builder.problems)
@@ -156,6 +177,35 @@ class _Builder:
         self.problems: list[Problem] = []
         self.count = 0
         self.constructor = yaml.SafeLoader(" ")
+
+    def check_size(self, root: yaml.Node) -> None:
+        """Refuse, before building anything, a tree whose aliases expand past MAX_NODES values
+        ("billion laughs") or refer to themselves (`a: &a [*a]`)."""
+        sizes: dict[int, int] = {}
+
+        def size(node: yaml.Node, active: set) -> int:
+            if id(node) in sizes:
+                return sizes[id(node)]
+            if id(node) in active:
+                raise SpecError([Problem("an alias refers to the value that contains it (a cycle)",
+                                         loc=_mark(self.name, node),
+                                         hint="anchors may only be reused after their value ends")])
+            active.add(id(node))
+            total = 1
+            if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+                for item in node.value:
+                    for sub in (item if isinstance(node, yaml.MappingNode) else (item,)):
+                        total += size(sub, active)
+                        if total > MAX_NODES:
+                            raise SpecError([Problem(
+                                f"spec expands to more than {MAX_NODES:,} values (aliases nested too deep?)",
+                                loc=_mark(self.name, node),
+                                hint="a spec this large is an error; reduce alias use")])
+            active.discard(id(node))
+            sizes[id(node)] = total
+            return total
+
+        size(root, set())
 
     def build(self, node: yaml.Node, path: Path):
         self.count += 1
@@ -236,7 +286,7 @@ def load_with_extends(path: str | os.PathLike, _chain: tuple[str, ...] = ()) -> 
     merged = Document({}, {}, {}, [])
     for i, base in enumerate(bases):
         where = doc.loc(base_path_key + (i,)) if (base_path_key + (i,)) in doc.locs else doc.loc(base_path_key)
-        base_file = os.path.join(os.path.dirname(str(path)), base)
+        base_file = os.path.normpath(os.path.join(os.path.dirname(str(path)), base))
         if os.path.realpath(base_file) in chain:
             cycle = " -> ".join(os.path.basename(c) for c in chain + (os.path.realpath(base_file),))
             raise SpecError([Problem(f"`extends` cycle: {cycle}", base_path_key, where,
