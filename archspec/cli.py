@@ -183,6 +183,10 @@ def cmd_build(args) -> int:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise UsageError("--device cuda requested but CUDA is not available here")
     meta = args.meta or args.device == "meta"
+    if args.save:  # refuse before spending time on a build whose result could not be saved
+        if meta:
+            raise UsageError("--save needs real weights; drop --meta")
+        _check_save_dir(Path(args.save).resolve())
     try:
         model = build(spec, device="cpu" if meta else args.device, dtype=args.dtype, meta=meta,
                       backend=args.backend, force=args.force, seed=args.seed)
@@ -209,8 +213,6 @@ def cmd_build(args) -> int:
         if not res.grads_finite:
             return EXIT_INTERNAL
     if args.save:
-        if meta:
-            raise UsageError("--save needs real weights; drop --meta")
         saved = save_model(model, spec, Path(args.save))
         print(f"saved weights and resolved spec to {saved}")
     return EXIT_OK
@@ -227,15 +229,16 @@ def save_model(model, spec, directory: Path) -> Path:
     """Write model.pt (the state dict) and spec.resolved.json into `directory`, all or nothing."""
     import torch
     directory = directory.resolve()
-    if directory.exists() and any(directory.iterdir()):
-        raise UsageError(f"--save directory '{directory}' exists and is not empty; choose a new one")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".archspec-save-", dir=directory.parent))
+    _check_save_dir(directory)
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".archspec-save-", dir=directory.parent))
+    except OSError as e:
+        raise UsageError(f"cannot write to --save directory '{directory}': {e.strerror or e}") from None
     try:
         torch.save(model.state_dict(), tmp / "model.pt")
-        (tmp / "spec.resolved.json").write_text(json.dumps(
-            {"source": spec.source, "files": spec.files, "layout": spec.layout_text, "spec": spec.data},
-            indent=2, default=str) + "\n")
+        (tmp / "spec.resolved.json").write_text(json.dumps(resolved_spec_json(spec), indent=2,
+                                                           default=str) + "\n")
         if directory.exists():
             directory.rmdir()
         tmp.rename(directory)
@@ -245,10 +248,37 @@ def save_model(model, spec, directory: Path) -> Path:
     return directory
 
 
+def _check_save_dir(directory: Path) -> None:
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise UsageError(f"--save directory '{directory}' exists and is not empty; choose a new one")
+
+
+def resolved_spec_json(spec) -> dict:
+    """The spec as the build used it: every default filled and every override applied."""
+    from dataclasses import asdict
+
+    def inst(m):
+        return {"type": m.type, "backend": m.backend, "config": m.config,
+                **({"overrides": m.overrides} if m.overrides else {})}
+    return {
+        "archspec_version": __version__, "source": spec.source, "files": spec.files,
+        "layout": spec.layout_text, "model": asdict(spec.model), "norm": inst(spec.norm),
+        "components": {k: inst(v) for k, v in spec.components.items()},
+        "sublayers": [{"index": sub.index, "members": {m.name: inst(m) for m in sub.members}}
+                      for sub in spec.sublayers],
+        "spec": spec.data,
+    }
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as e:
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
+        raise UsageError(f"cannot write '{path}': {e.strerror or e}") from None
 
 
 COMMANDS = {"validate": cmd_validate, "report": cmd_report, "build": cmd_build, "graph": cmd_graph,

@@ -1,0 +1,280 @@
+"""The component graph, the report and the `archspec` commands report, graph and build."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import networkx as nx
+import pytest
+import torch
+
+from archspec.accounting import account
+from archspec.cli import main
+from archspec.codegen.build import build
+from archspec.graph import component_graph, to_dot, to_json
+from archspec.report import SCHEMA_VERSION, render, report
+from archspec.spec import load, loads
+
+SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
+TINY = str(SPECS_DIR / "tiny.yaml")
+LLAMA = str(SPECS_DIR / "llama-2-7b.yaml")
+
+MIXED = """
+model: {name: mixed, vocab_size: 40, d_model: 32, max_seq_len: 32}
+components:
+  A: {type: attention, n_heads: 4, window: 8}
+  F: {type: mlp, d_ff: 48}
+layout: "(A F) [A | F]"
+"""
+
+
+# --- graph -------------------------------------------------------------------------------------
+def test_graph_nodes_and_edges():
+    spec = loads(MIXED)
+    g = component_graph(spec)
+    expected_nodes = ["embedding",
+                      "sublayers.0.norm", "sublayers.0.A", "sublayers.0.residual",
+                      "sublayers.1.norm", "sublayers.1.F", "sublayers.1.residual",
+                      "sublayers.2.norm", "sublayers.2.A", "sublayers.2.F", "sublayers.2.residual",
+                      "final_norm", "lm_head"]
+    assert list(g.nodes) == expected_nodes
+    data = {(a, b) for a, b, k in g.edges(data="kind") if k == "data"}
+    residual = {(a, b) for a, b, k in g.edges(data="kind") if k == "residual"}
+    assert data == {
+        ("embedding", "sublayers.0.norm"), ("sublayers.0.norm", "sublayers.0.A"),
+        ("sublayers.0.A", "sublayers.0.residual"), ("sublayers.0.residual", "sublayers.1.norm"),
+        ("sublayers.1.norm", "sublayers.1.F"), ("sublayers.1.F", "sublayers.1.residual"),
+        ("sublayers.1.residual", "sublayers.2.norm"),
+        ("sublayers.2.norm", "sublayers.2.A"), ("sublayers.2.norm", "sublayers.2.F"),
+        ("sublayers.2.A", "sublayers.2.residual"), ("sublayers.2.F", "sublayers.2.residual"),
+        ("sublayers.2.residual", "final_norm"), ("final_norm", "lm_head")}
+    assert residual == {("embedding", "sublayers.0.residual"),
+                        ("sublayers.0.residual", "sublayers.1.residual"),
+                        ("sublayers.1.residual", "sublayers.2.residual")}
+    assert nx.is_directed_acyclic_graph(g)
+    assert list(nx.topological_sort(g))[0] == "embedding" and list(nx.topological_sort(g))[-1] == "lm_head"
+    # attributes: type, sublayer, config and accounting
+    a = g.nodes["sublayers.0.A"]
+    assert a["type"] == "attention" and a["sublayer"] == 0
+    assert a["config"]["window"] == 8 and a["config"]["head_dim"] == 8 and a["config"]["backend"] == "auto"
+    assert a["params"] == 4 * 32 * 32
+    assert a["state_bytes"] == 2 * 4 * 8 * 8 * 4  # window 8 < seq_len 32
+    assert g.nodes["sublayers.2.residual"]["params"] == 2  # the gates
+    assert g.nodes["sublayers.2.residual"]["config"] == {"gated": True}
+    assert g.nodes["sublayers.1.F"]["config"]["d_ff"] == 48
+    acc = account(spec)
+    assert sum(p for _, p in g.nodes(data="params")) == acc.total().params
+    # the layout is stored in its canonical compact form
+    assert g.graph["name"] == "mixed" and g.graph["layout"] == spec.layout_text == "A F [A | F]"
+
+
+def test_graph_json_round_trip():
+    g = component_graph(loads(MIXED))
+    text = to_json(g)
+    data = json.loads(text)
+    back = nx.node_link_graph(data, edges="edges")
+    assert back.is_directed()
+    assert list(back.nodes) == list(g.nodes)
+    assert set(back.edges) == set(g.edges)
+    for n in g.nodes:
+        assert back.nodes[n] == json.loads(json.dumps(g.nodes[n]))
+    assert back.edges["embedding", "sublayers.0.residual"]["kind"] == "residual"
+    assert back.graph["seq_len"] == 32
+
+
+def test_graph_dot():
+    g = component_graph(loads(MIXED))
+    dot = to_dot(g)
+    assert dot.startswith('digraph "mixed" {') and dot.rstrip().endswith("}")
+    assert dot.count("{") == dot.count("}")
+    lines = dot.splitlines()
+    node_lines = [ln for ln in lines if re.match(r'^  "[^"]+" \[label=', ln)]
+    edge_lines = [ln for ln in lines if re.match(r'^  "[^"]+" -> "[^"]+"', ln)]
+    assert len(node_lines) == g.number_of_nodes()
+    assert len(edge_lines) == g.number_of_edges()
+    for n in g.nodes:
+        assert sum(ln.startswith(f'  "{n}" [') for ln in node_lines) == 1
+    for a, b in g.edges:
+        assert sum(ln.startswith(f'  "{a}" -> "{b}"') for ln in edge_lines) == 1
+    assert sum("style=dashed" in ln for ln in edge_lines) == 3  # one skip per sublayer
+    for ln in lines[1:-1]:
+        assert ln.endswith(";"), ln
+        assert ln.count('"') % 2 == 0, ln  # quotes balance (none escaped in these names)
+
+
+def test_graph_dot_escapes_quotes():
+    spec = loads(MIXED.replace("name: mixed", "name: 'my \"model\"'"))
+    dot = to_dot(component_graph(spec))
+    assert dot.splitlines()[0] == 'digraph "my \\"model\\"" {'
+
+
+# --- report ------------------------------------------------------------------------------------
+def test_report_keys_and_rendering():
+    spec = load(TINY)
+    rep = report(spec, seq_len=32)
+    assert rep["schema_version"] == SCHEMA_VERSION == 1
+    assert list(rep) == ["schema_version", "spec", "seq_len", "conventions", "totals", "by_type",
+                         "sublayers", "components"]
+    assert rep["seq_len"] == 32
+    assert set(rep["spec"]) == {"name", "source", "files", "layout", "n_sublayers", "d_model",
+                                "vocab_size", "max_seq_len", "dtype", "tie_embeddings"}
+    assert set(rep["totals"]) == {
+        "params", "active_params", "embedding_params", "head_params", "non_embedding_params",
+        "weight_bytes", "forward_flops_per_sequence", "forward_flops_per_token",
+        "forward_flops_per_token_by_kind", "training_flops_per_token",
+        "inference_state_bytes_per_sequence", "activation_bytes_per_sequence"}
+    assert all(isinstance(v, str) and v for v in rep["conventions"].values())
+    members = [c for c in rep["components"] if c["type"] in ("attention", "mlp")]
+    assert members and all(c["backend"] == "reference" for c in members)
+    assert all("backend" not in c for c in rep["components"] if c["type"] not in ("attention", "mlp"))
+    table = render(rep, "table")
+    assert "115,008" in table and "(A F) x 2" in table
+    md = render(rep, "markdown")
+    assert md.startswith("## tiny") and "| parameters | 115,008 |" in md
+    assert json.loads(render(rep, "json")) == rep
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["table", "json", "markdown"])
+def test_cli_report(fmt, capsys):
+    assert main(["report", LLAMA, "--format", fmt, "--seq-len", "2048"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    if fmt == "json":
+        rep = json.loads(out)
+        assert rep["schema_version"] == 1 and rep["seq_len"] == 2048
+        assert rep["totals"]["params"] == 6_738_415_616
+        assert {"spec", "seq_len", "conventions", "totals", "by_type", "sublayers", "components"} <= set(rep)
+    else:
+        assert "6,738,415,616" in out
+
+
+def test_cli_report_attention_flops_dense(capsys):
+    assert main(["report", TINY, "--format", "json", "--attention-flops", "dense"]) == 0
+    dense = json.loads(capsys.readouterr().out)["totals"]["forward_flops_per_token_by_kind"]["attention"]
+    assert main(["report", TINY, "--format", "json"]) == 0
+    attended = json.loads(capsys.readouterr().out)["totals"]["forward_flops_per_token_by_kind"]["attention"]
+    assert dense / attended == pytest.approx(128 * 128 / (128 * 129 / 2))  # T^2 vs T(T+1)/2, exact ratio
+
+
+@pytest.mark.parametrize("command", ["report", "graph", "build"])
+def test_cli_seq_len_above_max_is_usage_error(command, capsys):
+    assert main([command, TINY, "--seq-len", "129"]) == 2
+    err = capsys.readouterr().err
+    assert "max_seq_len 128" in err and "Traceback" not in err
+
+
+def test_cli_seq_len_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["report", TINY, "--seq-len", "0"])
+    assert info.value.code == 2
+    assert "must be >= 1" in capsys.readouterr().err
+
+
+def test_cli_graph(tmp_path, capsys):
+    out_file = tmp_path / "g.dot"
+    assert main(["graph", TINY, "--format", "dot", "-o", str(out_file)]) == 0
+    assert capsys.readouterr().out == ""
+    dot = out_file.read_text()
+    assert dot == to_dot(component_graph(load(TINY)))
+    assert list(tmp_path.iterdir()) == [out_file]  # no temporary file left behind
+    assert main(["graph", TINY]) == 0
+    g = nx.node_link_graph(json.loads(capsys.readouterr().out), edges="edges")
+    assert g.number_of_nodes() == 1 + 4 * 3 + 2
+    assert main(["graph", TINY, "-o", str(tmp_path / "missing" / "g.json")]) == 2
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_cli_build_tiny(capsys):
+    assert main(["build", TINY, "--seq-len", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "115,008 parameters (matches the report's 115,008)" in out
+    assert re.search(r"smoke forward\+backward \(batch 2, seq_len 16\): [0-9.]+ ms, loss [0-9.]+", out)
+    assert "gradients finite" in out
+    assert "backends: A=reference, F=reference" in out
+
+
+def test_cli_build_meta_llama(capsys):
+    assert main(["build", "--meta", LLAMA]) == 0
+    out = capsys.readouterr().out
+    assert "6,738,415,616 parameters (matches" in out and "meta" in out
+    assert "smoke" not in out.split("\n", 3)[-1].replace("no smoke run", "")
+
+
+def test_cli_build_save_and_load_back(tmp_path, capsys):
+    target = tmp_path / "saved"
+    assert main(["build", TINY, "--no-smoke", "--seed", "7", "--save", str(target)]) == 0
+    assert "saved weights" in capsys.readouterr().out
+    assert sorted(p.name for p in target.iterdir()) == ["model.pt", "spec.resolved.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["saved"]  # the temporary directory is gone
+    state = torch.load(target / "model.pt", weights_only=True)
+    fresh = build(load(TINY), seed=123)
+    fresh.load_state_dict(state, strict=True)
+    for name, tensor in fresh.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+    # the saved weights are the seeded build's, not the fresh one's
+    same_seed = build(load(TINY), seed=7)
+    assert all(torch.equal(t, state[n]) for n, t in same_seed.state_dict().items())
+    resolved = json.loads((target / "spec.resolved.json").read_text())
+    assert resolved["layout"] == "(A F) x 2"
+    assert resolved["components"]["A"]["config"]["head_dim"] == 16  # defaults are filled
+    assert resolved["model"]["d_model"] == 64
+    assert resolved["spec"]["components"]["F"]["d_ff"] == 192
+
+
+def test_cli_build_save_refuses_non_empty_dir(tmp_path, capsys):
+    target = tmp_path / "saved"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    assert main(["build", TINY, "--save", str(target)]) == 2
+    out, err = capsys.readouterr()
+    assert "not empty" in err and "Traceback" not in err
+    assert "built" not in out  # refused before building
+    assert [p.name for p in target.iterdir()] == ["keep.txt"]
+    assert (target / "keep.txt").read_text() == "mine"
+    assert [p.name for p in tmp_path.iterdir()] == ["saved"]  # nothing half-written beside it
+    assert main(["build", TINY, "--meta", "--save", str(tmp_path / "new")]) == 2
+    assert "--save needs real weights" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_cli_build_save_into_empty_dir(tmp_path, capsys):
+    target = tmp_path / "empty"
+    target.mkdir()
+    assert main(["build", TINY, "--no-smoke", "--save", str(target)]) == 0
+    assert (target / "model.pt").is_file() and (target / "spec.resolved.json").is_file()
+
+
+def test_cli_build_cuda_unavailable(capsys, monkeypatch):
+    # pretend CUDA is absent so the test means the same on a machine with a GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["build", TINY, "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "CUDA is not available" in err and "Traceback" not in err
+
+
+def test_cli_build_unknown_backend(capsys):
+    assert main(["build", TINY, "--backend", "nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert "no 'nonexistent' backend" in err and "Traceback" not in err
+
+
+def test_cli_bad_spec(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {name: x, vocab_size: 10, d_model: 8, max_seq_len: 8}\n"
+                   "components:\n"
+                   "  A: {type: attention, n_heads: 3}\n"
+                   "layout: A\n")
+    for command in ("report", "graph", "build"):
+        assert main([command, str(bad)]) == 1
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert re.search(rf"{re.escape(str(bad))}:3:\d+: error", err), err
+        assert "n_heads=3" in err and "Traceback" not in err
+
+
+def test_cli_missing_file(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.yaml" in err and "Traceback" not in err
