@@ -103,7 +103,9 @@ def account(spec: ResolvedSpec, seq_len: int | None = None,
             convention: FlopConvention = FlopConvention()) -> Accounting:
     """Accounting of every part of the model at `seq_len` (default: the model's max_seq_len)."""
     model = spec.model
-    t = seq_len or model.max_seq_len
+    t = model.max_seq_len if seq_len is None else seq_len
+    if not isinstance(t, int) or t < 1:
+        raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
     parts: list[PartCost] = []
 
     def add(name, type_name, cfg, sublayer=None, module_path=None):

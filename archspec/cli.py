@@ -134,9 +134,21 @@ def _check_seq_len(spec, seq_len):
         raise UsageError(f"--seq-len {seq_len} exceeds the model's max_seq_len {spec.model.max_seq_len}")
 
 
+def _parse_device(text: str):
+    import torch
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise UsageError(f"unknown device '{text}' (e.g. cpu, cuda, cuda:1, meta)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {text} requested but CUDA is not available here")
+    return device
+
+
 def cmd_report(args) -> int:
     from .components.base import FlopConvention
     from .report import render, report
+    _parse_device(args.device)
     spec = _load(args.spec)
     _check_seq_len(spec, args.seq_len)
     rep = report(spec, args.seq_len, FlopConvention(args.attention_flops), args.device)
@@ -175,13 +187,7 @@ def cmd_build(args) -> int:
     from .smoke import smoke_run
     spec = _load(args.spec)
     _check_seq_len(spec, args.seq_len)
-    if args.device != "meta":
-        try:
-            device = torch.device(args.device)
-        except RuntimeError:
-            raise UsageError(f"unknown device '{args.device}' (e.g. cpu, cuda, cuda:1)") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError("--device cuda requested but CUDA is not available here")
+    _parse_device(args.device)
     meta = args.meta or args.device == "meta"
     if args.save:  # refuse before spending time on a build whose result could not be saved
         if meta:

@@ -54,11 +54,10 @@ def to_dot(g: nx.DiGraph) -> str:
     lines = [f'digraph "{_esc(g.graph.get("name", "model"))}" {{', "  rankdir=TB;",
              '  node [shape=box, fontname="Helvetica", fontsize=10];']
     for n, attrs in g.nodes(data=True):
-        label = f"{n}\\n{attrs['type']}"
-        if attrs["params"]:
-            label += f"\\n{attrs['params']:,} params"
+        parts = [n, attrs["type"]] + ([f"{attrs['params']:,} params"] if attrs["params"] else [])
+        label = "\\n".join(_esc(part) for part in parts)  # DOT's \n: a line break in the label
         shape = "ellipse" if attrs["type"] == "residual" else "box"
-        lines.append(f'  "{_esc(n)}" [label="{_esc(label, keep_newlines=True)}", shape={shape}];')
+        lines.append(f'  "{_esc(n)}" [label="{label}", shape={shape}];')
     for a, b, attrs in g.edges(data=True):
         style = ' [style=dashed, label="residual"]' if attrs.get("kind") == "residual" else ""
         lines.append(f'  "{_esc(a)}" -> "{_esc(b)}"{style};')
@@ -66,6 +65,7 @@ def to_dot(g: nx.DiGraph) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _esc(s: str, keep_newlines: bool = False) -> str:
-    s = str(s).replace('"', '\\"')
-    return s if keep_newlines else s.replace("\\n", " ")
+def _esc(s) -> str:
+    """A DOT double-quoted string's contents: backslashes and quotes escaped, line breaks as spaces."""
+    s = str(s).replace("\\", "\\\\").replace('"', '\\"')
+    return s.replace("\r\n", " ").replace("\n", " ").replace("\r", " ")

@@ -137,6 +137,8 @@ def test_backend_selection(fast_mlp_backend):
     assert per.backends["sublayers.1.F"] == "reference" and per.backends["sublayers.0.A"] == "reference"
     with pytest.raises(ValueError, match="no 'nonexistent' backend.*reference"):
         build(spec, backend="nonexistent")
+    with pytest.raises(ValueError, match="unknown component.*'X'.*A, F, G, W"):
+        build(spec, backend={"X": "reference"})  # a typo must not be silently ignored
     with pytest.raises(ValueError, match="cannot run on cpu: needs CUDA"):
         build(spec, backend={"F": "gpu_only"})
     # the meta build chooses backends for the CPU too

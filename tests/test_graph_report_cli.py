@@ -100,13 +100,33 @@ def test_graph_dot():
     assert sum("style=dashed" in ln for ln in edge_lines) == 3  # one skip per sublayer
     for ln in lines[1:-1]:
         assert ln.endswith(";"), ln
-        assert ln.count('"') % 2 == 0, ln  # quotes balance (none escaped in these names)
+        _dot_strings(ln)  # quotes are balanced
+    # braces balance outside quoted strings too
+    bare = DOT_STRING.sub("", dot)
+    assert bare.count("{") == bare.count("}") == 1
 
 
-def test_graph_dot_escapes_quotes():
-    spec = loads(MIXED.replace("name: mixed", "name: 'my \"model\"'"))
+DOT_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')  # a DOT double-quoted string with escapes
+
+
+def _dot_strings(line: str) -> list[str]:
+    """The quoted strings of a DOT line, unescaped; asserts nothing is left unterminated."""
+    rest = DOT_STRING.sub("", line)
+    assert '"' not in rest, line
+    return [re.sub(r"\\(.)", r"\1", m) for m in DOT_STRING.findall(line)]
+
+
+def test_graph_dot_escapes_quotes_and_backslashes():
+    spec = loads(MIXED.replace("name: mixed", "name: 'my \"model\" \\ v2'"))
+    assert spec.name == 'my "model" \\ v2'
     dot = to_dot(component_graph(spec))
-    assert dot.splitlines()[0] == 'digraph "my \\"model\\"" {'
+    first = dot.splitlines()[0]
+    assert _dot_strings(first) == [spec.name]
+    assert DOT_STRING.sub("", first) == "digraph  {"
+    for line in dot.splitlines():
+        _dot_strings(line)  # every quote is part of a well-formed string
+    labels = [_dot_strings(ln)[1] for ln in dot.splitlines() if "[label=" in ln]
+    assert labels[0] == "embeddingnembeddingn1,280 params"  # \n line breaks, unescaped to 'n'
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -163,6 +183,18 @@ def test_cli_seq_len_above_max_is_usage_error(command, capsys):
     assert main([command, TINY, "--seq-len", "129"]) == 2
     err = capsys.readouterr().err
     assert "max_seq_len 128" in err and "Traceback" not in err
+
+
+def test_cli_report_bad_device(capsys):
+    assert main(["report", TINY, "--device", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown device 'bogus'" in err and "internal error" not in err
+
+
+def test_account_rejects_bad_seq_len():
+    with pytest.raises(ValueError, match="seq_len must be a positive integer"):
+        account(load(TINY), seq_len=0)
+    assert account(load(TINY)).seq_len == 128  # default: max_seq_len
 
 
 def test_cli_seq_len_must_be_positive(capsys):

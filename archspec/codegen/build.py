@@ -34,6 +34,13 @@ def build(spec: ResolvedSpec, device: str | torch.device = "cpu", dtype: str | N
         raise ValueError(f"unknown dtype '{dtype_name}' (use one of {', '.join(TORCH_DTYPES)})")
     if not meta and not force:
         check_memory(spec, device, dtype_name)
+    if isinstance(backend, dict):
+        unknown = sorted(set(backend) - set(spec.components))
+        if unknown:
+            raise ValueError(f"backend given for unknown component(s) {', '.join(map(repr, unknown))} "
+                             f"(the spec defines: {', '.join(sorted(spec.components))})")
+    elif backend is not None and not isinstance(backend, str):
+        raise ValueError(f"backend must be a name or a dict of component name -> name, got {backend!r}")
     target = device if not meta else torch.device("cpu")  # backends are chosen for where it will run
     with torch.device("meta"):
         model = _construct(spec, backend, target)
