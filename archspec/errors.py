@@ -53,7 +53,13 @@ class SpecError(Exception):
     """Raised with every problem found in a spec (never just the first)."""
 
     def __init__(self, problems: Sequence[Problem]):
-        self.problems = list(problems)
+        # in reading order: by file (first seen first), then line and column; unlocated last
+        files: dict = {}
+        for p in problems:
+            if p.loc:
+                files.setdefault(p.loc.file, len(files))
+        self.problems = sorted(problems, key=lambda p: (files[p.loc.file], p.loc.line, p.loc.col)
+                               if p.loc else (len(files), 0, 0))
         super().__init__(self.format())
 
     def format(self) -> str:

@@ -13,6 +13,7 @@ written in the spec (after `extends`), not defaults filled in later.
 from __future__ import annotations
 
 import ast
+import math
 import operator
 import re
 from typing import Any
@@ -46,12 +47,25 @@ def evaluate_arithmetic(text: str) -> int | float:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError:
         raise ExprError(f"'{text}' is not an arithmetic expression") from None
-    return _eval_node(tree.body, text)
+    try:
+        return _eval_node(tree.body, text)
+    except (ZeroDivisionError, OverflowError):
+        raise ExprError(f"value of '{text}' is out of range or undefined") from None
+    except RecursionError:
+        raise ExprError(f"'{text}' is nested too deeply") from None
+
+
+def _finite(value, text: str) -> int | float:
+    if isinstance(value, complex) or (isinstance(value, float) and not math.isfinite(value)):
+        raise ExprError(f"value of '{text}' is not a finite real number")
+    if abs(value) > MAX_ABS_VALUE:
+        raise ExprError(f"value of '{text}' is out of range")
+    return value
 
 
 def _eval_node(node: ast.AST, text: str) -> int | float:
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return node.value
+        return _finite(node.value, text)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         value = _eval_node(node.operand, text)
         return -value if isinstance(node.op, ast.USub) else value
@@ -69,14 +83,17 @@ def _eval_node(node: ast.AST, text: str) -> int | float:
             result = _BINOPS[type(node.op)](left, right)
         else:
             raise ExprError(f"operator not allowed in '{text}'", "use + - * / // % ** min() max()")
-        if abs(result) > MAX_ABS_VALUE:
-            raise ExprError(f"value of '{text}' is out of range")
-        return result
+        return _finite(result, text)
     if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS
             and node.args and not node.keywords):
         return _FUNCS[node.func.id](*(_eval_node(a, text) for a in node.args))
     raise ExprError(f"'{text}' is not an arithmetic expression",
                     "expressions may use numbers, ${references}, + - * / // % **, min() and max()")
+
+
+class _Broken(ExprError):
+    """A value that cannot be evaluated because of an error already reported (at its own path,
+    or at a value it references): reported once, at the cause, not again at every dependent."""
 
 
 class _Resolver:
@@ -85,7 +102,8 @@ class _Resolver:
         self.data = doc.data
         self.done: dict[Path, Any] = {}
         self.active: list[Path] = []
-        self.problems: list[Problem] = []
+        self.failed: set[Path] = set()
+        self.reports: dict[Path, ExprError] = {}  # each error once, at the path that causes it
 
     def value_at(self, path: Path, from_path: Path):
         """Look up a reference target (evaluating it first if it is an expression)."""
@@ -125,13 +143,23 @@ class _Resolver:
             return value
         if path in self.done:
             return self.done[path]
+        if path in self.failed:
+            raise _Broken(f"{format_path(path)} has an error")
         if path in self.active:
             cycle = self.active[self.active.index(path):] + [path]
-            raise ExprError("references form a cycle: " + " -> ".join(format_path(p) for p in cycle),
-                            "break the cycle by writing one of the values as a number")
+            self.reports.setdefault(path, ExprError(
+                "references form a cycle: " + " -> ".join(format_path(p) for p in cycle),
+                "break the cycle by writing one of the values as a number"))
+            self.failed.update(cycle)
+            raise _Broken(f"{format_path(path)} is in a cycle")
         self.active.append(path)
         try:
             result = self._expression(value, path)
+        except ExprError as err:
+            if not isinstance(err, _Broken):
+                self.reports.setdefault(path, err)
+            self.failed.add(path)
+            raise _Broken(f"{format_path(path)} has an error") from None
         finally:
             self.active.pop()
         self.done[path] = result
@@ -167,8 +195,14 @@ def _as_text(value, ref: str) -> str:
 
 def resolve_references(doc: Document) -> tuple[dict, list[Problem]]:
     """Evaluate every expression in the document; returns new data and the problems found."""
+    data, problems, _ = resolve_references_marking(doc)
+    return data, problems
+
+
+def resolve_references_marking(doc: Document) -> tuple[dict, list[Problem], set[Path]]:
+    """As `resolve_references`, plus the paths left as None because an expression failed (there,
+    or in a value it references), so that later checks do not report them again."""
     resolver = _Resolver(doc)
-    problems: list[Problem] = []
 
     def walk(value, path: Path):
         if isinstance(value, dict):
@@ -177,8 +211,9 @@ def resolve_references(doc: Document) -> tuple[dict, list[Problem]]:
             return [walk(v, path + (i,)) for i, v in enumerate(value)]
         try:
             return resolver.resolve(value, path)
-        except ExprError as err:
-            problems.append(Problem(str(err), path, doc.loc(path), err.hint))
+        except ExprError:
             return None
 
-    return walk(doc.data, ()), problems
+    data = walk(doc.data, ())
+    problems = [Problem(str(err), path, doc.loc(path), err.hint) for path, err in resolver.reports.items()]
+    return data, problems, set(resolver.failed)
