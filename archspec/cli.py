@@ -216,6 +216,11 @@ def cmd_build(args) -> int:
         print(f"smoke forward+backward (batch {res.batch}, seq_len {res.seq_len}): "
               f"{res.forward_backward_seconds * 1000:.1f} ms, loss {res.loss:.4f}, "
               f"peak memory {peak} ({res.peak_memory_kind}), gradients {'finite' if res.grads_finite else 'NOT FINITE'}")
+        if res.params_without_grad:
+            shown = ", ".join(res.params_without_grad[:5])
+            more = len(res.params_without_grad) - 5
+            print(f"note: {len(res.params_without_grad)} parameter(s) got no gradient: {shown}"
+                  + (f" and {more} more" if more > 0 else ""))
         if not res.grads_finite:
             return EXIT_INTERNAL
     if args.save:

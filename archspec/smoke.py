@@ -19,6 +19,7 @@ class SmokeResult:
     peak_memory_bytes: int | None
     peak_memory_kind: str
     grads_finite: bool
+    params_without_grad: list = None  # parameters the backward never reached (unused weights)
 
 
 def _reset_cpu_peak() -> bool:
@@ -39,12 +40,19 @@ def _cpu_peak() -> int | None:
     return None
 
 
-def smoke_run(model: torch.nn.Module, batch: int = 2, seq_len: int = 64, seed: int = 0) -> SmokeResult:
+def smoke_run(model: torch.nn.Module, batch: int = 2, seq_len: int = 64, seed: int = 0,
+              warmup: int = 1) -> SmokeResult:
+    """One timed forward+backward after `warmup` untimed ones (the first call pays one-off costs:
+    kernel selection, allocator growth, lazily built tables). Gradients are left from the timed
+    step."""
     device = next(model.parameters()).device
     vocab = model.embedding.weight.shape[0]
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, vocab, (batch, seq_len + 1), generator=g).to(device)
     cuda = device.type == "cuda"
+    for _ in range(warmup):
+        model(tokens[:, :-1], labels=tokens[:, 1:]).loss.backward()
+    model.zero_grad(set_to_none=True)
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -59,4 +67,5 @@ def smoke_run(model: torch.nn.Module, batch: int = 2, seq_len: int = 64, seed: i
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) if cuda else _cpu_peak()
     finite = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters())
-    return SmokeResult(batch, seq_len, float(out.loss.detach()), seconds, peak, kind, finite)
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    return SmokeResult(batch, seq_len, float(out.loss.detach()), seconds, peak, kind, finite, missing)

@@ -14,6 +14,7 @@ from archspec.cli import main
 from archspec.codegen.build import build, check_memory, weight_bytes
 from archspec.components.base import Backend
 from archspec.errors import BuildRefused
+from archspec.smoke import smoke_run
 from archspec.spec import load, loads
 
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
@@ -276,3 +277,16 @@ def test_meta_build_allocates_nothing():
     model = build(load(SPECS_DIR / "llama-2-70b.yaml"), meta=True)
     assert {p.device.type for p in model.parameters()} == {"meta"}
     assert isinstance(model, nn.Module)
+
+
+def test_smoke_run():
+    model = build(small("(A F) [W | G]"), seed=0)
+    res = smoke_run(model, batch=2, seq_len=12, seed=0)
+    assert (res.batch, res.seq_len) == (2, 12)
+    assert res.grads_finite and res.params_without_grad == []
+    assert res.loss == pytest.approx(math.log(50), abs=0.1)  # untrained: ~uniform over 50 tokens
+    assert res.forward_backward_seconds > 0
+    assert res.peak_memory_bytes is None or res.peak_memory_bytes > 0
+    # a weight the forward never uses is reported
+    model.unused = nn.Parameter(torch.zeros(3))
+    assert smoke_run(model, batch=1, seq_len=4).params_without_grad == ["unused"]
