@@ -15,7 +15,7 @@ from .expr import resolve_references_marking
 from .layout import Sublayer as Symbols, compact, expand_layout
 from .loader import Document, load_with_extends, parse
 from .schema import component_schema, strict_schema
-from .validate import schema_problems
+from .validate import dedupe, schema_problems
 
 MODEL_DEFAULTS = {"dtype": "float32", "tie_embeddings": False, "init_std": 0.02,
                   "norm": {"type": "rmsnorm"}}
@@ -197,7 +197,7 @@ def _apply_overrides(sublayers: list[Sublayer], overrides: list, model, doc: Doc
             problems += found
             inst.overrides = {**member.overrides, **ov["set"]}
             sub.members = [inst if m is member else m for m in sub.members]
-    return problems
+    return dedupe(problems)  # `at: [0, 2]` with one bad value is one mistake, not two
 
 
 def _pick_member(sub: Sublayer, name, path, doc, problems) -> ComponentInstance | None:

@@ -13,18 +13,38 @@ _JSON_TYPES = {"integer": "an integer", "number": "a number", "string": "a strin
                "boolean": "true or false", "object": "a mapping", "array": "a list", "null": "null"}
 
 
+# JSON Schema counts 4.0 as an integer; a size of 4.0 (e.g. `${d_model} * 1.5`) is not one here
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, x: isinstance(x, int) and not isinstance(x, bool)),
+)
+
+
 def schema_problems(data: dict, doc: Document, schema: dict, base_path: Path = (),
                     loc_path=None) -> list[Problem]:
     """Validate `data` against `schema`; paths are reported under `base_path`. `loc_path` maps a
     data path to the spec path whose location to show (for overrides)."""
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = _Validator(schema)
     problems: list[Problem] = []
     for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
         problems += _translate(error, doc, base_path, loc_path or (lambda p: p))
-    return _dedupe(problems)
+    return _drop_implied(dedupe(problems))
 
 
-def _dedupe(problems: list[Problem]) -> list[Problem]:
+def _drop_implied(problems: list[Problem]) -> list[Problem]:
+    """A misspelled key (`n_head`, did you mean 'n_heads'?) is one mistake: drop the "missing
+    required key 'n_heads'" it implies in the same mapping."""
+    suggested = {(p.path[:-1], p.hint) for p in problems if p.message.startswith("unknown key ")}
+    out = []
+    for p in problems:
+        missing = re.fullmatch(r"missing required key '(.+)'", p.message)
+        if not (missing and (p.path, f"did you mean '{missing.group(1)}'?") in suggested):
+            out.append(p)
+    return out
+
+
+def dedupe(problems: list[Problem]) -> list[Problem]:
     seen, out = set(), []
     for p in problems:
         key = (p.path, p.message)
@@ -79,6 +99,8 @@ def _translate(error: jsonschema.ValidationError, doc: Document, base: Path, loc
             hint = "arithmetic is evaluated only in expressions with a ${reference}"
         elif isinstance(inst, str) and set(want) & {"integer", "number"}:
             hint = "write a number, or an expression such as ${d_model} * 4"
+        elif isinstance(inst, float) and "integer" in want:
+            hint = "use a whole number; in expressions `//` divides to an integer"
         return [Problem(f"expected {expected}, got {_describe(inst)}", path, where(path), hint)]
     if v in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
         op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[v]
