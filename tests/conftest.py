@@ -1,0 +1,46 @@
+"""Shared helpers for the spec tests: write a small YAML spec and collect its problems."""
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from archspec.errors import SpecError
+from archspec.spec import load
+
+GOOD = """\
+model:
+  name: small
+  vocab_size: 256
+  d_model: 64
+  max_seq_len: 128
+components:
+  A: {type: attention, n_heads: 4, n_kv_heads: 2}
+  F: {type: mlp, activation: swiglu, d_ff: 128}
+layout: "(A F) x 2"
+"""
+
+
+@pytest.fixture
+def write(tmp_path):
+    """write(text, name='spec.yaml') -> path of a file holding the dedented text."""
+    def _write(text: str | bytes, name: str = "spec.yaml"):
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(textwrap.dedent(text))
+        return path
+    return _write
+
+
+@pytest.fixture
+def problems(write):
+    """problems(text) -> the list of Problems a spec raises (fails the test if it is valid)."""
+    def _problems(text: str, name: str = "spec.yaml"):
+        path = write(text, name)
+        with pytest.raises(SpecError) as info:
+            load(path)
+        return info.value.problems
+    return _problems
