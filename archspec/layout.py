@@ -109,6 +109,8 @@ def _parse_parallel(tokens, pos, text, symbols, open_col):
             continue
         if pos < len(tokens) and tokens[pos][1] == "]":
             break
+        if pos >= len(tokens):
+            continue  # reported as never closed
         raise LayoutError(f"expected '|' or ']' after '{value}' in the parallel group of '{text}'",
                           "write parallel groups as '[M | S | E]'")
     duplicates = {m for m in members if members.count(m) > 1}
@@ -123,8 +125,16 @@ def _symbols_of_word(word: str, col: int, text: str, symbols: set[str]) -> list[
         return [word]
     if len(word) > 1 and all(ch in symbols for ch in word):
         return list(word)  # Megatron-style run of one-character symbols
-    hint = did_you_mean(word, symbols) or (f"defined components: {', '.join(sorted(symbols))}"
-                                           if symbols else "define components under `components:`")
+    hint = did_you_mean(word, symbols)
+    singles = {s for s in symbols if len(s) == 1}
+    if hint is None and len(word) > 1 and sum(ch in singles for ch in word) >= len(word) / 2:
+        # a Megatron-style word with a stray character: name the character
+        k = next(k for k, ch in enumerate(word) if ch not in singles)
+        raise LayoutError(f"undefined layout symbol '{word[k]}' in '{word}' at position {col + k + 1} of "
+                          f"the pattern '{text}'", did_you_mean(word[k], singles)
+                          or f"one-character symbols defined: {', '.join(sorted(singles))}")
+    hint = hint or (f"defined components: {', '.join(sorted(symbols))}"
+                    if symbols else "define components under `components:`")
     raise LayoutError(f"undefined layout symbol '{word}' at position {col + 1} of the pattern '{text}'",
                       hint)
 
@@ -178,6 +188,10 @@ def _expand_rules(layout: dict, pattern, problems) -> list[Sublayer]:
             chosen = _single(pattern(rule["use"], path + ("use",)), path + ("use",), problems)
             rules.append((rule["period"], rule.get("offset", 0), chosen))
         slots.append((default, rules))
+    if layout["layers"] * len(slots) > MAX_SUBLAYERS:
+        problems.append(LayoutProblem(f"{layout['layers']:,} layers of {len(slots)} sublayers is more than "
+                                      f"{MAX_SUBLAYERS:,} sublayers", ("layers",), "check `layers`"))
+        return []
     out = []
     for i in range(layout["layers"]):
         for default, rules in slots:
