@@ -152,8 +152,11 @@ def test_backend_selection(fast_mlp_backend):
         build(spec, backend={"X": "reference"})  # a typo must not be silently ignored
     with pytest.raises(ValueError, match="cannot run on cpu: needs CUDA"):
         build(spec, backend={"F": "gpu_only"})
-    # the meta build chooses backends for the CPU too
+    # the meta build chooses backends for the device it is meant for (the CPU by default)
     assert build(spec, meta=True).backends["sublayers.1.F"] == "fast"
+    assert build(spec, meta=True, device="cuda").backends["sublayers.1.F"] == "gpu_only"
+    with pytest.raises(ValueError, match="needs CUDA"):
+        build(spec, meta=True, backend={"F": "gpu_only"})
 
 
 def test_spec_backend_key_is_honoured(fast_mlp_backend):
@@ -237,8 +240,9 @@ layout: "(A F) x 2"
         loss.backward()
         opt.step()
     last = model(tokens, labels=labels).loss.item()
-    # starts near ln(16) = 2.77; after the first period every token is determined by the previous
-    # one, so a working model gets far below; 0.3 is ~10x under the start and leaves a wide margin
+    # starts near ln(16) = 2.77; the period's tokens are distinct, so each next token is a function
+    # of the current one and a working model gets far below; 0.3 is ~10x under the start and
+    # leaves a wide margin (it reaches ~0.01 here)
     assert first == pytest.approx(math.log(16), abs=0.2)
     assert last < 0.3, (first, last)
     print(f"trained: {first:.3f} -> {last:.4f}")

@@ -189,6 +189,10 @@ def test_cli_report_bad_device(capsys):
     assert main(["report", TINY, "--device", "bogus"]) == 2
     err = capsys.readouterr().err
     assert "unknown device 'bogus'" in err and "internal error" not in err
+    # the report is analytic: it may show a CUDA machine's backends from a machine without one
+    assert main(["report", TINY, "--device", "cuda", "--format", "json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert all("backend" in c for c in rep["components"] if c["type"] in ("attention", "mlp"))
 
 
 def test_account_rejects_bad_seq_len():

@@ -28,7 +28,8 @@ def build(spec: ResolvedSpec, device: str | torch.device = "cpu", dtype: str | N
           seed: int | None = None) -> CausalLM:
     """Build the model. `backend` forces a backend for every component (a string) or per
     component name (a dict); `force` builds even when the weights would not fit in memory."""
-    device = torch.device("meta" if meta else device)
+    requested = torch.device(device)
+    device = torch.device("meta") if meta else requested
     dtype_name = dtype or spec.model.dtype
     if dtype_name not in TORCH_DTYPES:
         raise ValueError(f"unknown dtype '{dtype_name}' (use one of {', '.join(TORCH_DTYPES)})")
@@ -41,7 +42,9 @@ def build(spec: ResolvedSpec, device: str | torch.device = "cpu", dtype: str | N
                              f"(the spec defines: {', '.join(sorted(spec.components))})")
     elif backend is not None and not isinstance(backend, str):
         raise ValueError(f"backend must be a name or a dict of component name -> name, got {backend!r}")
-    target = device if not meta else torch.device("cpu")  # backends are chosen for where it will run
+    # backends are chosen for where the model will run: a meta build of a model meant for
+    # device X shows X's choices (the CPU's when no real device was named)
+    target = requested if requested.type != "meta" else torch.device("cpu")
     with torch.device("meta"):
         model = _construct(spec, backend, target)
     model = model.to(TORCH_DTYPES[dtype_name])
