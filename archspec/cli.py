@@ -248,8 +248,12 @@ def save_model(model, spec, directory: Path) -> Path:
         raise UsageError(f"cannot write to --save directory '{directory}': {e.strerror or e}") from None
     try:
         torch.save(model.state_dict(), tmp / "model.pt")
-        (tmp / "spec.resolved.json").write_text(json.dumps(resolved_spec_json(spec), indent=2,
-                                                           default=str) + "\n")
+        resolved = resolved_spec_json(spec)
+        first = next(model.parameters(), None)  # how these weights were built, to load them back
+        resolved["build"] = {"dtype": str(first.dtype).removeprefix("torch.") if first is not None else None,
+                             "backends": dict(model.backends),
+                             "params": sum(p.numel() for p in model.parameters())}
+        (tmp / "spec.resolved.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n")
         if directory.exists():
             directory.rmdir()
         tmp.rename(directory)

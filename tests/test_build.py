@@ -304,3 +304,23 @@ def test_smoke_run():
     # a weight the forward never uses is reported
     model.unused = nn.Parameter(torch.zeros(3))
     assert smoke_run(model, batch=1, seq_len=4).params_without_grad == ["unused"]
+
+
+def test_free_memory_respects_a_cgroup_limit(tmp_path, monkeypatch):
+    from archspec.codegen import build as B
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       64000000 kB\nMemAvailable:   32000000 kB\n")
+    limit, usage = tmp_path / "memory.max", tmp_path / "memory.current"
+    monkeypatch.setattr(B, "MEMINFO", meminfo)
+    monkeypatch.setattr(B, "CGROUP_FILES", [(limit, usage)])
+    cpu = torch.device("cpu")
+    assert B.free_memory_bytes(cpu) == 32_000_000 * 1024  # no cgroup file: the host's figure
+    limit.write_text("max\n")
+    assert B.free_memory_bytes(cpu) == 32_000_000 * 1024
+    limit.write_text(f"{4 * 2**30}\n")
+    usage.write_text(f"{1 * 2**30}\n")
+    assert B.free_memory_bytes(cpu) == 3 * 2**30  # the container's limit is the tighter one
+    spec = small()
+    monkeypatch.setattr(B, "weight_bytes", lambda spec, dtype=None: 3 * 2**30)
+    with pytest.raises(BuildRefused, match="3.00 GiB.*3.00 GiB free"):
+        B.check_memory(spec, cpu, "float32")  # 3 GiB > 80% of the 3 GiB left under the limit

@@ -257,6 +257,19 @@ def test_cli_build_save_and_load_back(tmp_path, capsys):
     assert resolved["components"]["A"]["config"]["head_dim"] == 16  # defaults are filled
     assert resolved["model"]["d_model"] == 64
     assert resolved["spec"]["components"]["F"]["d_ff"] == 192
+    assert resolved["build"] == {"dtype": "float32", "params": 115_008,
+                                 "backends": {f"sublayers.{i}.{s}": "reference"
+                                              for i, s in enumerate("AFAF")}}
+
+
+def test_cli_build_save_bfloat16(tmp_path, capsys):
+    target = tmp_path / "bf16"
+    assert main(["build", TINY, "--dtype", "bfloat16", "--seq-len", "8", "--save", str(target)]) == 0
+    assert "torch.bfloat16" in capsys.readouterr().out
+    state = torch.load(target / "model.pt", weights_only=True)
+    assert {t.dtype for t in state.values()} == {torch.bfloat16}
+    assert json.loads((target / "spec.resolved.json").read_text())["build"]["dtype"] == "bfloat16"
+    build(load(TINY), dtype="bfloat16").load_state_dict(state, strict=True)
 
 
 def test_cli_build_save_refuses_non_empty_dir(tmp_path, capsys):

@@ -95,16 +95,52 @@ def free_memory_bytes(device: torch.device) -> int | None:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     if device.type == "cpu":
+        free = _meminfo_available()
+        limit = _cgroup_free()  # a container's limit can be far below the host's free memory
+        if free is None:
+            return limit
+        return free if limit is None else min(free, limit)
+    return None
+
+
+MEMINFO = Path("/proc/meminfo")
+# (limit, usage) files of cgroup v2, then v1; a limit of 'max' (or v1's huge number) is no limit
+CGROUP_FILES = [(Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current")),
+                (Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+                 Path("/sys/fs/cgroup/memory/memory.usage_in_bytes"))]
+_NO_LIMIT = 2**60
+
+
+def _meminfo_available() -> int | None:
+    try:
+        for line in MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
+
+
+def _cgroup_free() -> int | None:
+    """Memory left under this process's cgroup limit, or None when there is no limit."""
+    for limit_file, usage_file in CGROUP_FILES:
         try:
-            for line in Path("/proc/meminfo").read_text().splitlines():
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+            text = limit_file.read_text().strip()
         except OSError:
-            pass
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError):
+            continue
+        if text == "max":
             return None
+        try:
+            limit = int(text)
+            if limit >= _NO_LIMIT:
+                return None
+            usage = int(usage_file.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        return max(0, limit - usage)
     return None
 
 
