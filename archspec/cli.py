@@ -265,7 +265,8 @@ def save_model(model, spec, directory: Path) -> Path:
 
 def _check_save_dir(directory: Path) -> None:
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-        raise UsageError(f"--save directory '{directory}' exists and is not empty; choose a new one")
+        what = "is not empty" if directory.is_dir() else "is a file"
+        raise UsageError(f"--save directory '{directory}' exists and {what}; choose a new one")
 
 
 def resolved_spec_json(spec) -> dict:

@@ -127,13 +127,15 @@ overrides: OVERRIDES
 """
 
 
-def _override_spec(overrides: str):
-    return loads(OVERRIDE.replace("OVERRIDES", overrides))
+def _override_spec(tmp_path, overrides: str):
+    path = tmp_path / f"override-{len(list(tmp_path.iterdir()))}.yaml"
+    path.write_text(OVERRIDE.replace("OVERRIDES", overrides))
+    return load(path)
 
 
-def test_override_changes_exactly_one_sublayer_d_ff():
-    base = account(_override_spec("[]"))
-    spec = _override_spec("[{at: 1, set: {d_ff: 96}}]")
+def test_override_changes_exactly_one_sublayer_d_ff(tmp_path):
+    base = account(_override_spec(tmp_path, "[]"))
+    spec = _override_spec(tmp_path, "[{at: 1, set: {d_ff: 96}}]")
     acc = account(spec)
     b, o = base.param_shapes(), acc.param_shapes()
     changed = {k for k in b if b[k] != o.get(k)}
@@ -150,9 +152,9 @@ def test_override_changes_exactly_one_sublayer_d_ff():
     assert rows[1]["overrides"] == {"F": {"d_ff": 96}} and rows[3]["overrides"] == {}
 
 
-def test_override_window_on_one_attention_sublayer():
-    spec = _override_spec("[{at: 2, set: {window: null}}]")
-    base = account(_override_spec("[]"), seq_len=64)
+def test_override_window_on_one_attention_sublayer(tmp_path):
+    spec = _override_spec(tmp_path, "[{at: 2, set: {window: null}}]")
+    base = account(_override_spec(tmp_path, "[]"), seq_len=64)
     acc = account(spec, seq_len=64)
     assert acc.param_shapes() == base.param_shapes()  # a window has no parameters
     cost = {p.name: p.cost for p in acc.parts}
