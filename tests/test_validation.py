@@ -1,0 +1,237 @@
+"""Whole-spec validation: every mistake located, all at once, with hints; CLI; editor schema."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from archspec.cli import main
+from archspec.loader import parse
+from archspec.schema import EDITOR_FILE, editor_schema
+from archspec.spec import load
+
+from conftest import GOOD
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = """\
+model:
+  vocab_size: 256
+  d_model: 64
+  max_seq_len: 128
+components:
+  A: {type: attention, n_heads: 4, n_kv_heads: 2}
+  F: {type: mlp, d_ff: 128}
+layout: "(A F) x 2"
+"""
+
+
+def at(p):
+    return (p.loc.line, p.loc.col)
+
+
+def col(text: str, line: int, needle: str, nth: int = 0) -> tuple[int, int]:
+    """(line, 1-based column) of the nth `needle` on a 1-based line of `text`."""
+    row, start = text.splitlines()[line - 1], -1
+    for _ in range(nth + 1):
+        start = row.index(needle, start + 1)
+    return (line, start + 1)
+
+
+def test_good_spec_loads(write):
+    spec = load(write(GOOD))
+    assert [s.symbols for s in spec.sublayers] == [("A",), ("F",)] * 2 and spec.layout_text == "(A F) x 2"
+
+
+def test_three_independent_mistakes_give_three_located_problems(problems):
+    text = SPEC.replace("n_heads: 4,", "n_head: 4,").replace("type: mlp", "type: mpl").replace("x 2", "x 2 Q")
+    found = problems(text)
+    assert [(p.path, at(p)) for p in found] == [
+        (("components", "A", "n_head"), col(text, 6, "n_head")),
+        (("components", "F", "type"), col(text, 7, "mpl")),
+        (("layout",), col(text, 8, '"')),
+    ]
+    assert found[0].message == "unknown key 'n_head'" and found[0].hint == "did you mean 'n_heads'?"
+    assert "unknown component type 'mpl'" in found[1].message and found[1].hint == "did you mean 'mlp'?"
+    assert "undefined layout symbol 'Q'" in found[2].message
+
+
+def test_unknown_component_type_did_you_mean(problems):
+    [p] = problems(SPEC.replace("type: attention", "type: atention"))
+    assert p.message == "unknown component type 'atention'" and p.hint == "did you mean 'attention'?"
+    assert p.path == ("components", "A", "type") and at(p) == (6, 13)
+
+
+def test_undefined_layout_symbol_did_you_mean(problems):
+    [p] = problems(SPEC.replace("A:", "attn:").replace('"(A F) x 2"', '"(atn F) x 2"'))
+    assert "undefined layout symbol 'atn'" in p.message and p.hint == "did you mean 'attn'?"
+    assert p.path == ("layout",) and at(p) == (8, 9)
+
+
+def test_misspelled_top_level_and_model_keys(problems):
+    found = problems(SPEC.replace("  d_model: 64", "  d_model: 64\n  max_seq_lne: 3") + "overides: []\n")
+    by = {p.path: p for p in found}
+    assert by[("model", "max_seq_lne")].hint == "did you mean 'max_seq_len'?"
+    assert at(by[("model", "max_seq_lne")]) == (4, 3)
+    assert by[("overides",)].hint == "did you mean 'overrides'?" and at(by[("overides",)]) == (10, 1)
+    assert len(found) == 2
+
+
+@pytest.mark.parametrize("old, new, path, words, where", [
+    ("d_ff: 128", 'd_ff: "128"', ("components", "F", "d_ff"), "expected an integer, got string '128'", (7, '"128"')),
+    ("d_ff: 128", "d_ff: abc", ("components", "F", "d_ff"), "expected an integer, got string 'abc'", (7, 'abc')),
+    ("d_ff: 128", "d_ff: 128.0", ("components", "F", "d_ff"), "expected an integer, got number 128.0", (7, '128.0')),
+    ("d_ff: 128", "d_ff: true", ("components", "F", "d_ff"), "expected an integer, got boolean true", (7, 'true')),
+    ("d_ff: 128", 'd_ff: "${d_model} * 1.5"', ("components", "F", "d_ff"), "expected an integer", (7, '"${d_model} * 1.5"')),
+    ("d_ff: 128", "d_ff: 0", ("components", "F", "d_ff"), "must be >= 1, got 0", (7, '0')),
+    ("d_model: 64", "d_model: -64", ("model", "d_model"), "must be >= 1, got -64", (3, '-64')),
+    ("vocab_size: 256", "vocab_size: 0", ("model", "vocab_size"), "must be >= 1, got 0", (2, '0')),
+    ("n_heads: 4,", "n_heads: 6,", ("components", "A", "n_heads"), "n_heads=6 does not divide d_model=64", (6, '6,')),
+    ("n_kv_heads: 2", "n_kv_heads: 3", ("components", "A", "n_kv_heads"), "n_kv_heads=3 does not divide n_heads=4", (6, '3')),
+    ("n_kv_heads: 2", "n_kv_heads: 2, window: 1000", ("components", "A", "window"), "window=1000 exceeds max_seq_len=128", (6, '1000')),
+    ("d_ff: 128", 'd_ff: "${d_modle} * 4"', ("components", "F", "d_ff"), "'${d_modle}' is undefined", (7, '"${d_modle} * 4"')),
+    ("d_ff: 128", 'd_ff: "${components.F.d_ff}"', ("components", "F", "d_ff"), "cycle", (7, '"${components.F.d_ff}"')),
+    ('"(A F) x 2"', '"(A F) x 0"', ("layout",), "layout expands to no sublayers", (8, '"')),
+    ('"(A F) x 2"', "{layers: 2, sublayers: [{use: A x 0}]}", ("layout",), "no sublayers", (8, '{')),
+    ('"(A F) x 2"', "{layers: 2, sublayers: [{use: Q}]}", ("layout", "sublayers", 0, "use"), "'Q'", (8, 'Q')),
+])
+def test_single_mistakes(problems, old, new, path, words, where):
+    assert old in SPEC
+    text = SPEC.replace(old, new)
+    found = problems(text)
+    assert len(found) == 1, [p.format() for p in found]
+    [p] = found
+    assert p.path == path and words in p.message and at(p) == col(text, *where)
+    assert p.loc.file.endswith("spec.yaml")
+    if "does not divide" in words or "exceeds" in words or "must be >=" in words or "undefined" in words:
+        assert p.hint
+
+
+def test_undefined_reference_has_did_you_mean(problems):
+    [p] = problems(SPEC.replace("d_ff: 128", 'd_ff: "${d_modle} * 4"'))
+    assert p.hint == "did you mean 'd_model'?"
+
+
+def test_reference_cycle_through_vars_reported_once(problems):
+    found = problems("vars: {a: \"${b}\", b: \"${a}\"}\n" + SPEC.replace("d_ff: 128", 'd_ff: "${a}"'))
+    assert [p.path for p in found] == [("vars", "a")]
+    assert found[0].message == "references form a cycle: vars.a -> vars.b -> vars.a" and at(found[0]) == (1, 11)
+
+
+def test_errors_in_model_and_components_together(problems):
+    found = problems(SPEC.replace("vocab_size: 256", "vocab_size: 0").replace("d_ff: 128", 'd_ff: "x"'))
+    assert [p.path for p in found] == [("model", "vocab_size"), ("components", "F", "d_ff")]
+
+
+OV = SPEC.replace('"(A F) x 2"', '"(A [F | M]) x 2"').replace("  F: {type: mlp, d_ff: 128}",
+                                                               "  F: {type: mlp, d_ff: 128}\n  M: {type: mlp, d_ff: 64}")
+
+
+@pytest.mark.parametrize("override, path, words, where", [
+    ("  - at: 9\n    set: {n_heads: 2}", ("overrides", 0, "at"), "sublayer 9 does not exist: the layout has 4", (11, 9)),
+    ("  - at: [0, 7]\n    set: {n_heads: 2}", ("overrides", 0, "at", 1), "sublayer 7 does not exist", (11, 13)),
+    ("  - at: 1\n    set: {d_ff: 32}", ("overrides", 0), "parallel group of F, M: say which member", (11, 5)),
+    ("  - at: 1\n    component: Z\n    set: {d_ff: 32}", ("overrides", 0, "component"), "has no component 'Z'", (12, 16)),
+    ("  - at: 0\n    set: {n_haeds: 2}", ("overrides", 0, "set", "n_haeds"), "unknown key 'n_haeds'", (12, 11)),
+    ("  - at: [0, 2]\n    set:\n      n_heads: two", ("overrides", 0, "set", "n_heads"), "expected an integer", (13, 16)),
+    ("  - at: 0\n    set: {n_heads: 0}", ("overrides", 0, "set", "n_heads"), "must be >= 1", (12, 20)),
+    ("  - at: 2\n    set: {n_kv_heads: 3}", ("overrides", 0, "set", "n_kv_heads"), "does not divide n_heads=4", (12, 23)),
+    ("  - at: -1\n    set: {n_heads: 2}", ("overrides", 0, "at"), "", (11, 9)),
+    ("  - at: 0\n    set: {}", ("overrides", 0, "set"), "must not be empty", (12, 10)),
+])
+def test_override_mistakes(problems, override, path, words, where):
+    found = problems(OV + "overrides:\n" + override + "\n")
+    assert len(found) == 1, [p.format() for p in found]
+    [p] = found
+    assert p.path == path and words in p.message and at(p) == where
+    if "n_haeds" in words:
+        assert p.hint == "did you mean 'n_heads'?"
+
+
+def test_good_override_applies(write):
+    spec = load(write(OV + "overrides:\n  - at: 1\n    component: M\n    set: {d_ff: 32}\n"))
+    assert spec.sublayers[1].members[1].config["d_ff"] == 32 and spec.sublayers[3].members[1].config["d_ff"] == 64
+
+
+def test_security_and_file_cases_through_load(problems, capfd):
+    found = problems("model: !!python/object/apply:os.system [\"echo hi\"]\n")
+    assert "not allowed" in found[0].message and "hi" not in capfd.readouterr().out
+
+
+# --- CLI ------------------------------------------------------------------------------------
+
+def test_cli_validate_exit_codes(write, tmp_path, capsys):
+    good, bad = write(GOOD, "good.yaml"), write(SPEC.replace("n_heads: 4,", "n_head: 4,"), "bad.yaml")
+    assert main(["validate", str(good)]) == 0
+    assert "good.yaml: ok" in capsys.readouterr().out
+    assert main(["validate", str(good), str(bad)]) == 1
+    out, err = capsys.readouterr()
+    assert "good.yaml: ok" in out and "bad.yaml:6:24: error at components.A.n_head: unknown key 'n_head'" in err
+    assert "hint: did you mean 'n_heads'?" in err and "1 error found" in err
+    assert main(["validate", str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["validate", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert main(["validate", str(bad), str(tmp_path / "missing.yaml")]) == 2  # worst wins
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(["validate"])
+    assert info.value.code == 2
+
+
+def test_cli_validate_json(write, capsys):
+    good, bad = write(GOOD, "good.yaml"), write(SPEC.replace("type: attention", "type: atention"), "bad.yaml")
+    assert main(["validate", "--format", "json", str(good), str(bad)]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert [r["file"] for r in out] == [str(good), str(bad)] and [r["valid"] for r in out] == [True, False]
+    assert out[0]["errors"] == []
+    assert out[1]["errors"] == [{"file": str(bad), "line": 6, "column": 13, "path": "components.A.type",
+                                 "message": "unknown component type 'atention'",
+                                 "hint": "did you mean 'attention'?"}]
+
+
+@pytest.mark.parametrize("content", [b"a: &a [*a]\n", b"a: " + b"[" * 5000 + b"\n", b"\xff\xfe\x00x",
+                                     b"model: !!binary aGk=\n"])
+def test_cli_never_shows_a_traceback_for_hostile_files(write, capsys, content):
+    assert main(["validate", str(write(content))]) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "internal error" not in captured.err
+    assert "spec.yaml:" in captured.err
+
+
+def test_console_script_subprocess(write, tmp_path):
+    exe = shutil.which("archspec", path=str(Path(sys.executable).parent)) or "archspec"
+    bad = write("model: !!python/object/apply:os.system [\"echo pwned\"]\nlayout: [\n", "bad.yaml")
+    res = subprocess.run([exe, "validate", str(bad), str(tmp_path / "nope.yaml")], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr and "pwned" not in res.stdout
+    assert "bad.yaml:3:1: error: YAML syntax error" in res.stderr and "nope.yaml' does not exist" in res.stderr
+
+
+# --- editor schema --------------------------------------------------------------------------
+
+def test_editor_schema_is_current():
+    assert json.loads(EDITOR_FILE.read_text()) == editor_schema(), "run `archspec schema --write`"
+
+
+def test_editor_schema_is_valid_and_accepts_raw_specs():
+    schema = json.loads(EDITOR_FILE.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    for name in ("tiny.yaml", "llama-2-7b.yaml"):
+        # raw YAML as an editor reads it (YAML 1.2: `1e-5` is a number), `${}` strings unevaluated
+        raw = parse((ROOT / "specs" / name).read_text()).data
+        assert "${" in json.dumps(raw) or name != "tiny.yaml"
+        errors = list(validator.iter_errors(raw))
+        assert errors == [], [e.message for e in errors]
+    # and it still catches mistakes
+    bad = yaml.safe_load(GOOD.replace("n_heads: 4", "n_head: 4"))
+    assert any("n_head" in e.message for e in validator.iter_errors(bad))
+    raw = parse(GOOD.replace("d_model: 64", "d_model: ${width} * 2")).data
+    assert list(validator.iter_errors(raw)) == []
+    assert list(validator.iter_errors({"extends": "base.yaml"})) == []  # a child may be partial
