@@ -230,7 +230,7 @@ def test_editor_schema_is_valid_and_accepts_raw_specs():
         errors = list(validator.iter_errors(raw))
         assert errors == [], [e.message for e in errors]
     # and it still catches mistakes
-    bad = yaml.safe_load(GOOD.replace("n_heads: 4", "n_head: 4"))
+    bad = parse(GOOD.replace("n_heads: 4", "n_head: 4")).data
     assert any("n_head" in e.message for e in validator.iter_errors(bad))
     raw = parse(GOOD.replace("d_model: 64", "d_model: ${width} * 2")).data
     assert list(validator.iter_errors(raw)) == []
