@@ -109,13 +109,20 @@ def read_text(path: str | os.PathLike) -> str:
     if p.is_dir():
         raise FileProblem([Problem(f"'{name}' is a directory, not a spec file", loc=Loc(name, 1, 1),
                                    hint="pass a .yaml file")])
+    if not p.is_file():
+        raise FileProblem([Problem(f"'{name}' is not a regular file", loc=Loc(name, 1, 1),
+                                   hint="pass a .yaml file")])
     try:
         size = p.stat().st_size
         if size > MAX_FILE_BYTES:
             raise SpecError([Problem(
                 f"spec file is {size:,} bytes, over the {MAX_FILE_BYTES:,}-byte limit",
                 loc=Loc(name, 1, 1), hint="a spec is a few kilobytes; is this the right file?")])
-        raw = p.read_bytes()
+        with open(p, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)  # stat can under-report (e.g. /proc files)
+        if len(raw) > MAX_FILE_BYTES:
+            raise SpecError([Problem(f"spec file is over the {MAX_FILE_BYTES:,}-byte limit",
+                                     loc=Loc(name, 1, 1), hint="a spec is a few kilobytes; is this the right file?")])
     except OSError as e:
         raise FileProblem([Problem(f"cannot read '{name}': {e.strerror}", loc=Loc(name, 1, 1),
                                    hint="check the file's permissions")]) from None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path as FsPath
 
 import pytest
 
@@ -234,3 +235,8 @@ def test_broken_base_reports_its_own_file(write):
 def test_load_document_ignores_extends(write):
     doc = load_document(write("extends: missing.yaml\nmodel: {}\n"))
     assert doc.data["extends"] == "missing.yaml"
+
+
+def test_device_files_are_refused_without_reading(tmp_path):
+    p = one(FsPath("/dev/zero"), file_error=FileProblem)
+    assert "not a regular file" in p.message
