@@ -16,12 +16,11 @@ Conventions (also printed by the report):
 """
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from .components import get
 from .components.base import FlopConvention, Flops, numel
-from .spec import ComponentInstance, ResolvedSpec
+from .spec import ResolvedSpec
 
 TRAIN_FLOPS_FACTOR = 3
 GATE_FLOPS_PER_ELEMENT = 2  # g_i * f_i(x), then the sum over members

@@ -180,8 +180,6 @@ def cmd_schema(args) -> int:
 
 
 def cmd_build(args) -> int:
-    import torch
-
     from .accounting import account
     from .codegen.build import build, human_bytes
     from .smoke import smoke_run
