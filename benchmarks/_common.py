@@ -36,6 +36,9 @@ def environment() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "fvcore": fvcore_version,
+        # other processes on this (shared) machine compete for its 2 cores; recorded so a
+        # reader can judge the timings
+        "load_average_1_5_15min": list(os.getloadavg()),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
