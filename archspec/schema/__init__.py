@@ -73,6 +73,8 @@ def editor_schema() -> dict:
     schema["if"] = {"required": ["extends"]}
     schema["then"] = {}
     schema["else"] = {"required": schema.pop("required")}
+    # ...and so may its model section: which keys a child must set depends on its base
+    schema["$defs"]["model"].pop("required", None)
     schema["$defs"]["component"]["required"] = []
     return schema
 
