@@ -185,19 +185,27 @@ def _apply_overrides(sublayers: list[Sublayer], overrides: list, model, doc: Doc
                 continue
             merged = {"type": member.type, "backend": member.backend,
                       **{key: member.config[key] for key in member.written}, **ov["set"]}
-            to_spec = lambda p: path + ("set",) + p[1:] if len(p) > 1 and p[1] in ov["set"] else path  # noqa: E731
-            found = schema_problems(merged, doc, component_schema(member.type), ("x",), to_spec)
+            located = _override_locator(path, ov["set"])
+            found = schema_problems(merged, doc, component_schema(member.type), ("x",),
+                                    lambda p: located(p[1] if len(p) > 1 else None))
             for f in found:
-                f.path = to_spec(f.path)
+                f.path = located(f.path[1] if len(f.path) > 1 else None)
             if found:
                 problems += found
                 continue
-            inst, found = _configure(merged, member.name, model, doc, path,
-                                     located_at=lambda key: path + ("set", key) if key in ov["set"] else path)
+            inst, found = _configure(merged, member.name, model, doc, path, located_at=located)
+            for f in found:
+                f.message = f"sublayer {index} ({member.name}) with this override: {f.message}"
             problems += found
             inst.overrides = {**member.overrides, **ov["set"]}
             sub.members = [inst if m is member else m for m in sub.members]
     return dedupe(problems)  # `at: [0, 2]` with one bad value is one mistake, not two
+
+
+def _override_locator(path: Path, changed: dict):
+    """Where a problem of an overridden config is shown: at the key the override sets, or at its
+    `set:` when the problem is on a key it leaves alone (the override still caused it)."""
+    return lambda key: path + ("set", key) if key in changed else path + ("set",)
 
 
 def _pick_member(sub: Sublayer, name, path, doc, problems) -> ComponentInstance | None:
