@@ -136,7 +136,11 @@ def _residual_part(prefix: str, sub, model, seq_len: int) -> PartCost:
     if n > 1:
         shapes = {"gates": (n,)}
         other += elements * n * GATE_FLOPS_PER_ELEMENT - elements  # n products, n-1 sums
-        activation = n * elements * model.dtype_bytes  # each member's output, for the gate's grad
+        member_outputs = n * elements * model.dtype_bytes  # kept for each gate's gradient
+        # the members share their input h = norm(x): autograd saves it once, but each member's
+        # own estimate counts it, so n - 1 copies come off here
+        shared_input_recounted = (n - 1) * elements * model.dtype_bytes
+        activation = member_outputs - shared_input_recounted
     cost = Cost(params=numel(shapes), active_params=numel(shapes), flops=Flops(other=other),
                 activation_bytes=activation)
     return PartCost(f"{prefix}.residual", "residual", prefix, sub.index, cost, shapes)

@@ -159,6 +159,15 @@ def test_backend_selection(fast_mlp_backend):
         build(spec, meta=True, backend={"F": "gpu_only"})
 
 
+def test_auto_with_no_runnable_backend_says_why(monkeypatch):
+    comp = C.get("mlp")
+    only_gpu = Backend("gpu_only", comp.backends["reference"].factory,
+                       available=lambda d: None if d.type == "cuda" else "needs CUDA")
+    monkeypatch.setattr(comp, "backends", {"gpu_only": only_gpu})
+    with pytest.raises(ValueError, match="no backend of 'mlp' can run on cpu.*gpu_only: needs CUDA"):
+        build(small(), seed=0)
+
+
 def test_spec_backend_key_is_honoured(fast_mlp_backend):
     spec = small(**{"d_ff: 64}": "d_ff: 64, backend: reference}"})
     assert spec.components["F"].backend == "reference"

@@ -188,7 +188,9 @@ def test_override_in_child_points_into_child(write):
         load(child)
     kv, divides = info.value.problems  # in reading order
     assert all(p.loc.file.endswith("child.yaml") for p in (divides, kv))
-    assert kv.message == "n_kv_heads=2 does not divide n_heads=3" and kv.path == ("overrides", 0)
+    # n_kv_heads is not set by the override, but the override caused it: shown at its `set:`
+    assert kv.message == "sublayer 0 (A) with this override: n_kv_heads=2 does not divide n_heads=3"
+    assert kv.path == ("overrides", 0, "set") and (kv.loc.line, kv.loc.col) == (4, 10)
     assert "does not divide d_model=64" in divides.message
     assert divides.path == ("overrides", 0, "set", "n_heads") and (divides.loc.line, divides.loc.col) == (4, 20)
 

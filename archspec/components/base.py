@@ -177,6 +177,9 @@ class Component:
         """'auto' picks the highest-priority backend that can run on `device`."""
         if requested == "auto":
             usable = [b for b in self.backends.values() if b.available(device) is None]
+            if not usable:
+                reasons = "; ".join(f"{b.name}: {b.available(device)}" for b in self.backends.values())
+                raise ValueError(f"no backend of '{self.type}' can run on {device} ({reasons or 'none registered'})")
             return max(usable, key=lambda b: b.priority)
         if requested not in self.backends:
             raise ValueError(f"component type '{self.type}' has no '{requested}' backend "
