@@ -4,9 +4,10 @@
     rep = archspec.report(spec, seq_len=2048)    # accounting as a JSON-ready dict
     g = archspec.component_graph(spec)           # networkx DiGraph
     model = archspec.build(spec)                 # trainable causal LM (meta=True: free structural build)
+    model, spec = archspec.load_saved("out/")    # what `archspec build --save out/` wrote
 """
 from .accounting import account
-from .codegen.build import build
+from .codegen.build import build, load_saved
 from .components.base import FlopConvention
 from .errors import BuildRefused, SpecError
 from .graph import component_graph
@@ -14,5 +15,5 @@ from .report import report
 from .spec import ResolvedSpec, load, loads
 
 __version__ = "0.1.0"
-__all__ = ["load", "loads", "report", "account", "component_graph", "build", "FlopConvention",
+__all__ = ["load", "loads", "report", "account", "component_graph", "build", "load_saved", "FlopConvention",
            "SpecError", "BuildRefused", "ResolvedSpec", "__version__"]

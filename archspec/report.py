@@ -126,13 +126,16 @@ def human(n: float, unit: str = "") -> str:
     return f"{n:.0f}" if float(n).is_integer() else f"{n:.2f}"
 
 
-def _table(headers: list[str], rows: list[list[str]], markdown: bool) -> str:
+def _table(headers: list[str], rows: list[list[str]], markdown: bool, text_columns=(0,)) -> str:
+    """Numbers right-aligned, the `text_columns` left-aligned."""
     if markdown:
-        out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+        align = lambda i: ":---" if i in text_columns else "---:"  # noqa: E731
+        out = ["| " + " | ".join(headers) + " |", "|" + "|".join(align(i) for i in range(len(headers))) + "|"]
         out += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(out)
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    fmt = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    fmt = lambda r: "  ".join(c.ljust(w) if i in text_columns else c.rjust(w)  # noqa: E731
+                              for i, (c, w) in enumerate(zip(r, widths))).rstrip()
     return "\n".join([fmt(headers), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
@@ -172,12 +175,16 @@ def render(rep: dict, fmt: str = "table") -> str:
         names = [f"sublayers.{r['index']}.{sym}" for sym in r["symbols"]]
         what = " | ".join(f"{sym}:{typ}" for sym, typ in zip(r["symbols"], r["types"]))
         if r["overrides"]:
-            what += "  " + "; ".join(f"{k} {v}" for k, v in r["overrides"].items())
+            what += "  (override " + "; ".join(
+                f"{sym}: " + ", ".join(f"{k}={v}" for k, v in changed.items()) if len(r["symbols"]) > 1
+                else ", ".join(f"{k}={v}" for k, v in changed.items())
+                for sym, changed in r["overrides"].items()) + ")"
         backend = ",".join(sorted({comps[n].get("backend", "-") for n in names}))
         sub_rows.append([str(r["index"]), what, f"{r['params']:,}", human(r["forward_flops_per_token"]),
                          human(r["state_bytes"], "B"), backend])
     lines += ["Per sublayer (norm + components + residual)" if not md else "### Per sublayer", "",
-              _table(["#", "components", "params", "fwd FLOPs/token", "state/seq", "backend"], sub_rows, md), ""]
+              _table(["#", "components", "params", "fwd FLOPs/token", "state/seq", "backend"], sub_rows, md,
+                     text_columns=(1, 5)), ""]
     lines += ["Conventions" if not md else "### Conventions", ""]
     lines += [f"- {k}: {v}" for k, v in rep["conventions"].items()]
     return "\n".join(lines) + "\n"

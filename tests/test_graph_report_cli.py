@@ -272,6 +272,25 @@ def test_cli_build_save_bfloat16(tmp_path, capsys):
     build(load(TINY), dtype="bfloat16").load_state_dict(state, strict=True)
 
 
+def test_load_saved_rebuilds_spec_dtype_overrides_and_weights(tmp_path, capsys):
+    import archspec
+    target = tmp_path / "rules"
+    rules = str(SPECS_DIR / "tiny-rules.yaml")
+    assert main(["build", rules, "--no-smoke", "--dtype", "bfloat16", "--save", str(target)]) == 0
+    capsys.readouterr()
+    model, spec = archspec.load_saved(target)
+    state = torch.load(target / "model.pt", weights_only=True)
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(t, state[n]) for n, t in model.state_dict().items())
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert spec.sublayers[8].members[0].config["window"] == 64  # the spec's override survives
+    assert model.sublayers[8].members["W"].window == 64
+    tokens = torch.randint(0, 256, (1, 12))
+    original = build(load(rules), dtype="bfloat16", seed=0)
+    original.load_state_dict(state)
+    assert torch.equal(model(tokens).logits, original(tokens).logits)
+
+
 def test_cli_build_save_refuses_non_empty_dir(tmp_path, capsys):
     target = tmp_path / "saved"
     target.mkdir()

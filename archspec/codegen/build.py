@@ -161,3 +161,25 @@ def human_bytes(n: float) -> str:
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
+
+
+def load_saved(directory: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild a model written by `archspec build --save DIR`: its resolved spec, dtype and
+    backends, with the saved weights loaded strictly. Returns (model, resolved spec)."""
+    import json
+
+    import yaml
+
+    from ..spec import loads
+    directory = Path(directory)
+    meta = json.loads((directory / "spec.resolved.json").read_text())
+    spec = loads(yaml.safe_dump(meta["spec"], sort_keys=False), str(directory / "spec.resolved.json"))
+    build_info = meta.get("build", {})
+    model = build(spec, device=device, dtype=build_info.get("dtype"), meta=True,
+                  backend=build_info.get("backends") and {k.rsplit(".", 1)[-1]: v for k, v in
+                                                          build_info["backends"].items()})
+    state = torch.load(directory / "model.pt", map_location=device, weights_only=True)
+    model = model.to_empty(device=device)
+    model.reset_parameters()  # recomputes non-persistent buffers (RoPE tables)
+    model.load_state_dict(state, strict=True)
+    return model, spec
