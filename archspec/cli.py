@@ -180,8 +180,10 @@ def cmd_schema(args) -> int:
 
 
 def cmd_build(args) -> int:
+    import torch
+
     from .accounting import account
-    from .codegen.build import build, human_bytes
+    from .codegen.build import build, check_memory, human_bytes
     from .smoke import smoke_run
     spec = _load(args.spec)
     _check_seq_len(spec, args.seq_len)
@@ -191,6 +193,15 @@ def cmd_build(args) -> int:
         if meta:
             raise UsageError("--save needs real weights; drop --meta")
         _check_save_dir(Path(args.save).resolve())
+    smoke_seq = args.seq_len or min(64, spec.model.max_seq_len)
+    if not meta and not args.force and not args.no_smoke:
+        # the smoke step also holds gradients (one per weight) and the batch's activations
+        from .components.base import DTYPE_BYTES
+        dtype = args.dtype or spec.model.dtype
+        grads = account(spec).total().params * DTYPE_BYTES[dtype]
+        activations = args.batch * account(spec, smoke_seq).total().activation_bytes
+        check_memory(spec, torch.device(args.device), dtype, grads + activations,
+                     f"the smoke step's gradients and activations (use --no-smoke to skip it)")
     try:
         model = build(spec, device="cpu" if meta else args.device, dtype=args.dtype, meta=meta,
                       backend=args.backend, force=args.force, seed=args.seed)
@@ -208,7 +219,7 @@ def cmd_build(args) -> int:
     if meta:
         print("meta build: no memory allocated; no smoke run")
     elif not args.no_smoke:
-        seq = args.seq_len or min(64, spec.model.max_seq_len)
+        seq = smoke_seq
         res = smoke_run(model, args.batch, seq, args.seed)
         peak = human_bytes(res.peak_memory_bytes) if res.peak_memory_bytes is not None else "unknown"
         print(f"smoke forward+backward (batch {res.batch}, seq_len {res.seq_len}): "

@@ -9,6 +9,7 @@ from collections import OrderedDict
 import torch
 
 from .accounting import TRAIN_FLOPS_FACTOR, Accounting, account
+from .codegen.build import human_bytes
 from .components.base import FlopConvention
 from .spec import ResolvedSpec
 
@@ -116,10 +117,7 @@ def _sublayer_row(acc: Accounting, sub) -> dict:
 def human(n: float, unit: str = "") -> str:
     """1234567 -> '1.23M'; bytes use binary prefixes."""
     if unit == "B":
-        for u in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-            if abs(n) < 1024 or u == "PiB":
-                return f"{n:.0f} B" if u == "B" else f"{n:.2f} {u}"
-            n /= 1024
+        return human_bytes(n)
     for div, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
         if abs(n) >= div:
             return f"{n / div:.2f}{suffix}"

@@ -346,3 +346,15 @@ def test_cli_missing_file(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope.yaml")]) == 2
     err = capsys.readouterr().err
     assert "nope.yaml" in err and "Traceback" not in err
+
+
+def test_cli_build_guard_counts_the_smoke_steps_gradients_and_activations(monkeypatch, capsys):
+    import archspec.codegen.build as build_module
+    weights = account(load(TINY)).total().params * 4
+    # room for the weights (0.8 x 3 x weights) but not for weights + gradients + activations
+    monkeypatch.setattr(build_module, "free_memory_bytes", lambda device: 3 * weights)
+    assert main(["build", TINY]) == 1
+    err = capsys.readouterr().err
+    assert "gradients and activations" in err and "--no-smoke" in err and "Traceback" not in err
+    assert main(["build", TINY, "--no-smoke"]) == 0
+    assert main(["build", TINY, "--force", "--seq-len", "8"]) == 0

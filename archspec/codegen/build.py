@@ -144,21 +144,25 @@ def _cgroup_free() -> int | None:
     return None
 
 
-def check_memory(spec: ResolvedSpec, device: torch.device, dtype: str) -> None:
-    """Refuse, with the estimate, a build whose weights alone would not fit."""
-    need = weight_bytes(spec, dtype)
+def check_memory(spec: ResolvedSpec, device: torch.device, dtype: str, extra_bytes: int = 0,
+                 extra_what: str = "") -> None:
+    """Refuse, with the estimate, a build whose weights (plus `extra_bytes`, e.g. a training
+    step's gradients and activations) would not fit in free memory."""
+    weights = weight_bytes(spec, dtype)
+    need = weights + extra_bytes
     free = free_memory_bytes(device)
     if free is not None and need > MEMORY_HEADROOM * free:
+        what = f"{human_bytes(weights)} for its weights in {dtype}"
+        what += f" and {human_bytes(extra_bytes)} for {extra_what}" if extra_bytes else " alone"
         raise BuildRefused(
-            f"building '{spec.name}' needs {human_bytes(need)} for its weights in {dtype} "
-            f"alone, but {device} has {human_bytes(free)} free; refusing (it would exhaust memory). "
-            "Use `--meta` (or meta=True) for a free structural build, `archspec report` for the "
-            "numbers, or `--force` (force=True) to build anyway.")
+            f"building '{spec.name}' needs {what}, but {device} has {human_bytes(free)} free; "
+            "refusing (it would exhaust memory). Use `--meta` (or meta=True) for a free structural "
+            "build, `archspec report` for the numbers, or `--force` (force=True) to build anyway.")
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
 
