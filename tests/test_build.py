@@ -333,3 +333,15 @@ def test_free_memory_respects_a_cgroup_limit(tmp_path, monkeypatch):
     monkeypatch.setattr(B, "weight_bytes", lambda spec, dtype=None: 3 * 2**30)
     with pytest.raises(BuildRefused, match="3.00 GiB.*3.00 GiB free"):
         B.check_memory(spec, cpu, "float32")  # 3 GiB > 80% of the 3 GiB left under the limit
+
+
+def test_rope_tables_stay_float32_when_the_model_is_cast():
+    """`model.to(bfloat16)` casts buffers; RoPE angles must still be computed in float32."""
+    from archspec.components.attention import rope_tables
+    model = build(small(), seed=0).to(torch.bfloat16)
+    attn = model.sublayers[0].members["A"]
+    assert attn.rope_cos.dtype == torch.bfloat16  # what the cast did
+    model(torch.randint(0, 50, (1, 10)))
+    assert attn.rope_cos.dtype == torch.float32 and attn.rope_sin.dtype == torch.float32
+    cos, sin = rope_tables(attn.max_seq_len, attn.head_dim, attn.theta, "cpu")
+    assert torch.equal(attn.rope_cos, cos) and torch.equal(attn.rope_sin, sin)

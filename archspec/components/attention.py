@@ -139,13 +139,19 @@ class Attention(Component):
             self.rope_cos, self.rope_sin = rope_tables(self.max_seq_len, self.head_dim, self.theta,
                                                        self.q_proj.weight.device)
 
+        def _rope_tables_valid(self, device, t: int) -> bool:
+            # float32 on the input's device: `model.to(torch.bfloat16)` casts buffers too, and
+            # bf16 angles (8-bit mantissa) are visibly wrong at positions in the thousands
+            cos = self.rope_cos
+            return cos.dtype == torch.float32 and cos.device == device and cos.shape[0] >= t
+
         def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
             b, t, _ = x.shape
             q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
             k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
             v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
             if self.use_rope:
-                if self.rope_cos.numel() == 0 or self.rope_cos.device != x.device:
+                if not self._rope_tables_valid(x.device, t):
                     self.rope_cos, self.rope_sin = rope_tables(self.max_seq_len, self.head_dim,
                                                                self.theta, x.device)
                 q, k = apply_rope(q, self.rope_cos, self.rope_sin), apply_rope(k, self.rope_cos, self.rope_sin)
