@@ -345,3 +345,41 @@ def test_rope_tables_stay_float32_when_the_model_is_cast():
     assert attn.rope_cos.dtype == torch.float32 and attn.rope_sin.dtype == torch.float32
     cos, sin = rope_tables(attn.max_seq_len, attn.head_dim, attn.theta, "cpu")
     assert torch.equal(attn.rope_cos, cos) and torch.equal(attn.rope_sin, sin)
+
+
+def _copy_task_loss(layout: str, steps: int = 300, half: int = 8) -> float:
+    """Train on [w, w] for random w of `half` tokens; return the held-out loss on the repeat."""
+    spec = loads(
+        "model: {vocab_size: 32, d_model: 64, max_seq_len: 32, tie_embeddings: true}\n"
+        "components:\n  A: {type: attention, n_heads: 4}\n  F: {type: mlp, d_ff: 128}\n"
+        f"layout: \"{layout}\"\n")
+    torch.manual_seed(0)
+    model = build(spec, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(1)
+
+    def batch():
+        first = torch.randint(0, 32, (16, half), generator=g)
+        tokens = torch.cat([first, first], 1)
+        labels = torch.full_like(tokens, -100)
+        labels[:, half - 1:-1] = tokens[:, half:]  # only the repeat is predictable
+        return tokens, labels
+
+    for _ in range(steps):
+        tokens, labels = batch()
+        loss = model(tokens, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    tokens, labels = batch()
+    with torch.no_grad():
+        return model(tokens, labels=labels).lm_loss.item()
+
+
+def test_attention_learns_to_copy_and_an_mlp_cannot():
+    """The repeat of a random sequence can only be predicted by looking back, so this exercises
+    the attention path (the MLP-only control shows the task cannot be solved without it).
+    Chance is ln 32 = 3.47 nats. Measured: attention 0.13, MLP-only 3.47 after 300 steps; the
+    bounds leave margin for run-to-run differences in float summation order."""
+    assert _copy_task_loss("(A F) x 2") < 0.5
+    assert _copy_task_loss("F x 4") > 3.0
