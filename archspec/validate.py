@@ -88,7 +88,9 @@ def _translate(error: jsonschema.ValidationError, doc: Document, base: Path, loc
     if v in ("enum", "const"):
         choices = schema["enum"] if v == "enum" else [schema["const"]]
         what = "component type" if path[-1:] == ("type",) else "value"
-        hint = did_you_mean(str(inst), [str(c) for c in choices])
+        hint = _misplaced_type_hint(inst, path) or did_you_mean(str(inst), [str(c) for c in choices])
+        if hint is None and SYNONYMS.get(str(inst).lower()) in choices:
+            hint = f"did you mean '{SYNONYMS[str(inst).lower()]}'?"
         return [Problem(f"unknown {what} '{inst}'", path, where(path),
                         hint or f"expected one of: {one_of(map(str, choices))}")]
     if v == "type":
@@ -113,8 +115,31 @@ def _translate(error: jsonschema.ValidationError, doc: Document, base: Path, loc
                         "use a name like 'attn' or 'A', or one character of * + = ~ ! @ # % & ^ -; "
                         "'x' followed by digits is reserved for repetition")]
     if v in ("minItems", "minProperties", "minLength"):
-        return [Problem(f"must not be empty", path, where(path))]
+        hint = EMPTY_HINTS.get(path[-1] if path else None)
+        return [Problem("must not be empty", path, where(path), hint)]
     return [Problem(error.message, path, where(path))]
+
+
+# common spellings that are not close enough for difflib
+SYNONYMS = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32",
+            "float": "float32", "single": "float32", "layer_norm": "layernorm", "rms_norm": "rmsnorm",
+            "rms": "rmsnorm", "ln": "layernorm", "attn": "attention", "ffn": "mlp", "mha": "attention",
+            "gqa": "attention", "mqa": "attention", "ff": "mlp", "swiglu": "mlp"}
+EMPTY_HINTS = {"components": "define at least one, e.g. `A: {type: attention, n_heads: 8}`",
+               "set": "name the hyperparameters to change, e.g. `set: {window: 2048}`"}
+
+
+def _misplaced_type_hint(value, path: Path) -> str | None:
+    """A norm, embedding or head type written under `components:` belongs elsewhere."""
+    from .components import REGISTRY, types_with_role
+    if path[:1] != ("components",) or path[-1:] != ("type",) or value not in REGISTRY:
+        return None
+    role = REGISTRY[value].role
+    where = {"norm": f"set it for the whole model as `model: {{norm: {{type: {value}}}}}`",
+             "embedding": "the token embedding is built from `model:` (vocab_size, d_model)",
+             "head": "the LM head is built from `model:` (tie_embeddings)"}.get(role, "")
+    return (f"'{value}' is a {role}, not a layout component: {where}; layout components are "
+            f"{', '.join(types_with_role('sublayer'))}")
 
 
 def _translate_alternatives(error, doc, base, loc_path) -> list[Problem]:

@@ -213,6 +213,29 @@ def test_console_script_subprocess(write, tmp_path):
     assert "bad.yaml:3:1: error: YAML syntax error" in res.stderr and "nope.yaml' does not exist" in res.stderr
 
 
+@pytest.mark.parametrize("old, new, path, hint", [
+    ("max_seq_len: 128", "max_seq_len: 128\n  dtype: fp16", ("model", "dtype"), "did you mean 'float16'?"),
+    ("max_seq_len: 128", "max_seq_len: 128\n  dtype: bf16", ("model", "dtype"), "did you mean 'bfloat16'?"),
+    ("type: mlp, d_ff: 128", "type: ffn, d_ff: 128", ("components", "F", "type"), "did you mean 'mlp'?"),
+    ("type: mlp, d_ff: 128", "type: rmsnorm", ("components", "F", "type"),
+     "'rmsnorm' is a norm, not a layout component: set it for the whole model as "
+     "`model: {norm: {type: rmsnorm}}`; layout components are attention, mlp"),
+])
+def test_hints_for_common_slips(problems, old, new, path, hint):
+    (found,) = problems(SPEC.replace(old, new))
+    assert found.path == path and found.hint == hint
+
+
+def test_empty_components_and_missing_layout_say_what_to_write(problems):
+    text = SPEC.replace("  A: {type: attention, n_heads: 4, n_kv_heads: 2}\n  F: {type: mlp, d_ff: 128}\n",
+                        "").replace("components:", "components: {}").replace('layout: "(A F) x 2"\n', "")
+    missing, empty = sorted(problems(text), key=lambda p: p.message)
+    assert empty.message == "must not be empty" and empty.path == ("components",)
+    assert empty.hint == "define at least one, e.g. `A: {type: attention, n_heads: 8}`"
+    assert missing.message == "missing required key 'layout'"
+    assert missing.hint == "add `layout:` (the stack of sublayers, e.g. '(A F) x 4')"
+
+
 # --- editor schema --------------------------------------------------------------------------
 
 def test_editor_schema_is_current():
