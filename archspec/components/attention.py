@@ -46,6 +46,7 @@ class Attention(Component):
         },
         "required": ["n_heads"],
     }
+    example = {"n_heads": 4, "n_kv_heads": 2}
 
     def derive(self, cfg, model):
         if cfg.get("n_kv_heads") is None:

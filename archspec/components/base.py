@@ -134,6 +134,9 @@ class Component:
     # JSON Schema (Draft 2020-12) fragment for the component's hyperparameters: `properties`,
     # `required`, with reference defaults. `type` and `backend` are added by the registry.
     schema: ClassVar[dict] = {"properties": {}}
+    # A small valid config (d_model 64) for docs and for the contract tests every component
+    # gets automatically (tests/test_contract.py).
+    example: ClassVar[dict] = {}
 
     def __init__(self):
         self.backends: dict[str, Backend] = {}

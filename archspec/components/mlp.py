@@ -42,6 +42,7 @@ class MLP(Component):
             "bias": {"type": "boolean", "default": False, "description": "biases on projections"},
         },
     }
+    example = {"activation": "swiglu", "d_ff": 96}
 
     def derive(self, cfg, model):
         if cfg.get("d_ff") is None:
