@@ -183,8 +183,9 @@ def cmd_build(args) -> int:
     import torch
 
     from .accounting import account
-    from .codegen.build import build, check_memory, human_bytes
+    from .codegen.build import build, check_memory, weight_bytes
     from .smoke import smoke_run
+    from .units import human_bytes
     spec = _load(args.spec)
     _check_seq_len(spec, args.seq_len)
     _parse_device(args.device)
@@ -196,9 +197,8 @@ def cmd_build(args) -> int:
     smoke_seq = args.seq_len or min(64, spec.model.max_seq_len)
     if not meta and not args.force and not args.no_smoke:
         # the smoke step also holds gradients (one per weight) and the batch's activations
-        from .components.base import DTYPE_BYTES
         dtype = args.dtype or spec.model.dtype
-        grads = account(spec).total().params * DTYPE_BYTES[dtype]
+        grads = weight_bytes(spec, dtype)
         activations = args.batch * account(spec, smoke_seq).total().activation_bytes
         check_memory(spec, torch.device(args.device), dtype, grads + activations,
                      f"the smoke step's gradients and activations (use --no-smoke to skip it)")

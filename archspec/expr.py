@@ -193,15 +193,10 @@ def _as_text(value, ref: str) -> str:
     return str(value)
 
 
-def resolve_references(doc: Document) -> tuple[dict, list[Problem]]:
-    """Evaluate every expression in the document; returns new data and the problems found."""
-    data, problems, _ = resolve_references_marking(doc)
-    return data, problems
-
-
-def resolve_references_marking(doc: Document) -> tuple[dict, list[Problem], set[Path]]:
-    """As `resolve_references`, plus the paths left as None because an expression failed (there,
-    or in a value it references), so that later checks do not report them again."""
+def resolve_references(doc: Document) -> tuple[dict, list[Problem], set[Path]]:
+    """Evaluate every expression in the document. Returns the new data, the problems found, and
+    the paths left as None because an expression failed (there, or in a value it references), so
+    that later checks do not report them again."""
     resolver = _Resolver(doc)
 
     def walk(value, path: Path):

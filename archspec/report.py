@@ -9,9 +9,9 @@ from collections import OrderedDict
 import torch
 
 from .accounting import TRAIN_FLOPS_FACTOR, Accounting, account
-from .codegen.build import human_bytes
 from .components.base import FlopConvention
 from .spec import ResolvedSpec
+from .units import human
 
 SCHEMA_VERSION = 1
 
@@ -114,16 +114,6 @@ def _sublayer_row(acc: Accounting, sub) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-def human(n: float, unit: str = "") -> str:
-    """1234567 -> '1.23M'; bytes use binary prefixes."""
-    if unit == "B":
-        return human_bytes(n)
-    for div, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{suffix}"
-    return f"{n:.0f}" if float(n).is_integer() else f"{n:.2f}"
-
-
 def _table(headers: list[str], rows: list[list[str]], markdown: bool, text_columns=(0,)) -> str:
     """Numbers right-aligned, the `text_columns` left-aligned."""
     if markdown:

@@ -4,7 +4,7 @@ Linux allows)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,7 +19,7 @@ class SmokeResult:
     peak_memory_bytes: int | None
     peak_memory_kind: str
     grads_finite: bool
-    params_without_grad: list = None  # parameters the backward never reached (unused weights)
+    params_without_grad: list[str] = field(default_factory=list)  # parameters the backward never reached (unused weights)
 
 
 def _reset_cpu_peak() -> bool:

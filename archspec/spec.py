@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from . import components as C
 from .errors import Path, Problem, SpecError, did_you_mean, format_path
-from .expr import resolve_references_marking
+from .expr import resolve_references
 from .layout import Sublayer as Symbols, compact, expand_layout
 from .loader import Document, load_with_extends, parse
 from .schema import component_schema, strict_schema
@@ -85,12 +85,12 @@ def loads(text: str, name: str = "<string>") -> ResolvedSpec:
 
 
 def resolve_document(doc: Document, source: str) -> ResolvedSpec:
-    data, problems, broken = resolve_references_marking(doc)
+    data, problems, broken = resolve_references(doc)
     # a value whose expression failed is None: that error is reported, not "expected ..., got null"
     problems += [p for p in schema_problems(data, doc, strict_schema()) if p.path not in broken]
-    bad = {p.path[:2] for p in problems} | {b[:2] for b in broken}
-    if any(p[:1] == ("model",) for p in [q.path for q in problems] + list(broken)) \
-            or not isinstance(data.get("model"), dict):
+    bad_paths = [p.path for p in problems] + list(broken)
+    bad = {p[:2] for p in bad_paths}
+    if any(p[:1] == ("model",) for p in bad_paths) or not isinstance(data.get("model"), dict):
         raise SpecError(problems)  # every component depends on the model's settings
     model = _model_config(data, n_sublayers=1)
     norm, norm_problems = _configure(data["model"].get("norm", MODEL_DEFAULTS["norm"]), "norm",

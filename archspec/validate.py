@@ -6,6 +6,7 @@ import re
 
 import jsonschema
 
+from .components import REGISTRY, types_with_role
 from .errors import Path, Problem, did_you_mean, format_path, one_of
 from .loader import Document
 
@@ -29,19 +30,7 @@ def schema_problems(data: dict, doc: Document, schema: dict, base_path: Path = (
     problems: list[Problem] = []
     for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
         problems += _translate(error, doc, base_path, loc_path or (lambda p: p))
-    return _drop_implied(dedupe(problems))
-
-
-def _drop_implied(problems: list[Problem]) -> list[Problem]:
-    """A misspelled key (`n_head`, did you mean 'n_heads'?) is one mistake: drop the "missing
-    required key 'n_heads'" it implies in the same mapping."""
-    suggested = {(p.path[:-1], p.hint) for p in problems if p.message.startswith("unknown key ")}
-    out = []
-    for p in problems:
-        missing = re.fullmatch(r"missing required key '(.+)'", p.message)
-        if not (missing and (p.path, f"did you mean '{missing.group(1)}'?") in suggested):
-            out.append(p)
-    return out
+    return dedupe(problems)
 
 
 def dedupe(problems: list[Problem]) -> list[Problem]:
@@ -82,6 +71,9 @@ def _translate(error: jsonschema.ValidationError, doc: Document, base: Path, loc
     if v == "required":
         missing = re.match(r"'([^']+)'", error.message)
         name = missing.group(1) if missing else error.message
+        allowed = sorted(schema.get("properties", {}))
+        if any(did_you_mean(k, allowed) == f"did you mean '{name}'?" for k in inst if k not in allowed):
+            return []  # a misspelling of it (`n_head`) is one mistake, reported as the unknown key
         desc = schema.get("properties", {}).get(name, {}).get("description")
         return [Problem(f"missing required key '{name}'", path, where(path),
                         f"add `{name}:`" + (f" ({desc})" if desc else ""))]
@@ -131,7 +123,6 @@ EMPTY_HINTS = {"components": "define at least one, e.g. `A: {type: attention, n_
 
 def _misplaced_type_hint(value, path: Path) -> str | None:
     """A norm, embedding or head type written under `components:` belongs elsewhere."""
-    from .components import REGISTRY, types_with_role
     if path[:1] != ("components",) or path[-1:] != ("type",) or value not in REGISTRY:
         return None
     role = REGISTRY[value].role

@@ -15,9 +15,10 @@ import torch
 
 from .. import components as C
 from ..accounting import account
-from ..components.base import TORCH_DTYPES
+from ..components.base import DTYPE_BYTES, TORCH_DTYPES
 from ..errors import BuildRefused
 from ..spec import ComponentInstance, ResolvedSpec
+from ..units import human_bytes
 from .model import Block, CausalLM
 
 MEMORY_HEADROOM = 0.8  # refuse builds needing more than this share of free memory
@@ -86,7 +87,7 @@ def _requested_backend(member: ComponentInstance, backend) -> str:
 
 
 def weight_bytes(spec: ResolvedSpec, dtype: str | None = None) -> int:
-    from ..components.base import DTYPE_BYTES
+    """Bytes of the weights in `dtype` (default: the spec's)."""
     return account(spec).total().params * DTYPE_BYTES[dtype or spec.model.dtype]
 
 
@@ -160,16 +161,10 @@ def check_memory(spec: ResolvedSpec, device: torch.device, dtype: str, extra_byt
             "build, `archspec report` for the numbers, or `--force` (force=True) to build anyway.")
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(n) < 1024 or unit == "PiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-
-
 def load_saved(directory: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild a model written by `archspec build --save DIR`: its resolved spec, dtype and
-    backends, with the saved weights loaded strictly. Returns (model, resolved spec)."""
+    """Rebuild a model written by `archspec build --save DIR`: its resolved spec and dtype, with
+    the saved weights loaded strictly. Backends are chosen for `device` as the spec asks (weights
+    do not depend on the backend that produced them). Returns (model, resolved spec)."""
     import json
 
     import yaml
@@ -178,12 +173,9 @@ def load_saved(directory: str | Path, device: str | torch.device = "cpu"):
     directory = Path(directory)
     meta = json.loads((directory / "spec.resolved.json").read_text())
     spec = loads(yaml.safe_dump(meta["spec"], sort_keys=False), str(directory / "spec.resolved.json"))
-    build_info = meta.get("build", {})
-    model = build(spec, device=device, dtype=build_info.get("dtype"), meta=True,
-                  backend=build_info.get("backends") and {k.rsplit(".", 1)[-1]: v for k, v in
-                                                          build_info["backends"].items()})
+    model = build(spec, device=device, dtype=meta.get("build", {}).get("dtype"), meta=True)
     state = torch.load(directory / "model.pt", map_location=device, weights_only=True)
     model = model.to_empty(device=device)
-    model.reset_parameters()  # recomputes non-persistent buffers (RoPE tables)
+    model.reset_parameters()  # to_empty leaves non-persistent buffers (RoPE tables) uninitialised
     model.load_state_dict(state, strict=True)
     return model, spec
