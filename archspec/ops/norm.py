@@ -1,0 +1,40 @@
+"""Gated RMSNorm, the output norm of Mamba2 and of MoM / GatedDeltaNet.
+
+    x, z: [..., n];  w: [n] (init 1);  rms(u) = sqrt(mean(u^2 over each group) + eps)
+    norm_before_gate=True  (fla FusedRMSNormGated, MoM):  y = x / rms(x) * w * silu(z)
+    norm_before_gate=False (Mamba2 RMSNormGated):          y = u / rms(u) * w,  u = x * silu(z)
+
+`group_size` splits the last dimension into groups normalised separately (Mamba2 with
+ngroups > 1); default the whole dimension. Computed in float32 and cast back to x's dtype.
+FLOPs per element: 4 for the norm (square, sum, scale, weight) + 4 for SiLU + 1 for the gate's
+multiply = 9, plus 2 per group (the mean's division and the eps add).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+GATED_NORM_FLOPS_PER_ELEMENT = 9
+NORM_FLOPS_PER_GROUP = 2
+
+
+def gated_rmsnorm_flops(n_elements: int, n_groups: int) -> int:
+    return GATED_NORM_FLOPS_PER_ELEMENT * n_elements + NORM_FLOPS_PER_GROUP * n_groups
+
+
+def gated_rmsnorm(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float,
+                  norm_before_gate: bool, group_size: int | None = None) -> torch.Tensor:
+    dtype = x.dtype
+    x, z = x.float(), z.float()
+    if not norm_before_gate:
+        x = x * nn.functional.silu(z)
+    n = x.shape[-1]
+    group = group_size or n
+    if n % group:
+        raise ValueError(f"group_size {group} does not divide the normalised size {n}")
+    grouped = x.reshape(*x.shape[:-1], n // group, group)
+    y = (grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + eps)).reshape(x.shape)
+    y = y * weight.float()
+    if norm_before_gate:
+        y = y * nn.functional.silu(z)
+    return y.to(dtype)
