@@ -160,6 +160,13 @@ class Component:
         """Forward FLOPs for one sequence of `seq_len` tokens."""
         return Flops()
 
+    def flops_bounds(self, cfg: dict, model: ModelConfig, seq_len: int,
+                     conv: FlopConvention) -> tuple[int, int] | None:
+        """For components whose computed work depends on the data (routing that changes how
+        much padding a chunked kernel does): the least and the most matmul + attention FLOPs one
+        sequence can take. None (the default): `flops` is exact for every input."""
+        return None
+
     def state_bytes(self, cfg: dict, model: ModelConfig, seq_len: int) -> int:
         """Inference state carried per sequence after `seq_len` tokens (KV cache, SSM state)."""
         return 0
