@@ -5,7 +5,7 @@
     norm_before_gate=False (Mamba2 RMSNormGated):          y = u / rms(u) * w,  u = x * silu(z)
 
 `group_size` splits the last dimension into groups normalised separately (Mamba2 with
-ngroups > 1); default the whole dimension. Computed in float32 and cast back to x's dtype.
+ngroups > 1); default the whole dimension. Computed in float32 (float64 stays float64) and cast back to x's dtype.
 FLOPs per element: 4 for the norm (square, sum, scale, weight) + 4 for SiLU + 1 for the gate's
 multiply = 9, plus 2 per group (the mean's division and the eps add).
 """
@@ -25,7 +25,8 @@ def gated_rmsnorm_flops(n_elements: int, n_groups: int) -> int:
 def gated_rmsnorm(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float,
                   norm_before_gate: bool, group_size: int | None = None) -> torch.Tensor:
     dtype = x.dtype
-    x, z = x.float(), z.float()
+    compute = torch.promote_types(dtype, torch.float32)  # float64 stays float64 (gradcheck)
+    x, z = x.to(compute), z.to(compute)
     if not norm_before_gate:
         x = x * nn.functional.silu(z)
     n = x.shape[-1]
@@ -34,7 +35,7 @@ def gated_rmsnorm(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: f
         raise ValueError(f"group_size {group} does not divide the normalised size {n}")
     grouped = x.reshape(*x.shape[:-1], n // group, group)
     y = (grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + eps)).reshape(x.shape)
-    y = y * weight.float()
+    y = y * weight.to(compute)
     if norm_before_gate:
         y = y * nn.functional.silu(z)
     return y.to(dtype)
