@@ -65,6 +65,7 @@ def report(spec: ResolvedSpec, seq_len: int | None = None,
             "inference_state_bytes_per_sequence": total.state_bytes,
             "activation_bytes_per_sequence": total.activation_bytes,
         },
+        "notes": _notes(spec),
         "by_type": _by_type(acc),
         "sublayers": [_sublayer_row(acc, sub) for sub in spec.sublayers],
         "components": [
@@ -90,6 +91,18 @@ def _backends(spec: ResolvedSpec, device: str) -> dict[str, str]:
             except ValueError as e:
                 out[f"sublayers.{sub.index}.{m.name}"] = f"unavailable: {e}"
     return out
+
+
+def _notes(spec: ResolvedSpec) -> list[str]:
+    """Each component's notes, once per distinct text, prefixed by the component names."""
+    by_text: "OrderedDict[str, list[str]]" = OrderedDict()
+    for sub in spec.sublayers:
+        for m in sub.members:
+            for text in m.component.notes(m.config, spec.model):
+                names = by_text.setdefault(text, [])
+                if m.name not in names:
+                    names.append(m.name)
+    return [f"{', '.join(names)}: {text}" for text, names in by_text.items()]
 
 
 def _by_type(acc: Accounting) -> list[dict]:
@@ -173,6 +186,9 @@ def render(rep: dict, fmt: str = "table") -> str:
     lines += ["Per sublayer (norm + components + residual)" if not md else "### Per sublayer", "",
               _table(["#", "components", "params", "fwd FLOPs/token", "state/seq", "backend"], sub_rows, md,
                      text_columns=(1, 5)), ""]
+    if rep.get("notes"):
+        lines += ["Notes" if not md else "### Notes", ""]
+        lines += [f"- {n}" for n in rep["notes"]] + [""]
     lines += ["Conventions" if not md else "### Conventions", ""]
     lines += [f"- {k}: {v}" for k, v in rep["conventions"].items()]
     return "\n".join(lines) + "\n"

@@ -134,8 +134,8 @@ def test_report_keys_and_rendering():
     spec = load(TINY)
     rep = report(spec, seq_len=32)
     assert rep["schema_version"] == SCHEMA_VERSION == 1
-    assert list(rep) == ["schema_version", "spec", "seq_len", "conventions", "totals", "by_type",
-                         "sublayers", "components"]
+    assert list(rep) == ["schema_version", "spec", "seq_len", "conventions", "totals", "notes",
+                         "by_type", "sublayers", "components"]
     assert rep["seq_len"] == 32
     assert set(rep["spec"]) == {"name", "source", "files", "layout", "n_sublayers", "d_model",
                                 "vocab_size", "max_seq_len", "dtype", "tie_embeddings"}

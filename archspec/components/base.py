@@ -175,6 +175,11 @@ class Component:
         """Estimate of the tensors the reference path saves for backward, per sequence."""
         return 0
 
+    def notes(self, cfg: dict, model: ModelConfig) -> list[str]:
+        """What a reader of the report must know about this component's figures (assumptions
+        behind data-dependent FLOPs, non-causal options). Shown once per distinct note."""
+        return []
+
     def active_param_count(self, cfg: dict, model: ModelConfig) -> int:
         """Parameters used per token (differs from the total for routed components)."""
         return sum(math.prod(s) for s in self.param_shapes(cfg, model).values())
