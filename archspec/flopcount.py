@@ -33,10 +33,19 @@ Known gaps of the counters, and how they are closed here (explicitly, not by tol
     so its handle is replaced by one that counts 0 (it is then not reported as unsupported).
   * Linear biases: both counters count a biased linear (addmm / aten::linear) as the matmul
     alone, as we do (the bias add is in `other`).
+  * Triangular solves (`torch.linalg.solve_triangular`, used by the chunked delta rules in
+    archspec/ops/linear_attention): FlopCounterMode has no formula for
+    `aten.linalg_solve_triangular` (it counts 0) and fvcore reports it as unsupported. Both get
+    the count of forward/back substitution: an n x n triangle against m right-hand sides is
+    m n(n-1)/2 multiply-adds, so m n (n-1) FLOPs (`_solve_triangular_flops`,
+    `solve_triangular_fvcore_handle`). The n divisions by the diagonal when it is not unit are
+    elementwise (`other`), like bias adds. `tests/test_linear_attention_ops.py` checks the formula
+    against a substitution written with matmuls, which FlopCounterMode counts on its own.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -55,7 +64,7 @@ MATMUL_LIKE_OPS = frozenset({
     "aten::scaled_dot_product_attention", "aten::_scaled_dot_product_attention_math",
     "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::tensordot", "aten::dot",
     "aten::mv", "aten::addmv", "aten::outer", "aten::_efficient_attention_forward",
-    "aten::_flash_attention_forward",
+    "aten::_flash_attention_forward", "aten::linalg_solve_triangular",
 })
 
 
@@ -82,10 +91,21 @@ def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, 
     return 2 * b * h * tq * tk * d + 2 * b * h * tq * tk * d_v
 
 
+def _solve_triangular_flops(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of `aten.linalg_solve_triangular(A, B, upper, left, unitriangular)`: substitution,
+    n - 1 multiply-adds per solution element on average (row i of an n x n triangle uses i
+    earlier unknowns), whichever side A is on; the diagonal's divisions are `other`."""
+    n = a_shape[-1]
+    return math.prod(out_shape) * (n - 1)
+
+
 def flopcounter_mapping() -> dict:
-    """The `custom_mapping` FlopCounterMode needs to count SDPA on CPU."""
+    """The `custom_mapping` FlopCounterMode needs: SDPA on CPU, triangular solves."""
+    mapping = {torch.ops.aten.linalg_solve_triangular: _solve_triangular_flops}
     op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    return {} if op is None else {op: _cpu_sdpa_flops}
+    if op is not None:
+        mapping[op] = _cpu_sdpa_flops
+    return mapping
 
 
 def _logits_forward(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -126,6 +146,15 @@ def sdpa_fvcore_handle(inputs, outputs) -> int:
     return n * tq * tk * d + n * tq * tk * d_v
 
 
+def solve_triangular_fvcore_handle(inputs, outputs) -> int:
+    """fvcore handle for `aten::linalg_solve_triangular(A, B, upper, left, unitriangular)`: the
+    multiply-adds of substitution, (n - 1) / 2 per solution element for an n x n triangle (an
+    integer: the solution has n rows or columns, and n (n - 1) is even)."""
+    from fvcore.nn.jit_handles import get_shape
+    n = get_shape(inputs[0])[-1]
+    return math.prod(get_shape(outputs[0])) * (n - 1) // 2
+
+
 def _elementwise_not_counted(inputs, outputs) -> int:
     """Elementwise work is `other` in our convention; not part of the compared count."""
     return 0
@@ -154,14 +183,15 @@ class _Logits(nn.Module):
 
 
 def fvcore_analysis(model: nn.Module, tokens: torch.Tensor) -> FvcoreResult:
-    """Run fvcore's FlopCountAnalysis with the SDPA handle registered and layer_norm counted 0;
-    its warnings (unsupported ops, uncalled modules, tracer warnings) are silenced and the
-    unsupported ops returned instead."""
+    """Run fvcore's FlopCountAnalysis with the SDPA and triangular-solve handles registered and
+    layer_norm counted 0; its warnings (unsupported ops, uncalled modules, tracer warnings) are
+    silenced and the unsupported ops returned instead."""
     from fvcore.nn import FlopCountAnalysis
     analysis = FlopCountAnalysis(_Logits(model), (tokens,))
     # (`None` would only add layer_norm to the ignored set, where fvcore's default handle still
     # wins, so it is replaced by a handle that counts 0.)
     analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_fvcore_handle,
+                           "aten::linalg_solve_triangular", solve_triangular_fvcore_handle,
                            "aten::layer_norm", _elementwise_not_counted)
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
