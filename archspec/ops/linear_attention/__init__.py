@@ -30,7 +30,7 @@ solve), including the padding of each sequence to a multiple of C; n_c = sum_i c
     recurrent: T * 2KV (linear / gla: S^T q) or T * 4KV (delta rules: S^T k as well).
 `other` is an estimate of the elementwise work, counting what the code does (an exp, multiply,
 add or subtract is 1 per element, a cumsum or sum 1 per input element; masks, copies, padding 0),
-per chunk and head, C = chunk_size, c = gcd(C, 16), n = C / c:
+per chunk and head, C = chunk_size, c = gcd(C, 8), n = C / c:
     linear:       CK + CV + KV          (scale q; add the two output terms; state add)
     gla:          13CK + 6CcK + 3nCK + 2n^2 K + K + CV + 2KV   (cumsums and exps of the decays
                   and the factored q / k; 6 per element of the pairwise diagonal blocks; 3 per

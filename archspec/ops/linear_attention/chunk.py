@@ -22,7 +22,7 @@ Every exponent above is <= 0, so no exp overflows however negative g is: pairwis
 cost ulp(|G_C|) absolute error in every decay (1e-4 with g = -20 per token): fp32 results then
 agree with the fp32 recurrence to its own rounding level at any decay. gla's decay is per key
 channel, so P cannot be one plain (Q e^G)(K e^-G)^T matmul (e^-G overflows); P is built from
-sub-chunks of c = gcd(C, 16) tokens: blocks below the diagonal factor the decay through the start
+sub-chunks of c = gcd(C, 8) tokens: blocks below the diagonal factor the decay through the start
 b of the query's sub-chunk, exp(G_t - b) * exp(b - G_s), both factors <= 1, and are matmuls; the
 c x c diagonal blocks are pairwise [c, c, K] elementwise products.
 
@@ -47,7 +47,9 @@ from torch import nn
 from .common import (WITH_BETA, check_chunk_size, check_inputs, check_offsets, compute_dtype,
                      resolve_scale)
 
-SUB_CHUNK = 16  # gla's sub-chunk (diagonal blocks cost c^2 K memory per sub-chunk, elementwise)
+# gla's sub-chunk c. Elementwise work per chunk and head ~ (6c + 3C/c) C K (pairwise diagonal
+# blocks vs per-block key factors): least near c = sqrt(C), so 8 for C = 64 or 128.
+SUB_CHUNK = 8
 
 
 class _Layout:
@@ -70,6 +72,7 @@ class _Layout:
         offsets = cu_seqlens.tolist()
         check_offsets(offsets, total)
         counts = [-(-(e - b) // chunk_size) for b, e in zip(offsets, offsets[1:])]
+        # most chunks first: the sequences that have a j-th chunk are then a prefix of `order`
         order = sorted(range(len(counts)), key=lambda i: -counts[i])
         blocks, starts, ends = [], [], []
         for j in range(counts[order[0]] if order else 0):
@@ -85,11 +88,7 @@ class _Layout:
         scatter = torch.empty(total, dtype=torch.long, device=device)
         scatter[pos[real]] = torch.arange(pos.numel(), device=device).reshape(pos.shape)[real]
         return cls(chunk_size, blocks, torch.tensor(order, dtype=torch.long, device=device),
-                   gather.reshape(-1), scatter, length=total)
-
-    @property
-    def n_chunks(self) -> int:
-        return sum(count for _, count in self.blocks)
+                   gather, scatter, length=total)
 
     def to_chunks(self, x: torch.Tensor) -> torch.Tensor:
         """[B, T, H, D] (or [B, T, H]) -> [chunks, H, C, D] (or [chunks, H, C])."""
@@ -161,7 +160,7 @@ def _pairwise_decay(g: torch.Tensor, dim: int) -> torch.Tensor:
     shape = (c, c) + (1,) * (-dim - 1)
     later = _causal(c, g.device, -1).reshape(shape)  # [r, s]: r > s
     spans = (g.unsqueeze(dim) * later).cumsum(dim - 1)
-    return spans.masked_fill(~_causal(c, g.device).reshape(shape), float("-inf"))
+    return torch.where(_causal(c, g.device).reshape(shape), spans, float("-inf"))
 
 
 def _gla_scores(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, sub: int) -> torch.Tensor:
@@ -175,9 +174,10 @@ def _gla_scores(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, sub: int) -> 
     between = _pairwise_decay(totals, -2)  # [.., i, j, K]: sum over sub-chunks j < m <= i
     between = torch.cat([torch.zeros_like(between[:, :, :1]), between[:, :, :-1]], dim=2)  # j < m < i
     below = _causal(n, q.device, -1)[:, :, None, None]
-    to_boundary = (_decay_to_end(gs, -2)[:, :, None] + between[..., None, :]).masked_fill(~below, float("-inf"))
+    to_boundary = torch.where(below, _decay_to_end(gs, -2)[:, :, None] + between[..., None, :], float("-inf"))
     k_off = ks[:, :, None] * to_boundary.exp()  # [.., i, j, c, K]: s -> b_i; 0 where j >= i
-    off = q_off[:, :, :, None] @ k_off.transpose(-1, -2)  # [.., i, j, c, c]
+    # (expanded explicitly, a view: fvcore's matmul handle would count a broadcast operand once)
+    off = q_off[:, :, :, None].expand(k_off.shape) @ k_off.transpose(-1, -2)  # [.., i, j, c, c]
     # the diagonal sub-chunks: pairwise over the key channels
     diag = (qs[..., :, None, :] * ks[..., None, :, :] * _pairwise_decay(gs, -2).exp()).sum(-1)
     eye = torch.eye(n, dtype=torch.bool, device=q.device)[:, :, None, None]
