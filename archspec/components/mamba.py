@@ -1,0 +1,249 @@
+"""Mamba (Gu & Dao, 2023): the selective state-space mixer (Mamba1).
+
+    x: [B, T, d];  E = expand d (inner width);  N = d_state;  R = dt_rank (auto: ceil(d / 16));
+    k = d_conv
+    [u0, z] = x W_in^T                                   W_in: [2E, d]     -> [B, T, E] each
+    u = silu(causal depthwise conv_k(u0) + b_conv)       conv1d.weight: [E, 1, k]
+    [dt0, Bm, Cm] = u W_x^T                              W_x: [R + 2N, E]  -> [B, T, R], [B, T, N] x 2
+    dt = softplus(dt0 W_dt^T + b_dt)                     W_dt: [E, R]      -> [B, T, E]
+    A = -exp(A_log)                                      A_log: [E, N]
+    h_t = exp(dt_t A) * h_{t-1} + (dt_t u_t) Bm_t        h: [B, E, N] (float32)
+    y_t = h_t Cm_t + D u_t                               D: [E]
+    out = (y * silu(z)) W_out^T                          W_out: [d, E]     -> [B, T, d]
+
+Parameters: 3 d E + E (k + 2R + 3N + 3) with the conv bias and no linear biases (d = 768:
+3,770,880). Initialisation as the reference: A_log = log(1..N) in every row; D = 1; b_dt the
+inverse softplus of dt ~ log-uniform in [dt_min, dt_max], floored at dt_init_floor; W_dt
+uniform in +-dt_scale R^-1/2 (or that constant); the conv torch's default for Conv1d;
+W_in, W_x ~ N(0, init_std); W_out ~ N(0, init_std / sqrt(2 n_sublayers)).
+
+The training path is the chunked parallel scan of archspec/ops/ssm/selective_scan.py (a custom
+autograd function whose backward is the reverse scan); `step` is the decoding form.
+
+FLOPs for one sequence (1 FLOP = one multiply or one add; exp, log = 1 each):
+  matmul: T (4 d E + 2 E (R + 2N) + 2 R E + 2 E d) for the projections, plus 2 T E N for the
+          scan's contraction with Cm (a batched matmul);
+  other:  the conv, conv_flops_per_token(E, k, bias, silu) per token (archspec/ops/conv.py);
+          dt: 1 (bias) + 3 (softplus: exp, add, log) per channel and token; A: 2 E N once;
+          the scan, selective_scan_flops (~8 per token, channel and state: see that module,
+          and how it compares with the authors' 9 B L E N); the gate y silu(z): 5 per channel
+          and token; linear biases when enabled.
+Inference state per sequence: the conv's last k - 1 inputs, (k - 1) E in the model dtype, and
+h, E N in float32.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..ops.conv import conv_flops_per_token, causal_conv1d, causal_conv1d_step
+from ..ops.ssm.selective_scan import SCAN_CHUNK, selective_scan, selective_scan_flops, selective_scan_step
+from .base import CheckIssue, Component, ComponentModule, Flops, ModelConfig, register
+
+SOFTPLUS_FLOPS = 3  # exp, add, log
+GATE_FLOPS = 5  # silu (4) and the product
+
+DT_INIT_SCHEMA = {
+    "dt_min": {"type": "number", "exclusiveMinimum": 0, "default": 0.001,
+               "description": "smallest initial step size dt (log-uniform in [dt_min, dt_max])"},
+    "dt_max": {"type": "number", "exclusiveMinimum": 0, "default": 0.1,
+               "description": "largest initial step size dt"},
+    "dt_init_floor": {"type": "number", "minimum": 0, "default": 1e-4,
+                      "description": "initial dt values are floored here before the inverse softplus"},
+}
+CONV_SCHEMA = {
+    "d_conv": {"type": "integer", "minimum": 1, "default": 4,
+               "description": "kernel size of the causal depthwise convolution"},
+    "expand": {"type": "number", "exclusiveMinimum": 0, "default": 2,
+               "description": "inner width E = expand * d_model"},
+    "conv_bias": {"type": "boolean", "default": True, "description": "bias on the convolution"},
+    "bias": {"type": "boolean", "default": False, "description": "biases on in_proj and out_proj"},
+}
+
+
+def inner_width(cfg: dict, model: ModelConfig) -> int:
+    return int(round(cfg["expand"] * model.d_model))
+
+
+def check_inner_width(cfg: dict, model: ModelConfig) -> list[CheckIssue]:
+    width = cfg["expand"] * model.d_model
+    if abs(width - round(width)) > 1e-9:
+        return [CheckIssue("expand", f"expand * d_model = {cfg['expand']} * {model.d_model} = {width:g} "
+                           "is not a whole number of channels",
+                           "pick expand so that expand * d_model is an integer (Mamba uses 2)")]
+    return []
+
+
+def check_dt_range(cfg: dict, written: frozenset) -> list[CheckIssue]:
+    if cfg["dt_min"] > cfg["dt_max"]:
+        key = "dt_max" if "dt_max" in written else "dt_min"
+        return [CheckIssue(key, f"dt_min={cfg['dt_min']} is above dt_max={cfg['dt_max']}",
+                           "initial step sizes are drawn log-uniformly from [dt_min, dt_max]; "
+                           "set dt_min <= dt_max")]
+    return []
+
+
+@torch.no_grad()
+def init_dt_bias(bias: torch.Tensor, dt_min: float, dt_max: float, floor: float) -> None:
+    """bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max] and floored, so that
+    softplus(bias) starts at dt. softplus^-1(y) = y + log(1 - exp(-y)) = y + log(-expm1(-y))."""
+    u = torch.rand(bias.shape, device=bias.device, dtype=torch.float32)
+    dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
+    bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+
+@register
+class Mamba(Component):
+    type = "mamba"
+    summary = "Mamba1 selective state-space mixer (selective scan)"
+    schema = {
+        "properties": {
+            "d_state": {"type": "integer", "minimum": 1, "default": 16,
+                        "description": "state size N per channel"},
+            **CONV_SCHEMA,
+            "dt_rank": {"anyOf": [{"type": "integer", "minimum": 1, "description": "rank R"},
+                                  {"type": "string", "enum": ["auto"],
+                                   "description": "ceil(d_model / 16)"}],
+                        "default": "auto",
+                        "description": "rank R of the dt projection (auto = ceil(d_model / 16))"},
+            **DT_INIT_SCHEMA,
+            "dt_init": {"enum": ["random", "constant"], "default": "random",
+                        "description": "dt_proj.weight uniform in +-dt_scale R^-1/2, or that constant"},
+            "dt_scale": {"type": "number", "exclusiveMinimum": 0, "default": 1.0,
+                         "description": "scale of dt_proj's initial weights"},
+        },
+    }
+    example = {"d_state": 8, "expand": 2}
+
+    def derive(self, cfg, model):
+        if cfg.get("dt_rank") in (None, "auto"):
+            cfg["dt_rank"] = math.ceil(model.d_model / 16)
+        return cfg
+
+    def check(self, cfg, model, written=frozenset()):
+        return check_inner_width(cfg, model) + check_dt_range(cfg, written)
+
+    @staticmethod
+    def _dims(cfg, model):
+        return model.d_model, inner_width(cfg, model), cfg["d_state"], cfg["dt_rank"], cfg["d_conv"]
+
+    def param_shapes(self, cfg, model):
+        d, e, n, r, k = self._dims(cfg, model)
+        shapes = {"in_proj.weight": (2 * e, d)}
+        if cfg["bias"]:
+            shapes["in_proj.bias"] = (2 * e,)
+        shapes["conv1d.weight"] = (e, 1, k)
+        if cfg["conv_bias"]:
+            shapes["conv1d.bias"] = (e,)
+        shapes.update({"x_proj.weight": (r + 2 * n, e), "dt_proj.weight": (e, r), "dt_proj.bias": (e,),
+                       "A_log": (e, n), "D": (e,), "out_proj.weight": (d, e)})
+        if cfg["bias"]:
+            shapes["out_proj.bias"] = (d,)
+        return shapes
+
+    def flops(self, cfg, model, seq_len, conv):
+        d, e, n, r, k = self._dims(cfg, model)
+        t = seq_len
+        scan_matmul, scan_other = selective_scan_flops(t, e, n, has_d=True, chunk=SCAN_CHUNK)
+        matmul = t * (2 * d * 2 * e + 2 * e * (r + 2 * n) + 2 * r * e + 2 * e * d) + scan_matmul
+        other = (t * conv_flops_per_token(e, k, cfg["conv_bias"], "silu")
+                 + t * e * (1 + SOFTPLUS_FLOPS) + 2 * e * n + scan_other + t * e * GATE_FLOPS)
+        if cfg["bias"]:
+            other += t * (2 * e + d)
+        return Flops(matmul=matmul, other=other)
+
+    def notes(self, cfg, model):
+        return ["selective-scan FLOPs are those of the chunked parallel scan that runs (about 8 "
+                "elementwise + 2 matmul per token, channel and state); the authors' estimate for "
+                "their sequential CUDA scan is 9"]
+
+    def state_bytes(self, cfg, model, seq_len):
+        _, e, n, _, k = self._dims(cfg, model)
+        return (k - 1) * e * model.dtype_bytes + e * n * 4
+
+    def activation_bytes(self, cfg, model, seq_len):
+        d, e, n, r, k = self._dims(cfg, model)
+        t, nb = seq_len, model.dtype_bytes
+        # What autograd saves in one training forward, per token (measured with
+        # saved_tensors_hooks in tests/test_mamba.py: exact in float32 and bfloat16):
+        #   model dtype: in_proj's input (d); its output [u0, z] (2E: the conv reads u0, the
+        #   gate's silu reads z, both views of it); the conv's k - 1 shifted copies of u0 and
+        #   its pre-activation (k E); u = silu(conv) (E); x_proj's output [dt0, Bm, Cm]
+        #   (R + 2N: dt_proj reads dt0, the scan Bm and Cm); the gate's operands y and silu(z)
+        #   (2E) and out_proj's input (E);
+        #   float32: dt before and after softplus (2E); in a low-precision model also the
+        #   float32 copies of u, Bm, Cm the scan reads (E + 2N); one float32 state [E, N] per
+        #   chunk of SCAN_CHUNK tokens (the scan's backward recomputes the rest).
+        # Not per sequence, so not counted: A = -exp(A_log) [E, N] (and in low precision a
+        # float32 copy of D), saved once per forward.
+        elems = d + (k + 6) * e + r + 2 * n
+        f32 = 2 * e + (0 if nb == 4 else e + 2 * n)
+        chunks = -(-t // SCAN_CHUNK)
+        return t * (elems * nb + 4 * f32) + chunks * e * n * 4
+
+    class Module(ComponentModule):
+        def __init__(self, cfg: dict, model: ModelConfig):
+            super().__init__()
+            d, e, n, r, k = Mamba._dims(cfg, model)
+            self.inner, self.d_state, self.dt_rank, self.d_conv = e, n, r, k
+            self.cfg = dict(cfg)
+            self.std, self.out_std = model.init_std, model.out_proj_std
+            self.in_proj = nn.Linear(d, 2 * e, bias=cfg["bias"])
+            # only holds conv1d.weight [E, 1, k] and conv1d.bias as the reference names them;
+            # the convolution itself is archspec.ops.conv.causal_conv1d
+            self.conv1d = nn.Conv1d(e, e, k, groups=e, bias=cfg["conv_bias"])
+            self.x_proj = nn.Linear(e, r + 2 * n, bias=False)
+            self.dt_proj = nn.Linear(r, e, bias=True)
+            self.A_log = nn.Parameter(torch.empty(e, n))
+            self.D = nn.Parameter(torch.empty(e))
+            self.out_proj = nn.Linear(e, d, bias=cfg["bias"])
+
+        @torch.no_grad()
+        def reset_parameters(self):
+            cfg = self.cfg
+            nn.init.normal_(self.in_proj.weight, std=self.std)
+            nn.init.normal_(self.x_proj.weight, std=self.std)
+            nn.init.normal_(self.out_proj.weight, std=self.out_std)
+            for lin in (self.in_proj, self.out_proj):
+                if lin.bias is not None:
+                    nn.init.zeros_(lin.bias)
+            self.conv1d.reset_parameters()
+            dt_std = cfg["dt_scale"] * self.dt_rank ** -0.5
+            if cfg["dt_init"] == "constant":
+                nn.init.constant_(self.dt_proj.weight, dt_std)
+            else:
+                nn.init.uniform_(self.dt_proj.weight, -dt_std, dt_std)
+            init_dt_bias(self.dt_proj.bias, cfg["dt_min"], cfg["dt_max"], cfg["dt_init_floor"])
+            a = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device)
+            self.A_log.copy_(torch.log(a).expand(self.inner, -1))
+            nn.init.ones_(self.D)
+
+        def _ssm_inputs(self, u: torch.Tensor):
+            dt0, b, c = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+            dt = nn.functional.softplus(self.dt_proj(dt0).float())
+            return dt, -torch.exp(self.A_log.float()), b, c
+
+        def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
+            u, z = self.in_proj(x).split(self.inner, dim=-1)
+            u = causal_conv1d(u, self.conv1d.weight, self.conv1d.bias, activation="silu")
+            dt, a, b, c = self._ssm_inputs(u)
+            y, _ = selective_scan(u, dt, a, b, c, self.D)
+            return self.out_proj(y.to(x.dtype) * nn.functional.silu(z))
+
+        # --- decoding ------------------------------------------------------------------------
+        def initial_state(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+            """(conv state [B, E, k-1] in the model dtype, SSM state [B, E, N] float32), zeros."""
+            w = self.in_proj.weight
+            return (torch.zeros(batch, self.inner, self.d_conv - 1, dtype=w.dtype, device=w.device),
+                    torch.zeros(batch, self.inner, self.d_state, dtype=torch.float32, device=w.device))
+
+        def step(self, x_t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+            """One token: x_t [B, d] -> (out [B, d], new state); the recurrent form."""
+            conv_state, ssm_state = state
+            u, z = self.in_proj(x_t).split(self.inner, dim=-1)
+            u, conv_state = causal_conv1d_step(u, conv_state, self.conv1d.weight, self.conv1d.bias, "silu")
+            dt, a, b, c = self._ssm_inputs(u)
+            y, ssm_state = selective_scan_step(ssm_state, u, dt, a, b, c, self.D)
+            return self.out_proj(y.to(x_t.dtype) * nn.functional.silu(z)), (conv_state, ssm_state)
