@@ -10,6 +10,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from archspec.components import types_with_role
+
 from archspec.cli import main
 from archspec.loader import parse
 from archspec.schema import EDITOR_FILE, editor_schema
@@ -219,7 +221,8 @@ def test_console_script_subprocess(write, tmp_path):
     ("type: mlp, d_ff: 128", "type: ffn, d_ff: 128", ("components", "F", "type"), "did you mean 'mlp'?"),
     ("type: mlp, d_ff: 128", "type: rmsnorm", ("components", "F", "type"),
      "'rmsnorm' is a norm, not a layout component: set it for the whole model as "
-     "`model: {norm: {type: rmsnorm}}`; layout components are attention, mlp"),
+     "`model: {norm: {type: rmsnorm}}`; layout components are "
+     + ", ".join(types_with_role("sublayer"))),
 ])
 def test_hints_for_common_slips(problems, old, new, path, hint):
     (found,) = problems(SPEC.replace(old, new))

@@ -1,0 +1,477 @@
+"""MoM: mixture of memories (Du et al., 2025, arXiv 2502.13685), as parameterised by fla's
+`MomAttention` (fla 0.6.0), with an unpadded dispatch.
+
+    x: [B, T, d];  H heads, K = H dk (keys), V = K expand_v = H dv (values), M memories, top-k
+    router:  p = softmax(x W_r^T) (float32) [B, T, M];  (w, m) = top-k(p), w <- w / sum(w)
+    q = x W_q^T [B, T, K]  (one query projection shared by all memories)
+    for each memory j (and a shared memory j = M that every token enters with weight 1):
+        tokens routed to j, in time order per sequence:  x_j [n_j, d]
+        k_j = x_j W_k,j^T [n_j, K],  v_j = x_j W_v,j^T [n_j, V]
+        beta_j = sigmoid(x_j W_b,j^T) [n_j, H]                       (delta rules)
+        g_j = -exp(A_log) softplus(x_j W_a,j^T + dt_bias) [n_j, H]   (gated_delta: log decay)
+        g_j = logsigmoid(x_j W_a,j^T) / 16 [n_j, K]                  (gla: per-channel log decay)
+        q_j, k_j, v_j <- SiLU(short causal conv_c(.)) over the memory's own token sequence
+        q_j, k_j <- l2-normalised per head
+        o_j = rule(q_j, k_j, v_j, g_j, beta_j) [n_j, H, dv]: a linear recurrence over the
+              memory's tokens (gated_delta, delta, gla, linear; see archspec/ops/linear_attention)
+    o[t] = sum_{j in top-k(t)} w_j(t) o_j[t] + o_shared[t]      [B, T, H, dv]
+    y = (RMSNorm(o) * w_n * SiLU(x W_g^T)) W_o^T                 [B, T, d]  (gated norm per head)
+
+Each memory holds its own state S_j [H, dk, dv] and only sees the tokens routed to it, so the
+state is M (+1) times that of one linear-attention layer, at the cost of k (+1) key/value
+projections per token. Dispatch packs every (memory, sequence) group back to back (varlen
+offsets), padded only to the chunk size: never every memory to the longest group, as fla does.
+With `capacity` c, memory j takes at most ceil(c k T / M) tokens of each sequence, first come
+first served (so a token's fate depends only on earlier tokens: routing stays causal); dropped
+assignments contribute nothing.
+
+Auxiliary loss (Switch / Mixtral form, as fla's MoM): aux_loss_scale * M * sum_j f_j P_j with
+f_j the fraction of tokens whose top-k includes j and P_j the mean router probability of j over
+the batch's tokens; balanced routing gives k. Summed over layers.
+
+Parameters: d K + d M + n_b (d K + d V + r) + a + c (2K + V) + d V + dv + V d, with n_b = M + 1
+with the shared memory, else M; r = 2 d H (gated_delta), d H (delta), d K (gla), 0 (linear);
+a = 2H (A_log, dt_bias; gated_delta only). fla's 340M MoM layer (d 1024, H 4, dk 256, M 4,
+top-2, shared) has 13,689,096. Names map to fla's one to one, except router = fla's `gate`.
+
+FLOPs for one sequence (1 FLOP = one multiply or one add): matmul = projections 2 T d (K + M +
+2V) + 2 (k + s) T d (K + V + r / d) + the chunked rule's matmuls over the memories' token counts
+(archspec.ops.linear_attention.chunk_flops; balanced routing, k T / M tokens per memory, is
+assumed; the measured count varies with routing only through chunk padding, see flops_bounds).
+Elementwise `other`: router softmax 5M per token, conv (2c - 1 + 4) per channel and routed token,
+l2 norms 3 per element, beta/decay activations, the rule's elementwise work, the weighted
+combine 2 V per assignment, the gated norm 9 per value.
+Inference state per sequence: n_b float32 states H dk dv, and n_b conv windows (c - 1)(2K + V).
+Initialisation: projections and router N(0, init_std), o_proj N(0, init_std / sqrt(2 L));
+A_log = log U(0, 16); dt_bias = softplus^-1 of dt, log-uniform in [1e-3, 1e-1] floored at
+1e-4 (fla); convs as nn.Conv1d (U(+-1/sqrt(c))); norm weight 1.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..ops import linear_attention as LA
+from ..ops.conv import causal_conv1d, causal_conv1d_step, conv_flops_per_token
+from ..ops.norm import gated_rmsnorm, gated_rmsnorm_flops
+from .base import CheckIssue, Component, ComponentModule, Flops, ModelConfig, register
+
+SOFTMAX_FLOPS = 5       # per element: subtract max, exp, sum, divide (+ scale)
+L2NORM_FLOPS = 3        # per element: square, sum, scale
+GLA_GATE_NORMALIZER = 16.0  # GLA's gate_logit_normalizer
+# per head-step: sigmoid (4) for beta; softplus (3), add, exp(A) multiply, negate for the decay
+BETA_FLOPS, DECAY_FLOPS, GLA_GATE_FLOPS = 4, 6, 5
+
+
+def extra_rows(rule: str, h: int, k: int) -> int:
+    """Rows of the per-memory projections besides k and v: beta (H), decay (H or K)."""
+    return {"gated_delta": 2 * h, "delta": h, "gla": k, "linear": 0}[rule]
+
+
+@dataclass
+class Dispatch:
+    """Where each packed row comes from. Rows are grouped by memory (shared last), then by
+    sequence, then in time order: `cu_seqlens` [n_b B + 1] marks the (memory, sequence) groups."""
+
+    token: torch.Tensor        # int64 [P]: flat token index b T + t of each packed row
+    weight: torch.Tensor       # [P]: routing weight of the row (1 for the shared memory)
+    cu_seqlens: torch.Tensor   # int64 [n_b B + 1]
+    memory_rows: list[int]     # rows per memory (host ints), length n_b
+
+    def segment_lengths(self) -> list[int]:
+        return (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).tolist()
+
+
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def route(logits: torch.Tensor, topk: int):
+    """softmax in float32, top-k, renormalised. Returns (probs [N, M], weights [N, k], idx [N, k])."""
+    probs = torch.softmax(at_least_float32(logits), dim=-1)
+    weights, idx = probs.topk(topk, dim=-1)
+    return probs, weights / weights.sum(-1, keepdim=True), idx
+
+
+def load_balancing_loss(probs: torch.Tensor, idx: torch.Tensor, n_memories: int) -> torch.Tensor:
+    """M sum_j f_j P_j; f_j = fraction of tokens with j in their top-k, P_j = mean prob of j."""
+    chosen = torch.zeros_like(probs).scatter_(-1, idx, 1.0)
+    return n_memories * (chosen.mean(0) * probs.mean(0)).sum()
+
+
+def plan_dispatch(idx: torch.Tensor, weights: torch.Tensor, batch: int, seq_len: int,
+                  n_memories: int, shared: bool, capacity: float | None) -> Dispatch:
+    """Sort the (token, memory) assignments into packed groups, dropping over-capacity ones."""
+    n, k = idx.shape
+    device = idx.device
+    token = torch.arange(n, device=device).repeat_interleave(k)
+    memory, weight = idx.reshape(-1), weights.reshape(-1)
+    if capacity is not None:
+        limit = math.ceil(capacity * k * seq_len / n_memories)
+        one_hot = torch.zeros(batch, seq_len, n_memories, dtype=torch.int64, device=device)
+        one_hot.scatter_add_(-1, idx.view(batch, seq_len, k), torch.ones_like(idx.view(batch, seq_len, k)))
+        # rank of each assignment among its memory's assignments so far in its sequence
+        before = (one_hot.cumsum(1) - one_hot).view(n, n_memories).gather(1, idx).reshape(-1)
+        keep = before < limit
+        token, memory, weight = token[keep], memory[keep], weight[keep]
+    order = torch.argsort(memory * n + token)  # memory-major, then b, then t
+    token, memory, weight = token[order], memory[order], weight[order]
+    group = memory * batch + token // seq_len
+    counts = torch.bincount(group, minlength=n_memories * batch)
+    if shared:
+        all_tokens = torch.arange(n, device=device)
+        token = torch.cat([token, all_tokens])
+        weight = torch.cat([weight, torch.ones(n, dtype=weight.dtype, device=device)])
+        counts = torch.cat([counts, torch.full((batch,), seq_len, dtype=counts.dtype, device=device)])
+    cu = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=device)
+    cu[1:] = counts.cumsum(0)
+    per_memory = counts.view(-1, batch).sum(1).tolist()
+    return Dispatch(token, weight, cu, per_memory)
+
+
+def l2_normalise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
+
+
+@register
+class MoM(Component):
+    type = "mom"
+    summary = "mixture of memories: routed linear-attention memories (+ a shared one)"
+    schema = {
+        "properties": {
+            "rule": {"enum": list(LA.RULES), "default": "gated_delta",
+                     "description": "each memory's update rule (MoM's default: gated_delta)"},
+            "n_heads": {"type": "integer", "minimum": 1, "default": 4, "description": "heads H"},
+            "head_dim": {"type": "integer", "minimum": 1, "default": 256,
+                         "description": "key dimension per head dk (K = H dk)"},
+            "expand_v": {"type": "number", "exclusiveMinimum": 0, "default": 1,
+                         "description": "value dimension per head dv = head_dim * expand_v"},
+            "n_memories": {"type": "integer", "minimum": 1, "default": 4,
+                           "description": "routed memories M"},
+            "topk": {"type": "integer", "minimum": 1, "default": 2,
+                     "description": "memories each token is routed to"},
+            "shared_memory": {"type": "boolean", "default": True,
+                              "description": "an extra memory that sees every token"},
+            "capacity": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None,
+                         "description": "null = dropless; c caps each memory at ceil(c k T / M) "
+                                        "tokens per sequence (first come, first served)"},
+            "aux_loss_scale": {"type": "number", "minimum": 0, "default": 0.01,
+                               "description": "coefficient of the load-balancing loss"},
+            "conv_size": {"type": "integer", "minimum": 1, "default": 4,
+                          "description": "short causal convolution width on q, k, v"},
+            "output_gate": {"type": "boolean", "default": True,
+                            "description": "SiLU output gate g_proj into the gated RMSNorm"},
+            "norm_eps": {"type": "number", "exclusiveMinimum": 0, "default": 1e-6,
+                         "description": "eps of the output RMSNorm"},
+            "chunk_size": {"type": "integer", "minimum": 1, "default": 64,
+                           "description": "chunk length of the chunked training form"},
+        },
+    }
+    example = {"n_heads": 2, "head_dim": 16, "n_memories": 4, "topk": 2, "chunk_size": 8}
+
+    def derive(self, cfg, model):
+        cfg["key_dim"] = cfg["n_heads"] * cfg["head_dim"]
+        cfg["head_v_dim"] = int(cfg["head_dim"] * cfg["expand_v"])
+        cfg["value_dim"] = cfg["n_heads"] * cfg["head_v_dim"]
+        return cfg
+
+    def check(self, cfg, model, written=frozenset()):
+        issues = []
+        if cfg["topk"] > cfg["n_memories"]:
+            issues.append(CheckIssue("topk", f"topk={cfg['topk']} exceeds n_memories={cfg['n_memories']}",
+                                     f"route each token to at most n_memories; use topk <= {cfg['n_memories']}"))
+        dv = cfg["head_dim"] * cfg["expand_v"]
+        if dv != int(dv) or dv < 1:
+            issues.append(CheckIssue("expand_v", f"head_dim * expand_v = {dv:g} is not a whole number",
+                                     "pick expand_v so that head_dim * expand_v is an integer"))
+        if cfg["rule"] == "gla" and cfg["head_dim"] > 512:
+            issues.append(CheckIssue("head_dim", f"gla keeps a decay per key channel; head_dim="
+                                     f"{cfg['head_dim']} makes its chunked form very large",
+                                     "use head_dim <= 512 with rule gla"))
+        return issues
+
+    # --- accounting ----------------------------------------------------------------------
+    def param_shapes(self, cfg, model):
+        d, h, kd, vd, m = model.d_model, cfg["n_heads"], cfg["key_dim"], cfg["value_dim"], cfg["n_memories"]
+        c = cfg["conv_size"]
+        rule = cfg["rule"]
+        shapes = {"q_proj.weight": (kd, d), "router.weight": (m, d)}
+        per_memory = {"k": (kd, d), "v": (vd, d)}
+        if rule in ("gated_delta", "delta"):
+            per_memory["b"] = (h, d)
+        if rule == "gated_delta":
+            per_memory["a"] = (h, d)
+        if rule == "gla":
+            per_memory["a"] = (kd, d)
+        for name, shape in per_memory.items():
+            for j in range(m):
+                shapes[f"{name}_proj.{j}.weight"] = shape
+        if cfg["shared_memory"]:
+            for name, shape in per_memory.items():
+                shapes[f"shared_{name}.weight"] = shape
+        if rule == "gated_delta":
+            shapes["A_log"] = (h,)
+            shapes["dt_bias"] = (h,)
+        shapes.update({"q_conv1d.weight": (kd, 1, c), "k_conv1d.weight": (kd, 1, c),
+                       "v_conv1d.weight": (vd, 1, c)})
+        if cfg["output_gate"]:
+            shapes["g_proj.weight"] = (vd, d)
+        shapes["o_norm.weight"] = (cfg["head_v_dim"],)
+        shapes["o_proj.weight"] = (d, vd)
+        return shapes
+
+    def _n_banks(self, cfg) -> int:
+        return cfg["n_memories"] + (1 if cfg["shared_memory"] else 0)
+
+    def balanced_lengths(self, cfg, seq_len: int) -> list[int]:
+        """Tokens per memory for one sequence under perfectly balanced routing (and capacity)."""
+        m, k = cfg["n_memories"], cfg["topk"]
+        assignments = k * seq_len
+        if cfg["capacity"] is not None:
+            assignments = min(assignments, m * math.ceil(cfg["capacity"] * k * seq_len / m))
+        base, extra = divmod(assignments, m)
+        lengths = [base + (1 if j < extra else 0) for j in range(m)]
+        return lengths + ([seq_len] if cfg["shared_memory"] else [])
+
+    def flops_for_lengths(self, cfg, model, seq_len: int, lengths: list[int]) -> Flops:
+        """FLOPs of one forward whose routed groups (one per memory and sequence, the shared
+        memory's last) have `lengths`; `seq_len` is the total of tokens entering the layer."""
+        d, h, kd, vd, m = model.d_model, cfg["n_heads"], cfg["key_dim"], cfg["value_dim"], cfg["n_memories"]
+        rule, t = cfg["rule"], seq_len
+        rows = sum(lengths)  # routed + shared assignments
+        gate = vd if cfg["output_gate"] else 0
+        matmul = 2 * t * d * (kd + m + gate + vd) + 2 * rows * d * (kd + vd + extra_rows(rule, h, kd))
+        core = LA.chunk_flops(rule, lengths, h, cfg["head_dim"], cfg["head_v_dim"], cfg["chunk_size"])
+        other = t * m * SOFTMAX_FLOPS
+        other += rows * conv_flops_per_token(2 * kd + vd, cfg["conv_size"], False, "silu")
+        other += rows * L2NORM_FLOPS * 2 * kd
+        if rule in ("gated_delta", "delta"):
+            other += rows * h * BETA_FLOPS
+        if rule == "gated_delta":
+            other += rows * h * DECAY_FLOPS
+        if rule == "gla":
+            other += rows * kd * GLA_GATE_FLOPS
+        other += 2 * rows * vd  # weight each memory's output and add it into the token's sum
+        other += gated_rmsnorm_flops(t * vd, t * h) if cfg["output_gate"] else t * (4 * vd + 2 * h)
+        return Flops(matmul=matmul + core.matmul, other=other + core.other)
+
+    def flops(self, cfg, model, seq_len, conv):
+        return self.flops_for_lengths(cfg, model, seq_len, self.balanced_lengths(cfg, seq_len))
+
+    def flops_bounds(self, cfg, model, seq_len, conv):
+        """Matmul FLOPs vary with routing only through chunk padding (and capacity drops): the
+        fewest when one memory gets every routed token, the most when each memory's group
+        wastes a nearly empty last chunk."""
+        k, m, c = cfg["topk"], cfg["n_memories"], cfg["chunk_size"]
+        shared = [seq_len] if cfg["shared_memory"] else []
+        assignments = sum(self.balanced_lengths(cfg, seq_len)[:m])
+        least_tokens = 0 if cfg["capacity"] is not None else assignments
+        fewest = self.flops_for_lengths(cfg, model, seq_len, [least_tokens] + [0] * (m - 1) + shared)
+        # k T assignments over M groups: at most ceil(kT/c) + M - 1 chunks; spread so each of
+        # the M groups but one is 1 token past a chunk boundary.
+        spread = [c * (assignments // (c * m)) + 1] * (m - 1)
+        spread.append(max(0, assignments - sum(spread)))
+        most = self.flops_for_lengths(cfg, model, seq_len, spread + shared)
+        return fewest.matmul, most.matmul
+
+    def notes(self, cfg, model):
+        notes = [f"FLOPs assume balanced routing ({cfg['topk']} of {cfg['n_memories']} memories, "
+                 "k T / M tokens each); real routing changes only how far each memory's token group is "
+                 "padded to a whole chunk"]
+        if cfg["capacity"] is not None:
+            notes.append(f"capacity {cfg['capacity']}: tokens past ceil(c k T / M) per memory and "
+                         "sequence are dropped from that memory, first come first served")
+        return notes
+
+    def state_bytes(self, cfg, model, seq_len):
+        banks = self._n_banks(cfg)
+        recurrent = banks * cfg["n_heads"] * cfg["head_dim"] * cfg["head_v_dim"] * 4
+        conv_window = banks * (cfg["conv_size"] - 1) * (2 * cfg["key_dim"] + cfg["value_dim"])
+        return recurrent + conv_window * model.dtype_bytes
+
+    def activation_bytes(self, cfg, model, seq_len):
+        # Estimate: per token the input and q/g projections; per packed row the gathered input,
+        # q/k/v before and after conv and normalisation, beta/decay and the rule's output; the
+        # rule's chunk intermediates are left out (they depend on the rule and chunk size).
+        d, kd, vd = model.d_model, cfg["key_dim"], cfg["value_dim"]
+        rows = sum(self.balanced_lengths(cfg, seq_len))
+        per_token = d + kd + 2 * vd + 4 * cfg["n_memories"]
+        per_row = d + 3 * (2 * kd + vd) + 2 * vd
+        return (seq_len * per_token + rows * per_row) * model.dtype_bytes
+
+    def active_param_count(self, cfg, model):
+        shapes = self.param_shapes(cfg, model)
+        total = sum(math.prod(s) for s in shapes.values())
+        per_memory = sum(math.prod(s) for n, s in shapes.items() if n.split(".")[0].endswith("_proj")
+                         and n.count(".") == 2)
+        m = cfg["n_memories"]
+        return total - per_memory + per_memory * cfg["topk"] // m
+
+    # --- module --------------------------------------------------------------------------
+    class Module(ComponentModule):
+        def __init__(self, cfg: dict, model: ModelConfig):
+            super().__init__()
+            d = model.d_model
+            self.rule, self.h, self.dk, self.dv = cfg["rule"], cfg["n_heads"], cfg["head_dim"], cfg["head_v_dim"]
+            kd, vd, m = cfg["key_dim"], cfg["value_dim"], cfg["n_memories"]
+            self.n_memories, self.topk, self.shared = m, cfg["topk"], cfg["shared_memory"]
+            self.capacity, self.aux_scale = cfg["capacity"], float(cfg["aux_loss_scale"])
+            self.chunk_size, self.eps = cfg["chunk_size"], float(cfg["norm_eps"])
+            self.std, self.out_std = model.init_std, model.out_proj_std
+            self.form = "chunk"  # "recurrent": the token-by-token ground truth (tests)
+            self.q_proj = nn.Linear(d, kd, bias=False)
+            self.router = nn.Linear(d, m, bias=False)
+            self.kinds = {"k": kd, "v": vd}
+            if self.rule in ("gated_delta", "delta"):
+                self.kinds["b"] = self.h
+            if self.rule in ("gated_delta", "gla"):
+                self.kinds["a"] = self.h if self.rule == "gated_delta" else kd
+            for kind, rows in self.kinds.items():
+                setattr(self, f"{kind}_proj", nn.ModuleList(nn.Linear(d, rows, bias=False) for _ in range(m)))
+                if self.shared:
+                    setattr(self, f"shared_{kind}", nn.Linear(d, rows, bias=False))
+            if self.rule == "gated_delta":
+                self.A_log = nn.Parameter(torch.empty(self.h))
+                self.dt_bias = nn.Parameter(torch.empty(self.h))
+            c = cfg["conv_size"]
+            self.q_conv1d = nn.Conv1d(kd, kd, c, groups=kd, bias=False)
+            self.k_conv1d = nn.Conv1d(kd, kd, c, groups=kd, bias=False)
+            self.v_conv1d = nn.Conv1d(vd, vd, c, groups=vd, bias=False)
+            self.g_proj = nn.Linear(d, vd, bias=False) if cfg["output_gate"] else None
+            self.o_norm = nn.Module()
+            self.o_norm.weight = nn.Parameter(torch.empty(self.dv))
+            self.o_proj = nn.Linear(vd, d, bias=False)
+
+        @torch.no_grad()
+        def reset_parameters(self):
+            for lin in self._projections():
+                nn.init.normal_(lin.weight, std=self.std)
+            nn.init.normal_(self.o_proj.weight, std=self.out_std)
+            for conv in (self.q_conv1d, self.k_conv1d, self.v_conv1d):
+                bound = 1 / math.sqrt(conv.weight.shape[-1])
+                nn.init.uniform_(conv.weight, -bound, bound)
+            nn.init.ones_(self.o_norm.weight)
+            if self.rule == "gated_delta":
+                self.A_log.copy_(torch.empty_like(self.A_log).uniform_(0, 16).clamp_min(1e-4).log())
+                dt = torch.exp(torch.rand_like(self.dt_bias) * (math.log(0.1) - math.log(1e-3))
+                               + math.log(1e-3)).clamp_min(1e-4)
+                self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+
+        def _projections(self):
+            yield self.q_proj
+            yield self.router
+            if self.g_proj is not None:
+                yield self.g_proj
+            for kind in self.kinds:
+                yield from getattr(self, f"{kind}_proj")
+                if self.shared:
+                    yield getattr(self, f"shared_{kind}")
+
+        def bank(self, kind: str, j: int) -> nn.Linear:
+            """Projection `kind` of memory j (j = n_memories is the shared memory)."""
+            return getattr(self, f"shared_{kind}") if j == self.n_memories else getattr(self, f"{kind}_proj")[j]
+
+        def plan(self, x: torch.Tensor):
+            """Route the tokens of x [B, T, d]: (probs, weights, idx, Dispatch)."""
+            b, t, d = x.shape
+            probs, weights, idx = route(self.router(x).reshape(b * t, -1), self.topk)
+            dispatch = plan_dispatch(idx, weights, b, t, self.n_memories, self.shared, self.capacity)
+            return probs, weights, idx, dispatch
+
+        def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
+            b, t, d = x.shape
+            probs, _, idx, plan = self.plan(x)
+            if ctx is not None:
+                ctx.add_aux_loss("mom_load_balance",
+                                 self.aux_scale * load_balancing_loss(probs, idx, self.n_memories).to(x.dtype))
+            flat = x.reshape(b * t, d)
+            packed = flat[plan.token]                                  # [P, d]
+            q = self.q_proj(flat)[plan.token]                          # one q per token, gathered
+            k, v, beta, g = self._memory_projections(packed, plan.memory_rows)
+            cu = plan.cu_seqlens
+            q = causal_conv1d(q[None], self.q_conv1d.weight, None, "silu", cu)[0]
+            k = causal_conv1d(k[None], self.k_conv1d.weight, None, "silu", cu)[0]
+            v = causal_conv1d(v[None], self.v_conv1d.weight, None, "silu", cu)[0]
+            p = q.shape[0]
+            q = l2_normalise(q.view(p, self.h, self.dk))
+            k = l2_normalise(k.view(p, self.h, self.dk))
+            v = v.view(p, self.h, self.dv)
+            run = LA.chunk_rule if self.form == "chunk" else LA.recurrent_rule
+            kwargs = {"chunk_size": self.chunk_size} if self.form == "chunk" else {}
+            o, _ = run(self.rule, q[None], k[None], v[None], g=None if g is None else g[None],
+                       beta=None if beta is None else beta[None], cu_seqlens=cu, **kwargs)
+            o = o[0] * plan.weight.to(o.dtype)[:, None, None]
+            out = torch.zeros(b * t, self.h, self.dv, dtype=o.dtype, device=o.device).index_add_(0, plan.token, o)
+            return self._output(out.view(b, t, self.h, self.dv), x)
+
+        def _memory_projections(self, packed: torch.Tensor, rows: list[int]):
+            """k, v, beta, log-decay of every packed row, each memory's rows by its own weights."""
+            parts = {kind: [] for kind in self.kinds}
+            for j, chunk in enumerate(packed.split(rows)):
+                for kind in self.kinds:
+                    parts[kind].append(self.bank(kind, j)(chunk))
+            cat = {kind: torch.cat(p) for kind, p in parts.items()}
+            f32 = at_least_float32
+            beta = f32(cat["b"]).sigmoid() if "b" in cat else None
+            g = None
+            if self.rule == "gated_delta":
+                g = -f32(self.A_log).exp() * nn.functional.softplus(f32(cat["a"]) + f32(self.dt_bias))
+            elif self.rule == "gla":
+                g = (nn.functional.logsigmoid(f32(cat["a"])) / GLA_GATE_NORMALIZER).view(-1, self.h, self.dk)
+            return cat["k"], cat["v"], beta, g
+
+        def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            b, t = x.shape[:2]
+            if self.g_proj is not None:
+                gate = self.g_proj(x).view(b, t, self.h, self.dv)
+                o = gated_rmsnorm(o, gate, self.o_norm.weight, self.eps, norm_before_gate=True)
+            else:
+                f32 = at_least_float32
+                o = nn.functional.rms_norm(f32(o), (self.dv,), f32(self.o_norm.weight), self.eps).to(o.dtype)
+            return self.o_proj(o.reshape(b, t, -1).to(x.dtype))
+
+        # --- decoding: the token-by-token ground truth --------------------------------------
+        def init_cache(self, batch: int, seq_len: int, device=None, dtype=None) -> dict:
+            """Per-sequence decoding state: every memory's conv window and recurrent state, and
+            (with a capacity) how many tokens each memory took. `seq_len` fixes the capacity."""
+            w = self.q_proj.weight
+            device, dtype = device or w.device, dtype or w.dtype
+            banks = self.n_memories + (1 if self.shared else 0)
+            width = 2 * self.h * self.dk + self.h * self.dv
+            state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+            limit = None if self.capacity is None else math.ceil(self.capacity * self.topk * seq_len / self.n_memories)
+            return {"conv": torch.zeros(banks, batch, width, self.q_conv1d.weight.shape[-1] - 1, dtype=dtype, device=device),
+                    "state": torch.zeros(banks, batch, self.h, self.dk, self.dv, dtype=state_dtype, device=device),
+                    "taken": torch.zeros(batch, self.n_memories, dtype=torch.int64, device=device),
+                    "limit": limit}
+
+        def step(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:
+            """One token per sequence: x_t [B, d] -> y_t [B, d]; updates `cache` in place. Each
+            memory's recurrence advances only on the tokens routed to it."""
+            b = x_t.shape[0]
+            _, weights, idx = route(self.router(x_t), self.topk)
+            chosen = torch.zeros(b, self.n_memories, dtype=torch.bool, device=x_t.device).scatter_(1, idx, True)
+            weight = torch.zeros(b, self.n_memories, dtype=weights.dtype, device=x_t.device).scatter_(1, idx, weights)
+            if cache["limit"] is not None:
+                chosen &= cache["taken"] < cache["limit"]
+            cache["taken"] += chosen.long()
+            conv_w = torch.cat([self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight])
+            q = self.q_proj(x_t)
+            kd = self.h * self.dk
+            out = torch.zeros(b, self.h, self.dv, dtype=cache["state"].dtype, device=x_t.device)
+            for j in range(cache["conv"].shape[0]):
+                k, v, beta, g = self._memory_projections(x_t, [0] * j + [b])
+                mixed, conv = causal_conv1d_step(torch.cat([q, k, v], -1), cache["conv"][j], conv_w, None, "silu")
+                qj = l2_normalise(mixed[:, :kd].view(b, self.h, self.dk))
+                kj = l2_normalise(mixed[:, kd:2 * kd].view(b, self.h, self.dk))
+                vj = mixed[:, 2 * kd:].view(b, self.h, self.dv)
+                o, state = LA.recurrent_step(self.rule, qj, kj, vj, cache["state"][j], g_t=g, beta_t=beta)
+                take = chosen[:, j] if j < self.n_memories else torch.ones(b, dtype=torch.bool, device=x_t.device)
+                cache["conv"][j] = torch.where(take[:, None, None], conv, cache["conv"][j])
+                cache["state"][j] = torch.where(take[:, None, None, None], state, cache["state"][j])
+                w = weight[:, j] * take if j < self.n_memories else take.to(weight.dtype)
+                out = out + w[:, None, None].to(out.dtype) * o.to(out.dtype)
+            return self._output(out[:, None].to(x_t.dtype), x_t[:, None])[:, 0]
