@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 an invalid spec (every error printed) or a refused buil
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import shutil
@@ -70,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seq-len", type=positive_int)
     g.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
 
+    c = sub.add_parser("components", help="the component types, or one type's hyperparameters")
+    c.add_argument("type", nargs="?", metavar="TYPE")
+    c.add_argument("--format", choices=["text", "json"], default="text")
+
     s = sub.add_parser("schema", help="print the spec JSON Schema (for editors), or --write it")
     s.add_argument("--write", action="store_true", help="regenerate archspec/schema/archspec.schema.json")
     return p
@@ -93,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `archspec report ... | head`: the reader left, not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail too
+        return EXIT_OK
     except Exception as e:  # a bug in archspec, not in the spec
         if os.environ.get("ARCHSPEC_DEBUG"):
             raise
@@ -167,6 +176,43 @@ def cmd_graph(args) -> int:
         _write_atomic(Path(args.output), text)
     else:
         sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_components(args) -> int:
+    from . import components as C
+    from .schema import component_schema
+    if args.type is None:
+        rows = [{"type": t, "role": C.get(t).role, "summary": C.get(t).summary,
+                 "backends": sorted(C.get(t).backends)} for t in sorted(C.REGISTRY)]
+        if args.format == "json":
+            print(json.dumps(rows, indent=2))
+        else:
+            width = max(len(r["type"]) for r in rows)
+            for r in rows:
+                print(f"{r['type'].ljust(width)}  {r['role']:<9}  {r['summary']}")
+        return EXIT_OK
+    if args.type not in C.REGISTRY:
+        near = difflib.get_close_matches(args.type, list(C.REGISTRY), n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        raise UsageError(f"unknown component type '{args.type}'{hint} (`archspec components` lists them)")
+    schema = component_schema(args.type)
+    if args.format == "json":
+        print(json.dumps(schema, indent=2))
+        return EXIT_OK
+    comp = C.get(args.type)
+    print(f"{args.type} ({comp.role}): {comp.summary}")
+    required = set(schema.get("required", []))
+    for key, prop in schema["properties"].items():
+        if key == "type":
+            continue
+        kind = prop.get("enum") or prop.get("type", "")
+        kind = "|".join(map(str, kind)) if isinstance(kind, list) else kind
+        default = "required" if key in required else (
+            f"default {json.dumps(prop['default'])}" if "default" in prop else "derived")
+        print(f"  {key:<16} {kind:<24} {default:<22} {prop.get('description', '')}")
+    if comp.example:
+        print(f"example: {json.dumps({'type': args.type, **comp.example})}")
     return EXIT_OK
 
 
@@ -307,7 +353,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 COMMANDS = {"validate": cmd_validate, "report": cmd_report, "build": cmd_build, "graph": cmd_graph,
-            "schema": cmd_schema}
+            "schema": cmd_schema, "components": cmd_components}
 
 
 def entry() -> None:

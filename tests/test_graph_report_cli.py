@@ -366,3 +366,34 @@ def test_cli_build_guard_counts_the_smoke_steps_gradients_and_activations(monkey
     assert "gradients and activations" in err and "--no-smoke" in err and "Traceback" not in err
     assert main(["build", TINY, "--no-smoke"]) == 0
     assert main(["build", TINY, "--force", "--seq-len", "8"]) == 0
+
+
+# --- components ---------------------------------------------------------------------------------
+def test_components_lists_every_registered_type(capsys):
+    from archspec import components as C
+    assert main(["components"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == sorted(C.REGISTRY)
+
+
+def test_components_shows_one_types_hyperparameters_and_json(capsys):
+    assert main(["components", "mom"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("mom (sublayer):") and "n_memories" in out and 'default "gated_delta"' in out
+    assert main(["components", "attention", "--format", "json"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["required"] == ["n_heads"] and "window" in schema["properties"]
+
+
+def test_components_unknown_type_is_a_usage_error_with_a_suggestion(capsys):
+    assert main(["components", "mamb"]) == 2
+    assert "did you mean 'mamba'?" in capsys.readouterr().err
+
+
+def test_output_piped_into_a_reader_that_stops_early_is_not_an_error():
+    import subprocess
+    import sys
+    cmd = (f"{sys.executable} -m archspec report {SPECS_DIR / 'llama-2-7b.yaml'} | head -1; "
+           "exit ${PIPESTATUS[0]}")
+    res = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "internal error" not in res.stderr and res.stdout.startswith("llama-2-7b")
