@@ -241,6 +241,15 @@ def init_linear(weight: torch.Tensor, std: float) -> None:
     nn.init.normal_(weight, mean=0.0, std=std)
 
 
+@torch.no_grad()
+def init_dt_bias(bias: torch.Tensor, dt_min: float, dt_max: float, floor: float) -> None:
+    """bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max] and floored, so that
+    softplus(bias) starts at dt. softplus^-1(y) = y + log(1 - exp(-y)) = y + log(-expm1(-y))."""
+    u = torch.rand(bias.shape, device=bias.device, dtype=torch.float32)
+    dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
+    bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+
 class ComponentModule(nn.Module):
     """Base of every component's module. Modules are first built on the meta device (free),
     then materialised: `reset_parameters()` fills weights and recomputes buffers in place."""

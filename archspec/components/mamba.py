@@ -40,7 +40,7 @@ from torch import nn
 
 from ..ops.conv import conv_flops_per_token, causal_conv1d, causal_conv1d_step
 from ..ops.ssm.selective_scan import SCAN_CHUNK, selective_scan, selective_scan_flops, selective_scan_step
-from .base import CheckIssue, Component, ComponentModule, Flops, ModelConfig, register
+from .base import CheckIssue, Component, ComponentModule, Flops, ModelConfig, init_dt_bias, register
 
 SOFTPLUS_FLOPS = 3  # exp, add, log
 GATE_FLOPS = 5  # silu (4) and the product
@@ -83,15 +83,6 @@ def check_dt_range(cfg: dict, written: frozenset) -> list[CheckIssue]:
                            "initial step sizes are drawn log-uniformly from [dt_min, dt_max]; "
                            "set dt_min <= dt_max")]
     return []
-
-
-@torch.no_grad()
-def init_dt_bias(bias: torch.Tensor, dt_min: float, dt_max: float, floor: float) -> None:
-    """bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max] and floored, so that
-    softplus(bias) starts at dt. softplus^-1(y) = y + log(1 - exp(-y)) = y + log(-expm1(-y))."""
-    u = torch.rand(bias.shape, device=bias.device, dtype=torch.float32)
-    dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
-    bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
 
 @register

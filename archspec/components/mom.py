@@ -57,7 +57,7 @@ from torch import nn
 from ..ops import linear_attention as LA
 from ..ops.conv import causal_conv1d, causal_conv1d_step, conv_flops_per_token
 from ..ops.norm import gated_rmsnorm, gated_rmsnorm_flops
-from .base import CheckIssue, Component, ComponentModule, Flops, ModelConfig, register
+from .base import CheckIssue, Component, ComponentModule, Flops, ModelConfig, init_dt_bias, register
 
 SOFTMAX_FLOPS = 5       # per element: subtract max, exp, sum, divide (+ scale)
 L2NORM_FLOPS = 3        # per element: square, sum, scale
@@ -356,9 +356,7 @@ class MoM(Component):
             nn.init.ones_(self.o_norm.weight)
             if self.rule == "gated_delta":
                 self.A_log.copy_(torch.empty_like(self.A_log).uniform_(0, 16).clamp_min(1e-4).log())
-                dt = torch.exp(torch.rand_like(self.dt_bias) * (math.log(0.1) - math.log(1e-3))
-                               + math.log(1e-3)).clamp_min(1e-4)
-                self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+                init_dt_bias(self.dt_bias, dt_min=1e-3, dt_max=0.1, floor=1e-4)  # fla's fixed range
 
         def _projections(self):
             yield self.q_proj
