@@ -121,9 +121,30 @@ def account(spec: ResolvedSpec, seq_len: int | None = None,
             add(f"{prefix}.{member.name}", member.type, member.config, sub.index,
                 f"{prefix}.members.{member.name}")
         parts.append(_residual_part(prefix, sub, model, t))
+    parts += _shared_parts(spec)
     add("final_norm", spec.norm.type, spec.norm.config)
     add("lm_head", "lm_head", {})
     return Accounting(spec, t, convention, parts)
+
+
+def shared_owners(spec: ResolvedSpec) -> dict[str, tuple]:
+    """Each shared-weight key -> (its first instance, the key's shapes), in layout order."""
+    owners: dict[str, tuple] = {}
+    for sub in spec.sublayers:
+        for m in sub.members:
+            for key, shapes in m.component.shared_params(m.config, spec.model).items():
+                owners.setdefault(key, (m, shapes))
+    return owners
+
+
+def _shared_parts(spec: ResolvedSpec) -> list[PartCost]:
+    """Shared weights, counted once each; their work is in the instances that use them."""
+    parts = []
+    for key, (inst, shapes) in shared_owners(spec).items():
+        n = numel(shapes)
+        parts.append(PartCost(f"shared.{key}", inst.type, f"shared.{key}", None,
+                              Cost(params=n, active_params=n), dict(shapes)))
+    return parts
 
 
 def _residual_part(prefix: str, sub, model, seq_len: int) -> PartCost:

@@ -3,7 +3,8 @@ head, whose nodes carry the resolved config and accounting; exported as JSON or 
 
 Each sublayer i is three kinds of node: `sublayers.i.norm`, one node per member
 (`sublayers.i.A`) and `sublayers.i.residual` (the add, with the gates of a parallel group).
-Edges have kind 'data' or 'residual' (the skip connection around the sublayer).
+Edges have kind 'data', 'residual' (the skip connection around the sublayer) or 'shared' (from
+a `shared.<key>` node, weights stored once, to each member that reads them).
 """
 from __future__ import annotations
 
@@ -41,6 +42,10 @@ def component_graph(spec: ResolvedSpec, acc: Accounting | None = None) -> nx.DiG
         g.add_edge(prev, res, kind="residual")
         prev = res
     g.add_edge(prev, "final_norm", kind="data")
+    for sub in spec.sublayers:  # shared weights -> every sublayer member that reads them
+        for m in sub.members:
+            for key in m.component.shared_params(m.config, spec.model):
+                g.add_edge(f"shared.{key}", f"sublayers.{sub.index}.{m.name}", kind="shared")
     g.add_edge("final_norm", "lm_head", kind="data")
     return g
 
@@ -59,7 +64,8 @@ def to_dot(g: nx.DiGraph) -> str:
         shape = "ellipse" if attrs["type"] == "residual" else "box"
         lines.append(f'  "{_esc(n)}" [label="{label}", shape={shape}];')
     for a, b, attrs in g.edges(data=True):
-        style = ' [style=dashed, label="residual"]' if attrs.get("kind") == "residual" else ""
+        style = {"residual": ' [style=dashed, label="residual"]',
+                 "shared": ' [style=dotted, label="shared"]'}.get(attrs.get("kind"), "")
         lines.append(f'  "{_esc(a)}" -> "{_esc(b)}"{style};')
     lines.append("}")
     return "\n".join(lines) + "\n"

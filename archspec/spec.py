@@ -118,9 +118,36 @@ def resolve_document(doc: Document, source: str) -> ResolvedSpec:
     norm = _reconfigure(norm, model)
     sublayers = [Sublayer(i, [defs[s] for s in syms]) for i, syms in enumerate(sublayer_symbols)]
     problems += _apply_overrides(sublayers, data.get("overrides") or [], model, doc)
+    problems += _shared_weight_conflicts(sublayers, model, doc)
     if problems:
         raise SpecError(problems)
     return ResolvedSpec(source, doc.files, model, norm, defs, sublayers, data)
+
+
+def _shared_weight_conflicts(sublayers: list[Sublayer], model, doc: Document) -> list[Problem]:
+    """Instances naming the same shared-weight key must agree on its shapes."""
+    first: dict[str, tuple] = {}
+    problems: list[Problem] = []
+    reported = set()
+    for sub in sublayers:
+        for m in sub.members:
+            for key, shapes in m.component.shared_params(m.config, model).items():
+                if key not in first:
+                    first[key] = (m, shapes)
+                    continue
+                owner, expected = first[key]
+                if shapes != expected and (key, m.name) not in reported:
+                    reported.add((key, m.name))
+                    where = ("components", m.name)
+                    problems.append(Problem(
+                        f"shares weights '{key}' with component '{owner.name}' but needs other "
+                        f"shapes ({_shapes_text(shapes)} vs {_shapes_text(expected)})", where,
+                        doc.loc(where), f"give both the same sizes, or share under different names"))
+    return problems
+
+
+def _shapes_text(shapes: dict) -> str:
+    return ", ".join(f"{k} {list(v)}" for k, v in shapes.items())
 
 
 def _model_config(data: dict, n_sublayers: int) -> C.base.ModelConfig:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .. import components as C
-from ..accounting import account
+from ..accounting import account, shared_owners
 from ..components.base import DTYPE_BYTES, TORCH_DTYPES
 from ..errors import BuildRefused
 from ..spec import ComponentInstance, ResolvedSpec
@@ -71,8 +71,11 @@ def _construct(spec: ResolvedSpec, backend, device: torch.device) -> CausalLM:
             chosen[f"sublayers.{sub.index}.{m.name}"] = impl.name
             members[m.name] = impl.factory(m.config, model_cfg)
         blocks.append(Block(norm(), members))
+    shared = {key: inst.component.build_shared(key, inst.config, model_cfg)
+              for key, (inst, _) in shared_owners(spec).items()}
     model = CausalLM(C.get("embedding").build({}, model_cfg, "reference"), blocks, norm(),
-                     C.get("lm_head").build({}, model_cfg, "reference"), model_cfg.tie_embeddings)
+                     C.get("lm_head").build({}, model_cfg, "reference"), model_cfg.tie_embeddings,
+                     shared)
     model.backends = chosen
     model.spec = spec
     return model

@@ -52,10 +52,12 @@ class Block(nn.Module):
 
 class CausalLM(nn.Module):
     def __init__(self, embedding: nn.Module, blocks: list[Block], final_norm: nn.Module,
-                 lm_head: nn.Module, tied: bool):
+                 lm_head: nn.Module, tied: bool, shared: dict[str, nn.Module] | None = None):
         super().__init__()
         self.embedding = embedding
         self.sublayers = nn.ModuleList(blocks)
+        # weights used by several sublayers, stored (and counted, and saved) once
+        self.shared = nn.ModuleDict(shared or {})
         self.final_norm = final_norm
         self.lm_head = lm_head
         self.tied = tied
@@ -72,7 +74,7 @@ class CausalLM(nn.Module):
                 module.reset_gates()
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
-        ctx = ForwardContext()
+        ctx = ForwardContext(shared=self.shared)
         x = self.embedding(tokens)
         for block in self.sublayers:
             x = block(x, ctx)

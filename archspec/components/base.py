@@ -95,8 +95,10 @@ class ForwardContext:
     """Carried through one forward pass: components add auxiliary losses here (MoE load
     balancing, MoM routing); the model returns their sum next to the LM loss."""
 
-    def __init__(self):
+    def __init__(self, shared: dict | None = None):
         self.aux_losses: dict[str, torch.Tensor] = {}
+        # weights shared across sublayers (Component.shared_params), by key: model.shared[key]
+        self.shared = shared if shared is not None else {}
 
     def add_aux_loss(self, name: str, value: torch.Tensor) -> None:
         self.aux_losses[name] = self.aux_losses[name] + value if name in self.aux_losses else value
@@ -159,6 +161,18 @@ class Component:
     def flops(self, cfg: dict, model: ModelConfig, seq_len: int, conv: FlopConvention) -> Flops:
         """Forward FLOPs for one sequence of `seq_len` tokens."""
         return Flops()
+
+    def shared_params(self, cfg: dict, model: ModelConfig) -> dict[str, dict[str, tuple[int, ...]]]:
+        """Weights shared by every instance that names the same key (PKM values shared across
+        layers, a Zamba block): {key: {parameter name: shape}}. Each key is built once, by
+        `build_shared`, as `model.shared[key]`; it is counted once and saved once, and the
+        instances' modules read it from `ctx.shared[key]` in forward. `param_shapes` lists only
+        the instance's own weights. Keys are module names (no dots)."""
+        return {}
+
+    def build_shared(self, key: str, cfg: dict, model: ModelConfig) -> "ComponentModule":
+        """The module holding shared weights `key` (see shared_params)."""
+        raise NotImplementedError(f"'{self.type}' declares shared weights but no build_shared")
 
     def flops_bounds(self, cfg: dict, model: ModelConfig, seq_len: int,
                      conv: FlopConvention) -> tuple[int, int] | None:
