@@ -1,0 +1,50 @@
+"""Expert execution: the grouped (sorted) reference path and the dense ground truth.
+
+    grouped_experts(x [N, d], a: Assignments, w_gate, w_up, w_down, act) -> [N, d]
+        rows = x[a.token] (expert-major), for each expert e with n_e > 0 rows:
+            y_e = gated_expert(rows_e, W_gate,e, W_up,e, W_down,e)          [n_e, d]
+        out = zeros [N, d].index_add_(0, a.token, y * a.weight)
+    dense_experts(x [N, d], combine [N, E], ...) -> [N, d]
+        out = sum_e combine[:, e] * gated_expert(x, W_gate,e, W_up,e, W_down,e)
+
+FLOPs (1 FLOP = one multiply or one add): grouped 6 d f per kept assignment in matmuls (what
+FlopCounterMode counts: one mm per projection and expert slice), dense 6 d f E per token.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.nn import functional as F
+
+from .routing import Assignments
+
+
+def gated_expert(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
+                 act: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """(act(x W_gate^T) * (x W_up^T)) W_down^T; x [n, d], W_gate/W_up [f, d], W_down [d, f]."""
+    return F.linear(act(F.linear(x, w_gate)) * F.linear(x, w_up), w_down)
+
+
+def grouped_experts(x: torch.Tensor, a: Assignments, w_gate: torch.Tensor, w_up: torch.Tensor,
+                    w_down: torch.Tensor, act) -> torch.Tensor:
+    """Every kept assignment through its expert, one matmul chain per expert on its contiguous
+    slice of the sorted rows, weighted and scatter-added back to its token. x [N, d] -> [N, d]."""
+    rows = x[a.token]                                   # [P, d], expert-major
+    outs = []
+    for e, part in enumerate(rows.split(a.counts)):
+        if part.shape[0]:                               # an expert without tokens costs nothing
+            outs.append(gated_expert(part, w_gate[e], w_up[e], w_down[e], act))
+    y = torch.cat(outs) if outs else rows.new_zeros(0, x.shape[-1])
+    y = y * a.weight.to(y.dtype)[:, None]
+    return torch.zeros_like(x).index_add_(0, a.token, y)
+
+
+def dense_experts(x: torch.Tensor, combine: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,
+                  w_down: torch.Tensor, act) -> torch.Tensor:
+    """Every expert on every token, masked by the combine weights [N, E] (zero where a token is
+    not assigned). The plain ground truth: E/k times the work of grouped_experts."""
+    out = torch.zeros_like(x)
+    for e in range(combine.shape[-1]):
+        out = out + combine[:, e, None].to(x.dtype) * gated_expert(x, w_gate[e], w_up[e], w_down[e], act)
+    return out
