@@ -5,15 +5,17 @@
     g = archspec.component_graph(spec)           # networkx DiGraph
     model = archspec.build(spec)                 # trainable causal LM (meta=True: free structural build)
     model, spec = archspec.load_saved("out/")    # what `archspec build --save out/` wrote
+    d = archspec.diff(spec_a, spec_b)            # structural diff, cost deltas, checkpoint reuse
 """
 from .accounting import account
 from .codegen.build import build, load_saved
 from .components.base import FlopConvention
+from .diff import diff
 from .errors import BuildRefused, SpecError
 from .graph import component_graph
 from .report import report
 from .spec import ResolvedSpec, load, loads
 
 __version__ = "0.1.0"
-__all__ = ["load", "loads", "report", "account", "component_graph", "build", "load_saved", "FlopConvention",
+__all__ = ["load", "loads", "report", "account", "component_graph", "build", "load_saved", "diff", "FlopConvention",
            "SpecError", "BuildRefused", "ResolvedSpec", "__version__"]

@@ -77,6 +77,31 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("schema", help="print the spec JSON Schema (for editors), or --write it")
     s.add_argument("--write", action="store_true", help="regenerate archspec/schema/archspec.schema.json")
+
+    df = sub.add_parser("diff", help="what changed between two specs and what it costs; exit 0 same, "
+                        "1 different, 2 trouble, 4 a budget crossed",
+                        description="Structural diff of two resolved specs: changed model fields, "
+                        "components and sublayers (matched by identity, so an insertion is one "
+                        "entry), parameter/FLOP/state deltas, and which checkpoint tensors a warm "
+                        "start can reuse. Exit 0 no difference, 1 different, 2 trouble (an invalid "
+                        "spec, an unreadable file, a bad option), 4 a --max-*-delta budget crossed. "
+                        "See docs/diff.md.")
+    df.add_argument("a", metavar="A", help="the spec before")
+    df.add_argument("b", metavar="B", help="the spec after")
+    df.add_argument("--seq-len", type=_seq_lens, metavar="N[,N...]",
+                    help="sequence lengths for FLOPs and state (default: the smaller max_seq_len)")
+    df.add_argument("--format", choices=["table", "markdown", "json"], default="table")
+    df.add_argument("--ignore", action="append", default=[], metavar="PATH",
+                    help="leave a field out: model.FIELD, model.norm.KEY, TYPE.KEY or *.KEY "
+                         "(repeat or comma-separate)")
+    df.add_argument("--max-params-delta", type=_budget, metavar="LIMIT",
+                    help="exit 4 when total parameters change by more than LIMIT ('5%%' of A, or "
+                         "absolute: '10M', '2.5e9')")
+    df.add_argument("--max-flops-delta", type=_budget, metavar="LIMIT",
+                    help="exit 4 when forward FLOPs per token change by more than LIMIT at any "
+                         "--seq-len")
+    df.add_argument("--attention-flops", choices=["attended", "dense"], default="attended",
+                    help="count causal attention's attended pairs (default) or all T^2 pairs")
     return p
 
 
@@ -352,8 +377,55 @@ def _write_atomic(path: Path, text: str) -> None:
         raise UsageError(f"cannot write '{path}': {e.strerror or e}") from None
 
 
+def _seq_lens(text: str) -> list[int]:
+    values = [positive_int(t.strip()) for t in text.split(",") if t.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("give one or more lengths, e.g. 2048,32768")
+    return values
+
+
+def _budget(text: str):
+    from .diff import Budget, DiffOptionError
+    try:
+        return Budget.parse(text)
+    except DiffOptionError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def cmd_diff(args) -> int:
+    """Exit 0 no difference, 1 different, 2 trouble (an invalid spec prints its errors as
+    `validate` does), 4 a budget crossed."""
+    from .components.base import FlopConvention
+    from .diff import DiffOptionError, check_ignore, diff, render
+    try:
+        ignore = check_ignore(args.ignore)
+    except DiffOptionError as e:
+        raise UsageError(str(e)) from None
+    specs, failed = [], False
+    for path in (args.a, args.b):
+        try:
+            specs.append(_load(path))
+        except SpecError as e:  # both specs' errors, then exit 2: 1 means "different" here
+            print(e.format(), file=sys.stderr)
+            failed = True
+    if failed:
+        return EXIT_USAGE
+    try:
+        d = diff(specs[0], specs[1], seq_lens=args.seq_len, ignore=ignore,
+                 max_params_delta=args.max_params_delta, max_flops_delta=args.max_flops_delta,
+                 convention=FlopConvention(args.attention_flops))
+    except DiffOptionError as e:
+        raise UsageError(str(e)) from None
+    sys.stdout.write(render(d, args.format))
+    for check in d.budgets:
+        if check.crossed:
+            print(f"archspec diff: budget crossed: {check.describe()}", file=sys.stderr)
+    return d.exit_code
+
+
 COMMANDS = {"validate": cmd_validate, "report": cmd_report, "build": cmd_build, "graph": cmd_graph,
-            "schema": cmd_schema, "components": cmd_components}
+            "schema": cmd_schema, "components": cmd_components,
+            "diff": cmd_diff}
 
 
 def entry() -> None:
