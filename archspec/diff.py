@@ -1067,8 +1067,7 @@ def _compat_lines(d: SpecDiff, arrow: str, limit: int, code=lambda s: s) -> tupl
     examples = {
         "unchanged": [code(n) for n, _ in c.unchanged],
         "renamed": [f"{code(pa + '.*')} {arrow} {code(pb + '.*')} ({n})" for (pa, pb), n in _renamed_modules(c).items()],
-        "reshaped": [f"{code(a)} {list(sa)} {arrow} {list(sb)}" if a == b else
-                     f"{code(a)} {list(sa)} {arrow} {code(b)} {list(sb)}" for a, b, sa, sb in c.reshaped],
+        "reshaped": [f"{code(a)} {list(sa)} {arrow} {list(sb)}" for a, b, sa, sb in c.reshaped],
         "new": _by_owner([n for n, _ in c.new], code),
         "removed": _by_owner([n for n, _ in c.removed], code),
     }
