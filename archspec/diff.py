@@ -679,12 +679,13 @@ def _sublayer_changes(a, b, pairs, added, removed, retyped, member_pairs, rename
                 changes.append(MemberChange(ma and ma.name, mb and mb.name, ma and ma.type,
                                             mb and mb.type, []))
                 continue
-            symbol_changed = mb.name != renames.get(ma.name, ma.name)
-            if not symbol_changed and not ma.overrides and not mb.overrides:
-                continue  # the definition's change (listed once under components) or none
             fields = _config_changes(ma.type, ma.config, mb.config, ma.backend, mb.backend, skip)
-            if symbol_changed or fields:
-                changes.append(MemberChange(ma.name, mb.name, ma.type, mb.type, fields))
+            if mb.name == renames.get(ma.name, ma.name):
+                da, db = _definition(a, ma.name), _definition(b, mb.name)
+                if da.type == db.type and fields == _config_changes(
+                        da.type, da.config, db.config, da.backend, db.backend, skip):
+                    continue  # none, or exactly its definition's change (listed under components)
+            changes.append(MemberChange(ma.name, mb.name, ma.type, mb.type, fields))
         if changes:
             kind = "type changed" if (i, j) in retyped else "changed"
             out.append(((i, j), SublayerChange(kind, i, j, _members(sa), _members(sb), changes,
@@ -965,9 +966,11 @@ def _change_rows(d: SpecDiff, arrow: str) -> list[list[str]]:
             rows.append(["-", where, f"{_members_text(s.a_members)} removed"])
         else:
             text = "; ".join(_member_change_text(m, arrow) for m in s.members)
-            for side, ov in (("A", s.overrides_a), ("B", s.overrides_b)):
+            sides = [("", s.overrides_a)] if s.overrides_a == s.overrides_b else \
+                [(" in A", s.overrides_a), (" in B", s.overrides_b)]
+            for side, ov in sides:
                 if ov:
-                    text += f" (override in {side}: " + "; ".join(
+                    text += f" (override{side}: " + "; ".join(
                         f"{sym}: " + ", ".join(f"{k}={_value(v)}" for k, v in kv.items())
                         for sym, kv in ov.items()) + ")"
             rows.append(["~", where, text])

@@ -125,6 +125,21 @@ def test_changed_topk_keeps_parameters_and_lowers_active_ones(variant):
     assert d.compatibility.identical  # same shapes: the whole checkpoint loads
 
 
+def test_moe_top2_to_top1(variant):
+    moe, top1 = str(SPECS / "moe-tiny.yaml"), str(SPECS / "moe-tiny-top1.yaml")
+    d = archspec.diff(moe, top1)
+    assert [(c.symbol_a, [(f.field, f.a, f.b) for f in c.fields]) for c in d.components] == [
+        ("moe", [("topk", 2, 1), ("renormalize", True, False)])]
+    # sublayer 3 has an override (router, chunk_size) that the change leaves alone: not re-listed
+    assert d.sublayers == []
+    assert d.costs.params.delta == 0 and d.costs.active_params.delta < 0
+    assert d.compatibility.identical
+    # an override that changes too is listed, with the definition's change and its own
+    path = variant("overrides:\n  - at: 3\n    set: {router: chunk, chunk_size: 32}\n", base=top1)
+    (s,) = archspec.diff(moe, path).sublayers
+    assert s.b_index == 3 and ("chunk_size", 16, 32) in {(f.field, f.a, f.b) for f in s.members[0].fields}
+
+
 def test_a_model_field_change(variant, capsys):
     path = variant("model: {tie_embeddings: false}\n")
     d = archspec.diff(TINY, path)
