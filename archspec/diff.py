@@ -257,7 +257,7 @@ class Budget:
     def crossed(self, d: CostDelta) -> bool:
         """The change's size (either direction) is above the limit; at the limit is within."""
         if self.relative:
-            return d.delta != 0 if d.a == 0 else abs(d.delta) / abs(d.a) * 100.0 > self.value
+            return abs(d.delta) * 100 > self.value * abs(d.a)  # A == 0: any change crosses
         return abs(d.delta) > self.value
 
 
@@ -347,6 +347,7 @@ def check_ignore(paths: Iterable[str]) -> tuple[str, ...]:
     `model.norm` or `model.norm.KEY`, `TYPE.KEY` (a component type's hyperparameter) and
     `*.KEY` (that key in every component type). Raises DiffOptionError naming a bad path."""
     out: list[str] = []
+    paths = [paths] if isinstance(paths, str) else paths
     sublayer_types = C.types_with_role("sublayer")
     norm_types = C.types_with_role("norm")
     for raw in paths:

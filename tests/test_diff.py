@@ -352,6 +352,7 @@ def test_ignore_component_keys(variant):
     assert d.components and d.sublayers
     assert not archspec.diff(TINY, path, ignore=["*.window", "mlp.bias"]).different
     assert archspec.diff(TINY, path, ignore=["attention.window"]).components  # mlp.bias remains
+    assert archspec.diff(TINY, path, ignore="*.window,mlp.bias").different is False  # one string
     assert check_ignore(["model.dtype,*.backend", "model.norm.eps", "mom.chunk_size",
                          "mom.key_dim"]) == ("model.dtype", "*.backend", "model.norm.eps",
                                              "mom.chunk_size", "mom.key_dim")
