@@ -2,6 +2,8 @@
 
 Exit codes: 0 success; 1 an invalid spec (every error printed) or a refused build;
 2 a usage error or a file that cannot be read; 3 an internal error (a bug: please report it).
+`archspec diff` follows diff(1): 0 no difference, 1 different, 2 trouble (an invalid spec
+included), 3 internal error, 4 a budget (--max-params-delta, --max-flops-delta) crossed.
 """
 from __future__ import annotations
 
