@@ -31,8 +31,9 @@ FLOPs per token (1 FLOP = one multiply or one add; a comparison counted as 1): s
 2 H n K (matmul: what FlopCounterMode counts); top-knn of each half 2 H n comparisons; candidate
 sums H knn^2; top-knn of the candidates H knn^2 comparisons; the value read H knn v multiplies
 and (H knn - 1) v adds (an embedding bag: FlopCounterMode has no formula for it and counts 0).
-Scoring every slot instead costs H n^2 adds and H n^2 comparisons (full_topk), or 2 H n^2 K of
-matmul for a flat memory (flat_scores): n / (1 + ...) times more.
+Scoring every slot instead costs H n^2 adds and H n^2 comparisons on top of the same sub-key
+matmul (full_topk; at n 512, knn 32: 524,288 per head against 3,072 for the product lookup), and
+a flat memory's matmul (flat_scores) is 2 H n^2 K, n times the sub-key matmul.
 """
 from __future__ import annotations
 
