@@ -127,6 +127,17 @@ def account(spec: ResolvedSpec, seq_len: int | None = None,
     return Accounting(spec, t, convention, parts)
 
 
+def shared_active(spec: ResolvedSpec) -> dict[str, int]:
+    """Per shared key: parameters used per token, summed over its users, capped at its size."""
+    used: dict[str, int] = {}
+    for sub in spec.sublayers:
+        for m in sub.members:
+            for key, shapes in m.component.shared_params(m.config, spec.model).items():
+                used[key] = min(numel(shapes), used.get(key, 0)
+                                + m.component.shared_active_param_count(key, m.config, spec.model))
+    return used
+
+
 def shared_owners(spec: ResolvedSpec) -> dict[str, tuple]:
     """Each shared-weight key -> (its first instance, the key's shapes), in layout order."""
     owners: dict[str, tuple] = {}
@@ -140,10 +151,10 @@ def shared_owners(spec: ResolvedSpec) -> dict[str, tuple]:
 def _shared_parts(spec: ResolvedSpec) -> list[PartCost]:
     """Shared weights, counted once each; their work is in the instances that use them."""
     parts = []
+    active = shared_active(spec)
     for key, (inst, shapes) in shared_owners(spec).items():
-        n = numel(shapes)
         parts.append(PartCost(f"shared.{key}", inst.type, f"shared.{key}", None,
-                              Cost(params=n, active_params=n), dict(shapes)))
+                              Cost(params=numel(shapes), active_params=active[key]), dict(shapes)))
     return parts
 
 

@@ -131,3 +131,24 @@ def test_save_and_reload_keep_one_copy(tmp_path):
     fresh = archspec.build(spec, seed=1)
     fresh.load_state_dict(torch.load(path))
     assert torch.equal(fresh.shared["toy_a"].table, model.shared["toy_a"].table)
+
+
+def test_shared_active_parameters_sum_the_users_capped_at_the_table():
+    class Sparse(ToyShared):
+        type = "toy_sparse"
+
+        def shared_active_param_count(self, key, cfg, model):
+            return 2 * model.d_model  # reads two rows per token
+
+    register(Sparse)
+    try:
+        strict_schema.cache_clear()
+        spec = archspec.loads(SPEC.replace("type: toy_shared, rows: 8}", "type: toy_sparse, rows: 8}"))
+        parts = {p.name: p.cost for p in account(spec).parts}
+        assert parts["shared.toy_a"].params == 8 * 16
+        assert parts["shared.toy_a"].active_params == 3 * 2 * 16  # three users, two rows each
+        many = archspec.loads(SPEC.replace("type: toy_shared, rows: 8}", "type: toy_sparse, rows: 8}")
+                              .replace("layout: P F Q F P R", "layout: P P P P P Q"))
+        assert {p.name: p.cost for p in account(many).parts}["shared.toy_a"].active_params == 8 * 16
+    finally:
+        del C.REGISTRY["toy_sparse"]

@@ -170,6 +170,12 @@ class Component:
         the instance's own weights. Keys are module names (no dots)."""
         return {}
 
+    def shared_active_param_count(self, key: str, cfg: dict, model: ModelConfig) -> int:
+        """Parameters of shared weights `key` this instance uses per token (PKM: the value rows
+        it reads); the shared part's active count sums this over its users, capped at its
+        size. Default: all of them."""
+        return numel(self.shared_params(cfg, model)[key])
+
     def build_shared(self, key: str, cfg: dict, model: ModelConfig) -> "ComponentModule":
         """The module holding shared weights `key` (see shared_params)."""
         raise NotImplementedError(f"'{self.type}' declares shared weights but no build_shared")

@@ -219,6 +219,10 @@ class PKM(Component):
             per_token += v * e
         return seq_len * per_token
 
+    def shared_active_param_count(self, key, cfg, model):
+        # the value rows one token reads: knn per head
+        return min(cfg["n_heads"] * cfg["knn"], cfg["n_keys"] ** 2) * cfg["v_dim"]
+
     def active_param_count(self, cfg, model):
         shapes = self.param_shapes(cfg, model)
         total = sum(math.prod(s) for s in shapes.values())
