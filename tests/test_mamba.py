@@ -96,6 +96,38 @@ def test_mamba_parameter_formula(d, config):
     assert _mixer_params("mamba", config, d) == 3 * d * e + e * (k + 2 * r + 3 * n + 3)
     if d == 768:
         assert _mixer_params("mamba", config, d) == 3_770_880
+    assert _mixer_params("mamba", config + ", inner_norms: true", d) == (
+        3 * d * e + e * (k + 2 * r + 3 * n + 3) + r + 2 * n)
+
+
+def test_jamba_parameter_count_by_hand():
+    """specs/jamba-v0.1.yaml against a sum written out from the Jamba-v0.1 config: untied
+    embeddings and head (65536 x 4096 each), final norm, two norms per layer; 28 Mamba layers
+    (E 8192, N 16, R 256, k 4, with the dt/B/C norms), 4 GQA attention layers (32 heads, 8 KV),
+    16 SwiGLU MLPs (14336) and 16 MoEs of 16 such experts with a router."""
+    d, e, n, r, k, f, v = 4096, 8192, 16, 256, 4, 14336, 65536
+    mamba = 3 * d * e + e * (k + 2 * r + 3 * n + 3) + r + 2 * n
+    attention = 2 * d * d + 2 * d * (d // 4)
+    mlp = 3 * d * f
+    moe = 16 * mlp + 16 * d
+    expected = 2 * v * d + d + 32 * 2 * d + 28 * mamba + 4 * attention + 16 * mlp + 16 * moe
+    assert expected == 51_570_323_328
+    assert account(load(SPECS / "jamba-v0.1.yaml")).total().params == expected
+
+
+def test_inner_norms_normalise_dt_b_and_c():
+    """With inner_norms the output depends on the norms' weights (so forward and step apply
+    them), and scaling x_proj's rows leaves it unchanged (dt0, B, C are normalised: eps 1e-12,
+    as at the default 1e-6 the mean square of these small-init projections, ~1e-4, moves by
+    ~1% when scaled)."""
+    mixer = _mixer("mamba", "d_state: 8, inner_norms: true, inner_norm_eps: 1e-12")
+    x = torch.randn(2, 12, 32)
+    with torch.no_grad():
+        before = mixer(x)
+        mixer.x_proj.weight.mul_(7.0)
+        assert rel(mixer(x), before) < 1e-5
+        mixer.b_layernorm.weight.mul_(2.0)
+        assert rel(mixer(x), before) > 1e-2
 
 
 @pytest.mark.parametrize("d, config", [(768, ""), (64, ", d_state: 16, headdim: 16, ngroups: 4")])
@@ -272,6 +304,7 @@ def _mixer(type_name: str, config: str):
 
 @pytest.mark.parametrize("type_name, config", [
     ("mamba", "d_state: 8"),
+    ("mamba", "d_state: 8, inner_norms: true"),
     ("mamba2", "d_state: 16, headdim: 16, ngroups: 2, chunk_size: 16"),
 ])
 def test_decoding_steps_reproduce_the_full_sequence(type_name, config):
@@ -384,6 +417,7 @@ def _saved_bytes(module, x):
 
 @pytest.mark.parametrize("type_name, config, seq_len", [
     ("mamba", "d_state: 8", 40), ("mamba", "d_state: 8, d_conv: 3", 2),
+    ("mamba", "d_state: 8, inner_norms: true", 40), ("mamba", "d_state: 8, inner_norms: true", 2),
     ("mamba2", "d_state: 16, headdim: 16, ngroups: 2, chunk_size: 16", 40),  # padded
     ("mamba2", "d_state: 16, headdim: 16, ngroups: 2, chunk_size: 16", 32),  # exact chunks
     ("mamba2", "d_state: 16, headdim: 16, chunk_size: 16, dt_limit: [0.001, 1]", 7),  # one chunk
@@ -409,6 +443,8 @@ def test_activation_estimate_against_saved_tensors(type_name, config, seq_len, d
         per_forward = 2 * 4 * module.heads + q * q + (c + 1) ** 2
     if dtype == "bfloat16":
         per_forward += 4 * module.D.numel()  # the SSM's float32 copy of D
+        if inst.config.get("inner_norms"):  # the inner norms' float32 weights
+            per_forward += 4 * (module.dt_rank + 2 * module.d_state)
     if dtype == "float32" or type_name == "mamba":
         assert measured == estimate + per_forward
     else:  # mamba2 in bfloat16 measured 2-4% above: the float32 copies of u, Bm, Cm, z

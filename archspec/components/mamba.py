@@ -5,6 +5,8 @@
     [u0, z] = x W_in^T                                   W_in: [2E, d]     -> [B, T, E] each
     u = silu(causal depthwise conv_k(u0) + b_conv)       conv1d.weight: [E, 1, k]
     [dt0, Bm, Cm] = u W_x^T                              W_x: [R + 2N, E]  -> [B, T, R], [B, T, N] x 2
+    (inner_norms: dt0, Bm, Cm = rmsnorm(dt0), rmsnorm(Bm), rmsnorm(Cm), each with its own
+     weight [R], [N], [N], as Jamba's Mamba layers)
     dt = softplus(dt0 W_dt^T + b_dt)                     W_dt: [E, R]      -> [B, T, E]
     A = -exp(A_log)                                      A_log: [E, N]
     h_t = exp(dt_t A) * h_{t-1} + (dt_t u_t) Bm_t        h: [B, E, N] (float32)
@@ -12,7 +14,8 @@
     out = (y * silu(z)) W_out^T                          W_out: [d, E]     -> [B, T, d]
 
 Parameters: 3 d E + E (k + 2R + 3N + 3) with the conv bias and no linear biases (d = 768:
-3,770,880). Initialisation as the reference: A_log = log(1..N) in every row; D = 1; b_dt the
+3,770,880), + R + 2N with inner_norms (weights init 1).
+Initialisation as the reference: A_log = log(1..N) in every row; D = 1; b_dt the
 inverse softplus of dt ~ log-uniform in [dt_min, dt_max], floored at dt_init_floor; W_dt
 uniform in +-dt_scale R^-1/2 (or that constant); the conv torch's default for Conv1d;
 W_in, W_x ~ N(0, init_std); W_out ~ N(0, init_std / sqrt(2 n_sublayers)).
@@ -27,7 +30,8 @@ FLOPs for one sequence (1 FLOP = one multiply or one add; exp, log = 1 each):
           dt: 1 (bias) + 3 (softplus: exp, add, log) per channel and token; A: 2 E N once;
           the scan, selective_scan_flops (~8 per token, channel and state: see that module,
           and how it compares with the authors' 9 B L E N); the gate y silu(z): 5 per channel
-          and token; linear biases when enabled.
+          and token; linear biases when enabled; inner_norms, 4 (R + 2N) + 6 per token (three
+          RMSNorms, as archspec/components/rmsnorm.py counts them).
 Inference state per sequence: the conv's last k - 1 inputs, (k - 1) E in the model dtype, and
 h, E N in float32.
 """
@@ -44,6 +48,7 @@ from .base import CheckIssue, Component, ComponentModule, Flops, ModelConfig, in
 
 SOFTPLUS_FLOPS = 3  # exp, add, log
 GATE_FLOPS = 5  # silu (4) and the product
+NORM_FLOPS_PER_ROW = 2  # an RMSNorm's mean division and eps add, once per normalised vector
 
 DT_INIT_SCHEMA = {
     "dt_min": {"type": "number", "exclusiveMinimum": 0, "default": 0.001,
@@ -85,6 +90,14 @@ def check_dt_range(cfg: dict, written: frozenset) -> list[CheckIssue]:
     return []
 
 
+class _ScaleOnly(nn.Module):
+    """Holds one RMSNorm weight under the name Jamba's checkpoints use ('<name>.weight')."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(size))
+
+
 @register
 class Mamba(Component):
     type = "mamba"
@@ -104,6 +117,11 @@ class Mamba(Component):
                         "description": "dt_proj.weight uniform in +-dt_scale R^-1/2, or that constant"},
             "dt_scale": {"type": "number", "exclusiveMinimum": 0, "default": 1.0,
                          "description": "scale of dt_proj's initial weights"},
+            "inner_norms": {"type": "boolean", "default": False,
+                            "description": "RMSNorms (learned scale, init 1) on dt0, B and C after "
+                                           "x_proj, as Jamba's Mamba layers"},
+            "inner_norm_eps": {"type": "number", "exclusiveMinimum": 0, "default": 1e-6,
+                               "description": "eps of the inner RMSNorms (Jamba: 1e-6)"},
         },
     }
     example = {"d_state": 8, "expand": 2}
@@ -132,6 +150,8 @@ class Mamba(Component):
                        "A_log": (e, n), "D": (e,), "out_proj.weight": (d, e)})
         if cfg["bias"]:
             shapes["out_proj.bias"] = (d,)
+        if cfg["inner_norms"]:
+            shapes.update({"dt_layernorm.weight": (r,), "b_layernorm.weight": (n,), "c_layernorm.weight": (n,)})
         return shapes
 
     def flops(self, cfg, model, seq_len, conv):
@@ -143,6 +163,8 @@ class Mamba(Component):
                  + t * e * (1 + SOFTPLUS_FLOPS) + 2 * e * n + scan_other + t * e * GATE_FLOPS)
         if cfg["bias"]:
             other += t * (2 * e + d)
+        if cfg["inner_norms"]:
+            other += t * (4 * (r + 2 * n) + 3 * NORM_FLOPS_PER_ROW)
         return Flops(matmul=matmul, other=other)
 
     def notes(self, cfg, model):
@@ -160,8 +182,8 @@ class Mamba(Component):
         # What autograd saves in one training forward, per token (measured with
         # saved_tensors_hooks in tests/test_mamba.py: exact in float32 and bfloat16):
         #   model dtype: in_proj's input (d); its output [u0, z] (2E: the conv reads u0, the
-        #   gate's silu reads z, both views of it); the conv's k - 1 shifted copies of u0 and
-        #   its pre-activation (k E); u = silu(conv) (E); x_proj's output [dt0, Bm, Cm]
+        #   gate's silu reads z, both views of it); the conv's min(k - 1, T) shifted copies of
+        #   u0 and its pre-activation (E); u = silu(conv) (E); x_proj's output [dt0, Bm, Cm]
         #   (R + 2N: dt_proj reads dt0, the scan Bm and Cm); the gate's operands y and silu(z)
         #   (2E) and out_proj's input (E);
         #   float32: dt before and after softplus (2E); in a low-precision model also the
@@ -169,10 +191,26 @@ class Mamba(Component):
         #   chunk of SCAN_CHUNK tokens (the scan's backward recomputes the rest).
         # Not per sequence, so not counted: A = -exp(A_log) [E, N] (and in low precision a
         # float32 copy of D), saved once per forward.
-        elems = d + (k + 6) * e + r + 2 * n
+        shifted = min(k - 1, t)  # the conv saves one shifted copy of u0 per tap that reaches back
+        elems = d + (shifted + 7) * e + r + 2 * n
         f32 = 2 * e + (0 if nb == 4 else e + 2 * n)
         chunks = -(-t // SCAN_CHUNK)
-        return t * (elems * nb + 4 * f32) + chunks * e * n * 4
+        return t * (elems * nb + 4 * f32 + self._inner_norm_activation_bytes(cfg, model)) + chunks * e * n * 4
+
+    def _inner_norm_activation_bytes(self, cfg, model) -> int:
+        # Per token, measured as above: each float32 RMSNorm saves x / rms (R or N) and 1 / rms
+        # (one per norm); dt_proj now saves the normalised dt0 (R, model dtype). In float32 the
+        # norms read x_proj's output in place (still saved) and the scan saves the normalised
+        # Bm, Cm (2N) themselves. In low precision the norms save float32 copies of their inputs
+        # (R + 2N), the scan's float32 copies of Bm, Cm are counted above, and x_proj's output
+        # is no longer saved. Per forward, not counted: the weights' float32 copies.
+        if not cfg["inner_norms"]:
+            return 0
+        _, _, n, r, _ = self._dims(cfg, model)
+        nb = model.dtype_bytes
+        if nb == 4:
+            return 8 * (r + 2 * n) + 3 * 4
+        return 8 * (r + 2 * n) + 3 * 4 + nb * r - nb * (r + 2 * n)
 
     class Module(ComponentModule):
         def __init__(self, cfg: dict, model: ModelConfig):
@@ -190,6 +228,11 @@ class Mamba(Component):
             self.A_log = nn.Parameter(torch.empty(e, n))
             self.D = nn.Parameter(torch.empty(e))
             self.out_proj = nn.Linear(e, d, bias=cfg["bias"])
+            self.inner_norm_eps = float(cfg["inner_norm_eps"]) if cfg["inner_norms"] else None
+            if cfg["inner_norms"]:
+                self.dt_layernorm = _ScaleOnly(r)
+                self.b_layernorm = _ScaleOnly(n)
+                self.c_layernorm = _ScaleOnly(n)
 
         @torch.no_grad()
         def reset_parameters(self):
@@ -210,9 +253,21 @@ class Mamba(Component):
             a = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device)
             self.A_log.copy_(torch.log(a).expand(self.inner, -1))
             nn.init.ones_(self.D)
+            if self.inner_norm_eps is not None:
+                for norm in (self.dt_layernorm, self.b_layernorm, self.c_layernorm):
+                    nn.init.ones_(norm.weight)
+
+        def _inner_norm(self, v: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+            # float32 as archspec's RMSNorm (Jamba's casts back before the scale: same to rounding)
+            y = nn.functional.rms_norm(v.float(), (v.shape[-1],), norm.weight.float(), self.inner_norm_eps)
+            return y.to(v.dtype)
 
         def _ssm_inputs(self, u: torch.Tensor):
             dt0, b, c = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+            if self.inner_norm_eps is not None:
+                dt0 = self._inner_norm(dt0, self.dt_layernorm)
+                b = self._inner_norm(b, self.b_layernorm)
+                c = self._inner_norm(c, self.c_layernorm)
             dt = nn.functional.softplus(self.dt_proj(dt0).float())
             return dt, -torch.exp(self.A_log.float()), b, c
 
