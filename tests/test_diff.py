@@ -208,7 +208,7 @@ def test_insertion_in_a_long_periodic_stack_and_a_removal_at_the_end(write):
 def test_swapped_component_type(capsys):
     d = archspec.diff(MAMBA, MAMBA_ATTN)
     assert [(s.change, s.a_index, s.b_index, s.a_members, s.b_members) for s in d.sublayers] == [
-        ("type changed", 2, 2, [("M", "mamba")], [("A", "attention")])]
+        ("type changed", 2, 2, [("M", "mamba")], [("A", "sparse_attention")])]
     assert [(c.change, c.symbol_b) for c in d.components] == [("added", "A")]
     c = d.compatibility
     assert {n for n, _ in c.removed} == {n for n in account(load(MAMBA)).param_shapes()
@@ -217,17 +217,17 @@ def test_swapped_component_type(capsys):
                                      if n.startswith("sublayers.2.members.A.")}
     assert "sublayers.2.norm.weight" in {n for n, _ in c.unchanged}  # the block's norm stays
     mamba = next(r for r in d.costs.by_type if r.type == "mamba")
-    attention = next(r for r in d.costs.by_type if r.type == "attention")
+    attention = next(r for r in d.costs.by_type if r.type == "sparse_attention")
     assert (mamba.count.a, mamba.count.b, mamba.params.pct) == (2, 1, -50.0)
     assert attention.params.pct is None and attention.params.a == 0  # new: no percentage
     code, out, _ = cli(capsys, MAMBA, MAMBA_ATTN)
-    assert code == 1 and "sublayer 2 -> 2  M:mamba -> A:attention" in out
+    assert code == 1 and "sublayer 2 -> 2  M:mamba -> A:sparse_attention" in out
 
 
 def test_every_fourth_sublayer_swapped_pairs_up_in_place(write):
     base = write("model: {vocab_size: 64, d_model: 32, max_seq_len: 32}\n"
                  "components:\n  M: {type: mamba, d_state: 4}\n  F: {type: mlp, d_ff: 32}\n"
-                 "  S: {type: attention, n_heads: 2, window: 8}\n"
+                 "  S: {type: sparse_attention, n_heads: 2, window: 8, global_every: 8}\n"
                  'layout: "(M F M F) x 6"\n', "base.yaml")
     swap = write(f"extends: {base}\nlayout: \"(M F S F) x 6\"\n", "swap.yaml")
     d = archspec.diff(base, swap)
