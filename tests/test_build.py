@@ -30,14 +30,7 @@ layout: "LAYOUT"
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: intra-op threads only add synchronisation (measured on the 2-core
-    test machine under load: 13 ms per training step with 1 thread, 260 ms with 2)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def small(layout: str = "(A F) x 2", **replace) -> object:

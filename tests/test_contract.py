@@ -36,12 +36,7 @@ def one_sublayer_spec(type_name: str, extra: str = ""):
         f"components:\n  X: {config}\nlayout: X\n{extra}")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.mark.parametrize("type_name", LAYOUT_TYPES)

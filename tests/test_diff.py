@@ -24,12 +24,7 @@ MOM, MOM8 = str(SPECS / "mom-tiny.yaml"), str(SPECS / "mom-tiny-8mem.yaml")
 MAMBA, MAMBA_ATTN = str(SPECS / "mamba-tiny.yaml"), str(SPECS / "mamba-tiny-attn.yaml")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture

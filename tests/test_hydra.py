@@ -14,12 +14,7 @@ from archspec.accounting import account
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def test_hydra_1_6b_is_near_its_envelope_and_accounted_per_component():

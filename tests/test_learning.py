@@ -76,13 +76,7 @@ def recall_spec(mixer: str | None, d_model: int = 32):
                  f"norm: {{type: rmsnorm}}}}\ncomponents:\n{components}layout: \"{layout}\"\n")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second intra-op thread only adds synchronisation on the 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def run(mixer: str | None) -> dict:

@@ -25,12 +25,7 @@ ROUTERS = ["token", "chunk", "expert_choice"]
 CAUSAL = ["token", "chunk"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def moe_spec(d_model=16, max_seq_len=64, **cfg):

@@ -21,12 +21,7 @@ SPECS = Path(__file__).resolve().parent.parent / "specs"
 RULES = ["gated_delta", "delta", "gla", "linear"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def mom_spec(d_model=32, max_seq_len=96, **cfg):

@@ -26,12 +26,7 @@ SPECS = Path(__file__).resolve().parent.parent / "specs"
 D = 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def pkm_spec(d_model=D, layout="X", extra="", **cfg):

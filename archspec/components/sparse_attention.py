@@ -61,8 +61,8 @@ import torch
 from torch import nn
 
 from ..ops import sparse_attention as SA
-from .attention import apply_rope, rope_tables
-from .base import CheckIssue, Component, ComponentModule, Flops, ModelConfig, register
+from .attention import AttentionProjections
+from .base import CheckIssue, Component, Flops, ModelConfig, register
 
 SOFTMAX_FLOPS_PER_PAIR = 5  # scale, subtract max, exp, sum, divide
 ROPE_FLOPS_PER_ELEMENT = 3  # x*cos + rotate(x)*sin
@@ -347,54 +347,13 @@ class SparseAttention(Component):
         return elems * e + probs + sums + small
 
     # --- module --------------------------------------------------------------------------
-    class Module(ComponentModule):
+    class Module(AttentionProjections):
         def __init__(self, cfg: dict, model: ModelConfig):
-            super().__init__()
-            d, hd = model.d_model, cfg["head_dim"]
+            super().__init__(cfg, model)
             self.cfg = dict(cfg)
             self.pattern = cfg["pattern"]
-            self.n_heads, self.n_kv_heads, self.head_dim = cfg["n_heads"], cfg["n_kv_heads"], hd
-            self.use_rope, self.theta = cfg["rope"], float(cfg["rope_theta"])
-            self.max_seq_len = model.max_seq_len
-            self.std, self.out_std = model.init_std, model.out_proj_std
             self.form = "fast"  # "dense": the ground truth over the explicit [T, T] mask (tests)
             self.last_padded_rows = 0  # block_topk: R of the latest fast forward (all sequences)
-            self.q_proj = nn.Linear(d, self.n_heads * hd, bias=cfg["bias"])
-            self.k_proj = nn.Linear(d, self.n_kv_heads * hd, bias=cfg["bias"])
-            self.v_proj = nn.Linear(d, self.n_kv_heads * hd, bias=cfg["bias"])
-            self.o_proj = nn.Linear(self.n_heads * hd, d, bias=cfg["bias"])
-            self.register_buffer("rope_cos", torch.empty(0), persistent=False)
-            self.register_buffer("rope_sin", torch.empty(0), persistent=False)
-
-        def reset_parameters(self):
-            for lin in (self.q_proj, self.k_proj, self.v_proj):
-                nn.init.normal_(lin.weight, std=self.std)
-            nn.init.normal_(self.o_proj.weight, std=self.out_std)
-            for lin in (self.q_proj, self.k_proj, self.v_proj, self.o_proj):
-                if lin.bias is not None:
-                    nn.init.zeros_(lin.bias)
-            self.rope_cos, self.rope_sin = rope_tables(self.max_seq_len, self.head_dim, self.theta,
-                                                       self.q_proj.weight.device)
-
-        def _tables(self, device, t: int):
-            # float32 on the input's device (a model.to(bfloat16) casts buffers too)
-            cos = self.rope_cos
-            if not (cos.dtype == torch.float32 and cos.device == device and cos.shape[0] >= t):
-                self.rope_cos, self.rope_sin = rope_tables(max(self.max_seq_len, t), self.head_dim,
-                                                           self.theta, device)
-            return self.rope_cos, self.rope_sin
-
-        def qkv(self, x: torch.Tensor, start: int = 0):
-            """q [B, H, T, D], k, v [B, H_kv, T, D] for positions start .. start + T - 1."""
-            b, t, _ = x.shape
-            q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-            k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-            v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-            if self.use_rope:
-                cos, sin = self._tables(x.device, start + t)
-                cos, sin = cos[start:start + t], sin[start:start + t]
-                q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            return q, k, v
 
         def mask(self, q, k, t: int) -> torch.Tensor:
             """The definition's mask: [T, T] (window) or [B, H, T, T] (block_topk)."""
