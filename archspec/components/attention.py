@@ -27,6 +27,61 @@ SOFTMAX_FLOPS_PER_PAIR = 5  # scale, subtract max, exp, sum, divide
 ROPE_FLOPS_PER_ELEMENT = 3  # x*cos + rotate(x)*sin
 
 
+HEADS_SCHEMA = {
+    "n_heads": {"type": "integer", "minimum": 1, "description": "query heads"},
+    "n_kv_heads": {"type": "integer", "minimum": 1,
+                   "description": "key/value heads (default n_heads; 1 is MQA)"},
+    "head_dim": {"type": "integer", "minimum": 1, "description": "default d_model / n_heads"},
+    "rope": {"type": "boolean", "default": True, "description": "rotary position embedding"},
+    "rope_theta": {"type": "number", "exclusiveMinimum": 0, "default": 10000.0,
+                   "description": "RoPE base"},
+    "bias": {"type": "boolean", "default": False, "description": "biases on q/k/v/o"},
+}
+
+
+def derive_heads(cfg: dict, model: ModelConfig) -> dict:
+    """n_kv_heads defaults to n_heads (MHA), head_dim to d_model / n_heads."""
+    if cfg.get("n_kv_heads") is None:
+        cfg["n_kv_heads"] = cfg["n_heads"]
+    if cfg.get("head_dim") is None:
+        cfg["head_dim"] = model.d_model // cfg["n_heads"]
+    return cfg
+
+
+def projection_shapes(cfg: dict, model: ModelConfig) -> dict:
+    """W_q [H hd, d], W_k, W_v [H_kv hd, d], W_o [d, H hd] (and their biases)."""
+    d, hd = model.d_model, cfg["head_dim"]
+    q, kv = cfg["n_heads"] * hd, cfg["n_kv_heads"] * hd
+    shapes = {"q_proj.weight": (q, d), "k_proj.weight": (kv, d), "v_proj.weight": (kv, d),
+              "o_proj.weight": (d, q)}
+    if cfg["bias"]:
+        shapes.update({"q_proj.bias": (q,), "k_proj.bias": (kv,), "v_proj.bias": (kv,),
+                       "o_proj.bias": (d,)})
+    return shapes
+
+
+def check_heads(cfg: dict, model: ModelConfig, written: frozenset) -> list[CheckIssue]:
+    """Head arithmetic shared by the attention components: n_heads divides d_model (unless
+    head_dim is written), n_kv_heads divides n_heads, and RoPE has an even head_dim."""
+    issues = []
+    h, hkv = cfg["n_heads"], cfg["n_kv_heads"]
+    if "head_dim" not in written and model.d_model % h:
+        divisors = [n for n in range(1, min(model.d_model, 256) + 1) if model.d_model % n == 0]
+        near = sorted(divisors, key=lambda n: abs(n - h))[:3]
+        issues.append(CheckIssue("n_heads", f"n_heads={h} does not divide d_model={model.d_model}",
+                                 f"use a divisor such as {', '.join(map(str, sorted(near)))}, "
+                                 "or set head_dim explicitly"))
+    if h % hkv:
+        issues.append(CheckIssue("n_kv_heads", f"n_kv_heads={hkv} does not divide n_heads={h}",
+                                 "each key/value head serves n_heads / n_kv_heads query heads; "
+                                 "pick a divisor of n_heads"))
+    head_dim_known = "head_dim" in written or model.d_model % h == 0
+    if cfg["rope"] and head_dim_known and cfg["head_dim"] % 2:
+        issues.append(CheckIssue("head_dim", f"RoPE needs an even head_dim, got {cfg['head_dim']}",
+                                 "use an even head_dim or set `rope: false`"))
+    return issues
+
+
 class AttentionProjections(ComponentModule):
     """The q/k/v/o projections and RoPE tables of the attention components (attention,
     sparse_attention): q = x W_q^T [B, H, T, hd]; k = x W_k^T, v = x W_v^T [B, H_kv, T, hd];
@@ -86,45 +141,19 @@ class Attention(Component):
     summary = "causal self-attention, GQA/MQA, RoPE, optional sliding window"
     schema = {
         "properties": {
-            "n_heads": {"type": "integer", "minimum": 1, "description": "query heads"},
-            "n_kv_heads": {"type": "integer", "minimum": 1,
-                           "description": "key/value heads (default n_heads; 1 is MQA)"},
-            "head_dim": {"type": "integer", "minimum": 1, "description": "default d_model / n_heads"},
-            "rope": {"type": "boolean", "default": True, "description": "rotary position embedding"},
-            "rope_theta": {"type": "number", "exclusiveMinimum": 0, "default": 10000.0,
-                           "description": "RoPE base"},
+            **HEADS_SCHEMA,
             "window": {"type": ["integer", "null"], "minimum": 1, "default": None,
                        "description": "sliding window in tokens (null = full causal)"},
-            "bias": {"type": "boolean", "default": False, "description": "biases on q/k/v/o"},
         },
         "required": ["n_heads"],
     }
     example = {"n_heads": 4, "n_kv_heads": 2}
 
     def derive(self, cfg, model):
-        if cfg.get("n_kv_heads") is None:
-            cfg["n_kv_heads"] = cfg["n_heads"]
-        if cfg.get("head_dim") is None:
-            cfg["head_dim"] = model.d_model // cfg["n_heads"]
-        return cfg
+        return derive_heads(cfg, model)
 
     def check(self, cfg, model, written=frozenset()):
-        issues = []
-        h, hkv = cfg["n_heads"], cfg["n_kv_heads"]
-        if "head_dim" not in written and model.d_model % h:
-            divisors = [n for n in range(1, min(model.d_model, 256) + 1) if model.d_model % n == 0]
-            near = sorted(divisors, key=lambda n: abs(n - h))[:3]
-            issues.append(CheckIssue("n_heads", f"n_heads={h} does not divide d_model={model.d_model}",
-                                     f"use a divisor such as {', '.join(map(str, sorted(near)))}, "
-                                     "or set head_dim explicitly"))
-        if h % hkv:
-            issues.append(CheckIssue("n_kv_heads", f"n_kv_heads={hkv} does not divide n_heads={h}",
-                                     "each key/value head serves n_heads / n_kv_heads query heads; "
-                                     "pick a divisor of n_heads"))
-        head_dim_known = "head_dim" in written or model.d_model % h == 0
-        if cfg["rope"] and head_dim_known and cfg["head_dim"] % 2:
-            issues.append(CheckIssue("head_dim", f"RoPE needs an even head_dim, got {cfg['head_dim']}",
-                                     "use an even head_dim or set `rope: false`"))
+        issues = check_heads(cfg, model, written)
         if cfg["window"] is not None and cfg["window"] > model.max_seq_len:
             issues.append(CheckIssue("window", f"window={cfg['window']} exceeds max_seq_len="
                                      f"{model.max_seq_len}",
@@ -132,14 +161,7 @@ class Attention(Component):
         return issues
 
     def param_shapes(self, cfg, model):
-        d, hd = model.d_model, cfg["head_dim"]
-        q, kv = cfg["n_heads"] * hd, cfg["n_kv_heads"] * hd
-        shapes = {"q_proj.weight": (q, d), "k_proj.weight": (kv, d), "v_proj.weight": (kv, d),
-                  "o_proj.weight": (d, q)}
-        if cfg["bias"]:
-            shapes.update({"q_proj.bias": (q,), "k_proj.bias": (kv,), "v_proj.bias": (kv,),
-                           "o_proj.bias": (d,)})
-        return shapes
+        return projection_shapes(cfg, model)
 
     def flops(self, cfg, model, seq_len, conv):
         d, hd, h, hkv = model.d_model, cfg["head_dim"], cfg["n_heads"], cfg["n_kv_heads"]

@@ -61,7 +61,7 @@ import torch
 from torch import nn
 
 from ..ops import sparse_attention as SA
-from .attention import AttentionProjections
+from .attention import HEADS_SCHEMA, AttentionProjections, check_heads, derive_heads, projection_shapes
 from .base import CheckIssue, Component, Flops, ModelConfig, register
 
 SOFTMAX_FLOPS_PER_PAIR = 5  # scale, subtract max, exp, sum, divide
@@ -101,14 +101,7 @@ class SparseAttention(Component):
             "pattern": {"enum": ["window", "block_topk"], "default": "window",
                         "description": "window: sliding window plus global tokens; block_topk: own "
                                        "block plus the top-k earlier blocks by pooled keys"},
-            "n_heads": {"type": "integer", "minimum": 1, "description": "query heads"},
-            "n_kv_heads": {"type": "integer", "minimum": 1,
-                           "description": "key/value heads (default n_heads; 1 is MQA)"},
-            "head_dim": {"type": "integer", "minimum": 1, "description": "default d_model / n_heads"},
-            "rope": {"type": "boolean", "default": True, "description": "rotary position embedding"},
-            "rope_theta": {"type": "number", "exclusiveMinimum": 0, "default": 10000.0,
-                           "description": "RoPE base"},
-            "bias": {"type": "boolean", "default": False, "description": "biases on q/k/v/o"},
+            **HEADS_SCHEMA,
             "window": {"type": "integer", "minimum": 1, "default": 4096,
                        "description": "window pattern: query i reads keys i - window < j <= i "
                                       "(4096: Mistral-7B)"},
@@ -135,29 +128,11 @@ class SparseAttention(Component):
                "global_every": 16, "block_size": 4}
 
     def derive(self, cfg, model):
-        if cfg.get("n_kv_heads") is None:
-            cfg["n_kv_heads"] = cfg["n_heads"]
-        if cfg.get("head_dim") is None:
-            cfg["head_dim"] = model.d_model // cfg["n_heads"]
-        return cfg
+        return derive_heads(cfg, model)
 
     def check(self, cfg, model, written=frozenset()):
-        issues = []
-        h, hkv, t_max = cfg["n_heads"], cfg["n_kv_heads"], model.max_seq_len
-        if "head_dim" not in written and model.d_model % h:
-            divisors = [n for n in range(1, min(model.d_model, 256) + 1) if model.d_model % n == 0]
-            near = sorted(divisors, key=lambda n: abs(n - h))[:3]
-            issues.append(CheckIssue("n_heads", f"n_heads={h} does not divide d_model={model.d_model}",
-                                     f"use a divisor such as {', '.join(map(str, sorted(near)))}, "
-                                     "or set head_dim explicitly"))
-        if h % hkv:
-            issues.append(CheckIssue("n_kv_heads", f"n_kv_heads={hkv} does not divide n_heads={h}",
-                                     "each key/value head serves n_heads / n_kv_heads query heads; "
-                                     "pick a divisor of n_heads"))
-        head_dim_known = "head_dim" in written or model.d_model % h == 0
-        if cfg["rope"] and head_dim_known and cfg["head_dim"] % 2:
-            issues.append(CheckIssue("head_dim", f"RoPE needs an even head_dim, got {cfg['head_dim']}",
-                                     "use an even head_dim or set `rope: false`"))
+        issues = check_heads(cfg, model, written)
+        t_max = model.max_seq_len
         if cfg["pattern"] == "window":
             for key in TOPK_KEYS:
                 if key in written:
@@ -194,14 +169,7 @@ class SparseAttention(Component):
         return issues
 
     def param_shapes(self, cfg, model):
-        d, hd = model.d_model, cfg["head_dim"]
-        q, kv = cfg["n_heads"] * hd, cfg["n_kv_heads"] * hd
-        shapes = {"q_proj.weight": (q, d), "k_proj.weight": (kv, d), "v_proj.weight": (kv, d),
-                  "o_proj.weight": (d, q)}
-        if cfg["bias"]:
-            shapes.update({"q_proj.bias": (q,), "k_proj.bias": (kv,), "v_proj.bias": (kv,),
-                           "o_proj.bias": (d,)})
-        return shapes
+        return projection_shapes(cfg, model)
 
     # --- FLOPs ---------------------------------------------------------------------------
     def _common(self, cfg, model, seq_len) -> Flops:
