@@ -33,6 +33,10 @@ Known gaps of the counters, and how they are closed here (explicitly, not by tol
     so its handle is replaced by one that counts 0 (it is then not reported as unsupported).
   * Linear biases: both counters count a biased linear (addmm / aten::linear) as the matmul
     alone, as we do (the bias add is in `other`).
+  * archspec's Triton kernels are torch custom ops (`archspec::*`), opaque to both counters.
+    Each registers its FLOP formula (archspec/ops/triton_support.py: `register_flops`) with
+    FlopCounterMode's registry, and `fvcore_analysis` installs the same formulas as fvcore
+    handles, so measured FLOPs stay right when kernels are in use.
   * Triangular solves (`torch.linalg.solve_triangular`, used by the chunked delta rules in
     archspec/ops/linear_attention): FlopCounterMode has no formula for
     `aten.linalg_solve_triangular` (it counts 0) and fvcore reports it as unsupported. Both get
@@ -55,6 +59,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .components.base import FlopConvention
+from .ops.triton_support import fvcore_handles
 
 # Ops whose FLOPs are matmul-like: if fvcore reports one of these as unsupported, its count is
 # missing real work. Tests assert none of them appears in `FvcoreResult.unsupported`.
@@ -193,6 +198,9 @@ def fvcore_analysis(model: nn.Module, tokens: torch.Tensor) -> FvcoreResult:
     analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_fvcore_handle,
                            "aten::linalg_solve_triangular", solve_triangular_fvcore_handle,
                            "aten::layer_norm", _elementwise_not_counted)
+    # archspec's own kernels (custom ops), counted by the formulas they registered
+    for name, handle in fvcore_handles().items():
+        analysis.set_op_handle(name, handle)
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     with torch.no_grad(), warnings.catch_warnings(), _quiet_fvcore_logger():

@@ -1,9 +1,19 @@
-"""Shared helpers for the spec tests: write a small YAML spec and collect its problems."""
+"""Shared helpers for the tests: write a small YAML spec and collect its problems; the device
+Triton kernel tests run on."""
 from __future__ import annotations
 
+import os
 import textwrap
 
-import pytest
+import torch
+
+# Triton reads TRITON_INTERPRET when a kernel is defined, so it is set before anything imports
+# triton: without a GPU every kernel test runs in triton's interpreter on the CPU (numpy). On a
+# machine with CUDA the kernels run for real; TRITON_INTERPRET=1 in the environment still forces
+# the interpreter there.
+os.environ.setdefault("TRITON_INTERPRET", "0" if torch.cuda.is_available() else "1")
+
+import pytest  # noqa: E402
 
 from archspec.errors import SpecError
 from archspec.spec import load
@@ -58,3 +68,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def kernel_device() -> torch.device:
+    """Where Triton kernel tests run: the CPU under the interpreter, else the GPU."""
+    from archspec.ops.triton_support import interpreting, triton_installed
+    if not triton_installed():
+        pytest.fail("triton is not installed: the kernel tests need it (pip install -e '.[test]')")
+    return torch.device("cpu" if interpreting() else "cuda")

@@ -116,12 +116,15 @@ class CheckIssue:
 @dataclass(frozen=True)
 class Backend:
     """One implementation of a component's module. `available(device)` returns None when it can
-    run there, else the reason it cannot."""
+    run there, else the reason it cannot. `preferred(device)`: whether `auto` may pick it there
+    (Triton kernels run on the CPU under TRITON_INTERPRET=1, for tests, but `auto` keeps the
+    reference there: the interpreter is for proving correctness, not for speed)."""
 
     name: str
     factory: Callable[[dict, ModelConfig], nn.Module]
     priority: int = 0
     available: Callable[[torch.device], str | None] = lambda device: None
+    preferred: Callable[[torch.device], bool] = lambda device: True
 
 
 class Component:
@@ -205,13 +208,16 @@ class Component:
         return sum(math.prod(s) for s in self.param_shapes(cfg, model).values())
 
     # --- emission ------------------------------------------------------------------------
-    def add_backend(self, name: str, factory, priority: int = 0, available=None) -> None:
-        self.backends[name] = Backend(name, factory, priority, available or (lambda device: None))
+    def add_backend(self, name: str, factory, priority: int = 0, available=None, preferred=None) -> None:
+        self.backends[name] = Backend(name, factory, priority, available or (lambda device: None),
+                                      preferred or (lambda device: True))
 
     def choose_backend(self, requested: str, device: torch.device) -> Backend:
-        """'auto' picks the highest-priority backend that can run on `device`."""
+        """'auto' picks the highest-priority backend that can run on `device` and is preferred
+        there."""
         if requested == "auto":
-            usable = [b for b in self.backends.values() if b.available(device) is None]
+            usable = [b for b in self.backends.values()
+                      if b.available(device) is None and b.preferred(device)]
             if not usable:
                 reasons = "; ".join(f"{b.name}: {b.available(device)}" for b in self.backends.values())
                 raise ValueError(f"no backend of '{self.type}' can run on {device} ({reasons or 'none registered'})")

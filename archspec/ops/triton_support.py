@@ -1,0 +1,131 @@
+"""What every Triton kernel of archspec shares: where it can run, the `triton` backend rule, and
+the registration of its custom ops' FLOP formulas with torch's FlopCounterMode and fvcore.
+
+Conventions (every kernel follows them; see docs/kernels.md):
+
+* A kernel sits beside its reference, in the same `archspec/ops/<algorithm>/` package: the
+  reference (plain PyTorch) is the ground truth every kernel test compares against.
+* Each kernel is a torch custom op `archspec::<name>` (torch.library.custom_op) with a fake
+  implementation, so that torch.compile, the meta device and FlopCounterMode see one opaque op;
+  its backward is another custom op, wired with `register_autograd`.
+* `triton` is imported only when a kernel first runs (importing archspec never imports it), so
+  TRITON_INTERPRET=1 can be set before that: the interpreter then runs every kernel on the CPU
+  with numpy. Autotuning does not work there; kernels take fixed block sizes.
+* Each op's FLOPs (1 FLOP = one multiply or one add, a MAC is 2) are registered with
+  `register_flops`: the formula is the component accounting's, counted from the op's shapes and
+  integer arguments (never from tensor values, which fvcore's trace does not see).
+
+Backend rule: a `triton` backend is *available* where triton is installed and the device is CUDA,
+or the CPU under TRITON_INTERPRET=1; `auto` *prefers* it only on CUDA (the interpreter proves
+correctness; it is orders of magnitude slower than the reference).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Callable
+
+import torch
+
+TRITON_PRIORITY = 10  # outranks the reference (0) where `auto` may pick it
+
+
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    """TRITON_INTERPRET=1: kernels run on the CPU in triton's numpy interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+def triton_unavailable(device: torch.device | str) -> str | None:
+    """None when Triton kernels can run on `device`, else why not and what to do."""
+    device = torch.device(device)
+    if not triton_installed():
+        return "triton is not installed (pip install 'archspec[triton]', or a CUDA build of torch)"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu":
+        if interpreting():
+            return None
+        return ("Triton kernels need a CUDA device; on the CPU they run only in triton's interpreter "
+                "(set TRITON_INTERPRET=1 before triton is imported; slow, for tests). "
+                "Use backend 'reference' or 'auto' here")
+    return f"Triton kernels do not run on '{device.type}' devices; use backend 'reference'"
+
+
+def triton_preferred(device: torch.device | str) -> bool:
+    return torch.device(device).type == "cuda"
+
+
+def add_triton_backend(component, factory) -> None:
+    """Register `factory(cfg, model)` as `component`'s `triton` backend."""
+    component.add_backend("triton", factory, priority=TRITON_PRIORITY, available=triton_unavailable,
+                          preferred=triton_preferred)
+
+
+def check_runnable(*tensors: torch.Tensor | None) -> None:
+    """Raise a clear error before launching a kernel on tensors it cannot run on."""
+    for t in tensors:
+        if t is not None:
+            reason = triton_unavailable(t.device)
+            if reason is not None:
+                raise RuntimeError(f"cannot run a Triton kernel on {t.device}: {reason}")
+            return
+
+
+# --- FLOP formulas of custom ops -------------------------------------------------------------
+
+# op name ("archspec::name") -> formula(*args) -> FLOPs; tensor arguments arrive as shapes
+# (tuples; None for an absent optional tensor), the others as their values.
+FLOP_FORMULAS: dict[str, Callable[..., int]] = {}
+
+
+def register_flops(op: torch._ops.OpOverloadPacket | Callable, formula: Callable[..., int]) -> None:
+    """Count `op` as `formula` FLOPs in FlopCounterMode (globally) and in fvcore (through
+    `fvcore_handles`, which archspec.flopcount installs). `formula` must return an even number
+    where fvcore's MAC count (FLOPs / 2) should be exact: matmul-like work always is."""
+    from torch.utils.flop_counter import register_flop_formula
+    packet = _packet(op)
+    name = packet._qualified_op_name  # "archspec::name"
+    FLOP_FORMULAS[name] = formula
+
+    @register_flop_formula(packet)
+    def _count(*args, out_shape=None, **kwargs):
+        return formula(*args, *kwargs.values())
+
+
+def _packet(op):
+    if isinstance(op, torch._ops.OpOverloadPacket):
+        return op
+    if isinstance(op, torch._ops.OpOverload):
+        return op.overloadpacket
+    # a torch.library.custom_op object
+    namespace, name = op._qualname.split("::")
+    return getattr(getattr(torch.ops, namespace), name)
+
+
+def fvcore_handles() -> dict[str, Callable]:
+    """fvcore op handles (they count MACs: FLOPs / 2) for every registered custom op."""
+    return {name: _fvcore_handle(formula) for name, formula in FLOP_FORMULAS.items()}
+
+
+def _fvcore_handle(formula):
+    def handle(inputs, outputs) -> int:
+        return formula(*(_jit_value(x) for x in inputs)) // 2
+    return handle
+
+
+def _jit_value(value):
+    """A traced argument as a formula expects it: a tensor's shape, else its constant value."""
+    from fvcore.nn.jit_handles import get_shape
+    if value.type().kind() == "TensorType":
+        return tuple(get_shape(value))
+    if value.type().kind() == "OptionalType" and value.node().kind() == "prim::Constant":
+        return value.toIValue()
+    ivalue = value.toIValue()
+    if ivalue is None and value.type().kind() not in ("NoneType", "OptionalType"):
+        raise ValueError(f"fvcore trace: argument {value} of a custom op is not a constant; "
+                         "FLOP formulas may read only shapes and constant arguments")
+    return ivalue
