@@ -1,0 +1,296 @@
+"""The chunked linear-attention rules as Triton kernels (triton_kernels.py), exposed as torch
+custom ops with fake implementations, a backward op, and FLOP formulas. Same API and results
+(up to rounding) as chunk.py's `chunk_rule`, the reference they are tested against.
+
+    triton_chunk_rule(rule, q, k, v, *, g, beta, scale, initial_state, output_final_state,
+                      cu_seqlens, chunk_size=64) -> (o [B, T, H, V] in v's dtype, final state or None)
+
+Rules: linear, delta, gated_delta (gla is not a kernel yet: a clear error says so).
+Every batch runs as packed sequences: a fixed-length [B, T] batch is B sequences of T rows.
+A chunk never spans two sequences; the last chunk of each is partial (masked rows), never padded
+in memory, so a group of 1 token costs one chunk and an empty sequence none.
+
+Ops (all in namespace `archspec`):
+    la_chunk_fwd(q, k, v, g?, beta?, h0?, cu_seqlens, chunk_indices, chunk_offsets, rule, scale,
+                 chunk_size, n_chunks, output_final_state) -> (o, ht, h, X, T, W)
+    la_chunk_bwd(q, k, v, g?, beta?, h0?, cu_seqlens, chunk_indices, chunk_offsets, h, X, T, W,
+                 do, dht?, rule, scale, chunk_size, n_chunks) -> (dq, dk, dv, dg, dbeta, dh0)
+h (the state entering each chunk, [n_chunks, H, K, V] fp32), X (the values each chunk writes)
+and T ((I + A)^-1 per chunk, delta rules) are saved for the backward; absent ones are empty.
+
+FLOPs (registered for both counters): the forward op counts exactly `chunk_flops(rule, ...)`'s
+matmul term, the figure the component accounting uses (so a model measures the same with the
+kernels as with the reference). It counts the algorithm: the kernel forms (I + A)^-1 with
+squarings where the reference substitutes, which is more arithmetic at the same count. The
+backward op counts 2x the forward (the standard estimate; the kernels recompute P).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..triton_support import check_runnable, register_flops
+from .common import DECAYED, WITH_BETA, check_chunk_size, check_inputs, check_offsets, resolve_scale
+
+KERNEL_RULES = ("linear", "delta", "gated_delta")
+CHUNK_SIZES = (16, 32, 64, 128)  # tl.dot needs >= 16 rows; 128 is the most a state pass holds
+BLOCK_V = 64  # value columns per program (the state tile is [K, BLOCK_V] fp32)
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _pow2(n: int) -> int:
+    return max(16, 1 << (n - 1).bit_length())
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # fp32 inputs: exact fp32 products (what the reference computes); low-precision inputs:
+    # tf32 products (10-bit mantissa, finer than the inputs' own 7 or 10 bits)
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _empty(ref: torch.Tensor) -> torch.Tensor:
+    return ref.new_empty(0, dtype=torch.float32)
+
+
+def _opt(t: torch.Tensor | None) -> torch.Tensor | None:
+    return t if t is not None and t.numel() else None
+
+
+# --- forward op ---------------------------------------------------------------------------------
+
+@torch.library.custom_op("archspec::la_chunk_fwd", mutates_args=())
+def la_chunk_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None,
+                 beta: torch.Tensor | None, h0: torch.Tensor | None, cu_seqlens: torch.Tensor,
+                 chunk_indices: torch.Tensor, chunk_offsets: torch.Tensor, rule: str, scale: float,
+                 chunk_size: int, n_chunks: int, output_final_state: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from . import triton_kernels as tk
+    total, h, k_dim = q.shape
+    v_dim = v.shape[-1]
+    n_seq = cu_seqlens.numel() - 1
+    delta, has_g = rule in WITH_BETA, g is not None
+    bt, bk, bv_full = chunk_size, _pow2(k_dim), _pow2(v_dim)
+    bv = min(BLOCK_V, bv_full)
+    prec = _precision(q.dtype)
+    f32 = dict(dtype=torch.float32, device=q.device)
+    o = torch.empty(total, h, v_dim, dtype=v.dtype, device=q.device)
+    states = torch.empty(n_chunks, h, k_dim, v_dim, **f32)
+    ht = torch.empty(n_seq, h, k_dim, v_dim, **f32) if output_final_state else _empty(q)
+    x, t, w = _empty(q), _empty(q), _empty(q)
+    dummy = _empty(q)
+    if delta:
+        t = torch.empty(total, h, bt, **f32)
+        u = torch.empty(total, h, v_dim, **f32)
+        w = torch.empty(total, h, k_dim, **f32)
+        x = torch.empty(total, h, v_dim, **f32)
+        if n_chunks:
+            tk.wy_fwd_kernel[(n_chunks, h)](
+                k, v, beta, g if has_g else dummy, t, u, w, cu_seqlens, chunk_indices, h, k_dim, v_dim,
+                HAS_G=has_g, BT=bt, BK=bk, BV=bv_full, LOG2_BT=int(math.log2(bt)), PREC=prec)
+    else:
+        u = dummy
+    if n_seq:
+        tk.state_fwd_kernel[(n_seq, h, -(-v_dim // bv))](
+            k, v, g if has_g else dummy, u, w if delta else dummy, x if delta else dummy, states,
+            h0 if h0 is not None else dummy, ht if output_final_state else dummy, cu_seqlens,
+            chunk_offsets, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g, HAS_H0=h0 is not None,
+            STORE_HT=output_final_state, BT=bt, BK=bk, BV=bv, PREC=prec)
+    if n_chunks:
+        tk.output_fwd_kernel[(n_chunks, h, -(-v_dim // bv))](
+            q, k, v, g if has_g else dummy, x if delta else dummy, states, o, cu_seqlens, chunk_indices,
+            chunk_offsets, scale, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g, BT=bt, BK=bk, BV=bv,
+            PREC=prec)
+    return o, ht, states, x, t, w
+
+
+@la_chunk_fwd.register_fake
+def _(q, k, v, g, beta, h0, cu_seqlens, chunk_indices, chunk_offsets, rule, scale, chunk_size,
+      n_chunks, output_final_state):
+    total, h, k_dim = q.shape
+    v_dim = v.shape[-1]
+    n_seq = cu_seqlens.shape[0] - 1
+    f32 = dict(dtype=torch.float32, device=q.device)
+    delta = rule in WITH_BETA
+    return (v.new_empty(total, h, v_dim),
+            q.new_empty(n_seq, h, k_dim, v_dim, dtype=torch.float32) if output_final_state else _empty(q),
+            torch.empty(n_chunks, h, k_dim, v_dim, **f32),
+            torch.empty(total, h, v_dim, **f32) if delta else _empty(q),
+            torch.empty(total, h, chunk_size, **f32) if delta else _empty(q),
+            torch.empty(total, h, k_dim, **f32) if delta else _empty(q))
+
+
+# --- backward op --------------------------------------------------------------------------------
+
+@torch.library.custom_op("archspec::la_chunk_bwd", mutates_args=())
+def la_chunk_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None,
+                 beta: torch.Tensor | None, h0: torch.Tensor | None, cu_seqlens: torch.Tensor,
+                 chunk_indices: torch.Tensor, chunk_offsets: torch.Tensor, states: torch.Tensor,
+                 x: torch.Tensor, t: torch.Tensor, w: torch.Tensor, do: torch.Tensor,
+                 dht: torch.Tensor | None, rule: str, scale: float, chunk_size: int, n_chunks: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from . import triton_kernels as tk
+    total, h, k_dim = q.shape
+    v_dim = v.shape[-1]
+    n_seq = cu_seqlens.numel() - 1
+    delta, has_g = rule in WITH_BETA, g is not None
+    bt, bk = chunk_size, _pow2(k_dim)
+    bv = min(BLOCK_V, _pow2(v_dim))
+    prec = _precision(q.dtype)
+    f32 = dict(dtype=torch.float32, device=q.device)
+    dummy = _empty(q)
+    do = do.contiguous()
+    dx = torch.zeros(total, h, v_dim, **f32)
+    dstates = torch.empty(n_chunks, h, k_dim, v_dim, **f32)
+    dh0 = torch.empty(n_seq, h, k_dim, v_dim, **f32) if h0 is not None else _empty(q)
+    if n_seq:
+        tk.state_bwd_kernel[(n_seq, h, -(-v_dim // bv))](
+            q, k, g if has_g else dummy, w if delta else dummy, do, dx, dstates,
+            dht if dht is not None else dummy, dh0 if h0 is not None else dummy, cu_seqlens,
+            chunk_offsets, scale, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g, HAS_DHT=dht is not None,
+            STORE_DH0=h0 is not None, BT=bt, BK=bk, BV=bv, PREC=prec)
+    dq = torch.zeros(total, h, k_dim, **f32)
+    dk = torch.zeros(total, h, k_dim, **f32)
+    dv = torch.zeros(total, h, v_dim, **f32) if delta else dx
+    dbeta = torch.zeros(total, h, **f32) if delta else _empty(q)
+    dg = torch.zeros(total, h, **f32) if has_g else _empty(q)
+    if n_chunks:
+        tk.chunk_bwd_kernel[(n_chunks, h)](
+            q, k, v, g if has_g else dummy, beta if delta else dummy, t if delta else dummy,
+            x if delta else dummy, states, do, dx, dstates, dq, dk, dv if delta else dummy,
+            dbeta if delta else dummy, dg if has_g else dummy, cu_seqlens, chunk_indices,
+            chunk_offsets, scale, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g, BT=bt, BK=bk, BV=bv,
+            PREC=prec)
+    return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype),
+            dg.to(g.dtype) if has_g else _empty(q), dbeta.to(beta.dtype) if delta else _empty(q),
+            dh0)
+
+
+@la_chunk_bwd.register_fake
+def _(q, k, v, g, beta, h0, cu_seqlens, chunk_indices, chunk_offsets, states, x, t, w, do, dht,
+      rule, scale, chunk_size, n_chunks):
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
+            torch.empty_like(g) if g is not None else _empty(q),
+            torch.empty_like(beta) if rule in WITH_BETA else _empty(q),
+            torch.empty_like(h0, dtype=torch.float32) if h0 is not None else _empty(q))
+
+
+def _setup(ctx, inputs, output):
+    q, k, v, g, beta, h0, cu, ci, co, rule, scale, chunk_size, n_chunks, _ = inputs
+    _, _, states, x, t, w = output
+    ctx.save_for_backward(q, k, v, g, beta, h0, cu, ci, co, states, x, t, w)
+    ctx.args = (rule, scale, chunk_size, n_chunks)
+
+
+def _backward(ctx, do, dht, *_unused):
+    q, k, v, g, beta, h0, cu, ci, co, states, x, t, w = ctx.saved_tensors
+    rule, scale, chunk_size, n_chunks = ctx.args
+    dq, dk, dv, dg, dbeta, dh0 = la_chunk_bwd(
+        q, k, v, g, beta, h0, cu, ci, co, states, x, t, w, do,
+        dht if dht is not None and dht.numel() else None, rule, scale, chunk_size, n_chunks)
+    return (dq, dk, dv, _opt(dg), _opt(dbeta), _opt(dh0) if h0 is not None else None,
+            None, None, None, None, None, None, None, None)
+
+
+la_chunk_fwd.register_autograd(_backward, setup_context=_setup)
+
+
+# --- FLOPs ----------------------------------------------------------------------------------------
+
+def _forward_matmul_flops(rule: str, n_chunks: int, h: int, k_dim: int, v_dim: int, c: int) -> int:
+    from . import chunk_flops
+    # chunk_flops counts per chunk; one sequence of n_chunks full chunks has the same count
+    return chunk_flops(rule, [n_chunks * c], h, k_dim, v_dim, c).matmul
+
+
+def _fwd_flops(q, k, v, g, beta, h0, cu, ci, co, rule, scale, chunk_size, n_chunks, *_):
+    _, h, k_dim = q
+    return _forward_matmul_flops(rule, n_chunks, h, k_dim, v[-1], chunk_size)
+
+
+def _bwd_flops(q, k, v, g, beta, h0, cu, ci, co, states, x, t, w, do, dht, rule, scale,
+               chunk_size, n_chunks, *_):
+    _, h, k_dim = q
+    return 2 * _forward_matmul_flops(rule, n_chunks, h, k_dim, v[-1], chunk_size)
+
+
+register_flops(la_chunk_fwd, _fwd_flops)
+register_flops(la_chunk_bwd, _bwd_flops)
+
+
+# --- entry point ----------------------------------------------------------------------------------
+
+def chunk_layout(cu_seqlens: torch.Tensor, total: int, chunk_size: int):
+    """(chunk_indices int32 [n_chunks, 2] = (sequence, chunk within it), chunk_offsets int32
+    [N + 1] = chunks before each sequence, n_chunks), from the offsets read on the host."""
+    offsets = cu_seqlens.tolist()
+    check_offsets(offsets, total)
+    counts = [-(-(e - b) // chunk_size) for b, e in zip(offsets, offsets[1:])]
+    pairs = [(i, j) for i, c in enumerate(counts) for j in range(c)]
+    device = cu_seqlens.device
+    indices = torch.tensor(pairs, dtype=torch.int32, device=device).reshape(-1, 2)
+    starts = [0]
+    for c in counts:
+        starts.append(starts[-1] + c)
+    return indices, torch.tensor(starts, dtype=torch.int32, device=device), starts[-1]
+
+
+def fixed_layout(batch: int, length: int, chunk_size: int, device):
+    """The same for B sequences of T rows, from shapes alone (no host reads: torch.compile
+    traces it without a graph break)."""
+    per = -(-length // chunk_size)
+    cu = torch.arange(batch + 1, dtype=torch.int64, device=device) * length
+    seq = torch.arange(batch, dtype=torch.int32, device=device).repeat_interleave(per)
+    idx = torch.arange(per, dtype=torch.int32, device=device).repeat(batch)
+    offsets = torch.arange(batch + 1, dtype=torch.int32, device=device) * per
+    return cu, torch.stack([seq, idx], 1), offsets, batch * per
+
+
+def check_kernel_arguments(rule: str, chunk_size: int, *tensors) -> None:
+    """What the kernels cannot take, as clear errors (the reference takes all of it)."""
+    if rule not in KERNEL_RULES:
+        raise ValueError(f"rule {rule!r} has no Triton kernel yet (kernels: {', '.join(KERNEL_RULES)}); "
+                         "use backend 'reference'")
+    if chunk_size not in CHUNK_SIZES:
+        raise ValueError(f"the Triton kernels take chunk_size in {CHUNK_SIZES}, got {chunk_size}; "
+                         "set chunk_size to one of them or use backend 'reference'")
+    for t in tensors:
+        if t is not None and t.dtype not in KERNEL_DTYPES:
+            raise ValueError(f"the Triton kernels take float32, bfloat16 or float16 inputs, got {t.dtype}; "
+                             "use backend 'reference' (float64 gradchecks run there)")
+
+
+def triton_chunk_rule(rule: str, q, k, v, *, g=None, beta=None, scale=None, initial_state=None,
+                      output_final_state=False, cu_seqlens=None, chunk_size=64):
+    """chunk_rule's API and results, with the Triton kernels (see the module docstring)."""
+    n = check_inputs(rule, q, k, v, g, beta, initial_state, cu_seqlens)
+    check_chunk_size(chunk_size)
+    check_kernel_arguments(rule, chunk_size, q, k, v)
+    check_runnable(q)
+    b, t, h, k_dim = q.shape
+    v_dim = v.shape[-1]
+    if cu_seqlens is None:
+        cu_seqlens, indices, offsets, n_chunks = fixed_layout(b, t, chunk_size, q.device)
+    else:
+        indices, offsets, n_chunks = chunk_layout(cu_seqlens, b * t, chunk_size)
+    dtype = q.dtype
+
+    def rows(x, width=None):
+        if x is None:
+            return None
+        return x.reshape(b * t, h, *(() if width is None else (width,))).contiguous()
+
+    g_rows = None
+    if g is not None:
+        g_rows = rows(g.float())
+    beta_rows = rows(beta.to(dtype)) if beta is not None else None
+    h0 = initial_state.float().contiguous() if initial_state is not None else None
+    o, ht, *_ = la_chunk_fwd(rows(q, k_dim), rows(k.to(dtype), k_dim), rows(v, v_dim), g_rows,
+                             beta_rows, h0, cu_seqlens.to(torch.int64).contiguous(), indices, offsets,
+                             rule, float(resolve_scale(scale, k_dim)), chunk_size, n_chunks,
+                             output_final_state)
+    o = o.reshape(b, t, h, v_dim)
+    return o, (ht if output_final_state else None)
+
+
+assert set(DECAYED) & set(KERNEL_RULES) == {"gated_delta"}
