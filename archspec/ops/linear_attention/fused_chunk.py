@@ -5,7 +5,8 @@ custom ops with fake implementations, a backward op, and FLOP formulas. Same API
     triton_chunk_rule(rule, q, k, v, *, g, beta, scale, initial_state, output_final_state,
                       cu_seqlens, chunk_size=64) -> (o [B, T, H, V] in v's dtype, final state or None)
 
-Rules: linear, delta, gated_delta (gla is not a kernel yet: a clear error says so).
+Rules: linear, gla, delta, gated_delta. g arrives as float32 (a log decay; rounding it to bf16
+would round its cumsums), and dg is float32.
 Every batch runs as packed sequences: a fixed-length [B, T] batch is B sequences of T rows.
 A chunk never spans two sequences; the last chunk of each is partial (masked rows), never padded
 in memory, so a group of 1 token costs one chunk and an empty sequence none.
@@ -16,7 +17,8 @@ Ops (all in namespace `archspec`):
     la_chunk_bwd(q, k, v, g?, beta?, h0?, cu_seqlens, chunk_indices, chunk_offsets, h, X, T, W,
                  do, dht?, rule, scale, chunk_size, n_chunks) -> (dq, dk, dv, dg, dbeta, dh0)
 h (the state entering each chunk, [n_chunks, H, K, V] fp32), X (the values each chunk writes)
-and T ((I + A)^-1 per chunk, delta rules) are saved for the backward; absent ones are empty.
+and T ((I + A)^-1 per chunk, delta rules) are saved for the backward; gla saves its scores P in
+T's place and its chunk-local cumsums G in W's; absent ones are empty.
 
 FLOPs (registered for both counters): the forward op counts exactly `chunk_flops(rule, ...)`'s
 matmul term, the figure the component accounting uses (so a model measures the same with the
@@ -31,9 +33,10 @@ import math
 import torch
 
 from ..triton_support import check_runnable, register_flops
-from .common import DECAYED, WITH_BETA, check_chunk_size, check_inputs, check_offsets, resolve_scale
+from .common import WITH_BETA, check_chunk_size, check_inputs, check_offsets, resolve_scale
 
-KERNEL_RULES = ("linear", "delta", "gated_delta")
+KERNEL_RULES = ("linear", "gla", "delta", "gated_delta")
+GLA_SUB_CHUNK = 16  # gla's sub-chunk (triton_kernels.py); tl.dot needs >= 16
 CHUNK_SIZES = (16, 32, 64, 128)  # tl.dot needs >= 16 rows; 128 is the most a state pass holds
 BLOCK_V = 64  # value columns per program (the state tile is [K, BLOCK_V] fp32)
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -79,6 +82,14 @@ def la_chunk_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Ten
     ht = torch.empty(n_seq, h, k_dim, v_dim, **f32) if output_final_state else _empty(q)
     x, t, w = _empty(q), _empty(q), _empty(q)
     dummy = _empty(q)
+    gla = rule == "gla"
+    if gla:  # t holds P (the decayed scores), w the chunk-local cumsums G of g
+        t = torch.zeros(total, h, bt, **f32)
+        w = torch.empty(total, h, k_dim, **f32)
+        if n_chunks:
+            tk.gla_cumsum_kernel[(n_chunks, h)](g, w, cu_seqlens, chunk_indices, h, k_dim, BT=bt, BK=bk)
+            tk.gla_scores_kernel[(n_chunks, h)](q, k, w, t, cu_seqlens, chunk_indices, scale, h, k_dim,
+                                                BT=bt, BC=GLA_SUB_CHUNK, BK=bk, PREC=prec)
     if delta:
         t = torch.empty(total, h, bt, **f32)
         u = torch.empty(total, h, v_dim, **f32)
@@ -92,14 +103,15 @@ def la_chunk_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Ten
         u = dummy
     if n_seq:
         tk.state_fwd_kernel[(n_seq, h, -(-v_dim // bv))](
-            k, v, g if has_g else dummy, u, w if delta else dummy, x if delta else dummy, states,
-            h0 if h0 is not None else dummy, ht if output_final_state else dummy, cu_seqlens,
-            chunk_offsets, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g, HAS_H0=h0 is not None,
+            k, v, w if gla else g if has_g else dummy, u, w if delta else dummy, x if delta else dummy,
+            states, h0 if h0 is not None else dummy, ht if output_final_state else dummy, cu_seqlens,
+            chunk_offsets, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g, GLA=gla, HAS_H0=h0 is not None,
             STORE_HT=output_final_state, BT=bt, BK=bk, BV=bv, PREC=prec)
     if n_chunks:
         tk.output_fwd_kernel[(n_chunks, h, -(-v_dim // bv))](
-            q, k, v, g if has_g else dummy, x if delta else dummy, states, o, cu_seqlens, chunk_indices,
-            chunk_offsets, scale, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g, BT=bt, BK=bk, BV=bv,
+            q, k, v, w if gla else g if has_g else dummy, x if delta else dummy, t if gla else dummy,
+            states, o, cu_seqlens, chunk_indices, chunk_offsets, scale, h, k_dim, v_dim, DELTA=delta,
+            HAS_G=has_g, GLA=gla, BT=bt, BK=bk, BV=bv,
             PREC=prec)
     return o, ht, states, x, t, w
 
@@ -111,13 +123,13 @@ def _(q, k, v, g, beta, h0, cu_seqlens, chunk_indices, chunk_offsets, rule, scal
     v_dim = v.shape[-1]
     n_seq = cu_seqlens.shape[0] - 1
     f32 = dict(dtype=torch.float32, device=q.device)
-    delta = rule in WITH_BETA
+    delta, gla = rule in WITH_BETA, rule == "gla"
     return (v.new_empty(total, h, v_dim),
             q.new_empty(n_seq, h, k_dim, v_dim, dtype=torch.float32) if output_final_state else _empty(q),
             torch.empty(n_chunks, h, k_dim, v_dim, **f32),
             torch.empty(total, h, v_dim, **f32) if delta else _empty(q),
-            torch.empty(total, h, chunk_size, **f32) if delta else _empty(q),
-            torch.empty(total, h, k_dim, **f32) if delta else _empty(q))
+            torch.empty(total, h, chunk_size, **f32) if delta or gla else _empty(q),
+            torch.empty(total, h, k_dim, **f32) if delta or gla else _empty(q))
 
 
 # --- backward op --------------------------------------------------------------------------------
@@ -143,18 +155,28 @@ def la_chunk_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Ten
     dx = torch.zeros(total, h, v_dim, **f32)
     dstates = torch.empty(n_chunks, h, k_dim, v_dim, **f32)
     dh0 = torch.empty(n_seq, h, k_dim, v_dim, **f32) if h0 is not None else _empty(q)
+    gla = rule == "gla"
     if n_seq:
         tk.state_bwd_kernel[(n_seq, h, -(-v_dim // bv))](
-            q, k, g if has_g else dummy, w if delta else dummy, do, dx, dstates,
-            dht if dht is not None else dummy, dh0 if h0 is not None else dummy, cu_seqlens,
-            chunk_offsets, scale, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g, HAS_DHT=dht is not None,
-            STORE_DH0=h0 is not None, BT=bt, BK=bk, BV=bv, PREC=prec)
+            q, k, w if gla else g if has_g else dummy, w if delta else dummy, t if gla else dummy, do,
+            dx, dstates, dht if dht is not None else dummy, dh0 if h0 is not None else dummy,
+            cu_seqlens, chunk_offsets, scale, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g, GLA=gla,
+            HAS_DHT=dht is not None, STORE_DH0=h0 is not None, BT=bt, BK=bk, BV=bv, PREC=prec)
     dq = torch.zeros(total, h, k_dim, **f32)
     dk = torch.zeros(total, h, k_dim, **f32)
     dv = torch.zeros(total, h, v_dim, **f32) if delta else dx
     dbeta = torch.zeros(total, h, **f32) if delta else _empty(q)
-    dg = torch.zeros(total, h, **f32) if has_g else _empty(q)
-    if n_chunks:
+    dg = torch.zeros(g.shape, **f32) if has_g else _empty(q)
+    if gla and n_chunks:
+        d_scores = torch.zeros(total, h, bt, **f32)
+        d_last = torch.empty(n_chunks, h, k_dim, **f32)
+        tk.gla_chunk_bwd_kernel[(n_chunks, h)](
+            q, k, v, w, states, do, dstates, d_scores, dq, dk, d_last, cu_seqlens, chunk_indices,
+            chunk_offsets, scale, h, k_dim, v_dim, BT=bt, BK=bk, BV=bv, PREC=prec)
+        tk.gla_intra_bwd_kernel[(n_chunks, h)](
+            q, k, w, d_scores, dq, dk, d_last, dg, cu_seqlens, chunk_indices, chunk_offsets, scale,
+            h, k_dim, BT=bt, BC=GLA_SUB_CHUNK, BK=bk, PREC=prec)
+    elif n_chunks:
         tk.chunk_bwd_kernel[(n_chunks, h)](
             q, k, v, g if has_g else dummy, beta if delta else dummy, t if delta else dummy,
             x if delta else dummy, states, do, dx, dstates, dq, dk, dv if delta else dummy,
@@ -162,7 +184,7 @@ def la_chunk_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Ten
             chunk_offsets, scale, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g, BT=bt, BK=bk, BV=bv,
             PREC=prec)
     return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype),
-            dg.to(g.dtype) if has_g else _empty(q), dbeta.to(beta.dtype) if delta else _empty(q),
+            dg if has_g else _empty(q), dbeta.to(beta.dtype) if delta else _empty(q),
             dh0)
 
 
@@ -170,7 +192,7 @@ def la_chunk_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Ten
 def _(q, k, v, g, beta, h0, cu_seqlens, chunk_indices, chunk_offsets, states, x, t, w, do, dht,
       rule, scale, chunk_size, n_chunks):
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
-            torch.empty_like(g) if g is not None else _empty(q),
+            torch.empty_like(g, dtype=torch.float32) if g is not None else _empty(q),
             torch.empty_like(beta) if rule in WITH_BETA else _empty(q),
             torch.empty_like(h0, dtype=torch.float32) if h0 is not None else _empty(q))
 
@@ -282,7 +304,7 @@ def triton_chunk_rule(rule: str, q, k, v, *, g=None, beta=None, scale=None, init
 
     g_rows = None
     if g is not None:
-        g_rows = rows(g.float())
+        g_rows = rows(g.float(), k_dim if rule == "gla" else None)
     beta_rows = rows(beta.to(dtype)) if beta is not None else None
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     o, ht, *_ = la_chunk_fwd(rows(q, k_dim), rows(k.to(dtype), k_dim), rows(v, v_dim), g_rows,
@@ -293,4 +315,3 @@ def triton_chunk_rule(rule: str, q, k, v, *, g=None, beta=None, scale=None, init
     return o, (ht if output_final_state else None)
 
 
-assert set(DECAYED) & set(KERNEL_RULES) == {"gated_delta"}
