@@ -1,0 +1,323 @@
+"""MoM's dispatch as Triton kernels: torch custom ops `archspec::dispatch_*` with fake
+implementations, autograd and FLOP formulas (conventions: archspec/ops/triton_support.py).
+
+    archspec::dispatch_gather(x, token, order, offsets)             -> x[token]      [P, D]
+    archspec::dispatch_gather_backward(grad, order, offsets)         -> dx            [N, D]
+    archspec::dispatch_combine(o, weight, token, order, offsets)     -> out           [n_tokens, D]
+    archspec::dispatch_combine_backward(grad, o, weight, token)      -> (do, dweight)
+
+`order` and `offsets` are the inverse map token -> packed rows in CSR form (`RowMap`): the
+backward of the gather and the forward of the combine read, for each token, its rows
+order[offsets[t]:offsets[t+1]] and sum them in that fixed order; no atomics, so every result is
+bitwise reproducible. N (gather) and n_tokens (combine) are offsets.numel() - 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..triton_support import check_runnable, register_flops
+
+BLOCK_ROWS = 16   # packed rows per program (gather, combine backward)
+MAX_BLOCK_D = 128  # columns per program: the next power of two of D, at most this
+
+
+@dataclass(frozen=True)
+class RowMap:
+    """Packed rows <-> tokens: `token` [P] (int64, the token of each packed row) and its inverse
+    in CSR form: the rows of token t are order[offsets[t]:offsets[t+1]], ascending. Build it once
+    per dispatch with `row_map` and pass it to both `gather_rows` and `combine_rows`."""
+
+    token: Tensor    # int64 [P]
+    order: Tensor    # int64 [P]: packed rows sorted by token (stable argsort)
+    offsets: Tensor  # int64 [n_tokens + 1]
+    n_tokens: int
+
+    @property
+    def n_rows(self) -> int:
+        return self.token.shape[0]
+
+
+def _check_token(token: Tensor, what: str = "token") -> None:
+    if not isinstance(token, Tensor):
+        raise ValueError(f"{what} must be a torch.Tensor of int64 token indices, got {type(token).__name__}")
+    if token.dim() != 1:
+        raise ValueError(f"{what} must be 1-D [P] (one token index per packed row), got shape "
+                         f"{tuple(token.shape)}; flatten it with {what}.reshape(-1)")
+    if token.dtype != torch.int64:
+        raise ValueError(f"{what} must be int64, got {token.dtype}; convert it with {what}.long()")
+
+
+def _check_range(token: Tensor, n_tokens: int, what: str) -> None:
+    """Every index in [0, n_tokens). A value check (a device sync): eager mode only, skipped
+    under torch.compile and on the meta device, where values are unknown."""
+    if token.numel() == 0 or token.device.type == "meta" or torch.compiler.is_compiling():
+        return
+    lo, hi = int(token.min()), int(token.max())
+    if lo < 0 or hi >= n_tokens:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"token index {bad} is out of range for {what} with {n_tokens} tokens; "
+                         f"every index must lie in [0, {n_tokens})")
+
+
+def row_map(token: Tensor, n_tokens: int) -> RowMap:
+    """The CSR inverse of `token` (int64 [P], values in [0, n_tokens)): computed in torch on
+    token's device, with static shapes (torch.compile, the meta device): a stable sort, then
+    offsets[t] = number of rows whose token is below t (searchsorted, which unlike bincount has
+    an output shape independent of the values)."""
+    _check_token(token)
+    n_tokens = int(n_tokens)
+    if n_tokens < 0:
+        raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
+    _check_range(token, n_tokens, "row_map")
+    sorted_token, order = torch.sort(token, stable=True)
+    bounds = torch.arange(n_tokens + 1, dtype=torch.int64, device=token.device)
+    offsets = torch.searchsorted(sorted_token, bounds)
+    return RowMap(token, order, offsets, n_tokens)
+
+
+# --- launching ---------------------------------------------------------------------------------
+
+def _runnable(*tensors: Tensor) -> None:
+    try:
+        check_runnable(*tensors)
+    except RuntimeError as err:
+        raise ValueError(f"{err}") from None
+
+
+def _acc(*tensors: Tensor):
+    import triton.language as tl
+    return tl.float64 if any(t.dtype == torch.float64 for t in tensors) else tl.float32
+
+
+def _block_d(d: int) -> int:
+    import triton
+    return min(triton.next_power_of_2(max(d, 1)), MAX_BLOCK_D)
+
+
+def _segment_sum(src: Tensor, weight: Tensor | None, order: Tensor, offsets: Tensor) -> Tensor:
+    """out[t] = sum of (weight[r] *) src[r] over t's rows, in src's dtype."""
+    n_tokens, d = offsets.shape[0] - 1, src.shape[1]
+    if src.shape[0] == 0 or d == 0 or n_tokens == 0:
+        return src.new_zeros(n_tokens, d)
+    _runnable(src)
+    from .triton_kernels import segment_sum_kernel
+    import triton
+    src, order, offsets = src.contiguous(), order.contiguous(), offsets.contiguous()
+    weight = None if weight is None else weight.contiguous()
+    out = src.new_empty(n_tokens, d)
+    block_d = _block_d(d)
+    grid = (n_tokens, triton.cdiv(d, block_d))
+    segment_sum_kernel[grid](src, src if weight is None else weight, order, offsets, out, d,
+                             HAS_WEIGHT=weight is not None,
+                             ACC=_acc(src) if weight is None else _acc(src, weight), BLOCK_D=block_d)
+    return out
+
+
+# --- gather ------------------------------------------------------------------------------------
+
+@torch.library.custom_op("archspec::dispatch_gather", mutates_args=())
+def dispatch_gather(x: Tensor, token: Tensor, order: Tensor, offsets: Tensor) -> Tensor:
+    """x [N, D] -> x[token] [P, D]; order / offsets (the CSR of token) serve the backward."""
+    p, d = token.shape[0], x.shape[1]
+    out = x.new_empty(p, d)
+    if p == 0 or d == 0:
+        return out
+    _runnable(x)
+    from .triton_kernels import gather_kernel
+    import triton
+    x, token = x.contiguous(), token.contiguous()
+    block_d = _block_d(d)
+    gather_kernel[(triton.cdiv(p, BLOCK_ROWS), triton.cdiv(d, block_d))](
+        x, token, out, p, d, BLOCK_R=BLOCK_ROWS, BLOCK_D=block_d)
+    return out
+
+
+@dispatch_gather.register_fake
+def _(x, token, order, offsets):
+    return x.new_empty(token.shape[0], x.shape[1])
+
+
+@torch.library.custom_op("archspec::dispatch_gather_backward", mutates_args=())
+def dispatch_gather_backward(grad: Tensor, order: Tensor, offsets: Tensor) -> Tensor:
+    """dx[t] = sum of grad[r] over the packed rows r of token t (CSR order)."""
+    return _segment_sum(grad, None, order, offsets)
+
+
+@dispatch_gather_backward.register_fake
+def _(grad, order, offsets):
+    return grad.new_empty(offsets.shape[0] - 1, grad.shape[1])
+
+
+def _gather_setup(ctx, inputs, output):
+    _, _, order, offsets = inputs
+    ctx.save_for_backward(order, offsets)
+
+
+def _gather_grad(ctx, grad):
+    order, offsets = ctx.saved_tensors
+    return dispatch_gather_backward(grad, order, offsets), None, None, None
+
+
+dispatch_gather.register_autograd(_gather_grad, setup_context=_gather_setup)
+
+
+# --- combine -----------------------------------------------------------------------------------
+
+@torch.library.custom_op("archspec::dispatch_combine", mutates_args=())
+def dispatch_combine(o: Tensor, weight: Tensor, token: Tensor, order: Tensor, offsets: Tensor) -> Tensor:
+    """out[t] = sum of weight[r] o[r] over the packed rows r of token t -> [n_tokens, D]."""
+    return _segment_sum(o, weight, order, offsets)
+
+
+@dispatch_combine.register_fake
+def _(o, weight, token, order, offsets):
+    return o.new_empty(offsets.shape[0] - 1, o.shape[1])
+
+
+@torch.library.custom_op("archspec::dispatch_combine_backward", mutates_args=())
+def dispatch_combine_backward(grad: Tensor, o: Tensor, weight: Tensor, token: Tensor) -> tuple[Tensor, Tensor]:
+    """do[r] = weight[r] grad[token[r]] (o's dtype); dweight[r] = <o[r], grad[token[r]]>
+    (weight's dtype), both accumulated in float32."""
+    p, d = o.shape
+    do, dweight = o.new_empty(p, d), weight.new_empty(p)
+    if p == 0:
+        return do, dweight
+    if d == 0:
+        return do, dweight.zero_()
+    _runnable(o)
+    from .triton_kernels import combine_backward_kernel
+    import triton
+    grad, o, weight, token = grad.contiguous(), o.contiguous(), weight.contiguous(), token.contiguous()
+    combine_backward_kernel[(triton.cdiv(p, BLOCK_ROWS),)](
+        grad, o, weight, token, do, dweight, p, d, ACC=_acc(grad, o, weight),
+        BLOCK_R=BLOCK_ROWS, BLOCK_D=_block_d(d))
+    return do, dweight
+
+
+@dispatch_combine_backward.register_fake
+def _(grad, o, weight, token):
+    return o.new_empty(o.shape), weight.new_empty(weight.shape)
+
+
+def _combine_setup(ctx, inputs, output):
+    o, weight, token, _, _ = inputs
+    ctx.save_for_backward(o, weight, token)
+
+
+def _combine_grad(ctx, grad):
+    o, weight, token = ctx.saved_tensors
+    do, dweight = dispatch_combine_backward(grad.to(o.dtype), o, weight, token)
+    return do, dweight, None, None, None
+
+
+dispatch_combine.register_autograd(_combine_grad, setup_context=_combine_setup)
+
+
+# --- FLOPs -------------------------------------------------------------------------------------
+# The gather (and its backward) moves data: 0 FLOPs. The combine's weighting and summing (and
+# its backward's products and row dots) are elementwise `other` work in our accounting (MoM
+# counts it as 2 V per assignment in `Flops.other`), which neither FlopCounterMode nor the
+# fvcore comparison includes: both only measure matmul-like work (archspec/flopcount.py). The
+# formulas return 0 so the ops are registered (fvcore does not report them as unsupported) and
+# the measured count stays comparable with the accounting's matmul FLOPs.
+
+def _no_matmul_flops(*args) -> int:
+    return 0
+
+
+for _op in (dispatch_gather, dispatch_gather_backward, dispatch_combine, dispatch_combine_backward):
+    register_flops(_op, _no_matmul_flops)
+
+
+# --- entry points ------------------------------------------------------------------------------
+
+def _check_2d(t: Tensor, name: str, shape: str) -> None:
+    if not isinstance(t, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor {shape}, got {type(t).__name__}")
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be 2-D {shape}, got shape {tuple(t.shape)}; reshape it to "
+                         f"2-D first (e.g. {name}.reshape({name}.shape[0], -1))")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor (float32, bfloat16, float16), got {t.dtype}")
+
+
+def _check_device(*tensors: Tensor) -> None:
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devices))}; move them "
+                         "with .to(device)")
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in ("reference", "triton"):
+        raise ValueError(f"unknown dispatch backend {backend!r}; use 'reference' or 'triton'")
+
+
+def _as_row_map(token: Tensor | RowMap, n_tokens: int, what: str) -> RowMap:
+    if isinstance(token, RowMap):
+        if token.n_tokens != n_tokens:
+            raise ValueError(f"{what}: the RowMap was built for {token.n_tokens} tokens but {n_tokens} "
+                             f"are needed; build it with row_map(token, {n_tokens})")
+        return token
+    return row_map(token, n_tokens)
+
+
+def _token_of(token: Tensor | RowMap) -> Tensor:
+    t = token.token if isinstance(token, RowMap) else token
+    _check_token(t)
+    return t
+
+
+def gather_rows(x: Tensor, token: Tensor | RowMap, backend: str = "reference") -> Tensor:
+    """x [N, D] -> x[token] [P, D] (x's dtype). `token`: int64 [P] with values in [0, N), or a
+    `RowMap` of N tokens (row_map(token, N)), reused across ops. Differentiable in x."""
+    from . import reference
+    _check_backend(backend)
+    _check_2d(x, "x", "[N, D]")
+    t = _token_of(token)
+    _check_device(x, t)
+    if backend == "reference":
+        _check_range(t, x.shape[0], "gather_rows of x")
+        return reference.gather_rows(x, t)
+    rows = _as_row_map(token, x.shape[0], "gather_rows")
+    if x.device.type != "meta":
+        _runnable(x)
+    return dispatch_gather(x, rows.token, rows.order, rows.offsets)
+
+
+def combine_rows(o: Tensor, weight: Tensor, token: Tensor | RowMap, n_tokens: int | None = None,
+                 backend: str = "reference") -> Tensor:
+    """o [P, D], weight [P], token int64 [P] (values in [0, n_tokens)) -> out [n_tokens, D]
+    (o's dtype), out[t] = sum over rows r with token[r] == t of weight[r] o[r], accumulated in
+    float32. `token` may be a `RowMap` (then n_tokens defaults to its own). Differentiable in o
+    and weight."""
+    from . import reference
+    _check_backend(backend)
+    _check_2d(o, "o", "[P, D]")
+    t = _token_of(token)
+    if n_tokens is None:
+        if not isinstance(token, RowMap):
+            raise ValueError("combine_rows needs n_tokens (the number of output rows) with a token tensor; "
+                             "pass n_tokens=..., or a RowMap from row_map(token, n_tokens)")
+        n_tokens = token.n_tokens
+    n_tokens = int(n_tokens)
+    if not isinstance(weight, Tensor) or weight.dim() != 1 or not weight.is_floating_point():
+        got = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+        raise ValueError(f"weight must be a 1-D floating-point tensor [P] (one weight per packed row), "
+                         f"got {got}")
+    if not (o.shape[0] == weight.shape[0] == t.shape[0]):
+        raise ValueError(f"o, weight and token must have one entry per packed row: got o {tuple(o.shape)}, "
+                         f"weight {tuple(weight.shape)}, token {tuple(t.shape)}")
+    _check_device(o, weight, t)
+    if backend == "reference":
+        if n_tokens < 0:
+            raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
+        _check_range(t, n_tokens, "combine_rows")
+        return reference.combine_rows(o, weight, t, n_tokens)
+    rows = _as_row_map(token, n_tokens, "combine_rows")
+    if o.device.type != "meta":
+        _runnable(o)
+    return dispatch_combine(o, weight, rows.token, rows.order, rows.offsets)
