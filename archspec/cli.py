@@ -61,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--meta", action="store_true", help="structural build on the meta device (no memory)")
     b.add_argument("--save", metavar="DIR", help="write weights (model.pt) and the resolved spec to DIR")
     b.add_argument("--force", action="store_true", help="build even if the weights may not fit in memory")
-    b.add_argument("--backend", help="force one kernel backend for every component (e.g. reference)")
+    b.add_argument("--backend",
+                   help="force one kernel backend for every component and the norm (e.g. reference)")
     b.add_argument("--batch", type=positive_int, default=2, help="smoke batch size (default 2)")
     b.add_argument("--seq-len", type=positive_int, help="smoke sequence length (default min(64, max_seq_len))")
     b.add_argument("--seed", type=int, default=0)
@@ -312,9 +313,12 @@ def cmd_build(args) -> int:
 
 
 def _backend_summary(model) -> dict[str, str]:
+    """Backends by component symbol; every norm (sublayers.i.norm, final_norm) as model.norm."""
+    from .codegen.build import NORM_KEY
     by_symbol: dict[str, set] = {}
     for node, backend in model.backends.items():
-        by_symbol.setdefault(node.rsplit(".", 1)[-1], set()).add(backend)
+        symbol = NORM_KEY if node == "final_norm" or node.endswith(".norm") else node.rsplit(".", 1)[-1]
+        by_symbol.setdefault(symbol, set()).add(backend)
     return {k: ",".join(sorted(v)) for k, v in by_symbol.items()}
 
 

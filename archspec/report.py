@@ -81,15 +81,21 @@ def report(spec: ResolvedSpec, seq_len: int | None = None,
 
 
 def _backends(spec: ResolvedSpec, device: str) -> dict[str, str]:
-    """The backend `auto` (or the spec's choice) resolves to on `device`, per component node."""
+    """The backend `auto` (or the spec's choice) resolves to on `device`, per component node
+    (sublayer members and the norms: each sublayer's and the final one)."""
+    def choice(inst) -> str:
+        try:
+            return inst.component.choose_backend(inst.backend, torch.device(device)).name
+        except ValueError as e:
+            return f"unavailable: {e}"
+
     out = {}
+    norm = choice(spec.norm)
     for sub in spec.sublayers:
+        out[f"sublayers.{sub.index}.norm"] = norm
         for m in sub.members:
-            try:
-                out[f"sublayers.{sub.index}.{m.name}"] = m.component.choose_backend(
-                    m.backend, torch.device(device)).name
-            except ValueError as e:
-                out[f"sublayers.{sub.index}.{m.name}"] = f"unavailable: {e}"
+            out[f"sublayers.{sub.index}.{m.name}"] = choice(m)
+    out["final_norm"] = norm
     return out
 
 

@@ -145,9 +145,11 @@ def test_report_keys_and_rendering():
         "forward_flops_per_token_by_kind", "training_flops_per_token",
         "inference_state_bytes_per_sequence", "activation_bytes_per_sequence"}
     assert all(isinstance(v, str) and v for v in rep["conventions"].values())
-    members = [c for c in rep["components"] if c["type"] in ("attention", "mlp")]
+    members = [c for c in rep["components"] if c["type"] in ("attention", "mlp", "rmsnorm")]
     assert members and all(c["backend"] == "reference" for c in members)
-    assert all("backend" not in c for c in rep["components"] if c["type"] not in ("attention", "mlp"))
+    assert sum(c["type"] == "rmsnorm" for c in members) == 5  # 4 sublayers' norms + the final one
+    assert all("backend" not in c for c in rep["components"]
+               if c["type"] not in ("attention", "mlp", "rmsnorm"))
     table = render(rep, "table")
     assert "115,008" in table and "(A F) x 2" in table
     md = render(rep, "markdown")
@@ -192,7 +194,7 @@ def test_cli_report_bad_device(capsys):
     # the report is analytic: it may show a CUDA machine's backends from a machine without one
     assert main(["report", TINY, "--device", "cuda", "--format", "json"]) == 0
     rep = json.loads(capsys.readouterr().out)
-    assert all("backend" in c for c in rep["components"] if c["type"] in ("attention", "mlp"))
+    assert all("backend" in c for c in rep["components"] if c["type"] in ("attention", "mlp", "rmsnorm"))
 
 
 def test_account_rejects_bad_seq_len():
@@ -228,7 +230,7 @@ def test_cli_build_tiny(capsys):
     assert "115,008 parameters (matches the report's 115,008)" in out
     assert re.search(r"smoke forward\+backward \(batch 2, seq_len 16\): [0-9.]+ ms, loss [0-9.]+", out)
     assert "gradients finite" in out
-    assert "backends: A=reference, F=reference" in out
+    assert "backends: A=reference, F=reference, model.norm=reference\n" in out
 
 
 def test_cli_build_meta_llama(capsys):
@@ -258,8 +260,10 @@ def test_cli_build_save_and_load_back(tmp_path, capsys):
     assert resolved["model"]["d_model"] == 64
     assert resolved["spec"]["components"]["F"]["d_ff"] == 192
     assert resolved["build"] == {"dtype": "float32", "params": 115_008,
-                                 "backends": {f"sublayers.{i}.{s}": "reference"
-                                              for i, s in enumerate("AFAF")}}
+                                 "backends": {**{f"sublayers.{i}.{s}": "reference"
+                                                 for i, s in enumerate("AFAF")},
+                                              **{f"sublayers.{i}.norm": "reference" for i in range(4)},
+                                              "final_norm": "reference"}}
 
 
 def test_cli_build_save_bfloat16(tmp_path, capsys):

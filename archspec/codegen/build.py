@@ -4,7 +4,8 @@ Modules are always constructed on the meta device first (free, whatever the size
 returned as they are (`meta=True`) or materialised on the target device in the spec's dtype and
 initialised. Each component's kernel backend is chosen through its registry: `auto` takes the
 fastest one that runs on the device; the spec (`backend:` in a component) or the caller can force
-one.
+one. The model's norm (`model.norm` in the spec: every sublayer's norm and the final one) is
+chosen by the same rule; a caller's dict names it by the key "model.norm".
 """
 from __future__ import annotations
 
@@ -22,13 +23,15 @@ from ..units import human_bytes
 from .model import Block, CausalLM
 
 MEMORY_HEADROOM = 0.8  # refuse builds needing more than this share of free memory
+NORM_KEY = "model.norm"  # the model's norm in a `backend` dict (as the spec names it: model: norm:)
 
 
 def build(spec: ResolvedSpec, device: str | torch.device = "cpu", dtype: str | None = None,
           meta: bool = False, backend: str | dict | None = None, force: bool = False,
           seed: int | None = None) -> CausalLM:
-    """Build the model. `backend` forces a backend for every component (a string) or per
-    component name (a dict); `force` builds even when the weights would not fit in memory."""
+    """Build the model. `backend` forces a backend for every component and the model's norm (a
+    string) or per component name, with "model.norm" for the norm (a dict); `force` builds even
+    when the weights would not fit in memory."""
     requested = torch.device(device)
     device = torch.device("meta") if meta else requested
     dtype_name = dtype or spec.model.dtype
@@ -37,10 +40,11 @@ def build(spec: ResolvedSpec, device: str | torch.device = "cpu", dtype: str | N
     if not meta and not force:
         check_memory(spec, device, dtype_name)
     if isinstance(backend, dict):
-        unknown = sorted(set(backend) - set(spec.components))
+        unknown = sorted(set(backend) - set(spec.components) - {NORM_KEY})
         if unknown:
             raise ValueError(f"backend given for unknown component(s) {', '.join(map(repr, unknown))} "
-                             f"(the spec defines: {', '.join(sorted(spec.components))})")
+                             f"(the spec defines: {', '.join(sorted(spec.components))}; "
+                             f"'{NORM_KEY}' names the model's norm)")
     elif backend is not None and not isinstance(backend, str):
         raise ValueError(f"backend must be a name or a dict of component name -> name, got {backend!r}")
     # backends are chosen for where the model will run: a meta build of a model meant for
@@ -60,10 +64,12 @@ def build(spec: ResolvedSpec, device: str | torch.device = "cpu", dtype: str | N
 
 def _construct(spec: ResolvedSpec, backend, device: torch.device) -> CausalLM:
     model_cfg = spec.model
-    norm = lambda: C.get(spec.norm.type).build(spec.norm.config, model_cfg, "reference")  # noqa: E731
+    norm_impl = spec.norm.component.choose_backend(_requested_norm_backend(spec, backend), device)
+    norm = lambda: norm_impl.factory(spec.norm.config, model_cfg)  # noqa: E731
     chosen: dict[str, str] = {}
     blocks = []
     for sub in spec.sublayers:
+        chosen[f"sublayers.{sub.index}.norm"] = norm_impl.name
         members = {}
         for m in sub.members:
             requested = _requested_backend(m, backend)
@@ -76,6 +82,7 @@ def _construct(spec: ResolvedSpec, backend, device: torch.device) -> CausalLM:
     model = CausalLM(C.get("embedding").build({}, model_cfg, "reference"), blocks, norm(),
                      C.get("lm_head").build({}, model_cfg, "reference"), model_cfg.tie_embeddings,
                      shared)
+    chosen["final_norm"] = norm_impl.name
     model.backends = chosen
     model.spec = spec
     return model
@@ -87,6 +94,14 @@ def _requested_backend(member: ComponentInstance, backend) -> str:
     if isinstance(backend, dict) and member.name in backend:
         return backend[member.name]
     return member.backend
+
+
+def _requested_norm_backend(spec: ResolvedSpec, backend) -> str:
+    if isinstance(backend, str):
+        return backend
+    if isinstance(backend, dict) and NORM_KEY in backend:
+        return backend[NORM_KEY]
+    return spec.norm.backend
 
 
 def weight_bytes(spec: ResolvedSpec, dtype: str | None = None) -> int:

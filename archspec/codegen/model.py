@@ -6,6 +6,16 @@
 
 `labels` [B, T] are the targets of each position (already shifted; -100 is ignored). The
 output carries the LM loss, the sum of the components' auxiliary losses, and their total.
+
+Fused residual adds: when every norm module offers `forward_add(x, delta) -> (norm(x + delta),
+x + delta)` (the Triton RMSNorm), sublayer i returns its input x and its update delta unadded,
+and the norm of sublayer i + 1 (or the final norm) adds them in its kernel:
+
+    h_0 = embedding;  (y_i, h_i) = norm_i.forward_add(h_{i-1}, delta_{i-1});  delta_i = f_i(y_i)
+
+The same sums in the same order (a parallel group adds all but its last gated member as the
+reference does, then hands the last one on), so the same values up to the norm's own rounding.
+Otherwise the reference path runs as above; both have the same modules and parameter names.
 """
 from __future__ import annotations
 
@@ -49,6 +59,20 @@ class Block(nn.Module):
             out = out + gate.to(x.dtype) * member(h, ctx)
         return out
 
+    def forward_fused(self, x: torch.Tensor, delta: torch.Tensor | None,
+                      ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x', delta'): the stream x + delta (added by the norm's kernel) and this sublayer's
+        update, whose sum x' + delta' is what `forward(x + delta)` returns."""
+        h, x = self.norm.forward_add(x, delta)
+        if self.gates is None:
+            (member,) = self.members.values()
+            return x, member(h, ctx)
+        members = list(self.members.values())
+        out = x
+        for gate, member in zip(self.gates[:-1], members[:-1]):
+            out = out + gate.to(x.dtype) * member(h, ctx)
+        return out, self.gates[-1].to(x.dtype) * members[-1](h, ctx)
+
 
 class CausalLM(nn.Module):
     def __init__(self, embedding: nn.Module, blocks: list[Block], final_norm: nn.Module,
@@ -64,6 +88,12 @@ class CausalLM(nn.Module):
         self.backends: dict[str, str] = {}  # node name -> kernel backend chosen at build
         self.spec = None  # the ResolvedSpec it was built from
 
+    @property
+    def fused_residual_norms(self) -> bool:
+        """Whether every norm fuses the residual add before it (see the module docstring)."""
+        return all(hasattr(n, "forward_add")
+                   for n in [self.final_norm, *(b.norm for b in self.sublayers)])
+
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Initialise every weight (used after materialising a meta-device build)."""
@@ -76,9 +106,15 @@ class CausalLM(nn.Module):
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
         ctx = ForwardContext(shared=self.shared)
         x = self.embedding(tokens)
-        for block in self.sublayers:
-            x = block(x, ctx)
-        x = self.final_norm(x)
+        if self.fused_residual_norms:
+            delta = None
+            for block in self.sublayers:
+                x, delta = block.forward_fused(x, delta, ctx)
+            x, _ = self.final_norm.forward_add(x, delta)
+        else:
+            for block in self.sublayers:
+                x = block(x, ctx)
+            x = self.final_norm(x)
         logits = self.lm_head(x, self.embedding.weight if self.tied else None)
         out = ModelOutput(logits=logits, aux_losses=dict(ctx.aux_losses))
         if ctx.aux_losses:

@@ -5,13 +5,21 @@
 Computed in float32 and cast back. FLOPs per token: 4d + 2 (square, sum, scale, weight; the
 mean's division and the eps add). Activation memory per token: 8d + 4 bytes (float32 input,
 float32 x / rms, float32 1/rms).
+
+Backends: `reference` (archspec.ops.norm.reference) and `triton` (the fused kernel of
+archspec/ops/norm; CUDA, or the CPU under TRITON_INTERPRET=1). The Triton module also offers
+`forward_add(x, delta) -> (norm(x + delta), x + delta)`, which the pre-norm block uses to fuse
+each residual add into the next norm (archspec/codegen/model.py). Same weights, same names.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .base import Component, ComponentModule, Flops, ModelConfig, register
+from ..ops.norm import fused_add_rmsnorm, fused_rmsnorm, reference
+from ..ops.norm.fused import register_norm_flops
+from ..ops.triton_support import add_triton_backend
+from .base import REGISTRY, Component, ComponentModule, Flops, ModelConfig, register
 
 NORM_SCHEMA = {"eps": {"type": "number", "exclusiveMinimum": 0, "default": 1e-5,
                        "description": "added to the variance before the square root"}}
@@ -46,6 +54,22 @@ class RMSNorm(Component):
             nn.init.ones_(self.weight)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            d = x.shape[-1]
-            y = nn.functional.rms_norm(x.float(), (d,), self.weight.float(), self.eps)
-            return y.to(x.dtype)
+            return reference.rmsnorm(x, self.weight, self.eps)
+
+
+class RMSNormTriton(RMSNorm.Module):
+    """The reference module's computation by the Triton kernel."""
+
+    def __init__(self, cfg: dict, model: ModelConfig):
+        super().__init__(cfg, model)
+        register_norm_flops()  # so FlopCounterMode and fvcore count the kernels before they run
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fused_rmsnorm(x, self.weight, self.eps)
+
+    def forward_add(self, x: torch.Tensor, delta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(h), h) with h = x + delta (x when delta is None), in one kernel."""
+        return fused_add_rmsnorm(x, delta, self.weight, self.eps)
+
+
+add_triton_backend(REGISTRY["rmsnorm"], lambda cfg, model: RMSNormTriton(cfg, model))

@@ -1,4 +1,6 @@
-"""Gated RMSNorm, the output norm of Mamba2 and of MoM / GatedDeltaNet.
+"""RMSNorms in plain PyTorch: the ground truth every kernel in this package is tested against.
+
+Gated RMSNorm, the output norm of Mamba2 and of MoM / GatedDeltaNet:
 
     x, z: [..., n];  w: [n] (init 1);  rms(u) = sqrt(mean(u^2 over each group) + eps)
     norm_before_gate=True  (fla FusedRMSNormGated, MoM):  y = x / rms(x) * w * silu(z)
@@ -8,6 +10,12 @@
 ngroups > 1); default the whole dimension. Computed in float32 (float64 stays float64) and cast back to x's dtype.
 FLOPs per element: 4 for the norm (square, sum, scale, weight) + 4 for SiLU + 1 for the gate's
 multiply = 9, plus 2 per group (the mean's division and the eps add).
+
+Residual add + RMSNorm, the pre-norm block's norm (the `rmsnorm` component computes `rmsnorm`):
+
+    x, r: [..., n];  w: [n]
+    h = x + r (in x's dtype: the residual stream as the model stores it; h = x without r)
+    y = h / sqrt(mean(h^2) + eps) * w     (float32, cast back to h's dtype);  returns (y, h)
 """
 from __future__ import annotations
 
@@ -39,3 +47,16 @@ def gated_rmsnorm(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: f
     if norm_before_gate:
         y = y * nn.functional.silu(z)
     return y.to(dtype)
+
+
+def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """y = x / sqrt(mean(x^2) + eps) * w over the last dimension, in float32, cast back."""
+    y = nn.functional.rms_norm(x.float(), (x.shape[-1],), weight.float(), eps)
+    return y.to(x.dtype)
+
+
+def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+                eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rmsnorm(h), h) with h = x + residual (x itself without a residual)."""
+    h = x if residual is None else x + residual
+    return rmsnorm(h, weight, eps), h

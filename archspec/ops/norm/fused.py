@@ -1,0 +1,297 @@
+"""The Triton RMSNorms as torch custom ops (`archspec::*`), with fake implementations, autograd
+and FLOP formulas, and their Python entry points. The math is reference.py's; the kernels are in
+triton_kernels.py (imported only when a kernel runs).
+
+    fused_rmsnorm(x, w, eps)                  x: [..., n], w: [n]  ->  y = x / rms(x) * w
+    fused_add_rmsnorm(x, r, w, eps)           ->  (y, h): h = x + r (x when r is None), y = h / rms(h) * w
+    fused_gated_rmsnorm(x, z, w, eps, norm_before_gate, group_size=None)
+        norm_before_gate=True:  y = x / rms(x) * w * silu(z)
+        norm_before_gate=False: y = u / rms(u) * w,  u = x * silu(z)
+    rms(u) = sqrt(mean(u^2) + eps) over each group of `group_size` columns (default: the row)
+
+Inputs are float32, bfloat16 or float16 (z and w may differ from x); the work is in float32,
+outputs are in x's dtype (h too: the residual stream as the model stores it), gradients in each
+input's dtype. Backward ops: `rmsnorm_backward` gives (dx, dw) from dy and dh (the gradient of
+h; dx is also the residual's gradient), `gated_rmsnorm_backward` gives (dx, dz, dw). dw is
+summed per program in the kernel and across programs in torch: deterministic, no atomics.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..triton_support import check_runnable, interpreting, register_flops, triton_unavailable
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+TILE = 4096  # elements of one program's [rows, groups, group] tile (padded widths)
+MAX_WIDTH = 32768  # widest padded row one program holds (registers); wider rows are refused
+BWD_PROGRAMS_PER_SM = 4  # backward programs per CUDA multiprocessor (each loops over row blocks)
+BWD_PROGRAMS_CPU = 4  # ... under the interpreter
+
+
+# --- checks (ValueError: what is wrong and what to do) -----------------------------------------
+
+def _check(x: torch.Tensor, weight: torch.Tensor, others: dict[str, torch.Tensor | None],
+           group_size: int | None = None) -> int:
+    """Validate the inputs of a norm over x's last dimension; returns the group size."""
+    if x.dim() < 1:
+        raise ValueError("fused RMSNorm: x must have at least one dimension (the normalised one)")
+    n = int(x.shape[-1])  # (a tensor while torch.jit traces: fvcore)
+    for name, t in {"x": x, "weight": weight, **others}.items():
+        if t is not None and t.dtype not in DTYPES:
+            raise ValueError(f"fused RMSNorm: {name} is {t.dtype}; the Triton kernels take "
+                             "float32, bfloat16 or float16 (use backend 'reference' for others)")
+        if t is not None and t.device != x.device:
+            raise ValueError(f"fused RMSNorm: {name} is on {t.device} but x is on {x.device}; "
+                             "move them to one device")
+    if weight.shape != (n,):
+        raise ValueError(f"fused RMSNorm: weight has shape {tuple(weight.shape)}, expected ({n},) "
+                         "(one scale per column of x's last dimension)")
+    for name, t in others.items():
+        if t is not None and t.shape != x.shape:
+            raise ValueError(f"fused RMSNorm: {name} has shape {tuple(t.shape)} but x has "
+                             f"{tuple(x.shape)}; they must match")
+    group = group_size or n
+    if group < 1 or n % group:
+        raise ValueError(f"fused RMSNorm: group_size {group_size} does not divide the normalised "
+                         f"size {n}; use a divisor of {n} (or None for the whole row)")
+    block_ng, block_g = _pow2(n // group), _pow2(group)
+    if block_ng * block_g > MAX_WIDTH:
+        raise ValueError(f"fused RMSNorm: rows of {n} columns (groups of {group}) are too wide for "
+                         f"one program (padded {block_ng * block_g} > {MAX_WIDTH}); use backend "
+                         "'reference'")
+    if torch.compiler.is_compiling():
+        return group
+    register_norm_flops()
+    if x.device.type != "meta":
+        reason = triton_unavailable(x.device)
+        if reason is not None:
+            raise ValueError(f"fused RMSNorm: cannot run the Triton kernel on {x.device}: {reason}")
+    return group
+
+
+def _pow2(v: int) -> int:
+    return 1 << max(0, v - 1).bit_length()
+
+
+# --- launchers ---------------------------------------------------------------------------------
+
+def _layout(m: int, n: int, group: int) -> dict:
+    block_ng, block_g = _pow2(n // group), _pow2(group)
+    width = block_ng * block_g
+    block_m = max(1, min(_pow2(m), TILE // width))
+    return dict(BLOCK_M=block_m, BLOCK_NG=block_ng, BLOCK_G=block_g, ROUND_BF16=interpreting(),
+                num_warps=min(16, max(2, block_m * width // 256)))
+
+
+def _rows(t: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    return None if t is None else t.reshape(-1, n).contiguous()
+
+
+def _forward(x, residual, z, weight, eps, norm_before_gate, group):
+    """(y, h or None) of the forward kernel; x, residual, z: [..., n]."""
+    check_runnable(x)
+    n = x.shape[-1]
+    x2, r2, z2 = _rows(x, n), _rows(residual, n), _rows(z, n)
+    m = x2.shape[0]
+    y = torch.empty_like(x2)
+    h = torch.empty_like(x2) if residual is not None else None
+    if m:
+        from .triton_kernels import norm_fwd_kernel
+        meta = _layout(m, n, group)
+        grid = (_cdiv(m, meta["BLOCK_M"]),)
+        # absent optional tensors are never read (their flags are off); x stands in for them
+        norm_fwd_kernel[grid](x2, _or(r2, x2), _or(z2, x2), weight.contiguous(), y, _or(h, y),
+                              m, n, n // group, group, eps, HAS_RESIDUAL=residual is not None,
+                              HAS_GATE=z is not None, NORM_BEFORE_GATE=bool(norm_before_gate),
+                              **meta)
+    return y.reshape(x.shape), None if h is None else h.reshape(x.shape)
+
+
+def _backward(dy, dh, x, z, weight, eps, norm_before_gate, group):
+    """(dx, dz or None, dw); x is the normalised input (h after a residual add)."""
+    check_runnable(x)
+    n = x.shape[-1]
+    x2, z2, dy2, dh2 = _rows(x, n), _rows(z, n), _rows(dy, n), _rows(dh, n)
+    m = x2.shape[0]
+    dx = torch.empty_like(x2)
+    dz = torch.empty_like(z2) if z is not None else None
+    if not m:
+        return dx.reshape(x.shape), _shaped(dz, x), torch.zeros_like(weight)
+    from .triton_kernels import norm_bwd_kernel
+    meta = _layout(m, n, group)
+    n_blocks = _cdiv(m, meta["BLOCK_M"])
+    per_program = _cdiv(n_blocks, min(n_blocks, _max_bwd_programs(x.device)))
+    programs = _cdiv(n_blocks, per_program)
+    partial = torch.empty(programs, n, dtype=torch.float32, device=x.device)
+    norm_bwd_kernel[(programs,)](dy2, _or(dh2, dy2), x2, _or(z2, x2), weight.contiguous(), dx,
+                                 _or(dz, dx), partial, m, n, n // group, group, eps, per_program,
+                                 HAS_DH=dh is not None, HAS_GATE=z is not None,
+                                 NORM_BEFORE_GATE=bool(norm_before_gate), **meta)
+    return dx.reshape(x.shape), _shaped(dz, x), partial.sum(0).to(weight.dtype)
+
+
+def _max_bwd_programs(device: torch.device) -> int:
+    if device.type == "cuda":
+        return BWD_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+    return BWD_PROGRAMS_CPU
+
+
+def _or(t, default):
+    return default if t is None else t
+
+
+def _shaped(t, like):
+    return None if t is None else t.reshape(like.shape)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# --- custom ops --------------------------------------------------------------------------------
+
+@torch.library.custom_op("archspec::rmsnorm", mutates_args=())
+def rmsnorm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return _forward(x, None, None, weight, eps, True, x.shape[-1])[0]
+
+
+@rmsnorm_op.register_fake
+def _(x, weight, eps):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("archspec::add_rmsnorm", mutates_args=())
+def add_rmsnorm_op(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                   eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward(x, residual, None, weight, eps, True, x.shape[-1])
+
+
+@add_rmsnorm_op.register_fake
+def _(x, residual, weight, eps):
+    return x.new_empty(x.shape), x.new_empty(x.shape)
+
+
+@torch.library.custom_op("archspec::rmsnorm_backward", mutates_args=())
+def rmsnorm_backward_op(dy: torch.Tensor, dh: torch.Tensor | None, x: torch.Tensor,
+                        weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    dx, _, dw = _backward(dy, dh, x, None, weight, eps, True, x.shape[-1])
+    return dx, dw
+
+
+@rmsnorm_backward_op.register_fake
+def _(dy, dh, x, weight, eps):
+    return x.new_empty(x.shape), weight.new_empty(weight.shape)
+
+
+@torch.library.custom_op("archspec::gated_rmsnorm", mutates_args=())
+def gated_rmsnorm_op(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float,
+                     norm_before_gate: bool, group_size: int) -> torch.Tensor:
+    return _forward(x, None, z, weight, eps, norm_before_gate, group_size)[0]
+
+
+@gated_rmsnorm_op.register_fake
+def _(x, z, weight, eps, norm_before_gate, group_size):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("archspec::gated_rmsnorm_backward", mutates_args=())
+def gated_rmsnorm_backward_op(dy: torch.Tensor, x: torch.Tensor, z: torch.Tensor,
+                              weight: torch.Tensor, eps: float, norm_before_gate: bool,
+                              group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward(dy, None, x, z, weight, eps, norm_before_gate, group_size)
+
+
+@gated_rmsnorm_backward_op.register_fake
+def _(dy, x, z, weight, eps, norm_before_gate, group_size):
+    return x.new_empty(x.shape), z.new_empty(z.shape), weight.new_empty(weight.shape)
+
+
+def _save_x_weight(ctx, inputs, output):
+    x, weight, eps = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.eps = eps
+
+
+def _rmsnorm_grad(ctx, dy):
+    x, weight = ctx.saved_tensors
+    dx, dw = rmsnorm_backward_op(dy, None, x, weight, ctx.eps)
+    return dx, dw, None
+
+
+def _save_h_weight(ctx, inputs, output):
+    _, _, weight, eps = inputs
+    ctx.save_for_backward(output[1], weight)  # h: what was normalised
+    ctx.eps = eps
+
+
+def _add_rmsnorm_grad(ctx, dy, dh):
+    h, weight = ctx.saved_tensors
+    dx, dw = rmsnorm_backward_op(dy, dh, h, weight, ctx.eps)
+    return dx, dx, dw, None  # h = x + r: both get dL/dh
+
+
+def _save_gated(ctx, inputs, output):
+    x, z, weight, eps, norm_before_gate, group_size = inputs
+    ctx.save_for_backward(x, z, weight)
+    ctx.args = (eps, norm_before_gate, group_size)
+
+
+def _gated_grad(ctx, dy):
+    x, z, weight = ctx.saved_tensors
+    dx, dz, dw = gated_rmsnorm_backward_op(dy, x, z, weight, *ctx.args)
+    return dx, dz, dw, None, None, None
+
+
+rmsnorm_op.register_autograd(_rmsnorm_grad, setup_context=_save_x_weight)
+add_rmsnorm_op.register_autograd(_add_rmsnorm_grad, setup_context=_save_h_weight)
+gated_rmsnorm_op.register_autograd(_gated_grad, setup_context=_save_gated)
+
+
+def _elementwise(*args) -> int:
+    """Norms are elementwise work: `Flops.other` in our accounting, which neither FlopCounterMode
+    nor the fvcore comparison includes (archspec/flopcount.py), so their kernels count 0 there,
+    as `rms_norm`'s decomposition does. Registered so fvcore does not report them unsupported."""
+    return 0
+
+
+_flops_registered = False
+
+
+def register_norm_flops() -> None:
+    """Register the ops' FLOP formulas (once). Not at import: torch's flop counter imports
+    triton, and importing archspec must not; done when an entry point first runs and when a
+    Triton norm module is built, so a model's FLOPs can be measured before it has run."""
+    global _flops_registered
+    if not _flops_registered:
+        for op in (rmsnorm_op, add_rmsnorm_op, rmsnorm_backward_op, gated_rmsnorm_op,
+                   gated_rmsnorm_backward_op):
+            register_flops(op, _elementwise)
+        _flops_registered = True
+
+
+# --- entry points ------------------------------------------------------------------------------
+
+def fused_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """y = x / sqrt(mean(x^2) + eps) * w over x's last dimension, by the Triton kernel."""
+    _check(x, weight, {})
+    return rmsnorm_op(x, weight, float(eps))
+
+
+def fused_add_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+                      eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, h): h = x + residual in x's dtype (x itself when residual is None), y = rmsnorm(h),
+    in one kernel. h is the new residual stream."""
+    if residual is not None and residual.dtype != x.dtype:
+        raise ValueError(f"fused_add_rmsnorm: residual is {residual.dtype} but x is {x.dtype}; "
+                         "the residual stream has one dtype (cast one of them)")
+    _check(x, weight, {"residual": residual})
+    if residual is None:
+        return rmsnorm_op(x, weight, float(eps)), x
+    return add_rmsnorm_op(x, residual, weight, float(eps))
+
+
+def fused_gated_rmsnorm(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float,
+                        norm_before_gate: bool, group_size: int | None = None) -> torch.Tensor:
+    """reference.gated_rmsnorm by the Triton kernel (see the module docstring)."""
+    group = _check(x, weight, {"z": z}, group_size)
+    return gated_rmsnorm_op(x, z, weight, float(eps), bool(norm_before_gate), group)
