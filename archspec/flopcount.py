@@ -59,7 +59,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .components.base import FlopConvention
-from .ops.triton_support import fvcore_handles
+from .ops.triton_support import fvcore_handles, install_flop_formulas
 
 # Ops whose FLOPs are matmul-like: if fvcore reports one of these as unsupported, its count is
 # missing real work. Tests assert none of them appears in `FvcoreResult.unsupported`.
@@ -105,7 +105,9 @@ def _solve_triangular_flops(a_shape, b_shape, *args, out_shape=None, **kwargs) -
 
 
 def flopcounter_mapping() -> dict:
-    """The `custom_mapping` FlopCounterMode needs: SDPA on CPU, triangular solves."""
+    """The `custom_mapping` FlopCounterMode needs: SDPA on CPU, triangular solves. (archspec's
+    own kernels are in FlopCounterMode's global registry, installed here too.)"""
+    install_flop_formulas()
     mapping = {torch.ops.aten.linalg_solve_triangular: _solve_triangular_flops}
     op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     if op is not None:

@@ -64,7 +64,8 @@ def build(spec: ResolvedSpec, device: str | torch.device = "cpu", dtype: str | N
 
 def _construct(spec: ResolvedSpec, backend, device: torch.device) -> CausalLM:
     model_cfg = spec.model
-    norm_impl = spec.norm.component.choose_backend(_requested_norm_backend(spec, backend), device)
+    norm_impl = spec.norm.component.choose_backend(_requested_norm_backend(spec, backend), device,
+                                                 spec.norm.config)
     norm = lambda: norm_impl.factory(spec.norm.config, model_cfg)  # noqa: E731
     chosen: dict[str, str] = {}
     blocks = []
@@ -73,7 +74,7 @@ def _construct(spec: ResolvedSpec, backend, device: torch.device) -> CausalLM:
         members = {}
         for m in sub.members:
             requested = _requested_backend(m, backend)
-            impl = m.component.choose_backend(requested, device)
+            impl = m.component.choose_backend(requested, device, m.config)
             chosen[f"sublayers.{sub.index}.{m.name}"] = impl.name
             members[m.name] = impl.factory(m.config, model_cfg)
         blocks.append(Block(norm(), members))

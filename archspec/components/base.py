@@ -125,6 +125,8 @@ class Backend:
     priority: int = 0
     available: Callable[[torch.device], str | None] = lambda device: None
     preferred: Callable[[torch.device], bool] = lambda device: True
+    # None when it implements this resolved config, else why not (a kernel's chunk size)
+    supports: Callable[[dict], str | None] = lambda cfg: None
 
 
 class Component:
@@ -208,18 +210,23 @@ class Component:
         return sum(math.prod(s) for s in self.param_shapes(cfg, model).values())
 
     # --- emission ------------------------------------------------------------------------
-    def add_backend(self, name: str, factory, priority: int = 0, available=None, preferred=None) -> None:
+    def add_backend(self, name: str, factory, priority: int = 0, available=None, preferred=None,
+                    supports=None) -> None:
         self.backends[name] = Backend(name, factory, priority, available or (lambda device: None),
-                                      preferred or (lambda device: True))
+                                      preferred or (lambda device: True), supports or (lambda cfg: None))
 
-    def choose_backend(self, requested: str, device: torch.device) -> Backend:
-        """'auto' picks the highest-priority backend that can run on `device` and is preferred
-        there."""
+    def choose_backend(self, requested: str, device: torch.device, cfg: dict | None = None) -> Backend:
+        """'auto' picks the highest-priority backend that can run on `device`, is preferred
+        there and supports `cfg` (when given)."""
+        def unsupported(b: Backend) -> str | None:
+            return None if cfg is None else b.supports(cfg)
+
         if requested == "auto":
             usable = [b for b in self.backends.values()
-                      if b.available(device) is None and b.preferred(device)]
+                      if b.available(device) is None and b.preferred(device) and unsupported(b) is None]
             if not usable:
-                reasons = "; ".join(f"{b.name}: {b.available(device)}" for b in self.backends.values())
+                reasons = "; ".join(f"{b.name}: {b.available(device) or unsupported(b)}"
+                                    for b in self.backends.values())
                 raise ValueError(f"no backend of '{self.type}' can run on {device} ({reasons or 'none registered'})")
             return max(usable, key=lambda b: b.priority)
         if requested not in self.backends:
@@ -229,11 +236,14 @@ class Component:
         reason = backend.available(device)
         if reason is not None:
             raise ValueError(f"backend '{requested}' of '{self.type}' cannot run on {device}: {reason}")
+        reason = unsupported(backend)
+        if reason is not None:
+            raise ValueError(f"backend '{requested}' of '{self.type}' does not support this config: {reason}")
         return backend
 
     def build(self, cfg: dict, model: ModelConfig, backend: str = "auto",
               device: torch.device | str = "cpu") -> nn.Module:
-        return self.choose_backend(backend, torch.device(device)).factory(cfg, model)
+        return self.choose_backend(backend, torch.device(device), cfg).factory(cfg, model)
 
 
 REGISTRY: dict[str, Component] = {}

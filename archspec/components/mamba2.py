@@ -29,7 +29,7 @@ FLOPs for one sequence (1 FLOP = one multiply or one add; exp, log = 1 each):
   other:  the conv, conv_flops_per_token(E + 2GN, k, bias, silu) per token; dt: 1 (bias) +
           3 (softplus) per head and token, 2 more with dt_limit; A: 2H once; SSD's elementwise
           work (ssd_flops: decays, masks, the padding included); the gated norm,
-          gated_rmsnorm_flops(T E, T G) (archspec/ops/norm.py); linear biases when enabled.
+          gated_rmsnorm_flops(T E, T G) (archspec/ops/norm); linear biases when enabled.
 Inference state per sequence: the conv's last k - 1 inputs, (k - 1)(E + 2GN) in the model
 dtype, and h, H P N in float32.
 """
@@ -41,7 +41,8 @@ from torch import nn
 from ..ops.conv import conv_flops_per_token, causal_conv1d, causal_conv1d_step
 from ..ops.norm import gated_rmsnorm, gated_rmsnorm_flops
 from ..ops.ssm.ssd import ssd_chunked, ssd_flops, ssd_step
-from .base import CheckIssue, Component, ComponentModule, Flops, ModelConfig, register
+from ..ops.triton_support import add_triton_backend
+from .base import REGISTRY, CheckIssue, Component, ComponentModule, Flops, ModelConfig, register
 from .mamba import (CONV_SCHEMA, DT_INIT_SCHEMA, SOFTPLUS_FLOPS, check_dt_range, check_inner_width,
                     init_dt_bias, inner_width)
 
@@ -267,6 +268,19 @@ class GatedRMSNorm(nn.Module):
         super().__init__()
         self.eps, self.norm_before_gate, self.group_size = eps, norm_before_gate, group_size
         self.weight = nn.Parameter(torch.empty(width))
+        self.backend = "reference"  # "triton": the fused kernel (Mamba2's triton backend)
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return gated_rmsnorm(y, z, self.weight, self.eps, self.norm_before_gate, self.group_size)
+        return gated_rmsnorm(y, z, self.weight, self.eps, self.norm_before_gate, self.group_size,
+                             backend=self.backend)
+
+
+def _triton_module(cfg: dict, model: ModelConfig) -> Mamba2.Module:
+    """The `triton` backend: the same module, whose gated RMSNorm runs as the fused Triton
+    kernel (archspec/ops/norm); the SSD scan stays the chunked PyTorch form for now."""
+    module = Mamba2.Module(cfg, model)
+    module.norm.backend = "triton"
+    return module
+
+
+add_triton_backend(REGISTRY["mamba2"], _triton_module)

@@ -56,8 +56,12 @@ from torch import nn
 
 from ..ops import linear_attention as LA
 from ..ops.conv import causal_conv1d, causal_conv1d_step, conv_flops_per_token
+from ..ops.dispatch import combine_rows, gather_rows, row_map
+from ..ops.linear_attention.fused_chunk import CHUNK_SIZES, triton_chunk_rule
 from ..ops.norm import gated_rmsnorm, gated_rmsnorm_flops
-from .base import CheckIssue, Component, ComponentModule, Flops, ModelConfig, init_dt_bias, register
+from ..ops.triton_support import add_triton_backend
+from .base import (REGISTRY, CheckIssue, Component, ComponentModule, Flops, ModelConfig, init_dt_bias,
+                   register)
 
 SOFTMAX_FLOPS = 5       # per element: subtract max, exp, sum, divide (+ scale)
 L2NORM_FLOPS = 3        # per element: square, sum, scale
@@ -322,6 +326,7 @@ class MoM(Component):
             self.chunk_size, self.eps = cfg["chunk_size"], float(cfg["norm_eps"])
             self.std, self.out_std = model.init_std, model.out_proj_std
             self.form = "chunk"  # "recurrent": the token-by-token ground truth (tests)
+            self.kernels = "reference"  # "triton": the `triton` backend (same weights and math)
             self.q_proj = nn.Linear(d, kd, bias=False)
             self.router = nn.Linear(d, m, bias=False)
             self.kinds = {"k": kd, "v": vd}
@@ -386,8 +391,14 @@ class MoM(Component):
                 ctx.add_aux_loss("mom_load_balance",
                                  self.aux_scale * load_balancing_loss(probs, idx, self.n_memories).to(x.dtype))
             flat = x.reshape(b * t, d)
-            packed = flat[plan.token]                                  # [P, d]
-            q = self.q_proj(flat)[plan.token]                          # one q per token, gathered
+            fused = self.kernels == "triton"
+            if fused:  # one map token -> packed rows serves the gathers and the combine
+                rows = row_map(plan.token, b * t)
+                packed = gather_rows(flat, rows, backend="triton")
+                q = gather_rows(self.q_proj(flat), rows, backend="triton")
+            else:
+                packed = flat[plan.token]                              # [P, d]
+                q = self.q_proj(flat)[plan.token]                      # one q per token, gathered
             k, v, beta, g = self._memory_projections(packed, plan.memory_rows)
             cu = plan.cu_seqlens
             q = causal_conv1d(q[None], self.q_conv1d.weight, None, "silu", cu)[0]
@@ -397,12 +408,17 @@ class MoM(Component):
             q = l2_normalise(q.view(p, self.h, self.dk))
             k = l2_normalise(k.view(p, self.h, self.dk))
             v = v.view(p, self.h, self.dv)
-            run = LA.chunk_rule if self.form == "chunk" else LA.recurrent_rule
-            kwargs = {"chunk_size": self.chunk_size} if self.form == "chunk" else {}
+            if self.form == "recurrent":
+                run, kwargs = LA.recurrent_rule, {}
+            else:
+                run, kwargs = (triton_chunk_rule if fused else LA.chunk_rule), {"chunk_size": self.chunk_size}
             o, _ = run(self.rule, q[None], k[None], v[None], g=None if g is None else g[None],
                        beta=None if beta is None else beta[None], cu_seqlens=cu, **kwargs)
-            o = o[0] * plan.weight.to(o.dtype)[:, None, None]
-            out = torch.zeros(b * t, self.h, self.dv, dtype=o.dtype, device=o.device).index_add_(0, plan.token, o)
+            if fused:
+                out = combine_rows(o[0].reshape(p, -1), plan.weight.to(o.dtype), rows, backend="triton")
+            else:
+                o = o[0] * plan.weight.to(o.dtype)[:, None, None]
+                out = torch.zeros(b * t, self.h, self.dv, dtype=o.dtype, device=o.device).index_add_(0, plan.token, o)
             return self._output(out.view(b, t, self.h, self.dv), x)
 
         def _memory_projections(self, packed: torch.Tensor, rows: list[int]):
@@ -425,7 +441,8 @@ class MoM(Component):
             b, t = x.shape[:2]
             if self.g_proj is not None:
                 gate = self.g_proj(x).view(b, t, self.h, self.dv)
-                o = gated_rmsnorm(o, gate, self.o_norm.weight, self.eps, norm_before_gate=True)
+                o = gated_rmsnorm(o, gate, self.o_norm.weight, self.eps, norm_before_gate=True,
+                                  backend=self.kernels)
             else:
                 f32 = at_least_float32
                 o = nn.functional.rms_norm(f32(o), (self.dv,), f32(self.o_norm.weight), self.eps).to(o.dtype)
@@ -473,3 +490,23 @@ class MoM(Component):
                 w = weight[:, j] * take if j < self.n_memories else take.to(weight.dtype)
                 out = out + w[:, None, None].to(out.dtype) * o.to(out.dtype)
             return self._output(out[:, None].to(x_t.dtype), x_t[:, None])[:, 0]
+
+
+def _triton_supports(cfg: dict) -> str | None:
+    if cfg["chunk_size"] not in CHUNK_SIZES:
+        return (f"the Triton kernels take chunk_size in {CHUNK_SIZES}, got {cfg['chunk_size']}; "
+                "set one of them or use backend 'reference'")
+    return None
+
+
+def _triton_module(cfg: dict, model: ModelConfig) -> MoM.Module:
+    """The `triton` backend: the same module (same parameters, same math), whose dispatch
+    (archspec/ops/dispatch), chunked rule (ops/linear_attention/fused_chunk.py) and gated
+    output norm (ops/norm) run as Triton kernels; the projections and short convolutions stay
+    PyTorch (cuBLAS / cuDNN already run them well)."""
+    module = MoM.Module(cfg, model)
+    module.kernels = "triton"
+    return module
+
+
+add_triton_backend(REGISTRY["mom"], _triton_module, supports=_triton_supports)

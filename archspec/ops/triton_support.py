@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from typing import Callable
 
 import torch
@@ -59,10 +60,15 @@ def triton_preferred(device: torch.device | str) -> bool:
     return torch.device(device).type == "cuda"
 
 
-def add_triton_backend(component, factory) -> None:
-    """Register `factory(cfg, model)` as `component`'s `triton` backend."""
-    component.add_backend("triton", factory, priority=TRITON_PRIORITY, available=triton_unavailable,
-                          preferred=triton_preferred)
+def add_triton_backend(component, factory, supports=None) -> None:
+    """Register `factory(cfg, model)` as `component`'s `triton` backend; `supports(cfg)` returns
+    None for configs the kernels implement, else why not (`auto` then keeps the reference)."""
+    def build(cfg, model):
+        install_flop_formulas()  # so a model is counted right before its kernels first run
+        return factory(cfg, model)
+
+    component.add_backend("triton", build, priority=TRITON_PRIORITY, available=triton_unavailable,
+                          preferred=triton_preferred, supports=supports)
 
 
 def check_runnable(*tensors: torch.Tensor | None) -> None:
@@ -80,20 +86,38 @@ def check_runnable(*tensors: torch.Tensor | None) -> None:
 # op name ("archspec::name") -> formula(*args) -> FLOPs; tensor arguments arrive as shapes
 # (tuples; None for an absent optional tensor), the others as their values.
 FLOP_FORMULAS: dict[str, Callable[..., int]] = {}
+_PENDING: list = []  # (op packet, formula) not yet in FlopCounterMode's registry
 
 
 def register_flops(op: torch._ops.OpOverloadPacket | Callable, formula: Callable[..., int]) -> None:
-    """Count `op` as `formula` FLOPs in FlopCounterMode (globally) and in fvcore (through
-    `fvcore_handles`, which archspec.flopcount installs). `formula` must return an even number
-    where fvcore's MAC count (FLOPs / 2) should be exact: matmul-like work always is."""
-    from torch.utils.flop_counter import register_flop_formula
-    packet = _packet(op)
-    name = packet._qualified_op_name  # "archspec::name"
-    FLOP_FORMULAS[name] = formula
+    """Count `op` as `formula` FLOPs in FlopCounterMode and in fvcore (through `fvcore_handles`,
+    which archspec.flopcount installs). `formula` must return an even number where fvcore's MAC
+    count (FLOPs / 2) should be exact: matmul-like work always is.
 
-    @register_flop_formula(packet)
-    def _count(*args, out_shape=None, **kwargs):
-        return formula(*args, *kwargs.values())
+    FlopCounterMode's registry lives in torch.utils.flop_counter, which imports triton; so that
+    importing archspec does not, formulas reach it in `install_flop_formulas`, called by
+    archspec.flopcount, by every `triton` backend's factory and by the kernel entry points
+    (FlopCounterMode copies the registry when it is created: a model built with a triton backend
+    is counted right by any FlopCounterMode created after the build)."""
+    packet = _packet(op)
+    FLOP_FORMULAS[packet._qualified_op_name] = formula  # "archspec::name"
+    _PENDING.append((packet, formula))
+    if "torch.utils.flop_counter" in sys.modules:
+        install_flop_formulas()
+
+
+def install_flop_formulas() -> None:
+    """Put every registered formula into FlopCounterMode's registry (once each)."""
+    if not _PENDING:
+        return
+    from torch.utils.flop_counter import register_flop_formula
+    while _PENDING:
+        packet, formula = _PENDING.pop()
+
+        def count(*args, out_shape=None, formula=formula, **kwargs):
+            return formula(*args, *kwargs.values())
+
+        register_flop_formula(packet)(count)
 
 
 def _packet(op):

@@ -32,7 +32,7 @@ import math
 
 import torch
 
-from ..triton_support import check_runnable, register_flops
+from ..triton_support import check_runnable, install_flop_formulas, register_flops
 from .common import WITH_BETA, check_chunk_size, check_inputs, check_offsets, resolve_scale
 
 KERNEL_RULES = ("linear", "gla", "delta", "gated_delta")
@@ -289,6 +289,7 @@ def triton_chunk_rule(rule: str, q, k, v, *, g=None, beta=None, scale=None, init
     check_chunk_size(chunk_size)
     check_kernel_arguments(rule, chunk_size, q, k, v)
     check_runnable(q)
+    install_flop_formulas()
     b, t, h, k_dim = q.shape
     v_dim = v.shape[-1]
     if cu_seqlens is None:
