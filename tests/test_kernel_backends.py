@@ -105,6 +105,12 @@ def test_backend_rule(monkeypatch, kernel_device):
     assert build(small_chunks, meta=True, device="cuda").backends["sublayers.0.M"] == "reference"
     with pytest.raises(ValueError, match="does not support this config.*chunk_size in .*got 8"):
         build(small_chunks, backend="triton")
+    # a string backend goes to every component (and norm) that has it; the rest keep `auto`
+    mixed = archspec.load("specs/mom-tiny.yaml")
+    chosen = build(mixed, meta=True, backend="triton").backends
+    assert chosen["sublayers.0.mom"] == chosen["final_norm"] == "triton" and chosen["sublayers.1.mlp"] == "reference"
+    with pytest.raises(ValueError, match="no 'tritn' backend in any component.*reference, triton"):
+        build(mixed, meta=True, backend="tritn")
     # forcing the kernels on the CPU without the interpreter: what and how to fix
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="cannot run on cpu.*TRITON_INTERPRET=1.*'reference'"):

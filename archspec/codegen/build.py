@@ -29,9 +29,11 @@ NORM_KEY = "model.norm"  # the model's norm in a `backend` dict (as the spec nam
 def build(spec: ResolvedSpec, device: str | torch.device = "cpu", dtype: str | None = None,
           meta: bool = False, backend: str | dict | None = None, force: bool = False,
           seed: int | None = None) -> CausalLM:
-    """Build the model. `backend` forces a backend for every component and the model's norm (a
-    string) or per component name, with "model.norm" for the norm (a dict); `force` builds even
-    when the weights would not fit in memory."""
+    """Build the model. `backend` forces a backend (a string) on every component and on the
+    model's norm that has one (the others keep their own choice: `--backend triton` means "the
+    kernels wherever they exist"; a name no component has is an error), or per component name,
+    with "model.norm" for the norm (a dict); `force` builds even when the weights would not fit
+    in memory."""
     requested = torch.device(device)
     device = torch.device("meta") if meta else requested
     dtype_name = dtype or spec.model.dtype
@@ -45,7 +47,12 @@ def build(spec: ResolvedSpec, device: str | torch.device = "cpu", dtype: str | N
             raise ValueError(f"backend given for unknown component(s) {', '.join(map(repr, unknown))} "
                              f"(the spec defines: {', '.join(sorted(spec.components))}; "
                              f"'{NORM_KEY}' names the model's norm)")
-    elif backend is not None and not isinstance(backend, str):
+    elif isinstance(backend, str):
+        known = {name for inst in [spec.norm, *spec.components.values()] for name in inst.component.backends}
+        if backend != "auto" and backend not in known:
+            raise ValueError(f"no '{backend}' backend in any component of this spec "
+                             f"(they have: {', '.join(sorted(known))})")
+    elif backend is not None:
         raise ValueError(f"backend must be a name or a dict of component name -> name, got {backend!r}")
     # backends are chosen for where the model will run: a meta build of a model meant for
     # device X shows X's choices (the CPU's when no real device was named)
@@ -90,7 +97,7 @@ def _construct(spec: ResolvedSpec, backend, device: torch.device) -> CausalLM:
 
 
 def _requested_backend(member: ComponentInstance, backend) -> str:
-    if isinstance(backend, str):
+    if isinstance(backend, str) and (backend == "auto" or backend in member.component.backends):
         return backend
     if isinstance(backend, dict) and member.name in backend:
         return backend[member.name]
@@ -98,7 +105,7 @@ def _requested_backend(member: ComponentInstance, backend) -> str:
 
 
 def _requested_norm_backend(spec: ResolvedSpec, backend) -> str:
-    if isinstance(backend, str):
+    if isinstance(backend, str) and (backend == "auto" or backend in spec.norm.component.backends):
         return backend
     if isinstance(backend, dict) and NORM_KEY in backend:
         return backend[NORM_KEY]
