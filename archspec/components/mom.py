@@ -174,7 +174,7 @@ class MoM(Component):
                            "description": "chunk length of the chunked training form"},
         },
     }
-    example = {"n_heads": 2, "head_dim": 16, "n_memories": 4, "topk": 2, "chunk_size": 8}
+    example = {"n_heads": 2, "head_dim": 16, "n_memories": 4, "topk": 2, "chunk_size": 16}
 
     def derive(self, cfg, model):
         cfg["key_dim"] = cfg["n_heads"] * cfg["head_dim"]
