@@ -46,6 +46,13 @@ def _pow2(n: int) -> int:
     return max(16, 1 << (n - 1).bit_length())
 
 
+def _warps(k_dim: int, v_dim: int) -> int:
+    # Programs hold several [C, K] and [C, C] fp32 tiles: 8 warps spread K = 256 (mom-340m's
+    # head) over twice the registers. A first guess, not a measurement: no GPU has run these
+    # kernels yet (the interpreter ignores it); benchmarks/bench_kernels.py is where to tune it.
+    return 8 if max(k_dim, v_dim) >= 128 else 4
+
+
 def _precision(dtype: torch.dtype) -> str:
     # fp32 inputs: exact fp32 products (what the reference computes); low-precision inputs:
     # tf32 products (10-bit mantissa, finer than the inputs' own 7 or 10 bits)
@@ -76,6 +83,7 @@ def la_chunk_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Ten
     bt, bk, bv_full = chunk_size, _pow2(k_dim), _pow2(v_dim)
     bv = min(BLOCK_V, bv_full)
     prec = _precision(q.dtype)
+    warps = _warps(k_dim, v_dim)
     f32 = dict(dtype=torch.float32, device=q.device)
     o = torch.empty(total, h, v_dim, dtype=v.dtype, device=q.device)
     states = torch.empty(n_chunks, h, k_dim, v_dim, **f32)
@@ -87,9 +95,9 @@ def la_chunk_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Ten
         t = torch.zeros(total, h, bt, **f32)
         w = torch.empty(total, h, k_dim, **f32)
         if n_chunks:
-            tk.gla_cumsum_kernel[(n_chunks, h)](g, w, cu_seqlens, chunk_indices, h, k_dim, BT=bt, BK=bk)
+            tk.gla_cumsum_kernel[(n_chunks, h)](g, w, cu_seqlens, chunk_indices, h, k_dim, BT=bt, BK=bk, num_warps=warps)
             tk.gla_scores_kernel[(n_chunks, h)](q, k, w, t, cu_seqlens, chunk_indices, scale, h, k_dim,
-                                                BT=bt, BC=GLA_SUB_CHUNK, BK=bk, PREC=prec)
+                                                BT=bt, BC=GLA_SUB_CHUNK, BK=bk, PREC=prec, num_warps=warps)
     if delta:
         t = torch.empty(total, h, bt, **f32)
         u = torch.empty(total, h, v_dim, **f32)
@@ -98,7 +106,7 @@ def la_chunk_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Ten
         if n_chunks:
             tk.wy_fwd_kernel[(n_chunks, h)](
                 k, v, beta, g if has_g else dummy, t, u, w, cu_seqlens, chunk_indices, h, k_dim, v_dim,
-                HAS_G=has_g, BT=bt, BK=bk, BV=bv_full, LOG2_BT=int(math.log2(bt)), PREC=prec)
+                HAS_G=has_g, BT=bt, BK=bk, BV=bv_full, LOG2_BT=int(math.log2(bt)), PREC=prec, num_warps=warps)
     else:
         u = dummy
     if n_seq:
@@ -106,13 +114,13 @@ def la_chunk_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Ten
             k, v, w if gla else g if has_g else dummy, u, w if delta else dummy, x if delta else dummy,
             states, h0 if h0 is not None else dummy, ht if output_final_state else dummy, cu_seqlens,
             chunk_offsets, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g, GLA=gla, HAS_H0=h0 is not None,
-            STORE_HT=output_final_state, BT=bt, BK=bk, BV=bv, PREC=prec)
+            STORE_HT=output_final_state, BT=bt, BK=bk, BV=bv, PREC=prec, num_warps=warps)
     if n_chunks:
         tk.output_fwd_kernel[(n_chunks, h, -(-v_dim // bv))](
             q, k, v, w if gla else g if has_g else dummy, x if delta else dummy, t if gla else dummy,
             states, o, cu_seqlens, chunk_indices, chunk_offsets, scale, h, k_dim, v_dim, DELTA=delta,
             HAS_G=has_g, GLA=gla, BT=bt, BK=bk, BV=bv,
-            PREC=prec)
+            PREC=prec, num_warps=warps)
     return o, ht, states, x, t, w
 
 
@@ -149,6 +157,7 @@ def la_chunk_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Ten
     bt, bk = chunk_size, _pow2(k_dim)
     bv = min(BLOCK_V, _pow2(v_dim))
     prec = _precision(q.dtype)
+    warps = _warps(k_dim, v_dim)
     f32 = dict(dtype=torch.float32, device=q.device)
     dummy = _empty(q)
     do = do.contiguous()
@@ -161,7 +170,7 @@ def la_chunk_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Ten
             q, k, w if gla else g if has_g else dummy, w if delta else dummy, t if gla else dummy, do,
             dx, dstates, dht if dht is not None else dummy, dh0 if h0 is not None else dummy,
             cu_seqlens, chunk_offsets, scale, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g, GLA=gla,
-            HAS_DHT=dht is not None, STORE_DH0=h0 is not None, BT=bt, BK=bk, BV=bv, PREC=prec)
+            HAS_DHT=dht is not None, STORE_DH0=h0 is not None, BT=bt, BK=bk, BV=bv, PREC=prec, num_warps=warps)
     dq = torch.zeros(total, h, k_dim, **f32)
     dk = torch.zeros(total, h, k_dim, **f32)
     dv = torch.zeros(total, h, v_dim, **f32) if delta else dx
@@ -172,17 +181,17 @@ def la_chunk_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Ten
         d_last = torch.empty(n_chunks, h, k_dim, **f32)
         tk.gla_chunk_bwd_kernel[(n_chunks, h)](
             q, k, v, w, states, do, dstates, d_scores, dq, dk, d_last, cu_seqlens, chunk_indices,
-            chunk_offsets, scale, h, k_dim, v_dim, BT=bt, BK=bk, BV=bv, PREC=prec)
+            chunk_offsets, scale, h, k_dim, v_dim, BT=bt, BK=bk, BV=bv, PREC=prec, num_warps=warps)
         tk.gla_intra_bwd_kernel[(n_chunks, h)](
             q, k, w, d_scores, dq, dk, d_last, dg, cu_seqlens, chunk_indices, chunk_offsets, scale,
-            h, k_dim, BT=bt, BC=GLA_SUB_CHUNK, BK=bk, PREC=prec)
+            h, k_dim, BT=bt, BC=GLA_SUB_CHUNK, BK=bk, PREC=prec, num_warps=warps)
     elif n_chunks:
         tk.chunk_bwd_kernel[(n_chunks, h)](
             q, k, v, g if has_g else dummy, beta if delta else dummy, t if delta else dummy,
             x if delta else dummy, states, do, dx, dstates, dq, dk, dv if delta else dummy,
             dbeta if delta else dummy, dg if has_g else dummy, cu_seqlens, chunk_indices,
             chunk_offsets, scale, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g, BT=bt, BK=bk, BV=bv,
-            PREC=prec)
+            PREC=prec, num_warps=warps)
     return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype),
             dg if has_g else _empty(q), dbeta.to(beta.dtype) if delta else _empty(q),
             dh0)
