@@ -2,6 +2,7 @@
 backward, against named baselines measured in the same run.
 
     python benchmarks/bench_kernels.py [--repeats 20] [--fla-dir benchmarks/.fla] [--quick]
+    python benchmarks/bench_kernels.py --fetch-fla   # first, where pip reaches PyPI
 
 On a CUDA device (bf16, the mom-340m layer shape: d 1024, H 4, head_dim 256, 4 memories top-2
 and a shared one; (B, T) = (8, 2048) and (1, 16384)):
@@ -24,10 +25,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import inspect
+import json
 import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -43,7 +46,7 @@ import archspec  # noqa: E402
 from archspec import components as C  # noqa: E402
 from archspec.ops.linear_attention import chunk_rule  # noqa: E402
 from archspec.ops.linear_attention.fused_chunk import KERNEL_RULES, triton_chunk_rule  # noqa: E402
-from archspec.ops.triton_support import FLOP_FORMULAS  # noqa: E402
+from archspec.ops.triton_support import FLOP_FORMULAS, install_flop_formulas  # noqa: E402
 
 SHAPES = [(8, 2048), (1, 16384)]
 MOM_340M = {"type": "mom", "n_heads": 4, "head_dim": 256, "n_memories": 4, "topk": 2,
@@ -141,12 +144,21 @@ def mom_layer_agreement() -> dict:
 
 # --- CUDA: timings -------------------------------------------------------------------------------
 
-def cuda_time(fn, repeats: int) -> dict:
-    for _ in range(3):
+def device_time(fn, repeats: int, device: str) -> dict:
+    """Median of `repeats` runs after 3 warm-ups: CUDA events on a GPU, wall clock otherwise
+    (--smoke only: the interpreter's times mean nothing)."""
+    cuda = device == "cuda"
+    for _ in range(3 if cuda else 1):
         fn()
-    torch.cuda.synchronize()
+    if cuda:
+        torch.cuda.synchronize()
     times = []
     for _ in range(repeats):
+        if not cuda:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+            continue
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
@@ -168,13 +180,39 @@ def load_fla(fla_dir: str | None):
     except Exception as exc:  # noqa: BLE001 - recorded
         return None, None, f"{type(exc).__name__}: {exc}"
     try:
-        from fla.layers import MomAttention
+        # fla.layers' __init__ imports every layer, some of which need transformers: register the
+        # package empty so that only fla/layers/mom.py (and its utils) are imported
+        import types
+        import fla
+        layers = types.ModuleType("fla.layers")
+        layers.__path__ = [str(Path(fla.__file__).parent / "layers")]
+        sys.modules.setdefault("fla.layers", layers)
+        from fla.layers.mom import MomAttention
     except Exception as exc:  # noqa: BLE001 - recorded
         return chunk_gated_delta_rule, None, f"MomAttention: {type(exc).__name__}: {exc}"
     return chunk_gated_delta_rule, MomAttention, None
 
 
-def peak_flops() -> tuple[float | None, str]:
+def fetch_fla_layers(side: Path) -> None:
+    """fla-core (ops, modules) and einops as bench_recurrent.py fetches them, plus the
+    flash-linear-attention wheel (fla/layers, fla/models), unpacked into `side`."""
+    import tempfile
+    import zipfile
+    from bench_recurrent import fetch_fla
+    for line in fetch_fla(side):
+        print(line)
+    if not (side / "fla" / "layers" / "mom.py").exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, "-m", "pip", "download", "flash-linear-attention",
+                            "--no-deps", "--only-binary", ":all:", "-d", tmp], check=True)
+            wheel = next(Path(tmp).glob("flash_linear_attention-*.whl"))
+            zipfile.ZipFile(wheel).extractall(side)
+            print(f"unpacked {wheel.name} into {side}")
+
+
+def peak_flops(device: str) -> tuple[float | None, str]:
+    if device != "cuda":
+        return None, "no peak: not a GPU"
     name = torch.cuda.get_device_name()
     for key, peak in PEAK_BF16.items():
         if key in name:
@@ -182,10 +220,11 @@ def peak_flops() -> tuple[float | None, str]:
     return None, f"no peak known for {name}"
 
 
-def bench_kernel(b, t, repeats, fla_fn) -> dict:
-    h, k = MOM_340M["n_heads"], MOM_340M["head_dim"]
-    x = rule_inputs("gated_delta", b, t, h, k, k, torch.bfloat16, "cuda")
-    do = torch.randn(b, t, h, k, device="cuda", dtype=torch.bfloat16)
+def bench_kernel(b, t, repeats, fla_fn, layer_cfg, device) -> dict:
+    h, k = layer_cfg["n_heads"], layer_cfg["head_dim"]
+    c = layer_cfg["chunk_size"]
+    x = rule_inputs("gated_delta", b, t, h, k, k, torch.bfloat16, device)
+    do = torch.randn(b, t, h, k, device=device, dtype=torch.bfloat16)
     fns = {"archspec_triton": lambda: fwd_bwd(triton_chunk_rule, "gated_delta", x, do),
            "archspec_reference": lambda: fwd_bwd(chunk_rule, "gated_delta", x, do)}
     if fla_fn is not None:
@@ -193,41 +232,52 @@ def bench_kernel(b, t, repeats, fla_fn) -> dict:
             o, _ = fla_fn(x["q"], x["k"], x["v"], x["g"], x["beta"], scale=k ** -0.5)
             return torch.autograd.grad(o, [x[n] for n in ("q", "k", "v", "g", "beta")], do)
         fns["fla_chunk_gated_delta_rule"] = fla_run
-    out = {n: cuda_time(f, repeats) for n, f in fns.items()}
+    out = {}
+    for name, fn in fns.items():
+        try:
+            out[name] = device_time(fn, repeats, device)
+        except Exception as exc:  # noqa: BLE001 - recorded (fla has no CPU path)
+            out[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+    install_flop_formulas()
     flops = 3 * FLOP_FORMULAS["archspec::la_chunk_fwd"](
         (b * t, h, k), (b * t, h, k), (b * t, h, k), None, None, None, None, None, None,
-        "gated_delta", k ** -0.5, 64, b * -(-t // 64), False)
-    peak, peak_note = peak_flops()
+        "gated_delta", k ** -0.5, c, b * -(-t // c), False)
+    peak, peak_note = peak_flops(device)
     for r in out.values():
-        r["tokens_per_s"] = b * t / r["median_s"]
-        r["tflops"] = flops / r["median_s"] / 1e12
-        r["fraction_of_peak"] = None if peak is None else flops / r["median_s"] / peak
+        if "median_s" in r:
+            r["tokens_per_s"] = b * t / r["median_s"]
+            r["tflops"] = flops / r["median_s"] / 1e12
+            r["fraction_of_peak"] = None if peak is None else flops / r["median_s"] / peak
     out["flops_fwd_bwd"] = {"value": flops, "convention": "registered forward FLOPs x 3 (backward = 2x forward)"}
     out["peak"] = peak_note
-    if "fla_chunk_gated_delta_rule" in out:
+    if "median_s" in out.get("fla_chunk_gated_delta_rule", {}):
         out["ratio_vs_fla"] = out["fla_chunk_gated_delta_rule"]["median_s"] / out["archspec_triton"]["median_s"]
     return out
 
 
-def bench_layer(b, t, repeats, fla_layer) -> dict:
-    spec = archspec.loads(f"model: {{vocab_size: 256, d_model: {D_MODEL}, max_seq_len: {t}, dtype: bfloat16}}\n"
-                          f"components:\n  M: {MOM_340M}\nlayout: M\n".replace("'", '"'))
+def bench_layer(b, t, repeats, fla_layer, layer_cfg, d_model, device) -> dict:
+    spec = archspec.loads(f"model: {{vocab_size: 256, d_model: {d_model}, max_seq_len: {t}, dtype: bfloat16}}\n"
+                          f"components:\n  M: {layer_cfg}\nlayout: M\n".replace("'", '"').replace("True", "true"))
     inst = spec.sublayers[0].members[0]
-    x = torch.randn(b, t, D_MODEL, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    out = {}
+    x = torch.randn(b, t, d_model, device=device, dtype=torch.bfloat16, requires_grad=True)
+    out = {"parameters": {}}
     for backend in ("triton", "reference"):
-        mod = C.get("mom").build(inst.config, spec.model, backend, "cuda").to_empty(device="cuda")
+        mod = C.get("mom").build(inst.config, spec.model, backend, device).to_empty(device=device)
         mod.reset_parameters()
         mod = mod.to(torch.bfloat16)
-        out[f"archspec_{backend}"] = cuda_time(lambda m=mod: m(x).sum().backward(), repeats)
+        out["parameters"]["archspec"] = sum(p.numel() for p in mod.parameters())
+        out[f"archspec_{backend}"] = device_time(lambda m=mod: m(x).sum().backward(), repeats, device)
     if fla_layer is not None:
-        wanted = {"hidden_size": D_MODEL, "num_heads": 4, "head_dim": 256, "expand_v": 1,
-                  "num_memories": 4, "topk": 2, "shared_mem": True, "mode": "chunk",
-                  "use_output_gate": True, "use_short_conv": True, "conv_size": 4}
+        # capacity M / k: each memory may take all T tokens, i.e. dropless like ours
+        m, k = layer_cfg["n_memories"], layer_cfg["topk"]
+        wanted = {"hidden_size": d_model, "num_heads": layer_cfg["n_heads"], "head_dim": layer_cfg["head_dim"],
+                  "expand_v": 1, "num_memories": m, "topk": k, "capacity": m / k, "shared_mem": True,
+                  "mode": "chunk", "use_output_gate": True, "use_short_conv": True, "conv_size": 4}
         params = inspect.signature(fla_layer).parameters
         try:
-            layer = fla_layer(**{k: v for k, v in wanted.items() if k in params}).cuda().to(torch.bfloat16)
-            out["fla_MomAttention"] = cuda_time(lambda: layer(x)[0].sum().backward(), repeats)
+            layer = fla_layer(**{n: v for n, v in wanted.items() if n in params}).to(device, torch.bfloat16)
+            out["parameters"]["fla"] = sum(p.numel() for p in layer.parameters())
+            out["fla_MomAttention"] = device_time(lambda: layer(x)[0].sum().backward(), repeats, device)
         except Exception as exc:  # noqa: BLE001 - recorded
             out["fla_MomAttention"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
     for r in out.values():
@@ -243,9 +293,27 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--fla-dir", default=str(ROOT / "benchmarks" / ".fla"))
     ap.add_argument("--quick", action="store_true", help="first shape only")
+    ap.add_argument("--smoke", action="store_true",
+                    help="run the GPU code path on the CPU at tiny shapes (interpreter; checks the "
+                         "script, measures nothing; writes nothing under results/)")
+    ap.add_argument("--fetch-fla", action="store_true",
+                    help="unpack the fla-core wheel (and einops) into --fla-dir and exit: run it on a "
+                         "machine with network, then carry the folder to the GPU machine")
     args = ap.parse_args()
+    if args.fetch_fla:
+        fetch_fla_layers(Path(args.fla_dir))
+        return
     data = {"benchmark": "Triton kernels (issue 6): gated-delta chunk kernel and MoM layer, fwd+bwd",
             **environment(), "versions": versions(), "git": {"commit": git_commit()}}
+    if args.smoke:
+        small = {"type": "mom", "n_heads": 2, "head_dim": 16, "n_memories": 4, "topk": 2,
+                 "shared_memory": True, "chunk_size": 16}
+        fla_fn, fla_layer, reason = load_fla(args.fla_dir)
+        data.update(mode="smoke (cpu, interpreter: no figure means anything)", fla={"reason": reason},
+                    kernel=bench_kernel(1, 40, 1, fla_fn, small, "cpu"),
+                    layer=bench_layer(1, 40, 1, fla_layer, small, 32, "cpu"))
+        print(json.dumps(data, indent=2))
+        return
     if not torch.cuda.is_available():
         data["mode"] = "cpu-interpreter"
         data["note"] = ("No CUDA device: the Triton kernels ran in triton's interpreter (numpy on "
@@ -262,8 +330,8 @@ def main() -> None:
                       "batches": SHAPES[:1] if args.quick else SHAPES}
     data["kernel"], data["layer"] = {}, {}
     for b, t in data["shapes"]["batches"]:
-        data["kernel"][f"{b}x{t}"] = bench_kernel(b, t, args.repeats, fla_fn)
-        data["layer"][f"{b}x{t}"] = bench_layer(b, t, args.repeats, fla_layer)
+        data["kernel"][f"{b}x{t}"] = bench_kernel(b, t, args.repeats, fla_fn, MOM_340M, "cuda")
+        data["layer"][f"{b}x{t}"] = bench_layer(b, t, args.repeats, fla_layer, MOM_340M, D_MODEL, "cuda")
     write("kernels_cuda", data)
 
 
