@@ -49,6 +49,24 @@ def _chunk_rows(cu_seqlens, chunk_indices, i_c, BT: tl.constexpr):
 
 
 @triton.jit
+def _sequence(cu_seqlens, chunk_offsets, i_n):
+    """(first row, end row, first chunk, chunk count) of sequence i_n."""
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
+    return bos, eos, c0, tl.load(chunk_offsets + i_n + 1).to(tl.int64) - c0
+
+
+@triton.jit
+def _initial_state(ptr, i_n, i_h, H, K, V, col, GIVEN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """Sequence i_n's [BK, BV] state block from ptr [N, H, K, V], or zeros."""
+    if GIVEN:
+        return _load_state(ptr + (i_n * H + i_h) * K * V, K, V, col, BK, BV)
+    else:
+        return tl.zeros([BK, BV], dtype=tl.float32)
+
+
+@triton.jit
 def _load_rows(ptr, start, n_rows, stride, col0, n_cols, BT: tl.constexpr, BD: tl.constexpr):
     """[BT, BD] tile of rows start.. (stride apart), columns col0.., zero outside."""
     r = tl.arange(0, BT)
@@ -156,15 +174,9 @@ def state_fwd_kernel(k, v, g, U, W, X_out, h_out, h0, ht, cu_seqlens, chunk_offs
     """One program per (sequence, head, value block): the sequential pass over the chunks.
     Stores the state entering every chunk (h_out) and, for the delta rules, X = U - W S."""
     i_n, i_h, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
-    n_chunks = tl.load(chunk_offsets + i_n + 1).to(tl.int64) - c0
+    bos, eos, c0, n_chunks = _sequence(cu_seqlens, chunk_offsets, i_n)
     col = i_v * BV
-    if HAS_H0:
-        s = _load_state(h0 + (i_n * H + i_h) * K * V, K, V, col, BK, BV)
-    else:
-        s = tl.zeros([BK, BV], dtype=tl.float32)
+    s = _initial_state(h0, i_n, i_h, H, K, V, col, HAS_H0, BK, BV)
     for j in range(0, n_chunks):
         _store_state(h_out + ((c0 + j) * H + i_h) * K * V, s, K, V, col, BK, BV)
         start = bos + j * BT
@@ -227,15 +239,9 @@ def state_bwd_kernel(q, k, g, W, P, do, dX_out, dh_out, dht, dh0, cu_seqlens, ch
     """One program per (sequence, head, value block), chunks in reverse: dX and the gradient
     of the state leaving every chunk (dh_out), and of the initial state."""
     i_n, i_h, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
-    n_chunks = tl.load(chunk_offsets + i_n + 1).to(tl.int64) - c0
+    bos, eos, c0, n_chunks = _sequence(cu_seqlens, chunk_offsets, i_n)
     col = i_v * BV
-    if HAS_DHT:
-        ds = _load_state(dht + (i_n * H + i_h) * K * V, K, V, col, BK, BV)
-    else:
-        ds = tl.zeros([BK, BV], dtype=tl.float32)
+    ds = _initial_state(dht, i_n, i_h, H, K, V, col, HAS_DHT, BK, BV)
     for i in range(0, n_chunks):
         j = n_chunks - 1 - i
         _store_state(dh_out + ((c0 + j) * H + i_h) * K * V, ds, K, V, col, BK, BV)
