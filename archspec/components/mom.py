@@ -42,6 +42,9 @@ Elementwise `other`: router softmax 5M per token, conv (2c - 1 + 4) per channel 
 l2 norms 3 per element, beta/decay activations, the rule's elementwise work, the weighted
 combine 2 V per assignment, the gated norm 9 per value.
 Inference state per sequence: n_b float32 states H dk dv, and n_b conv windows (c - 1)(2K + V).
+Decoding: `init_cache` then `step` per token (the recurrent form); or `prefill(prompt)`, which runs
+the chunked form (the Triton kernels with backend triton) and returns the cache from every
+group's final state, conv window and token count, for `step` to continue.
 Initialisation: projections and router N(0, init_std), o_proj N(0, init_std / sqrt(2 L));
 A_log = log U(0, 16); dt_bias = softplus^-1 of dt, log-uniform in [1e-3, 1e-1] floored at
 1e-4 (fla); convs as nn.Conv1d (U(+-1/sqrt(c))); norm weight 1.
@@ -107,14 +110,17 @@ def load_balancing_loss(probs: torch.Tensor, idx: torch.Tensor, n_memories: int)
 
 
 def plan_dispatch(idx: torch.Tensor, weights: torch.Tensor, batch: int, seq_len: int,
-                  n_memories: int, shared: bool, capacity: float | None) -> Dispatch:
-    """Sort the (token, memory) assignments into packed groups, dropping over-capacity ones."""
+                  n_memories: int, shared: bool, capacity: float | None,
+                  capacity_len: int | None = None) -> Dispatch:
+    """Sort the (token, memory) assignments into packed groups, dropping over-capacity ones.
+    The capacity counts `capacity_len` tokens (default seq_len; a prompt's prefill counts the
+    whole length it will be decoded to)."""
     n, k = idx.shape
     device = idx.device
     token = torch.arange(n, device=device).repeat_interleave(k)
     memory, weight = idx.reshape(-1), weights.reshape(-1)
     if capacity is not None:
-        limit = math.ceil(capacity * k * seq_len / n_memories)
+        limit = math.ceil(capacity * k * (capacity_len or seq_len) / n_memories)
         one_hot = torch.zeros(batch, seq_len, n_memories, dtype=torch.int64, device=device)
         one_hot.scatter_add_(-1, idx.view(batch, seq_len, k), torch.ones_like(idx.view(batch, seq_len, k)))
         # rank of each assignment among its memory's assignments so far in its sequence
@@ -377,16 +383,30 @@ class MoM(Component):
             """Projection `kind` of memory j (j = n_memories is the shared memory)."""
             return getattr(self, f"shared_{kind}") if j == self.n_memories else getattr(self, f"{kind}_proj")[j]
 
-        def plan(self, x: torch.Tensor):
+        def plan(self, x: torch.Tensor, capacity_len: int | None = None):
             """Route the tokens of x [B, T, d]: (probs, weights, idx, Dispatch)."""
             b, t, d = x.shape
             probs, weights, idx = route(self.router(x).reshape(b * t, -1), self.topk)
-            dispatch = plan_dispatch(idx, weights, b, t, self.n_memories, self.shared, self.capacity)
+            dispatch = plan_dispatch(idx, weights, b, t, self.n_memories, self.shared, self.capacity,
+                                     capacity_len)
             return probs, weights, idx, dispatch
 
         def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
+            return self._run(x, ctx)[0]
+
+        def prefill(self, x: torch.Tensor, seq_len: int | None = None) -> tuple[torch.Tensor, dict]:
+            """Prompts x [B, T, d] in the training form (the chunk kernels with `triton`):
+            (y [B, T, d], the decoding cache after them, as `init_cache(B, seq_len)` followed by
+            T `step` calls would leave it). seq_len (default T) is the total length, which the
+            capacity counts."""
+            t = x.shape[1]
+            if seq_len is not None and seq_len < t:
+                raise ValueError(f"seq_len {seq_len} is shorter than the prompt ({t} tokens)")
+            return self._run(x, None, seq_len or t)
+
+        def _run(self, x: torch.Tensor, ctx, cache_len: int | None = None):
             b, t, d = x.shape
-            probs, _, idx, plan = self.plan(x)
+            probs, _, idx, plan = self.plan(x, cache_len)
             if ctx is not None:
                 ctx.add_aux_loss("mom_load_balance",
                                  self.aux_scale * load_balancing_loss(probs, idx, self.n_memories).to(x.dtype))
@@ -401,6 +421,7 @@ class MoM(Component):
                 q = self.q_proj(flat)[plan.token]                      # one q per token, gathered
             k, v, beta, g = self._memory_projections(packed, plan.memory_rows)
             cu = plan.cu_seqlens
+            conv_inputs = None if cache_len is None else torch.cat([q, k, v], -1)
             q = causal_conv1d(q[None], self.q_conv1d.weight, None, "silu", cu)[0]
             k = causal_conv1d(k[None], self.k_conv1d.weight, None, "silu", cu)[0]
             v = causal_conv1d(v[None], self.v_conv1d.weight, None, "silu", cu)[0]
@@ -412,14 +433,34 @@ class MoM(Component):
                 run, kwargs = LA.recurrent_rule, {}
             else:
                 run, kwargs = (triton_chunk_rule if fused else LA.chunk_rule), {"chunk_size": self.chunk_size}
-            o, _ = run(self.rule, q[None], k[None], v[None], g=None if g is None else g[None],
-                       beta=None if beta is None else beta[None], cu_seqlens=cu, **kwargs)
+            o, final = run(self.rule, q[None], k[None], v[None], g=None if g is None else g[None],
+                           beta=None if beta is None else beta[None], cu_seqlens=cu,
+                           output_final_state=cache_len is not None, **kwargs)
             if fused:
                 out = combine_rows(o[0].reshape(p, -1), plan.weight.to(o.dtype), rows, backend="triton")
             else:
                 o = o[0] * plan.weight.to(o.dtype)[:, None, None]
                 out = torch.zeros(b * t, self.h, self.dv, dtype=o.dtype, device=o.device).index_add_(0, plan.token, o)
-            return self._output(out.view(b, t, self.h, self.dv), x)
+            y = self._output(out.view(b, t, self.h, self.dv), x)
+            if cache_len is None:
+                return y, None
+            return y, self._cache_after(plan, conv_inputs, final, b, cache_len, x.dtype)
+
+        def _cache_after(self, plan: Dispatch, conv_inputs: torch.Tensor, final: torch.Tensor,
+                         batch: int, seq_len: int, dtype) -> dict:
+            """The decoding cache after the prompt: every (memory, sequence) group's final state,
+            its last c - 1 convolution inputs [q | k | v] (oldest first, zeros before the group's
+            first token) and its token count."""
+            cache = self.init_cache(batch, seq_len, device=conv_inputs.device, dtype=dtype)
+            banks, _, width, window = cache["conv"].shape
+            starts, ends = plan.cu_seqlens[:-1], plan.cu_seqlens[1:]
+            pos = ends[:, None] - window + torch.arange(window, device=ends.device)  # [G, c - 1]
+            pos = torch.where(pos >= starts[:, None], pos, conv_inputs.shape[0])  # the zero row
+            rows = torch.cat([conv_inputs, conv_inputs.new_zeros(1, width)])
+            cache["conv"] = rows[pos].transpose(1, 2).reshape(banks, batch, width, window).to(dtype)
+            cache["state"] = final.reshape(cache["state"].shape).to(cache["state"].dtype)
+            cache["taken"] = (ends - starts).view(banks, batch)[: self.n_memories].T.contiguous()
+            return cache
 
         def _memory_projections(self, packed: torch.Tensor, rows: list[int]):
             """k, v, beta, log-decay of every packed row, each memory's rows by its own weights."""
