@@ -105,6 +105,7 @@ def test_backend_rule(monkeypatch, kernel_device):
     assert build(small_chunks, meta=True, device="cuda").backends["sublayers.0.M"] == "reference"
     with pytest.raises(ValueError, match="does not support this config.*chunk_size in .*got 8"):
         build(small_chunks, backend="triton")
+    assert build(mom_spec(head_dim=512), meta=True, device="cuda").backends["sublayers.0.M"] == "reference"
     # a string backend goes to every component (and norm) that has it; the rest keep `auto`
     mixed = archspec.load("specs/mom-tiny.yaml")
     chosen = build(mixed, meta=True, backend="triton").backends

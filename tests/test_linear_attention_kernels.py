@@ -149,6 +149,9 @@ def test_clear_errors(kernel_device):
         triton_chunk_rule("linear", q, k, v, chunk_size=8)
     with pytest.raises(ValueError, match="float64"):
         triton_chunk_rule("linear", q.double(), k.double(), v.double())
+    wide = torch.zeros(1, 4, 1, 272)
+    with pytest.raises(ValueError, match="head sizes up to 256, got K=272"):
+        triton_chunk_rule("linear", wide, wide, wide, chunk_size=16)
     with pytest.raises(ValueError, match="beta"):  # the reference's own checks come first
         triton_chunk_rule("delta", q, k, v)
 

@@ -39,6 +39,7 @@ KERNEL_RULES = ("linear", "gla", "delta", "gated_delta")
 GLA_SUB_CHUNK = 16  # gla's sub-chunk (triton_kernels.py); tl.dot needs >= 16
 CHUNK_SIZES = (16, 32, 64, 128)  # tl.dot needs >= 16 rows; 128 is the most a state pass holds
 BLOCK_V = 64  # value columns per program (the state tile is [K, BLOCK_V] fp32)
+MAX_HEAD_DIM = 256  # a program holds whole [C, K] tiles (and [C, V] in the WY step), as fla
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -279,6 +280,10 @@ def fixed_layout(batch: int, length: int, chunk_size: int, device):
 
 def check_kernel_arguments(rule: str, chunk_size: int, *tensors) -> None:
     """What the kernels cannot take, as clear errors (the reference takes all of it)."""
+    q, _, v = tensors
+    if max(q.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
+        raise ValueError(f"the Triton kernels take key and value head sizes up to {MAX_HEAD_DIM}, got "
+                         f"K={q.shape[-1]}, V={v.shape[-1]}; use backend 'reference'")
     if rule not in KERNEL_RULES:
         raise ValueError(f"rule {rule!r} has no Triton kernel yet (kernels: {', '.join(KERNEL_RULES)}); "
                          "use backend 'reference'")
