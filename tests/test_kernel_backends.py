@@ -183,3 +183,13 @@ def test_prefill_then_decode_continues_the_sequence(backend, cfg, kernel_device)
     assert (steps - full[:, 21:]).abs().max() <= 1e-5 * scale
     with pytest.raises(ValueError, match="shorter than the prompt"):
         mod.prefill(x, seq_len=10)
+
+
+def test_importing_archspec_does_not_import_triton():
+    # the kernels' FLOP formulas wait for install_flop_formulas (torch's flop counter imports
+    # triton); a fresh interpreter shows what `import archspec` alone pulls in
+    import subprocess
+    import sys
+    code = "import sys, archspec; print('triton' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

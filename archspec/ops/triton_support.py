@@ -71,13 +71,18 @@ def add_triton_backend(component, factory, supports=None) -> None:
                           preferred=triton_preferred, supports=supports)
 
 
+class KernelUnavailable(ValueError, RuntimeError):
+    """A Triton kernel asked for where it cannot run. A ValueError like every other bad input
+    (the CLI reports those), and a RuntimeError for callers that catch launch failures."""
+
+
 def check_runnable(*tensors: torch.Tensor | None) -> None:
     """Raise a clear error before launching a kernel on tensors it cannot run on."""
     for t in tensors:
         if t is not None and t.device.type != "meta":  # meta: the fake implementation runs
             reason = triton_unavailable(t.device)
             if reason is not None:
-                raise RuntimeError(f"cannot run a Triton kernel on {t.device}: {reason}")
+                raise KernelUnavailable(f"cannot run a Triton kernel on {t.device}: {reason}")
             return
 
 
@@ -146,8 +151,6 @@ def _jit_value(value):
     from fvcore.nn.jit_handles import get_shape
     if value.type().kind() == "TensorType":
         return tuple(get_shape(value))
-    if value.type().kind() == "OptionalType" and value.node().kind() == "prim::Constant":
-        return value.toIValue()
     ivalue = value.toIValue()
     if ivalue is None and value.type().kind() not in ("NoneType", "OptionalType"):
         raise ValueError(f"fvcore trace: argument {value} of a custom op is not a constant; "

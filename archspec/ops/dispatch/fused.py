@@ -80,13 +80,6 @@ def row_map(token: Tensor, n_tokens: int) -> RowMap:
 
 # --- launching ---------------------------------------------------------------------------------
 
-def _runnable(*tensors: Tensor) -> None:
-    try:
-        check_runnable(*tensors)
-    except RuntimeError as err:
-        raise ValueError(f"{err}") from None
-
-
 def _acc(*tensors: Tensor):
     import triton.language as tl
     return tl.float64 if any(t.dtype == torch.float64 for t in tensors) else tl.float32
@@ -102,7 +95,7 @@ def _segment_sum(src: Tensor, weight: Tensor | None, order: Tensor, offsets: Ten
     n_tokens, d = offsets.shape[0] - 1, src.shape[1]
     if src.shape[0] == 0 or d == 0 or n_tokens == 0:
         return src.new_zeros(n_tokens, d)
-    _runnable(src)
+    check_runnable(src)
     from .triton_kernels import segment_sum_kernel
     import triton
     src, order, offsets = src.contiguous(), order.contiguous(), offsets.contiguous()
@@ -125,7 +118,7 @@ def dispatch_gather(x: Tensor, token: Tensor, order: Tensor, offsets: Tensor) ->
     out = x.new_empty(p, d)
     if p == 0 or d == 0:
         return out
-    _runnable(x)
+    check_runnable(x)
     from .triton_kernels import gather_kernel
     import triton
     x, token = x.contiguous(), token.contiguous()
@@ -187,7 +180,7 @@ def dispatch_combine_backward(grad: Tensor, o: Tensor, weight: Tensor, token: Te
         return do, dweight
     if d == 0:
         return do, dweight.zero_()
-    _runnable(o)
+    check_runnable(o)
     from .triton_kernels import combine_backward_kernel
     import triton
     grad, o, weight, token = grad.contiguous(), o.contiguous(), weight.contiguous(), token.contiguous()
@@ -284,7 +277,7 @@ def gather_rows(x: Tensor, token: Tensor | RowMap, backend: str = "reference") -
         return reference.gather_rows(x, t)
     rows = _as_row_map(token, x.shape[0], "gather_rows")
     if x.device.type != "meta":
-        _runnable(x)
+        check_runnable(x)
     return dispatch_gather(x, rows.token, rows.order, rows.offsets)
 
 
@@ -319,5 +312,5 @@ def combine_rows(o: Tensor, weight: Tensor, token: Tensor | RowMap, n_tokens: in
         return reference.combine_rows(o, weight, t, n_tokens)
     rows = _as_row_map(token, n_tokens, "combine_rows")
     if o.device.type != "meta":
-        _runnable(o)
+        check_runnable(o)
     return dispatch_combine(o, weight, rows.token, rows.order, rows.offsets)

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from ..triton_support import check_runnable, interpreting, register_flops, triton_unavailable
+from ..triton_support import (check_runnable, install_flop_formulas, interpreting, register_flops,
+                              triton_unavailable)
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 TILE = 4096  # elements of one program's [rows, groups, group] tile (padded widths)
@@ -61,7 +62,7 @@ def _check(x: torch.Tensor, weight: torch.Tensor, others: dict[str, torch.Tensor
                          "'reference'")
     if torch.compiler.is_compiling():
         return group
-    register_norm_flops()
+    install_flop_formulas()
     if x.device.type != "meta":
         reason = triton_unavailable(x.device)
         if reason is not None:
@@ -254,19 +255,9 @@ def _elementwise(*args) -> int:
     return 0
 
 
-_flops_registered = False
-
-
-def register_norm_flops() -> None:
-    """Register the ops' FLOP formulas (once). Not at import: torch's flop counter imports
-    triton, and importing archspec must not; done when an entry point first runs and when a
-    Triton norm module is built, so a model's FLOPs can be measured before it has run."""
-    global _flops_registered
-    if not _flops_registered:
-        for op in (rmsnorm_op, add_rmsnorm_op, rmsnorm_backward_op, gated_rmsnorm_op,
-                   gated_rmsnorm_backward_op):
-            register_flops(op, _elementwise)
-        _flops_registered = True
+for _op in (rmsnorm_op, add_rmsnorm_op, rmsnorm_backward_op, gated_rmsnorm_op,
+            gated_rmsnorm_backward_op):
+    register_flops(_op, _elementwise)
 
 
 # --- entry points ------------------------------------------------------------------------------
