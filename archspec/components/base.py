@@ -241,6 +241,12 @@ class Component:
             raise ValueError(f"backend '{requested}' of '{self.type}' does not support this config: {reason}")
         return backend
 
+    def kernel_launches(self, cfg: dict, model: ModelConfig, dtype: torch.dtype) -> list:
+        """Every Triton kernel launch (archspec.ops.triton_support.KernelLaunch) that this
+        config's `triton` backend makes in a forward and backward pass with `dtype` inputs:
+        what `archspec kernels` compiles ahead of time. Components without kernels: []."""
+        return []
+
     def build(self, cfg: dict, model: ModelConfig, backend: str = "auto",
               device: torch.device | str = "cpu") -> nn.Module:
         return self.choose_backend(backend, torch.device(device), cfg).factory(cfg, model)

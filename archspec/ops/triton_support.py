@@ -21,10 +21,12 @@ correctness; it is orders of magnitude slower than the reference).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import torch
 
@@ -156,3 +158,106 @@ def _jit_value(value):
         raise ValueError(f"fvcore trace: argument {value} of a custom op is not a constant; "
                          "FLOP formulas may read only shapes and constant arguments")
     return ivalue
+
+
+# --- launches: every kernel launch goes through `launch` -------------------------------------
+# so that the gate (`archspec kernels`) compiles exactly the configurations that run: an op's
+# launcher is run on meta tensors inside `recorded_launches()`, which records each launch
+# (arguments specialised as triton's runtime specialises them) instead of running it.
+
+@dataclass(frozen=True)
+class KernelLaunch:
+    """One launch configuration of a @triton.jit kernel, as triton's runtime specialises it.
+
+    `signature`: (argument, type) for every argument that is not a compile-time constant
+    ("*bf16" a pointer, "i32", "i64", "fp32", "u1"); `divisible_by_16`: the arguments the launch
+    specialises as multiples of 16 (aligned pointers, integers); `constexprs`: (argument, value)
+    of the tl.constexpr arguments and of those triton folds into constants (an integer 1, None).
+    Two launches that compile to the same binary compare equal."""
+
+    kernel: str                                  # "<ops package>.<function>"
+    signature: tuple[tuple[str, str], ...]
+    divisible_by_16: tuple[str, ...]
+    constexprs: tuple[tuple[str, object], ...]
+    num_warps: int
+    num_stages: int
+    fn: object = field(default=None, compare=False, hash=False, repr=False)  # the JITFunction
+
+    @property
+    def dtype(self) -> str:
+        """The element type of the first floating-point pointer (the launch's data type)."""
+        for _, ty in self.signature:
+            if ty.startswith("*") and ty[1:] in ("fp32", "bf16", "fp16", "fp64"):
+                return ty[1:]
+        return "-"
+
+    @property
+    def config(self) -> str:
+        """The launch configuration in one line: constexprs, warps, stages, dtype."""
+        consts = " ".join(f"{k}={_short(v)}" for k, v in self.constexprs)
+        return f"{consts} warps={self.num_warps} stages={self.num_stages} dtype={self.dtype}".strip()
+
+
+def _short(value) -> str:
+    return getattr(value, "name", None) or str(value)
+
+
+_RECORDING: list[list[KernelLaunch]] = []
+
+
+@contextlib.contextmanager
+def recorded_launches() -> Iterator[list[KernelLaunch]]:
+    """Inside, `launch` records instead of running (run the launchers on meta tensors)."""
+    found: list[KernelLaunch] = []
+    _RECORDING.append(found)
+    try:
+        yield found
+    finally:
+        _RECORDING.pop()
+
+
+def launch(kernel, grid, *args, num_warps: int = 4, num_stages: int = 3, **kwargs) -> None:
+    """`kernel[grid](*args, num_warps=..., num_stages=..., **kwargs)`, or, inside
+    `recorded_launches()`, the record of that launch. Every launch site in archspec calls this."""
+    if _RECORDING:
+        _RECORDING[-1].append(describe_launch(kernel, args, kwargs, num_warps, num_stages))
+        return
+    kernel[grid](*args, num_warps=num_warps, num_stages=num_stages, **kwargs)
+
+
+def describe_launch(kernel, args: tuple, kwargs: dict, num_warps: int, num_stages: int) -> KernelLaunch:
+    """The KernelLaunch of `kernel[grid](*args, **kwargs)`; tensors may be on the meta device."""
+    from triton.backends.compiler import BaseBackend
+    from triton.runtime.jit import MockTensor, native_specialize_impl
+    params = kernel.params
+    if len(args) > len(params):
+        raise TypeError(f"{kernel.fn.__name__}: {len(args)} arguments for {len(params)} parameters")
+    values = dict(zip((p.name for p in params), args))
+    unknown = set(kwargs) - {p.name for p in params}
+    if unknown:
+        raise TypeError(f"{kernel.fn.__name__}: unknown arguments {sorted(unknown)}")
+    values.update(kwargs)
+    signature, divisible, constexprs = [], [], []
+    for p in params:
+        if p.name in values:
+            value = values[p.name]
+        elif p.has_default:
+            value = p.default
+        else:
+            raise TypeError(f"{kernel.fn.__name__}: missing argument {p.name!r}")
+        if p.is_constexpr:
+            constexprs.append((p.name, value))
+            continue
+        if isinstance(value, torch.Tensor):
+            value = MockTensor(value.dtype)  # aligned, as every tensor archspec allocates
+        ty, attr = native_specialize_impl(BaseBackend, value, False, True, True)
+        if ty == "constexpr":
+            constexprs.append((p.name, attr))
+        else:
+            signature.append((p.name, ty))
+            if attr == "D":
+                divisible.append(p.name)
+    module = kernel.fn.__module__.split(".")
+    family = module[-2] if module[-1] == "triton_kernels" else module[-1]
+    return KernelLaunch(f"{family}.{kernel.fn.__name__}", tuple(signature), tuple(divisible),
+                        tuple(constexprs), int(num_warps), int(num_stages), kernel)

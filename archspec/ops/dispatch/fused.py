@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..triton_support import check_runnable, register_flops
+from ..triton_support import check_runnable, launch, register_flops
 
 BLOCK_ROWS = 16   # packed rows per program (gather, combine backward)
 MAX_BLOCK_D = 128  # columns per program: the next power of two of D, at most this
@@ -103,7 +103,7 @@ def _segment_sum(src: Tensor, weight: Tensor | None, order: Tensor, offsets: Ten
     out = src.new_empty(n_tokens, d)
     block_d = _block_d(d)
     grid = (n_tokens, triton.cdiv(d, block_d))
-    segment_sum_kernel[grid](src, src if weight is None else weight, order, offsets, out, d,
+    launch(segment_sum_kernel, grid, src, src if weight is None else weight, order, offsets, out, d,
                              HAS_WEIGHT=weight is not None,
                              ACC=_acc(src) if weight is None else _acc(src, weight), BLOCK_D=block_d)
     return out
@@ -123,7 +123,7 @@ def dispatch_gather(x: Tensor, token: Tensor, order: Tensor, offsets: Tensor) ->
     import triton
     x, token = x.contiguous(), token.contiguous()
     block_d = _block_d(d)
-    gather_kernel[(triton.cdiv(p, BLOCK_ROWS), triton.cdiv(d, block_d))](
+    launch(gather_kernel, (triton.cdiv(p, BLOCK_ROWS), triton.cdiv(d, block_d)),
         x, token, out, p, d, BLOCK_R=BLOCK_ROWS, BLOCK_D=block_d)
     return out
 
@@ -184,7 +184,7 @@ def dispatch_combine_backward(grad: Tensor, o: Tensor, weight: Tensor, token: Te
     from .triton_kernels import combine_backward_kernel
     import triton
     grad, o, weight, token = grad.contiguous(), o.contiguous(), weight.contiguous(), token.contiguous()
-    combine_backward_kernel[(triton.cdiv(p, BLOCK_ROWS),)](
+    launch(combine_backward_kernel, (triton.cdiv(p, BLOCK_ROWS),),
         grad, o, weight, token, do, dweight, p, d, ACC=_acc(grad, o, weight),
         BLOCK_R=BLOCK_ROWS, BLOCK_D=_block_d(d))
     return do, dweight

@@ -32,7 +32,7 @@ import math
 
 import torch
 
-from ..triton_support import check_runnable, install_flop_formulas, register_flops
+from ..triton_support import check_runnable, install_flop_formulas, launch, register_flops
 from .common import WITH_BETA, check_chunk_size, check_inputs, check_offsets, resolve_scale
 
 KERNEL_RULES = ("linear", "gla", "delta", "gated_delta")
@@ -70,8 +70,7 @@ def _opt(t: torch.Tensor | None) -> torch.Tensor | None:
 
 # --- forward op ---------------------------------------------------------------------------------
 
-@torch.library.custom_op("archspec::la_chunk_fwd", mutates_args=())
-def la_chunk_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None,
+def _la_chunk_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None,
                  beta: torch.Tensor | None, h0: torch.Tensor | None, cu_seqlens: torch.Tensor,
                  chunk_indices: torch.Tensor, chunk_offsets: torch.Tensor, rule: str, scale: float,
                  chunk_size: int, n_chunks: int, output_final_state: bool
@@ -96,8 +95,8 @@ def la_chunk_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Ten
         t = torch.zeros(total, h, bt, **f32)
         w = torch.empty(total, h, k_dim, **f32)
         if n_chunks:
-            tk.gla_cumsum_kernel[(n_chunks, h)](g, w, cu_seqlens, chunk_indices, h, k_dim, BT=bt, BK=bk, num_warps=warps)
-            tk.gla_scores_kernel[(n_chunks, h)](q, k, w, t, cu_seqlens, chunk_indices, scale, h, k_dim,
+            launch(tk.gla_cumsum_kernel, (n_chunks, h), g, w, cu_seqlens, chunk_indices, h, k_dim, BT=bt, BK=bk, num_warps=warps)
+            launch(tk.gla_scores_kernel, (n_chunks, h), q, k, w, t, cu_seqlens, chunk_indices, scale, h, k_dim,
                                                 BT=bt, BC=GLA_SUB_CHUNK, BK=bk, PREC=prec, num_warps=warps)
     if delta:
         t = torch.empty(total, h, bt, **f32)
@@ -105,24 +104,27 @@ def la_chunk_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Ten
         w = torch.empty(total, h, k_dim, **f32)
         x = torch.empty(total, h, v_dim, **f32)
         if n_chunks:
-            tk.wy_fwd_kernel[(n_chunks, h)](
+            launch(tk.wy_fwd_kernel, (n_chunks, h),
                 k, v, beta, g if has_g else dummy, t, u, w, cu_seqlens, chunk_indices, h, k_dim, v_dim,
                 HAS_G=has_g, BT=bt, BK=bk, BV=bv_full, LOG2_BT=int(math.log2(bt)), PREC=prec, num_warps=warps)
     else:
         u = dummy
     if n_seq:
-        tk.state_fwd_kernel[(n_seq, h, -(-v_dim // bv))](
+        launch(tk.state_fwd_kernel, (n_seq, h, -(-v_dim // bv)),
             k, v, w if gla else g if has_g else dummy, u, w if delta else dummy, x if delta else dummy,
             states, h0 if h0 is not None else dummy, ht if output_final_state else dummy, cu_seqlens,
             chunk_offsets, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g, GLA=gla, HAS_H0=h0 is not None,
             STORE_HT=output_final_state, BT=bt, BK=bk, BV=bv, PREC=prec, num_warps=warps)
     if n_chunks:
-        tk.output_fwd_kernel[(n_chunks, h, -(-v_dim // bv))](
+        launch(tk.output_fwd_kernel, (n_chunks, h, -(-v_dim // bv)),
             q, k, v, w if gla else g if has_g else dummy, x if delta else dummy, t if gla else dummy,
             states, o, cu_seqlens, chunk_indices, chunk_offsets, scale, h, k_dim, v_dim, DELTA=delta,
             HAS_G=has_g, GLA=gla, BT=bt, BK=bk, BV=bv,
             PREC=prec, num_warps=warps)
     return o, ht, states, x, t, w
+
+
+la_chunk_fwd = torch.library.custom_op("archspec::la_chunk_fwd", mutates_args=())(_la_chunk_fwd)
 
 
 @la_chunk_fwd.register_fake
@@ -143,8 +145,7 @@ def _(q, k, v, g, beta, h0, cu_seqlens, chunk_indices, chunk_offsets, rule, scal
 
 # --- backward op --------------------------------------------------------------------------------
 
-@torch.library.custom_op("archspec::la_chunk_bwd", mutates_args=())
-def la_chunk_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None,
+def _la_chunk_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None,
                  beta: torch.Tensor | None, h0: torch.Tensor | None, cu_seqlens: torch.Tensor,
                  chunk_indices: torch.Tensor, chunk_offsets: torch.Tensor, states: torch.Tensor,
                  x: torch.Tensor, t: torch.Tensor, w: torch.Tensor, do: torch.Tensor,
@@ -167,7 +168,7 @@ def la_chunk_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Ten
     dh0 = torch.empty(n_seq, h, k_dim, v_dim, **f32) if h0 is not None else _empty(q)
     gla = rule == "gla"
     if n_seq:
-        tk.state_bwd_kernel[(n_seq, h, -(-v_dim // bv))](
+        launch(tk.state_bwd_kernel, (n_seq, h, -(-v_dim // bv)),
             q, k, w if gla else g if has_g else dummy, w if delta else dummy, t if gla else dummy, do,
             dx, dstates, dht if dht is not None else dummy, dh0 if h0 is not None else dummy,
             cu_seqlens, chunk_offsets, scale, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g, GLA=gla,
@@ -180,14 +181,14 @@ def la_chunk_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Ten
     if gla and n_chunks:
         d_scores = torch.zeros(total, h, bt, **f32)
         d_last = torch.empty(n_chunks, h, k_dim, **f32)
-        tk.gla_chunk_bwd_kernel[(n_chunks, h)](
+        launch(tk.gla_chunk_bwd_kernel, (n_chunks, h),
             q, k, v, w, states, do, dstates, d_scores, dq, dk, d_last, cu_seqlens, chunk_indices,
             chunk_offsets, scale, h, k_dim, v_dim, BT=bt, BK=bk, BV=bv, PREC=prec, num_warps=warps)
-        tk.gla_intra_bwd_kernel[(n_chunks, h)](
+        launch(tk.gla_intra_bwd_kernel, (n_chunks, h),
             q, k, w, d_scores, dq, dk, d_last, dg, cu_seqlens, chunk_indices, chunk_offsets, scale,
             h, k_dim, BT=bt, BC=GLA_SUB_CHUNK, BK=bk, PREC=prec, num_warps=warps)
     elif n_chunks:
-        tk.chunk_bwd_kernel[(n_chunks, h)](
+        launch(tk.chunk_bwd_kernel, (n_chunks, h),
             q, k, v, g if has_g else dummy, beta if delta else dummy, t if delta else dummy,
             x if delta else dummy, states, do, dx, dstates, dq, dk, dv if delta else dummy,
             dbeta if delta else dummy, dg if has_g else dummy, cu_seqlens, chunk_indices,
@@ -196,6 +197,9 @@ def la_chunk_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Ten
     return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype),
             dg if has_g else _empty(q), dbeta.to(beta.dtype) if delta else _empty(q),
             dh0)
+
+
+la_chunk_bwd = torch.library.custom_op("archspec::la_chunk_bwd", mutates_args=())(_la_chunk_bwd)
 
 
 @la_chunk_bwd.register_fake
@@ -330,3 +334,31 @@ def triton_chunk_rule(rule: str, q, k, v, *, g=None, beta=None, scale=None, init
     return o, (ht if output_final_state else None)
 
 
+
+
+def kernel_launches(rule: str, heads: int, k_dim: int, v_dim: int, chunk_size: int, dtype: torch.dtype,
+                    initial_state: bool = False, final_state: bool = False) -> list:
+    """The Triton launches (triton_support.KernelLaunch) of one forward and backward of `rule`
+    at these sizes: the launchers run on meta tensors and record instead of launching."""
+    from ..triton_support import recorded_launches
+    check_kernel_arguments(rule, chunk_size, torch.empty(0, k_dim, dtype=dtype),
+                           None, torch.empty(0, v_dim, dtype=dtype))
+    meta = dict(device="meta")
+    batch, length = 1, 2 * chunk_size
+    total = batch * length
+    q = torch.empty(total, heads, k_dim, dtype=dtype, **meta)
+    v = torch.empty(total, heads, v_dim, dtype=dtype, **meta)
+    g = None
+    if rule == "gla":
+        g = torch.empty(total, heads, k_dim, dtype=torch.float32, **meta)
+    elif rule == "gated_delta":
+        g = torch.empty(total, heads, dtype=torch.float32, **meta)
+    beta = torch.empty(total, heads, dtype=dtype, **meta) if rule in WITH_BETA else None
+    h0 = torch.empty(batch, heads, k_dim, v_dim, dtype=torch.float32, **meta) if initial_state else None
+    cu, indices, offsets, n_chunks = fixed_layout(batch, length, chunk_size, "meta")
+    args = (rule, 1.0 / math.sqrt(k_dim), chunk_size, n_chunks)
+    with recorded_launches() as found:
+        o, ht, states, x, t, w = _la_chunk_fwd(q, q, v, g, beta, h0, cu, indices, offsets, *args, final_state)
+        _la_chunk_bwd(q, q, v, g, beta, h0, cu, indices, offsets, states, x, t, w, o,
+                      ht if final_state else None, *args)
+    return found

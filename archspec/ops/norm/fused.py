@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ..triton_support import (check_runnable, install_flop_formulas, interpreting, register_flops,
+from ..triton_support import (check_runnable, install_flop_formulas, interpreting, launch, register_flops,
                               triton_unavailable)
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -101,7 +101,7 @@ def _forward(x, residual, z, weight, eps, norm_before_gate, group):
         meta = _layout(m, n, group)
         grid = (_cdiv(m, meta["BLOCK_M"]),)
         # absent optional tensors are never read (their flags are off); x stands in for them
-        norm_fwd_kernel[grid](x2, _or(r2, x2), _or(z2, x2), weight.contiguous(), y, _or(h, y),
+        launch(norm_fwd_kernel, grid, x2, _or(r2, x2), _or(z2, x2), weight.contiguous(), y, _or(h, y),
                               m, n, n // group, group, eps, HAS_RESIDUAL=residual is not None,
                               HAS_GATE=z is not None, NORM_BEFORE_GATE=bool(norm_before_gate),
                               **meta)
@@ -124,7 +124,7 @@ def _backward(dy, dh, x, z, weight, eps, norm_before_gate, group):
     per_program = _cdiv(n_blocks, min(n_blocks, _max_bwd_programs(x.device)))
     programs = _cdiv(n_blocks, per_program)
     partial = torch.empty(programs, n, dtype=torch.float32, device=x.device)
-    norm_bwd_kernel[(programs,)](dy2, _or(dh2, dy2), x2, _or(z2, x2), weight.contiguous(), dx,
+    launch(norm_bwd_kernel, (programs,), dy2, _or(dh2, dy2), x2, _or(z2, x2), weight.contiguous(), dx,
                                  _or(dz, dx), partial, m, n, n // group, group, eps, per_program,
                                  HAS_DH=dh is not None, HAS_GATE=z is not None,
                                  NORM_BEFORE_GATE=bool(norm_before_gate), **meta)
