@@ -29,6 +29,7 @@ backward op counts 2x the forward (the standard estimate; the kernels recompute 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -37,26 +38,49 @@ from .common import WITH_BETA, check_chunk_size, check_inputs, check_offsets, re
 
 KERNEL_RULES = ("linear", "gla", "delta", "gated_delta")
 GLA_SUB_CHUNK = 16  # gla's sub-chunk (triton_kernels.py); tl.dot needs >= 16
-CHUNK_SIZES = (16, 32, 64, 128)  # tl.dot needs >= 16 rows; 128 is the most a state pass holds
-BLOCK_V = 64  # value columns per program (the state tile is [K, BLOCK_V] fp32)
-MAX_HEAD_DIM = 256  # a program holds whole [C, K] tiles (and [C, V] in the WY step), as fla
+CHUNK_SIZES = (16, 32, 64)  # tl.dot needs >= 16 rows; a [C, C] fp32 tile of C = 64 is the most
+                            # the WY and backward programs hold beside their key blocks
+MAX_HEAD_DIM = 256  # keys in at most 4 blocks of 64 (the state passes hold one tile per block)
+BLOCK_K = 64  # key columns per block
+BLOCK_V = 64  # value columns per program outside the state passes
+STATE_TILE = 8192  # fp32 elements of state one state-pass program holds (NK * BK * BV)
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# (warps, pipeline stages) per kernel, checked by `archspec kernels --compile` for sm_80 and
+# sm_90: 4 warps hold a few [64, 64] fp32 tiles per thread in registers; the programs that hold
+# many (the state passes: NK state tiles; the backward's accumulators) take 8 warps, twice the
+# registers. The sequential state passes take 1 stage: pipelining their loads would keep a
+# second copy of every block they read per chunk in shared memory, past sm_80's limit.
+LAUNCH = {"state_fwd_kernel": (8, 1), "state_bwd_kernel": (8, 1), "dqk_bwd_kernel": (8, 1),
+          "wy_bwd_kernel": (8, 1)}
+DEFAULT_LAUNCH = (4, 2)
 
 
 def _pow2(n: int) -> int:
     return max(16, 1 << (n - 1).bit_length())
 
 
-def _warps(k_dim: int, v_dim: int) -> int:
-    # Programs hold several [C, K] and [C, C] fp32 tiles: 8 warps spread K = 256 (mom-340m's
-    # head) over twice the registers. A first guess, not a measurement: no GPU has run these
-    # kernels yet (the interpreter ignores it); benchmarks/bench_kernels.py is where to tune it.
-    return 8 if max(k_dim, v_dim) >= 128 else 4
+@dataclass(frozen=True)
+class Blocks:
+    """Block sizes of one launch family: BT rows per chunk, keys in NK blocks of BK, values in
+    blocks of BV (BV_STATE in the state passes, which hold NK state tiles of [BK, BV_STATE])."""
+
+    BT: int
+    BK: int
+    NK: int
+    BV: int
+    BV_STATE: int
+
+
+def blocks(k_dim: int, v_dim: int, chunk_size: int) -> Blocks:
+    bk = min(BLOCK_K, _pow2(k_dim))
+    nk = -(-k_dim // bk)
+    bv = min(BLOCK_V, _pow2(v_dim))
+    return Blocks(chunk_size, bk, nk, bv, max(16, min(bv, STATE_TILE // (nk * bk))))
 
 
 def _precision(dtype: torch.dtype) -> str:
     # fp32 inputs: exact fp32 products (what the reference computes); low-precision inputs:
-    # tf32 products (10-bit mantissa, finer than the inputs' own 7 or 10 bits)
+    # tf32 products on the tensor cores (10-bit mantissa, finer than bf16's 7 bits)
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
@@ -68,59 +92,58 @@ def _opt(t: torch.Tensor | None) -> torch.Tensor | None:
     return t if t is not None and t.numel() else None
 
 
+def _run(kernel, grid, *args, **constexprs) -> None:
+    warps, stages = LAUNCH.get(kernel.fn.__name__, DEFAULT_LAUNCH)
+    launch(kernel, grid, *args, num_warps=warps, num_stages=stages, **constexprs)
+
+
 # --- forward op ---------------------------------------------------------------------------------
 
 def _la_chunk_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None,
-                 beta: torch.Tensor | None, h0: torch.Tensor | None, cu_seqlens: torch.Tensor,
-                 chunk_indices: torch.Tensor, chunk_offsets: torch.Tensor, rule: str, scale: float,
-                 chunk_size: int, n_chunks: int, output_final_state: bool
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                  beta: torch.Tensor | None, h0: torch.Tensor | None, cu_seqlens: torch.Tensor,
+                  chunk_indices: torch.Tensor, chunk_offsets: torch.Tensor, rule: str, scale: float,
+                  chunk_size: int, n_chunks: int, output_final_state: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from . import triton_kernels as tk
     total, h, k_dim = q.shape
     v_dim = v.shape[-1]
     n_seq = cu_seqlens.numel() - 1
-    delta, has_g = rule in WITH_BETA, g is not None
-    bt, bk, bv_full = chunk_size, _pow2(k_dim), _pow2(v_dim)
-    bv = min(BLOCK_V, bv_full)
-    prec = _precision(q.dtype)
-    warps = _warps(k_dim, v_dim)
+    delta, has_g, gla = rule in WITH_BETA, g is not None, rule == "gla"
+    bl = blocks(k_dim, v_dim, chunk_size)
+    kb = dict(BT=bl.BT, BK=bl.BK, NK=bl.NK, PREC=_precision(q.dtype))
     f32 = dict(dtype=torch.float32, device=q.device)
     o = torch.empty(total, h, v_dim, dtype=v.dtype, device=q.device)
     states = torch.empty(n_chunks, h, k_dim, v_dim, **f32)
     ht = torch.empty(n_seq, h, k_dim, v_dim, **f32) if output_final_state else _empty(q)
-    x, t, w = _empty(q), _empty(q), _empty(q)
+    x, t, w, u = _empty(q), _empty(q), _empty(q), _empty(q)
     dummy = _empty(q)
-    gla = rule == "gla"
-    if gla:  # t holds P (the decayed scores), w the chunk-local cumsums G of g
-        t = torch.zeros(total, h, bt, **f32)
+    if gla and n_chunks:  # t holds P (the decayed scores), w the chunk-local cumsums G of g
+        t = torch.zeros(total, h, bl.BT, **f32)
         w = torch.empty(total, h, k_dim, **f32)
-        if n_chunks:
-            launch(tk.gla_cumsum_kernel, (n_chunks, h), g, w, cu_seqlens, chunk_indices, h, k_dim, BT=bt, BK=bk, num_warps=warps)
-            launch(tk.gla_scores_kernel, (n_chunks, h), q, k, w, t, cu_seqlens, chunk_indices, scale, h, k_dim,
-                                                BT=bt, BC=GLA_SUB_CHUNK, BK=bk, PREC=prec, num_warps=warps)
+        _run(tk.gla_cumsum_kernel, (n_chunks, h, bl.NK), g, w, cu_seqlens, chunk_indices, h, k_dim,
+             BT=bl.BT, BK=bl.BK)
+        _run(tk.gla_scores_kernel, (n_chunks, h), q, k, w, t, cu_seqlens, chunk_indices, scale, h, k_dim,
+             BC=GLA_SUB_CHUNK, **kb)
     if delta:
-        t = torch.empty(total, h, bt, **f32)
+        t = torch.empty(total, h, bl.BT, **f32)
         u = torch.empty(total, h, v_dim, **f32)
         w = torch.empty(total, h, k_dim, **f32)
         x = torch.empty(total, h, v_dim, **f32)
         if n_chunks:
-            launch(tk.wy_fwd_kernel, (n_chunks, h),
-                k, v, beta, g if has_g else dummy, t, u, w, cu_seqlens, chunk_indices, h, k_dim, v_dim,
-                HAS_G=has_g, BT=bt, BK=bk, BV=bv_full, LOG2_BT=int(math.log2(bt)), PREC=prec, num_warps=warps)
-    else:
-        u = dummy
+            _run(tk.wy_fwd_kernel, (n_chunks, h), k, v, beta, g if has_g else dummy, t, u, w, cu_seqlens,
+                 chunk_indices, h, k_dim, v_dim, HAS_G=has_g, BV=bl.BV, LOG2_BT=int(math.log2(bl.BT)), **kb)
+    decay = w if gla else g if has_g else dummy
     if n_seq:
-        launch(tk.state_fwd_kernel, (n_seq, h, -(-v_dim // bv)),
-            k, v, w if gla else g if has_g else dummy, u, w if delta else dummy, x if delta else dummy,
-            states, h0 if h0 is not None else dummy, ht if output_final_state else dummy, cu_seqlens,
-            chunk_offsets, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g, GLA=gla, HAS_H0=h0 is not None,
-            STORE_HT=output_final_state, BT=bt, BK=bk, BV=bv, PREC=prec, num_warps=warps)
+        _run(tk.state_fwd_kernel, (n_seq, h, -(-v_dim // bl.BV_STATE)),
+             k, v, decay, u, w if delta else dummy, x if delta else dummy, states,
+             h0 if h0 is not None else dummy, ht if output_final_state else dummy, cu_seqlens,
+             chunk_offsets, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g, GLA=gla, HAS_H0=h0 is not None,
+             STORE_HT=output_final_state, BV=bl.BV_STATE, **kb)
     if n_chunks:
-        launch(tk.output_fwd_kernel, (n_chunks, h, -(-v_dim // bv)),
-            q, k, v, w if gla else g if has_g else dummy, x if delta else dummy, t if gla else dummy,
-            states, o, cu_seqlens, chunk_indices, chunk_offsets, scale, h, k_dim, v_dim, DELTA=delta,
-            HAS_G=has_g, GLA=gla, BT=bt, BK=bk, BV=bv,
-            PREC=prec, num_warps=warps)
+        _run(tk.output_fwd_kernel, (n_chunks, h, -(-v_dim // bl.BV)),
+             q, k, v, decay, x if delta else dummy, t if gla else dummy, states, o, cu_seqlens,
+             chunk_indices, chunk_offsets, scale, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g, GLA=gla,
+             BV=bl.BV, **kb)
     return o, ht, states, x, t, w
 
 
@@ -146,54 +169,61 @@ def _(q, k, v, g, beta, h0, cu_seqlens, chunk_indices, chunk_offsets, rule, scal
 # --- backward op --------------------------------------------------------------------------------
 
 def _la_chunk_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None,
-                 beta: torch.Tensor | None, h0: torch.Tensor | None, cu_seqlens: torch.Tensor,
-                 chunk_indices: torch.Tensor, chunk_offsets: torch.Tensor, states: torch.Tensor,
-                 x: torch.Tensor, t: torch.Tensor, w: torch.Tensor, do: torch.Tensor,
-                 dht: torch.Tensor | None, rule: str, scale: float, chunk_size: int, n_chunks: int
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                  beta: torch.Tensor | None, h0: torch.Tensor | None, cu_seqlens: torch.Tensor,
+                  chunk_indices: torch.Tensor, chunk_offsets: torch.Tensor, states: torch.Tensor,
+                  x: torch.Tensor, t: torch.Tensor, w: torch.Tensor, do: torch.Tensor,
+                  dht: torch.Tensor | None, rule: str, scale: float, chunk_size: int, n_chunks: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from . import triton_kernels as tk
     total, h, k_dim = q.shape
     v_dim = v.shape[-1]
     n_seq = cu_seqlens.numel() - 1
-    delta, has_g = rule in WITH_BETA, g is not None
-    bt, bk = chunk_size, _pow2(k_dim)
-    bv = min(BLOCK_V, _pow2(v_dim))
-    prec = _precision(q.dtype)
-    warps = _warps(k_dim, v_dim)
+    delta, has_g, gla = rule in WITH_BETA, g is not None, rule == "gla"
+    bl = blocks(k_dim, v_dim, chunk_size)
+    kb = dict(BT=bl.BT, BK=bl.BK, NK=bl.NK, PREC=_precision(q.dtype))
     f32 = dict(dtype=torch.float32, device=q.device)
     dummy = _empty(q)
     do = do.contiguous()
     dx = torch.zeros(total, h, v_dim, **f32)
     dstates = torch.empty(n_chunks, h, k_dim, v_dim, **f32)
     dh0 = torch.empty(n_seq, h, k_dim, v_dim, **f32) if h0 is not None else _empty(q)
-    gla = rule == "gla"
+    decay = w if gla else g if has_g else dummy
     if n_seq:
-        launch(tk.state_bwd_kernel, (n_seq, h, -(-v_dim // bv)),
-            q, k, w if gla else g if has_g else dummy, w if delta else dummy, t if gla else dummy, do,
-            dx, dstates, dht if dht is not None else dummy, dh0 if h0 is not None else dummy,
-            cu_seqlens, chunk_offsets, scale, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g, GLA=gla,
-            HAS_DHT=dht is not None, STORE_DH0=h0 is not None, BT=bt, BK=bk, BV=bv, PREC=prec, num_warps=warps)
+        _run(tk.state_bwd_kernel, (n_seq, h, -(-v_dim // bl.BV_STATE)),
+             q, k, decay, w if delta else dummy, t if gla else dummy, do, dx, dstates,
+             dht if dht is not None else dummy, dh0 if h0 is not None else dummy, cu_seqlens,
+             chunk_offsets, scale, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g, GLA=gla,
+             HAS_DHT=dht is not None, STORE_DH0=h0 is not None, BV=bl.BV_STATE, **kb)
     dq = torch.zeros(total, h, k_dim, **f32)
     dk = torch.zeros(total, h, k_dim, **f32)
     dv = torch.zeros(total, h, v_dim, **f32) if delta else dx
     dbeta = torch.zeros(total, h, **f32) if delta else _empty(q)
     dg = torch.zeros(g.shape, **f32) if has_g else _empty(q)
     if gla and n_chunks:
-        d_scores = torch.zeros(total, h, bt, **f32)
+        d_scores = torch.zeros(total, h, bl.BT, **f32)
         d_last = torch.empty(n_chunks, h, k_dim, **f32)
-        launch(tk.gla_chunk_bwd_kernel, (n_chunks, h),
-            q, k, v, w, states, do, dstates, d_scores, dq, dk, d_last, cu_seqlens, chunk_indices,
-            chunk_offsets, scale, h, k_dim, v_dim, BT=bt, BK=bk, BV=bv, PREC=prec, num_warps=warps)
-        launch(tk.gla_intra_bwd_kernel, (n_chunks, h),
-            q, k, w, d_scores, dq, dk, d_last, dg, cu_seqlens, chunk_indices, chunk_offsets, scale,
-            h, k_dim, BT=bt, BC=GLA_SUB_CHUNK, BK=bk, PREC=prec, num_warps=warps)
+        _run(tk.gla_chunk_bwd_kernel, (n_chunks, h, bl.NK),
+             q, k, v, w, states, do, dstates, d_scores, dq, dk, d_last, cu_seqlens, chunk_indices,
+             chunk_offsets, scale, h, k_dim, v_dim, BT=bl.BT, BK=bl.BK, BV=bl.BV, PREC=kb["PREC"])
+        _run(tk.gla_intra_bwd_kernel, (n_chunks, h, bl.NK),
+             q, k, w, d_scores, dq, dk, d_last, dg, cu_seqlens, chunk_indices, chunk_offsets, scale,
+             h, k_dim, BT=bl.BT, BC=GLA_SUB_CHUNK, BK=bl.BK, PREC=kb["PREC"])
     elif n_chunks:
-        launch(tk.chunk_bwd_kernel, (n_chunks, h),
-            q, k, v, g if has_g else dummy, beta if delta else dummy, t if delta else dummy,
-            x if delta else dummy, states, do, dx, dstates, dq, dk, dv if delta else dummy,
-            dbeta if delta else dummy, dg if has_g else dummy, cu_seqlens, chunk_indices,
-            chunk_offsets, scale, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g, BT=bt, BK=bk, BV=bv,
-            PREC=prec, num_warps=warps)
+        # dG's parts: one per key block (dqk_bwd_kernel), one more from the WY step
+        parts = bl.NK + (1 if delta else 0)
+        d_g_parts = torch.empty(parts, total, h, **f32) if has_g else dummy
+        d_w = torch.empty(total, h, k_dim, **f32) if delta else dummy
+        _run(tk.dqk_bwd_kernel, (n_chunks, h, bl.NK),
+             q, k, v, decay, x if delta else dummy, states, do, dx, dstates, dq, dk, d_w, d_g_parts,
+             cu_seqlens, chunk_indices, chunk_offsets, scale, total, h, k_dim, v_dim, DELTA=delta,
+             HAS_G=has_g, BV=bl.BV, **kb)
+        if delta:
+            _run(tk.wy_bwd_kernel, (n_chunks, h),
+                 k, v, decay, beta, t, dx, d_w, dk, dv, dbeta, d_g_parts, cu_seqlens, chunk_indices,
+                 total, h, k_dim, v_dim, HAS_G=has_g, BV=bl.BV, DG_PART=bl.NK, **kb)
+        if has_g:
+            _run(tk.chunk_dg_kernel, (n_chunks, h), d_g_parts, dg, cu_seqlens, chunk_indices, total, h,
+                 N_PARTS=parts, BT=bl.BT)
     return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype),
             dg if has_g else _empty(q), dbeta.to(beta.dtype) if delta else _empty(q),
             dh0)

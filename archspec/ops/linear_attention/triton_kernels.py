@@ -1,6 +1,7 @@
-"""Triton kernels of the chunked linear-attention rules (linear, delta, gated_delta); the only
-module here that imports triton. The math is chunk.py's (the reference); fused_chunk.py wraps
-these kernels in custom ops. Notation per chunk of C = BT rows (t, s), sequences packed:
+"""Triton kernels of the chunked linear-attention rules (linear, gla, delta, gated_delta); the
+only module here that imports triton. The math is chunk.py's (the reference); fused_chunk.py
+wraps these kernels in custom ops and chooses their block sizes. Notation per chunk of C = BT
+rows (t, s), sequences packed:
 
     G_t = sum_{r <= t} g_r (chunk-local, 0 without decay);  gam_t = exp(G_t);  Gam = exp(G_C)
     E[t, s] = exp(G_t - G_s) for s <= t (masked to -inf before the exp, never an overflow)
@@ -25,6 +26,14 @@ then, in parallel over chunks:
                  dk += B k + B^T k (B = beta * dA * E), dbeta from beta v, beta gam k and A
     dG_t collects every place G enters (q gam, beta gam k, E in P and A with +G_t / -G_s,
     exp(G_C - G_s), Gam); dg is its reverse cumsum within the chunk.
+
+Tiling (what keeps every program inside a GPU's registers and shared memory at head sizes up
+to 256, as fla tiles): no program holds more than [C, BK] of keys or [C, BV] of values at once.
+The key dimension is cut into NK <= 4 blocks of BK <= 64 columns, the value dimension into
+blocks of BV. A kernel that contracts over K loops over its key blocks; the sequential state
+passes keep the state of one value block as NK separate [BK, BV] tiles (s0..s3), since a
+register tile cannot be sliced; the backward's per-key-block work runs as separate programs
+(grid axis i_k) whose contributions to dG are summed by `chunk_dg_kernel`.
 """
 from __future__ import annotations
 
@@ -49,21 +58,18 @@ def _chunk_rows(cu_seqlens, chunk_indices, i_c, BT: tl.constexpr):
 
 
 @triton.jit
+def _chunk_index(chunk_offsets, i_n, i_j):
+    """Index of chunk i_j of sequence i_n among all chunks (the saved states' row)."""
+    return tl.load(chunk_offsets + i_n).to(tl.int64) + i_j
+
+
+@triton.jit
 def _sequence(cu_seqlens, chunk_offsets, i_n):
     """(first row, end row, first chunk, chunk count) of sequence i_n."""
     bos = tl.load(cu_seqlens + i_n).to(tl.int64)
     eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
     c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
     return bos, eos, c0, tl.load(chunk_offsets + i_n + 1).to(tl.int64) - c0
-
-
-@triton.jit
-def _initial_state(ptr, i_n, i_h, H, K, V, col, GIVEN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-    """Sequence i_n's [BK, BV] state block from ptr [N, H, K, V], or zeros."""
-    if GIVEN:
-        return _load_state(ptr + (i_n * H + i_h) * K * V, K, V, col, BK, BV)
-    else:
-        return tl.zeros([BK, BV], dtype=tl.float32)
 
 
 @triton.jit
@@ -90,19 +96,43 @@ def _load_vec(ptr, start, n_rows, stride, BT: tl.constexpr):
 
 
 @triton.jit
-def _load_state(ptr, K, V, col0, BK: tl.constexpr, BV: tl.constexpr):
-    rk = tl.arange(0, BK)
+def _store_vec(ptr, x, start, n_rows, stride, BT: tl.constexpr):
+    r = tl.arange(0, BT)
+    tl.store(ptr + (start + r) * stride, x, mask=r < n_rows)
+
+
+@triton.jit
+def _load_last_row(ptr, start, n_rows, stride, col0, n_cols, BD: tl.constexpr):
+    """[BD] columns col0.. of the last real row (start + n_rows - 1)."""
+    c = col0 + tl.arange(0, BD)
+    return tl.load(ptr + (start + n_rows - 1) * stride + c, mask=c < n_cols, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _load_state(ptr, K, V, row0, col0, BK: tl.constexpr, BV: tl.constexpr):
+    """[BK, BV] block (rows row0.., columns col0..) of one [K, V] state."""
+    rk = row0 + tl.arange(0, BK)
     cv = col0 + tl.arange(0, BV)
     mask = (rk[:, None] < K) & (cv[None, :] < V)
     return tl.load(ptr + rk[:, None] * V + cv[None, :], mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
-def _store_state(ptr, x, K, V, col0, BK: tl.constexpr, BV: tl.constexpr):
-    rk = tl.arange(0, BK)
+def _store_state(ptr, x, K, V, row0, col0, BK: tl.constexpr, BV: tl.constexpr):
+    rk = row0 + tl.arange(0, BK)
     cv = col0 + tl.arange(0, BV)
     mask = (rk[:, None] < K) & (cv[None, :] < V)
     tl.store(ptr + rk[:, None] * V + cv[None, :], x.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _initial_state(ptr, i_n, i_h, H, K, V, row0, col, GIVEN: tl.constexpr, BK: tl.constexpr,
+                   BV: tl.constexpr):
+    """Block (row0, col) of sequence i_n's state from ptr [N, H, K, V], or zeros."""
+    if GIVEN:
+        return _load_state(ptr + (i_n * H + i_h) * K * V, K, V, row0, col, BK, BV)
+    else:
+        return tl.zeros([BK, BV], dtype=tl.float32)
 
 
 @triton.jit
@@ -118,16 +148,6 @@ def _decays(g, start, n_rows, i_h, H, HAS_G: tl.constexpr, BT: tl.constexpr):
 
 
 @triton.jit
-def _gla_decays(Gc, start, n_rows, i_h, H, K, BT: tl.constexpr, BK: tl.constexpr):
-    """gla: (G [BT, BK], chunk-local cumsums stored by gla_cumsum_kernel; G_C [BK], the last
-    real row's)."""
-    G = _load_rows(Gc + i_h * K, start, n_rows, H * K, 0, K, BT, BK)
-    ck = tl.arange(0, BK)
-    G_last = tl.load(Gc + (start + n_rows - 1) * H * K + i_h * K + ck, mask=ck < K, other=0.0)
-    return G, G_last
-
-
-@triton.jit
 def _pair_decay(G, STRICT: tl.constexpr, BT: tl.constexpr):
     """E[t, s] = exp(G_t - G_s) on (s <= t) or (s < t), else 0."""
     r = tl.arange(0, BT)
@@ -138,150 +158,298 @@ def _pair_decay(G, STRICT: tl.constexpr, BT: tl.constexpr):
     return tl.exp(tl.where(keep, G[:, None] - G[None, :], float("-inf")))
 
 
+@triton.jit
+def _scores(q, k, start, n, i_h, H, K, scale, BT: tl.constexpr, BK: tl.constexpr,
+            NK: tl.constexpr, PREC: tl.constexpr):
+    """(q scale) k^T of one chunk [BT, BT], contracted over the NK key blocks."""
+    acc = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in tl.static_range(NK):
+        qb = _load_rows(q + i_h * K, start, n, H * K, i_k * BK, K, BT, BK) * scale
+        kb = _load_rows(k + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+        acc += _dot(qb, tl.trans(kb), PREC)
+    return acc
+
+
 # --- forward ----------------------------------------------------------------------------------
 
 @triton.jit
 def wy_fwd_kernel(k, v, beta, g, T_out, U_out, W_out, cu_seqlens, chunk_indices,
                   H, K, V, HAS_G: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                  BV: tl.constexpr, LOG2_BT: tl.constexpr, PREC: tl.constexpr):
-    """Delta rules, one program per (chunk, head): T = (I + A)^-1, U = T beta v, W = T beta gam k."""
+                  NK: tl.constexpr, BV: tl.constexpr, LOG2_BT: tl.constexpr, PREC: tl.constexpr):
+    """Delta rules, one program per (chunk, head): T = (I + A)^-1, U = T beta v, W = T beta gam k,
+    looping over key and value blocks."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     start, n, _, _ = _chunk_rows(cu_seqlens, chunk_indices, i_c, BT)
-    kc = _load_rows(k + i_h * K, start, n, H * K, 0, K, BT, BK)
     b = _load_vec(beta + i_h, start, n, H, BT)
     G, _ = _decays(g, start, n, i_h, H, HAS_G, BT)
-    a = _dot(kc, tl.trans(kc), "ieee") * b[:, None] * _pair_decay(G, True, BT)
+    kk = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in tl.static_range(NK):
+        kb = _load_rows(k + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+        kk += _dot(kb, tl.trans(kb), PREC)
+    a = kk * b[:, None] * _pair_decay(G, True, BT)
     # (I + A)^-1 = (I - A)(I + A^2)(I + A^4)...: A is strictly lower, so A^BT = 0
     r = tl.arange(0, BT)
-    eye = (r[:, None] == r[None, :]).to(tl.float32)
     power = -a
-    t = eye + power
+    t = (r[:, None] == r[None, :]).to(tl.float32) + power
     for _ in tl.static_range(LOG2_BT - 1):
-        power = _dot(power, power, "ieee")
-        t = t + _dot(t, power, "ieee")
+        power = _dot(power, power, PREC)
+        t = t + _dot(t, power, PREC)
     _store_rows(T_out + i_h * BT, t, start, n, H * BT, 0, BT, BT, BT)
-    vc = _load_rows(v + i_h * V, start, n, H * V, 0, V, BT, BV)
-    _store_rows(U_out + i_h * V, _dot(t, vc * b[:, None], "ieee"), start, n, H * V, 0, V, BT, BV)
-    kg = kc * (b * tl.exp(G))[:, None]
-    _store_rows(W_out + i_h * K, _dot(t, kg, "ieee"), start, n, H * K, 0, K, BT, BK)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        vb = _load_rows(v + i_h * V, start, n, H * V, i_v * BV, V, BT, BV)
+        _store_rows(U_out + i_h * V, _dot(t, vb * b[:, None], PREC), start, n, H * V, i_v * BV, V, BT, BV)
+    for i_k in tl.static_range(NK):
+        kb = _load_rows(k + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+        kg = kb * (b * tl.exp(G))[:, None]
+        _store_rows(W_out + i_h * K, _dot(t, kg, PREC), start, n, H * K, i_k * BK, K, BT, BK)
+
+
+@triton.jit
+def _minus_w_s(x, W, s, start, n, i_h, H, K, i_k: tl.constexpr, BT: tl.constexpr,
+               BK: tl.constexpr, PREC: tl.constexpr):
+    """x - W[:, block i_k] s (the delta rules' correction by one key block of the state)."""
+    w = _load_rows(W + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+    return x - _dot(w, s, PREC)
+
+
+@triton.jit
+def _advance(s, k, g, start, n, i_h, H, K, x, x_end, gam_end, i_k: tl.constexpr,
+             GLA: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """Key block i_k of S_next = Gam S + (k exp(G_C - G))^T X. Scalar decays arrive folded into
+    x_end = exp(G_C - G) X and gam_end = Gam; gla's per-channel ones are read here."""
+    kb = _load_rows(k + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+    if GLA:
+        Gb = _load_rows(g + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+        G_last = _load_last_row(g + i_h * K, start, n, H * K, i_k * BK, K, BK)
+        k_end = kb * tl.exp(G_last[None, :] - Gb)
+        return s * tl.exp(G_last)[:, None] + _dot(tl.trans(k_end), x, PREC)
+    else:
+        return s * gam_end + _dot(tl.trans(kb), x_end, PREC)
 
 
 @triton.jit
 def state_fwd_kernel(k, v, g, U, W, X_out, h_out, h0, ht, cu_seqlens, chunk_offsets,
-                     H, K, V, DELTA: tl.constexpr, HAS_G: tl.constexpr, GLA: tl.constexpr, HAS_H0: tl.constexpr,
-                     STORE_HT: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                     PREC: tl.constexpr):
-    """One program per (sequence, head, value block): the sequential pass over the chunks.
-    Stores the state entering every chunk (h_out) and, for the delta rules, X = U - W S."""
+                     H, K, V, DELTA: tl.constexpr, HAS_G: tl.constexpr, GLA: tl.constexpr,
+                     HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, BT: tl.constexpr,
+                     BK: tl.constexpr, NK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    """One program per (sequence, head, value block): the sequential pass over the chunks, the
+    state held as NK tiles s0..s3 of [BK, BV]. Stores the state entering every chunk (h_out)
+    and, for the delta rules, X = U - W S."""
     i_n, i_h, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos, eos, c0, n_chunks = _sequence(cu_seqlens, chunk_offsets, i_n)
     col = i_v * BV
-    s = _initial_state(h0, i_n, i_h, H, K, V, col, HAS_H0, BK, BV)
+    s0 = _initial_state(h0, i_n, i_h, H, K, V, 0, col, HAS_H0, BK, BV)
+    if NK > 1:
+        s1 = _initial_state(h0, i_n, i_h, H, K, V, BK, col, HAS_H0, BK, BV)
+    if NK > 2:
+        s2 = _initial_state(h0, i_n, i_h, H, K, V, 2 * BK, col, HAS_H0, BK, BV)
+    if NK > 3:
+        s3 = _initial_state(h0, i_n, i_h, H, K, V, 3 * BK, col, HAS_H0, BK, BV)
     for j in range(0, n_chunks):
-        _store_state(h_out + ((c0 + j) * H + i_h) * K * V, s, K, V, col, BK, BV)
+        base = h_out + ((c0 + j) * H + i_h) * K * V
+        _store_state(base, s0, K, V, 0, col, BK, BV)
+        if NK > 1:
+            _store_state(base, s1, K, V, BK, col, BK, BV)
+        if NK > 2:
+            _store_state(base, s2, K, V, 2 * BK, col, BK, BV)
+        if NK > 3:
+            _store_state(base, s3, K, V, 3 * BK, col, BK, BV)
         start = bos + j * BT
         n = tl.minimum(eos - start, BT)
-        kc = _load_rows(k + i_h * K, start, n, H * K, 0, K, BT, BK)
         if DELTA:
-            w = _load_rows(W + i_h * K, start, n, H * K, 0, K, BT, BK)
-            x = _load_rows(U + i_h * V, start, n, H * V, col, V, BT, BV) - _dot(w, s, PREC)
+            x = _load_rows(U + i_h * V, start, n, H * V, col, V, BT, BV)
+            x = _minus_w_s(x, W, s0, start, n, i_h, H, K, 0, BT, BK, PREC)
+            if NK > 1:
+                x = _minus_w_s(x, W, s1, start, n, i_h, H, K, 1, BT, BK, PREC)
+            if NK > 2:
+                x = _minus_w_s(x, W, s2, start, n, i_h, H, K, 2, BT, BK, PREC)
+            if NK > 3:
+                x = _minus_w_s(x, W, s3, start, n, i_h, H, K, 3, BT, BK, PREC)
             _store_rows(X_out + i_h * V, x, start, n, H * V, col, V, BT, BV)
         else:
             x = _load_rows(v + i_h * V, start, n, H * V, col, V, BT, BV)
-        if GLA:
-            G, G_last = _gla_decays(g, start, n, i_h, H, K, BT, BK)
-            k_end = kc * tl.exp(G_last[None, :] - G)
-            s = s * tl.exp(G_last)[:, None] + _dot(tl.trans(k_end), x, PREC)
-        else:
+        x_end = x
+        gam_end = 1.0
+        if not GLA:
             G, G_last = _decays(g, start, n, i_h, H, HAS_G, BT)
-            k_end = kc * tl.exp(G_last - G)[:, None]
-            s = s * tl.exp(G_last) + _dot(tl.trans(k_end), x, PREC)
+            x_end = x * tl.exp(G_last - G)[:, None]
+            gam_end = tl.exp(G_last)
+        s0 = _advance(s0, k, g, start, n, i_h, H, K, x, x_end, gam_end, 0, GLA, BT, BK, PREC)
+        if NK > 1:
+            s1 = _advance(s1, k, g, start, n, i_h, H, K, x, x_end, gam_end, 1, GLA, BT, BK, PREC)
+        if NK > 2:
+            s2 = _advance(s2, k, g, start, n, i_h, H, K, x, x_end, gam_end, 2, GLA, BT, BK, PREC)
+        if NK > 3:
+            s3 = _advance(s3, k, g, start, n, i_h, H, K, x, x_end, gam_end, 3, GLA, BT, BK, PREC)
     if STORE_HT:
-        _store_state(ht + (i_n * H + i_h) * K * V, s, K, V, col, BK, BV)
+        base = ht + (i_n * H + i_h) * K * V
+        _store_state(base, s0, K, V, 0, col, BK, BV)
+        if NK > 1:
+            _store_state(base, s1, K, V, BK, col, BK, BV)
+        if NK > 2:
+            _store_state(base, s2, K, V, 2 * BK, col, BK, BV)
+        if NK > 3:
+            _store_state(base, s3, K, V, 3 * BK, col, BK, BV)
 
 
 @triton.jit
 def output_fwd_kernel(q, k, v, g, X, P, h, o, cu_seqlens, chunk_indices, chunk_offsets, scale,
-                      H, K, V, DELTA: tl.constexpr, HAS_G: tl.constexpr, GLA: tl.constexpr, BT: tl.constexpr,
-                      BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
-    """One program per (chunk, head, value block): O = (q gam) S + P X."""
+                      H, K, V, DELTA: tl.constexpr, HAS_G: tl.constexpr, GLA: tl.constexpr,
+                      BT: tl.constexpr, BK: tl.constexpr, NK: tl.constexpr, BV: tl.constexpr,
+                      PREC: tl.constexpr):
+    """One program per (chunk, head, value block): O = (q gam) S + P X, over the key blocks."""
     i_c, i_h, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start, n, i_n, i_j = _chunk_rows(cu_seqlens, chunk_indices, i_c, BT)
-    c = tl.load(chunk_offsets + i_n).to(tl.int64) + i_j
+    state = h + (_chunk_index(chunk_offsets, i_n, i_j) * H + i_h) * K * V
     col = i_v * BV
-    qc = _load_rows(q + i_h * K, start, n, H * K, 0, K, BT, BK) * scale
-    kc = _load_rows(k + i_h * K, start, n, H * K, 0, K, BT, BK)
+    acc = tl.zeros([BT, BV], dtype=tl.float32)
+    p = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in tl.static_range(NK):
+        qb = _load_rows(q + i_h * K, start, n, H * K, i_k * BK, K, BT, BK) * scale
+        s = _load_state(state, K, V, i_k * BK, col, BK, BV)
+        if GLA:
+            Gb = _load_rows(g + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+            acc += _dot(qb * tl.exp(Gb), s, PREC)
+        else:
+            kb = _load_rows(k + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+            acc += _dot(qb, s, PREC)
+            p += _dot(qb, tl.trans(kb), PREC)
     if DELTA:
         x = _load_rows(X + i_h * V, start, n, H * V, col, V, BT, BV)
     else:
         x = _load_rows(v + i_h * V, start, n, H * V, col, V, BT, BV)
-    s = _load_state(h + (c * H + i_h) * K * V, K, V, col, BK, BV)
     if GLA:
-        G, _ = _gla_decays(g, start, n, i_h, H, K, BT, BK)
         p = _load_rows(P + i_h * BT, start, n, H * BT, 0, BT, BT, BT)
-        q_in = qc * tl.exp(G)
     else:
         G, _ = _decays(g, start, n, i_h, H, HAS_G, BT)
-        p = _dot(qc, tl.trans(kc), PREC) * _pair_decay(G, False, BT)
-        q_in = qc * tl.exp(G)[:, None]
-    out = _dot(q_in, s, PREC) + _dot(p, x, PREC)
-    _store_rows(o + i_h * V, out, start, n, H * V, col, V, BT, BV)
+        acc = acc * tl.exp(G)[:, None]
+        p = p * _pair_decay(G, False, BT)
+    _store_rows(o + i_h * V, acc + _dot(p, x, PREC), start, n, H * V, col, V, BT, BV)
 
 
 # --- backward ---------------------------------------------------------------------------------
 
 @triton.jit
-def state_bwd_kernel(q, k, g, W, P, do, dX_out, dh_out, dht, dh0, cu_seqlens, chunk_offsets, scale,
-                     H, K, V, DELTA: tl.constexpr, HAS_G: tl.constexpr, GLA: tl.constexpr,
-                     HAS_DHT: tl.constexpr,
-                     STORE_DH0: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                     BV: tl.constexpr, PREC: tl.constexpr):
-    """One program per (sequence, head, value block), chunks in reverse: dX and the gradient
-    of the state leaving every chunk (dh_out), and of the initial state."""
-    i_n, i_h, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bos, eos, c0, n_chunks = _sequence(cu_seqlens, chunk_offsets, i_n)
-    col = i_v * BV
-    ds = _initial_state(dht, i_n, i_h, H, K, V, col, HAS_DHT, BK, BV)
-    for i in range(0, n_chunks):
-        j = n_chunks - 1 - i
-        _store_state(dh_out + ((c0 + j) * H + i_h) * K * V, ds, K, V, col, BK, BV)
-        start = bos + j * BT
-        n = tl.minimum(eos - start, BT)
-        qc = _load_rows(q + i_h * K, start, n, H * K, 0, K, BT, BK) * scale
-        kc = _load_rows(k + i_h * K, start, n, H * K, 0, K, BT, BK)
-        dout = _load_rows(do + i_h * V, start, n, H * V, col, V, BT, BV)
-        if GLA:
-            G, G_last = _gla_decays(g, start, n, i_h, H, K, BT, BK)
-            p = _load_rows(P + i_h * BT, start, n, H * BT, 0, BT, BT, BT)
-            k_end = kc * tl.exp(G_last[None, :] - G)
-            dx = _dot(tl.trans(p), dout, PREC) + _dot(k_end, ds, PREC)
-            ds = ds * tl.exp(G_last)[:, None] + _dot(tl.trans(qc * tl.exp(G)), dout, PREC)
-        else:
-            G, G_last = _decays(g, start, n, i_h, H, HAS_G, BT)
-            p = _dot(qc, tl.trans(kc), PREC) * _pair_decay(G, False, BT)
-            k_end = kc * tl.exp(G_last - G)[:, None]
-            dx = _dot(tl.trans(p), dout, PREC) + _dot(k_end, ds, PREC)
-            ds = ds * tl.exp(G_last) + _dot(tl.trans(qc * tl.exp(G)[:, None]), dout, PREC)
-        _store_rows(dX_out + i_h * V, dx, start, n, H * V, col, V, BT, BV)
-        if DELTA:
-            w = _load_rows(W + i_h * K, start, n, H * K, 0, K, BT, BK)
-            ds = ds - _dot(tl.trans(w), dx, PREC)
-    if STORE_DH0:
-        _store_state(dh0 + (i_n * H + i_h) * K * V, ds, K, V, col, BK, BV)
+def _k_ds(acc, k, g, ds, start, n, i_h, H, K, i_k: tl.constexpr, GLA: tl.constexpr,
+          BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """acc + k_end[:, block i_k] dS_block: the state's term of dX (gla's per-channel decay
+    applied to k here; scalar decays are applied to the sum by the caller)."""
+    kb = _load_rows(k + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+    if GLA:
+        Gb = _load_rows(g + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+        G_last = _load_last_row(g + i_h * K, start, n, H * K, i_k * BK, K, BK)
+        kb = kb * tl.exp(G_last[None, :] - Gb)
+    return acc + _dot(kb, ds, PREC)
 
 
 @triton.jit
-def chunk_bwd_kernel(q, k, v, g, beta, T, X, h, do, dX, dh, dq, dk, dv, dbeta, dg,
-                     cu_seqlens, chunk_indices, chunk_offsets, scale, H, K, V,
-                     DELTA: tl.constexpr, HAS_G: tl.constexpr, BT: tl.constexpr,
-                     BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
-    """One program per (chunk, head): dq, dk (and dv, dbeta for the delta rules; linear's dv is
-    dX itself) and dg, looping over value blocks of BV."""
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
+def _retreat(ds, q, g, dout, start, n, i_h, H, K, scale, G, gam_end, i_k: tl.constexpr,
+             GLA: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """Key block i_k of Gam dS_next + (q gam)^T dO (the W^T dX term comes after dX)."""
+    qb = _load_rows(q + i_h * K, start, n, H * K, i_k * BK, K, BT, BK) * scale
+    if GLA:
+        Gb = _load_rows(g + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+        G_last = _load_last_row(g + i_h * K, start, n, H * K, i_k * BK, K, BK)
+        return ds * tl.exp(G_last)[:, None] + _dot(tl.trans(qb * tl.exp(Gb)), dout, PREC)
+    else:
+        return ds * gam_end + _dot(tl.trans(qb * tl.exp(G)[:, None]), dout, PREC)
+
+
+@triton.jit
+def _minus_wt_dx(ds, W, dx, start, n, i_h, H, K, i_k: tl.constexpr, BT: tl.constexpr,
+                 BK: tl.constexpr, PREC: tl.constexpr):
+    w = _load_rows(W + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+    return ds - _dot(tl.trans(w), dx, PREC)
+
+
+@triton.jit
+def state_bwd_kernel(q, k, g, W, P, do, dX_out, dh_out, dht, dh0, cu_seqlens, chunk_offsets, scale,
+                     H, K, V, DELTA: tl.constexpr, HAS_G: tl.constexpr, GLA: tl.constexpr,
+                     HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, BT: tl.constexpr,
+                     BK: tl.constexpr, NK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    """One program per (sequence, head, value block), chunks in reverse: dX and the gradient
+    of the state leaving every chunk (dh_out), and of the initial state; dS held as NK tiles."""
+    i_n, i_h, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bos, eos, c0, n_chunks = _sequence(cu_seqlens, chunk_offsets, i_n)
+    col = i_v * BV
+    ds0 = _initial_state(dht, i_n, i_h, H, K, V, 0, col, HAS_DHT, BK, BV)
+    if NK > 1:
+        ds1 = _initial_state(dht, i_n, i_h, H, K, V, BK, col, HAS_DHT, BK, BV)
+    if NK > 2:
+        ds2 = _initial_state(dht, i_n, i_h, H, K, V, 2 * BK, col, HAS_DHT, BK, BV)
+    if NK > 3:
+        ds3 = _initial_state(dht, i_n, i_h, H, K, V, 3 * BK, col, HAS_DHT, BK, BV)
+    for i in range(0, n_chunks):
+        j = n_chunks - 1 - i
+        base = dh_out + ((c0 + j) * H + i_h) * K * V
+        _store_state(base, ds0, K, V, 0, col, BK, BV)
+        if NK > 1:
+            _store_state(base, ds1, K, V, BK, col, BK, BV)
+        if NK > 2:
+            _store_state(base, ds2, K, V, 2 * BK, col, BK, BV)
+        if NK > 3:
+            _store_state(base, ds3, K, V, 3 * BK, col, BK, BV)
+        start = bos + j * BT
+        n = tl.minimum(eos - start, BT)
+        dout = _load_rows(do + i_h * V, start, n, H * V, col, V, BT, BV)
+        G = tl.zeros([BT], dtype=tl.float32)
+        gam_end = 1.0
+        if GLA:
+            p = _load_rows(P + i_h * BT, start, n, H * BT, 0, BT, BT, BT)
+        else:
+            G, G_last = _decays(g, start, n, i_h, H, HAS_G, BT)
+            gam_end = tl.exp(G_last)
+            p = _scores(q, k, start, n, i_h, H, K, scale, BT, BK, NK, PREC) * _pair_decay(G, False, BT)
+        kds = tl.zeros([BT, BV], dtype=tl.float32)
+        kds = _k_ds(kds, k, g, ds0, start, n, i_h, H, K, 0, GLA, BT, BK, PREC)
+        ds0 = _retreat(ds0, q, g, dout, start, n, i_h, H, K, scale, G, gam_end, 0, GLA, BT, BK, PREC)
+        if NK > 1:
+            kds = _k_ds(kds, k, g, ds1, start, n, i_h, H, K, 1, GLA, BT, BK, PREC)
+            ds1 = _retreat(ds1, q, g, dout, start, n, i_h, H, K, scale, G, gam_end, 1, GLA, BT, BK, PREC)
+        if NK > 2:
+            kds = _k_ds(kds, k, g, ds2, start, n, i_h, H, K, 2, GLA, BT, BK, PREC)
+            ds2 = _retreat(ds2, q, g, dout, start, n, i_h, H, K, scale, G, gam_end, 2, GLA, BT, BK, PREC)
+        if NK > 3:
+            kds = _k_ds(kds, k, g, ds3, start, n, i_h, H, K, 3, GLA, BT, BK, PREC)
+            ds3 = _retreat(ds3, q, g, dout, start, n, i_h, H, K, scale, G, gam_end, 3, GLA, BT, BK, PREC)
+        if not GLA:
+            kds = kds * tl.exp(G_last - G)[:, None]
+        dx = _dot(tl.trans(p), dout, PREC) + kds
+        _store_rows(dX_out + i_h * V, dx, start, n, H * V, col, V, BT, BV)
+        if DELTA:
+            ds0 = _minus_wt_dx(ds0, W, dx, start, n, i_h, H, K, 0, BT, BK, PREC)
+            if NK > 1:
+                ds1 = _minus_wt_dx(ds1, W, dx, start, n, i_h, H, K, 1, BT, BK, PREC)
+            if NK > 2:
+                ds2 = _minus_wt_dx(ds2, W, dx, start, n, i_h, H, K, 2, BT, BK, PREC)
+            if NK > 3:
+                ds3 = _minus_wt_dx(ds3, W, dx, start, n, i_h, H, K, 3, BT, BK, PREC)
+    if STORE_DH0:
+        base = dh0 + (i_n * H + i_h) * K * V
+        _store_state(base, ds0, K, V, 0, col, BK, BV)
+        if NK > 1:
+            _store_state(base, ds1, K, V, BK, col, BK, BV)
+        if NK > 2:
+            _store_state(base, ds2, K, V, 2 * BK, col, BK, BV)
+        if NK > 3:
+            _store_state(base, ds3, K, V, 3 * BK, col, BK, BV)
+
+
+@triton.jit
+def dqk_bwd_kernel(q, k, v, g, X, h, do, dX, dh, dq, dk, dW, dG, cu_seqlens, chunk_indices,
+                   chunk_offsets, scale, TOTAL, H, K, V, DELTA: tl.constexpr, HAS_G: tl.constexpr,
+                   BT: tl.constexpr, BK: tl.constexpr, NK: tl.constexpr, BV: tl.constexpr,
+                   PREC: tl.constexpr):
+    """linear, delta, gated_delta; one program per (chunk, head, key block i_k), looping over
+    value blocks: dq, the attention and state terms of dk, dW = -dX S^T (delta rules, for
+    wy_bwd_kernel), and the key block's part of dG (row-sums over its channels; the program of
+    block 0 adds P's terms), into dG[i_k]. Sums over V run in a fixed order: deterministic."""
+    i_c, i_h, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start, n, i_n, i_j = _chunk_rows(cu_seqlens, chunk_indices, i_c, BT)
-    c = tl.load(chunk_offsets + i_n).to(tl.int64) + i_j
-    qc = _load_rows(q + i_h * K, start, n, H * K, 0, K, BT, BK) * scale
-    kc = _load_rows(k + i_h * K, start, n, H * K, 0, K, BT, BK)
+    state = (_chunk_index(chunk_offsets, i_n, i_j) * H + i_h) * K * V
+    row0 = i_k * BK
+    qb = _load_rows(q + i_h * K, start, n, H * K, row0, K, BT, BK) * scale
+    kb = _load_rows(k + i_h * K, start, n, H * K, row0, K, BT, BK)
     G, G_last = _decays(g, start, n, i_h, H, HAS_G, BT)
     gam = tl.exp(G)
     gam_end = tl.exp(G_last - G)
@@ -289,67 +457,106 @@ def chunk_bwd_kernel(q, k, v, g, beta, T, X, h, do, dX, dh, dq, dk, dv, dbeta, d
     d_p = tl.zeros([BT, BT], dtype=tl.float32)       # dO X^T
     d_kend = tl.zeros([BT, BK], dtype=tl.float32)    # X dS_next^T
     d_w = tl.zeros([BT, BK], dtype=tl.float32)       # -dX S^T
-    d_t = tl.zeros([BT, BT], dtype=tl.float32)       # dU (beta v)^T
-    d_beta = tl.zeros([BT], dtype=tl.float32)
-    s_ds = 0.0                                       # sum(S * dS_next)
-    if DELTA:
-        b = _load_vec(beta + i_h, start, n, H, BT)
-        tm = _load_rows(T + i_h * BT, start, n, H * BT, 0, BT, BT, BT)
+    s_ds = tl.zeros([BK], dtype=tl.float32)          # row sums of S * dS_next
     for i_v in range(0, tl.cdiv(V, BV)):
         col = i_v * BV
         dout = _load_rows(do + i_h * V, start, n, H * V, col, V, BT, BV)
-        s = _load_state(h + (c * H + i_h) * K * V, K, V, col, BK, BV)
-        ds = _load_state(dh + (c * H + i_h) * K * V, K, V, col, BK, BV)
+        s = _load_state(h + state, K, V, row0, col, BK, BV)
+        ds = _load_state(dh + state, K, V, row0, col, BK, BV)
         if DELTA:
             x = _load_rows(X + i_h * V, start, n, H * V, col, V, BT, BV)
+            dx = _load_rows(dX + i_h * V, start, n, H * V, col, V, BT, BV)
+            d_w -= _dot(dx, tl.trans(s), PREC)
         else:
             x = _load_rows(v + i_h * V, start, n, H * V, col, V, BT, BV)
         d_qgam += _dot(dout, tl.trans(s), PREC)
         d_p += _dot(dout, tl.trans(x), PREC)
         d_kend += _dot(x, tl.trans(ds), PREC)
-        s_ds += tl.sum(tl.sum(s * ds, 1), 0)
-        if DELTA:
-            dx = _load_rows(dX + i_h * V, start, n, H * V, col, V, BT, BV)
-            vc = _load_rows(v + i_h * V, start, n, H * V, col, V, BT, BV)
-            d_w -= _dot(dx, tl.trans(s), PREC)
-            d_t += _dot(dx, tl.trans(vc * b[:, None]), "ieee")
-            d_bv = _dot(tl.trans(tm), dx, "ieee")
-            _store_rows(dv + i_h * V, d_bv * b[:, None], start, n, H * V, col, V, BT, BV)
-            d_beta += tl.sum(d_bv * vc, 1)
+        s_ds += tl.sum(s * ds, 1)
     e = _pair_decay(G, False, BT)
     r = tl.arange(0, BT)
-    causal = r[:, None] >= r[None, :]
-    p = _dot(qc, tl.trans(kc), PREC) * e
-    d_p = tl.where(causal, d_p, 0.0)
-    d_pe = d_p * e
-    d_q = d_qgam * gam[:, None] + _dot(d_pe, kc, PREC)
-    d_k = _dot(tl.trans(d_pe), qc, PREC) + d_kend * gam_end[:, None]
-    # dG_t: +G_t in q gam and in P's rows, -G_s in P's columns and in exp(G_C - G_s)
-    dp_p = d_p * p
-    z = tl.sum(kc * gam_end[:, None] * d_kend, 1)
-    d_G = tl.sum(qc * gam[:, None] * d_qgam, 1) + tl.sum(dp_p, 1) - tl.sum(dp_p, 0) - z
-    d_last = tl.sum(z, 0) + tl.exp(G_last) * s_ds  # through G_C
+    d_pe = tl.where(r[:, None] >= r[None, :], d_p, 0.0) * e
+    d_q = d_qgam * gam[:, None] + _dot(d_pe, kb, PREC)
+    _store_rows(dq + i_h * K, d_q * scale, start, n, H * K, row0, K, BT, BK)
+    _store_rows(dk + i_h * K, _dot(tl.trans(d_pe), qb, PREC) + d_kend * gam_end[:, None],
+                start, n, H * K, row0, K, BT, BK)
     if DELTA:
-        kg = kc * (b * gam)[:, None]
-        d_kg = _dot(tl.trans(tm), d_w, "ieee")
-        d_t += _dot(d_w, tl.trans(kg), "ieee")
-        d_a = -_dot(_dot(tl.trans(tm), d_t, "ieee"), tl.trans(tm), "ieee")
-        e_strict = _pair_decay(G, True, BT)
-        kk = _dot(kc, tl.trans(kc), "ieee")
-        d_ae = tl.where(r[:, None] > r[None, :], d_a, 0.0) * e_strict
-        d_beta += tl.sum(d_ae * kk, 1) + tl.sum(d_kg * kc * gam[:, None], 1)
-        bd = d_ae * b[:, None]
-        d_k += _dot(bd, kc, "ieee") + _dot(tl.trans(bd), kc, "ieee") + d_kg * (b * gam)[:, None]
-        da_a = d_ae * kk * b[:, None]  # dA * A
-        d_G += tl.sum(kg * d_kg, 1) + tl.sum(da_a, 1) - tl.sum(da_a, 0)
-        r_b = tl.arange(0, BT)
-        tl.store(dbeta + (start + r_b) * H + i_h, d_beta, mask=r_b < n)
-    _store_rows(dq + i_h * K, d_q * scale, start, n, H * K, 0, K, BT, BK)
-    _store_rows(dk + i_h * K, d_k, start, n, H * K, 0, K, BT, BK)
+        _store_rows(dW + i_h * K, d_w, start, n, H * K, row0, K, BT, BK)
     if HAS_G:
-        d_G = d_G + tl.where(r == BT - 1, d_last, 0.0)
-        d_g = tl.cumsum(d_G, 0, reverse=True)
-        tl.store(dg + (start + r) * H + i_h, d_g, mask=r < n)
+        # dG_t: +G_t in q gam and in P's rows, -G_s in P's columns and in exp(G_C - G_s); the
+        # chunk total G_C (through Gam and exp(G_C - G_s)) lands on the last real row
+        z = tl.sum(kb * gam_end[:, None] * d_kend, 1)
+        d_G = tl.sum(qb * gam[:, None] * d_qgam, 1) - z
+        if i_k == 0:
+            dp_p = d_pe * _scores(q, k, start, n, i_h, H, K, scale, BT, BK, NK, PREC)
+            d_G += tl.sum(dp_p, 1) - tl.sum(dp_p, 0)
+        d_last = tl.sum(z, 0) + tl.exp(G_last) * tl.sum(s_ds, 0)
+        d_G += tl.where(r == n - 1, d_last, 0.0)
+        _store_vec(dG + i_k.to(tl.int64) * TOTAL * H + i_h, d_G, start, n, H, BT)
+
+
+@triton.jit
+def wy_bwd_kernel(k, v, g, beta, T, dX, dW, dk, dv, dbeta, dG, cu_seqlens, chunk_indices,
+                  TOTAL, H, K, V, HAS_G: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                  NK: tl.constexpr, BV: tl.constexpr, DG_PART: tl.constexpr, PREC: tl.constexpr):
+    """Delta rules, one program per (chunk, head): through U = T beta v, W = T beta gam k and
+    T = (I + A)^-1 to dv, dbeta, the A and W terms of dk (added to dk_bwd's, in place) and
+    their part of dG (into dG[DG_PART])."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    start, n, _, _ = _chunk_rows(cu_seqlens, chunk_indices, i_c, BT)
+    b = _load_vec(beta + i_h, start, n, H, BT)
+    G, _ = _decays(g, start, n, i_h, H, HAS_G, BT)
+    bgam = b * tl.exp(G)
+    tm = _load_rows(T + i_h * BT, start, n, H * BT, 0, BT, BT, BT)
+    d_t = tl.zeros([BT, BT], dtype=tl.float32)     # dU (beta v)^T + dW (beta gam k)^T
+    d_beta = tl.zeros([BT], dtype=tl.float32)
+    d_G = tl.zeros([BT], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        dx = _load_rows(dX + i_h * V, start, n, H * V, i_v * BV, V, BT, BV)
+        vb = _load_rows(v + i_h * V, start, n, H * V, i_v * BV, V, BT, BV)
+        d_t += _dot(dx, tl.trans(vb * b[:, None]), PREC)
+        d_bv = _dot(tl.trans(tm), dx, PREC)
+        _store_rows(dv + i_h * V, d_bv * b[:, None], start, n, H * V, i_v * BV, V, BT, BV)
+        d_beta += tl.sum(d_bv * vb, 1)
+    kk = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in tl.static_range(NK):
+        kb = _load_rows(k + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+        dw = _load_rows(dW + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+        kg = kb * bgam[:, None]
+        d_kg = _dot(tl.trans(tm), dw, PREC)
+        d_t += _dot(dw, tl.trans(kg), PREC)
+        d_beta += tl.sum(d_kg * kb, 1) * tl.exp(G)
+        d_G += tl.sum(kg * d_kg, 1)
+        kk += _dot(kb, tl.trans(kb), PREC)
+    d_a = -_dot(_dot(tl.trans(tm), d_t, PREC), tl.trans(tm), PREC)
+    d_ae = d_a * _pair_decay(G, True, BT)  # zero on and above the diagonal
+    d_beta += tl.sum(d_ae * kk, 1)
+    _store_vec(dbeta + i_h, d_beta, start, n, H, BT)
+    bd = d_ae * b[:, None]
+    da_a = bd * kk  # dA * A
+    d_G += tl.sum(da_a, 1) - tl.sum(da_a, 0)
+    for i_k in tl.static_range(NK):
+        kb = _load_rows(k + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+        dw = _load_rows(dW + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+        d_k = _load_rows(dk + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+        d_k += _dot(bd, kb, PREC) + _dot(tl.trans(bd), kb, PREC)
+        d_k += _dot(tl.trans(tm), dw, PREC) * bgam[:, None]
+        _store_rows(dk + i_h * K, d_k, start, n, H * K, i_k * BK, K, BT, BK)
+    if HAS_G:
+        _store_vec(dG + DG_PART * TOTAL * H + i_h, d_G, start, n, H, BT)
+
+
+@triton.jit
+def chunk_dg_kernel(dG, dg, cu_seqlens, chunk_indices, TOTAL, H, N_PARTS: tl.constexpr,
+                    BT: tl.constexpr):
+    """dg = the reverse cumsum within each chunk of dG summed over its N_PARTS parts [P, rows,
+    H]; one program per (chunk, head). Scalar decays (gated_delta)."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    start, n, _, _ = _chunk_rows(cu_seqlens, chunk_indices, i_c, BT)
+    total = tl.zeros([BT], dtype=tl.float32)
+    for part in tl.static_range(N_PARTS):
+        total += _load_vec(dG + part * TOTAL * H + i_h, start, n, H, BT)
+    _store_vec(dg + i_h, tl.cumsum(total, 0, reverse=True), start, n, H, BT)
 
 
 # --- gla: a decay per key channel -------------------------------------------------------------
@@ -358,60 +565,73 @@ def chunk_bwd_kernel(q, k, v, g, beta, T, X, h, do, dX, dh, dq, dk, dv, dbeta, d
 # the queries, j < i of the keys) factors the decay through b = G at the row before sub-chunk i,
 # exp(G_t - b) exp(b - G_s), both <= 1, and is a matmul; a diagonal block is summed per key
 # channel, one key row at a time. The backward's dq, dk contractions with dP use the same split.
+# Everything but P and dP is per key channel: those kernels take a key block per program.
 
 @triton.jit
 def gla_cumsum_kernel(g, Gc, cu_seqlens, chunk_indices, H, K, BT: tl.constexpr, BK: tl.constexpr):
-    """G = chunk-local inclusive cumsum of g per key channel, one program per (chunk, head)."""
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    """G = chunk-local inclusive cumsum of g per key channel, one program per (chunk, head,
+    key block)."""
+    i_c, i_h, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start, n, _, _ = _chunk_rows(cu_seqlens, chunk_indices, i_c, BT)
-    gc = _load_rows(g + i_h * K, start, n, H * K, 0, K, BT, BK)
-    _store_rows(Gc + i_h * K, tl.cumsum(gc, 0), start, n, H * K, 0, K, BT, BK)
+    gc = _load_rows(g + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+    _store_rows(Gc + i_h * K, tl.cumsum(gc, 0), start, n, H * K, i_k * BK, K, BT, BK)
 
 
 @triton.jit
-def _sub_rows(ptr, start, n, i_h, H, D, i_sub, BC: tl.constexpr, BD: tl.constexpr):
-    """[BC, BD] tile of sub-chunk i_sub's rows (zero past the chunk's n real rows)."""
-    return _load_rows(ptr + i_h * D, start + i_sub * BC, n - i_sub * BC, H * D, 0, D, BC, BD)
+def _sub_rows(ptr, start, n, i_h, H, D, i_sub, col0, BC: tl.constexpr, BD: tl.constexpr):
+    """[BC, BD] tile of sub-chunk i_sub's rows, columns col0.. (zero past the chunk's n rows)."""
+    return _load_rows(ptr + i_h * D, start + i_sub * BC, n - i_sub * BC, H * D, col0, D, BC, BD)
 
 
 @triton.jit
-def _boundary(Gc, start, n, i_h, H, K, i_sub, BC: tl.constexpr, BK: tl.constexpr):
-    """b = G at the row before sub-chunk i_sub (i_sub >= 1), [BK]."""
-    ck = tl.arange(0, BK)
+def _boundary(Gc, start, n, i_h, H, K, i_sub, col0, BC: tl.constexpr, BK: tl.constexpr):
+    """b = G at the row before sub-chunk i_sub (i_sub >= 1), columns col0.., [BK]."""
+    ck = col0 + tl.arange(0, BK)
     row = i_sub * BC - 1
     return tl.load(Gc + (start + row) * H * K + i_h * K + ck, mask=ck < tl.where(row < n, K, 0), other=0.0)
 
 
 @triton.jit
+def _row(ptr, start, n, i_h, H, K, row, col0, BK: tl.constexpr):
+    """[BK] columns col0.. of chunk row `row` (zeros past the chunk's n rows)."""
+    ck = col0 + tl.arange(0, BK)
+    ok = row < n
+    return tl.load(ptr + (start + row) * H * K + i_h * K + ck, mask=ck < tl.where(ok, K, 0),
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
 def gla_scores_kernel(q, k, Gc, P, cu_seqlens, chunk_indices, scale, H, K, BT: tl.constexpr,
-                      BC: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+                      BC: tl.constexpr, BK: tl.constexpr, NK: tl.constexpr, PREC: tl.constexpr):
     """P (scaled, s <= t) of one chunk and head into P [rows, H, BT] (zeros above the diagonal
-    must be there already)."""
+    must be there already), each block summed over the NK key blocks."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     start, n, _, _ = _chunk_rows(cu_seqlens, chunk_indices, i_c, BT)
     NC: tl.constexpr = BT // BC
     rc = tl.arange(0, BC)
-    ck = tl.arange(0, BK)
     for i in tl.static_range(NC):
-        q_i = _sub_rows(q, start, n, i_h, H, K, i, BC, BK) * scale
-        G_i = _sub_rows(Gc, start, n, i_h, H, K, i, BC, BK)
-        if i > 0:
-            b = _boundary(Gc, start, n, i_h, H, K, i, BC, BK)
-            q_off = q_i * tl.exp(G_i - b[None, :])
-            for j in tl.static_range(i):
-                k_j = _sub_rows(k, start, n, i_h, H, K, j, BC, BK)
-                G_j = _sub_rows(Gc, start, n, i_h, H, K, j, BC, BK)
-                blk = _dot(q_off, tl.trans(k_j * tl.exp(b[None, :] - G_j)), PREC)
-                _store_rows(P + i_h * BT, blk, start + i * BC, n - i * BC, H * BT, j * BC, BT, BC, BC)
+        for j in tl.static_range(i):
+            blk = tl.zeros([BC, BC], dtype=tl.float32)
+            for i_k in tl.static_range(NK):
+                c0 = i_k * BK
+                b = _boundary(Gc, start, n, i_h, H, K, i, c0, BC, BK)
+                q_off = _sub_rows(q, start, n, i_h, H, K, i, c0, BC, BK) * scale \
+                    * tl.exp(_sub_rows(Gc, start, n, i_h, H, K, i, c0, BC, BK) - b[None, :])
+                k_j = _sub_rows(k, start, n, i_h, H, K, j, c0, BC, BK)
+                G_j = _sub_rows(Gc, start, n, i_h, H, K, j, c0, BC, BK)
+                blk += _dot(q_off, tl.trans(k_j * tl.exp(b[None, :] - G_j)), PREC)
+            _store_rows(P + i_h * BT, blk, start + i * BC, n - i * BC, H * BT, j * BC, BT, BC, BC)
         diag = tl.zeros([BC, BC], dtype=tl.float32)
-        for s in range(0, BC):
-            row = start + i * BC + s
-            ok = (i * BC + s) < n
-            k_s = tl.load(k + row * H * K + i_h * K + ck, mask=ck < tl.where(ok, K, 0), other=0.0).to(tl.float32)
-            G_s = tl.load(Gc + row * H * K + i_h * K + ck, mask=ck < tl.where(ok, K, 0), other=0.0)
-            expo = tl.where(rc[:, None] >= s, G_i - G_s[None, :], float("-inf"))
-            col = tl.sum(q_i * k_s[None, :] * tl.exp(expo), 1)
-            diag += tl.where(rc[None, :] == s, col[:, None], 0.0)
+        for i_k in tl.static_range(NK):
+            c0 = i_k * BK
+            q_i = _sub_rows(q, start, n, i_h, H, K, i, c0, BC, BK) * scale
+            G_i = _sub_rows(Gc, start, n, i_h, H, K, i, c0, BC, BK)
+            for s in range(0, BC):
+                k_s = _row(k, start, n, i_h, H, K, i * BC + s, c0, BK)
+                G_s = _row(Gc, start, n, i_h, H, K, i * BC + s, c0, BK)
+                expo = tl.where(rc[:, None] >= s, G_i - G_s[None, :], float("-inf"))
+                col = tl.sum(q_i * k_s[None, :] * tl.exp(expo), 1)
+                diag += tl.where(rc[None, :] == s, col[:, None], 0.0)
         _store_rows(P + i_h * BT, diag, start + i * BC, n - i * BC, H * BT, i * BC, BT, BC, BC)
 
 
@@ -419,13 +639,17 @@ def gla_scores_kernel(q, k, Gc, P, cu_seqlens, chunk_indices, scale, H, K, BT: t
 def gla_chunk_bwd_kernel(q, k, v, Gc, h, do, dh, dP, dq, dk, dlast, cu_seqlens, chunk_indices,
                          chunk_offsets, scale, H, K, V, BT: tl.constexpr, BK: tl.constexpr,
                          BV: tl.constexpr, PREC: tl.constexpr):
-    """gla, one program per (chunk, head): the state terms of dq, dk; dP = dO v^T (s <= t);
-    dlast = the gradient reaching G_C per key channel. gla_intra_bwd_kernel finishes."""
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    """gla, one program per (chunk, head, key block): the state terms of dq, dk; dP = dO v^T
+    (s <= t, stored by key block 0's program); dlast = the gradient reaching G_C per key
+    channel. gla_intra_bwd_kernel finishes."""
+    i_c, i_h, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start, n, i_n, i_j = _chunk_rows(cu_seqlens, chunk_indices, i_c, BT)
-    c = tl.load(chunk_offsets + i_n).to(tl.int64) + i_j
-    kc = _load_rows(k + i_h * K, start, n, H * K, 0, K, BT, BK)
-    G, G_last = _gla_decays(Gc, start, n, i_h, H, K, BT, BK)
+    c = _chunk_index(chunk_offsets, i_n, i_j)
+    state = (c * H + i_h) * K * V
+    row0 = i_k * BK
+    kb = _load_rows(k + i_h * K, start, n, H * K, row0, K, BT, BK)
+    Gb = _load_rows(Gc + i_h * K, start, n, H * K, row0, K, BT, BK)
+    G_last = _load_last_row(Gc + i_h * K, start, n, H * K, row0, K, BK)
     d_qgam = tl.zeros([BT, BK], dtype=tl.float32)
     d_p = tl.zeros([BT, BT], dtype=tl.float32)
     d_kend = tl.zeros([BT, BK], dtype=tl.float32)
@@ -433,22 +657,22 @@ def gla_chunk_bwd_kernel(q, k, v, Gc, h, do, dh, dP, dq, dk, dlast, cu_seqlens, 
     for i_v in range(0, tl.cdiv(V, BV)):
         col = i_v * BV
         dout = _load_rows(do + i_h * V, start, n, H * V, col, V, BT, BV)
-        s = _load_state(h + (c * H + i_h) * K * V, K, V, col, BK, BV)
-        ds = _load_state(dh + (c * H + i_h) * K * V, K, V, col, BK, BV)
+        s = _load_state(h + state, K, V, row0, col, BK, BV)
+        ds = _load_state(dh + state, K, V, row0, col, BK, BV)
         x = _load_rows(v + i_h * V, start, n, H * V, col, V, BT, BV)
         d_qgam += _dot(dout, tl.trans(s), PREC)
         d_p += _dot(dout, tl.trans(x), PREC)
         d_kend += _dot(x, tl.trans(ds), PREC)
         s_ds += tl.sum(s * ds, 1)
     r = tl.arange(0, BT)
-    d_p = tl.where(r[:, None] >= r[None, :], d_p, 0.0)
-    _store_rows(dP + i_h * BT, d_p, start, n, H * BT, 0, BT, BT, BT)
-    gam_end = tl.exp(G_last[None, :] - G)
-    d_k = d_kend * gam_end
-    _store_rows(dq + i_h * K, d_qgam * tl.exp(G), start, n, H * K, 0, K, BT, BK)
-    _store_rows(dk + i_h * K, d_k, start, n, H * K, 0, K, BT, BK)
-    ck = tl.arange(0, BK)
-    last = tl.sum(kc * d_k, 0) + tl.exp(G_last) * s_ds
+    if i_k == 0:
+        d_p = tl.where(r[:, None] >= r[None, :], d_p, 0.0)
+        _store_rows(dP + i_h * BT, d_p, start, n, H * BT, 0, BT, BT, BT)
+    d_k = d_kend * tl.exp(G_last[None, :] - Gb)
+    _store_rows(dq + i_h * K, d_qgam * tl.exp(Gb), start, n, H * K, row0, K, BT, BK)
+    _store_rows(dk + i_h * K, d_k, start, n, H * K, row0, K, BT, BK)
+    ck = row0 + tl.arange(0, BK)
+    last = tl.sum(kb * d_k, 0) + tl.exp(G_last) * s_ds
     tl.store(dlast + (c * H + i_h) * K + ck, last, mask=ck < K)
 
 
@@ -456,67 +680,66 @@ def gla_chunk_bwd_kernel(q, k, v, Gc, h, do, dh, dP, dq, dk, dlast, cu_seqlens, 
 def gla_intra_bwd_kernel(q, k, Gc, dP, dq, dk, dlast, dg, cu_seqlens, chunk_indices,
                          chunk_offsets, scale, H, K, BT: tl.constexpr, BC: tl.constexpr,
                          BK: tl.constexpr, PREC: tl.constexpr):
-    """gla, one program per (chunk, head): adds dq_t += sum_s dP_ts k_s exp(G_t - G_s) and
-    dk_s += sum_t dP_ts q_t exp(G_t - G_s) to the state terms in dq, dk (in place), then
-    dG = q dq - k dk (+ dlast at the chunk's end) and dg = its reverse cumsum."""
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    """gla, one program per (chunk, head, key block): adds dq_t += sum_s dP_ts k_s
+    exp(G_t - G_s) and dk_s += sum_t dP_ts q_t exp(G_t - G_s) to the state terms in dq, dk (in
+    place), then dG = q dq - k dk (+ dlast at the chunk's end) and dg = its reverse cumsum."""
+    i_c, i_h, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start, n, i_n, i_j = _chunk_rows(cu_seqlens, chunk_indices, i_c, BT)
-    c = tl.load(chunk_offsets + i_n).to(tl.int64) + i_j
+    c = _chunk_index(chunk_offsets, i_n, i_j)
+    c0 = i_k * BK
     NC: tl.constexpr = BT // BC
     rc = tl.arange(0, BC)
-    ck = tl.arange(0, BK)
     # dq, by query sub-chunk i
     for i in tl.static_range(NC):
-        G_i = _sub_rows(Gc, start, n, i_h, H, K, i, BC, BK)
+        G_i = _sub_rows(Gc, start, n, i_h, H, K, i, c0, BC, BK)
         acc = tl.zeros([BC, BK], dtype=tl.float32)
         if i > 0:
-            b = _boundary(Gc, start, n, i_h, H, K, i, BC, BK)
+            b = _boundary(Gc, start, n, i_h, H, K, i, c0, BC, BK)
             off = tl.zeros([BC, BK], dtype=tl.float32)
             for j in tl.static_range(i):
-                k_j = _sub_rows(k, start, n, i_h, H, K, j, BC, BK)
-                G_j = _sub_rows(Gc, start, n, i_h, H, K, j, BC, BK)
+                k_j = _sub_rows(k, start, n, i_h, H, K, j, c0, BC, BK)
+                G_j = _sub_rows(Gc, start, n, i_h, H, K, j, c0, BC, BK)
                 dp = _load_rows(dP + i_h * BT, start + i * BC, n - i * BC, H * BT, j * BC, BT, BC, BC)
                 off += _dot(dp, k_j * tl.exp(b[None, :] - G_j), PREC)
             acc += off * tl.exp(G_i - b[None, :])
         for s in range(0, BC):
-            row = start + i * BC + s
-            ok = (i * BC + s) < n
-            k_s = tl.load(k + row * H * K + i_h * K + ck, mask=ck < tl.where(ok, K, 0), other=0.0).to(tl.float32)
-            G_s = tl.load(Gc + row * H * K + i_h * K + ck, mask=ck < tl.where(ok, K, 0), other=0.0)
+            k_s = _row(k, start, n, i_h, H, K, i * BC + s, c0, BK)
+            G_s = _row(Gc, start, n, i_h, H, K, i * BC + s, c0, BK)
             dp_s = tl.load(dP + (start + i * BC + rc) * H * BT + i_h * BT + i * BC + s,
                            mask=(i * BC + rc) < n, other=0.0)
             expo = tl.where(rc[:, None] >= s, G_i - G_s[None, :], float("-inf"))
             acc += dp_s[:, None] * k_s[None, :] * tl.exp(expo)
-        prev = _sub_rows(dq, start, n, i_h, H, K, i, BC, BK)
-        _store_rows(dq + i_h * K, prev + acc, start + i * BC, n - i * BC, H * K, 0, K, BC, BK)
+        prev = _sub_rows(dq, start, n, i_h, H, K, i, c0, BC, BK)
+        _store_rows(dq + i_h * K, prev + acc, start + i * BC, n - i * BC, H * K, c0, K, BC, BK)
     # dk, by key sub-chunk j
     for j in tl.static_range(NC):
-        G_j = _sub_rows(Gc, start, n, i_h, H, K, j, BC, BK)
+        G_j = _sub_rows(Gc, start, n, i_h, H, K, j, c0, BC, BK)
         acc = tl.zeros([BC, BK], dtype=tl.float32)
         for i in tl.static_range(j + 1, NC):
-            b = _boundary(Gc, start, n, i_h, H, K, i, BC, BK)
-            q_i = _sub_rows(q, start, n, i_h, H, K, i, BC, BK) * scale
-            G_i = _sub_rows(Gc, start, n, i_h, H, K, i, BC, BK)
+            b = _boundary(Gc, start, n, i_h, H, K, i, c0, BC, BK)
+            q_i = _sub_rows(q, start, n, i_h, H, K, i, c0, BC, BK) * scale
+            G_i = _sub_rows(Gc, start, n, i_h, H, K, i, c0, BC, BK)
             dp = _load_rows(dP + i_h * BT, start + i * BC, n - i * BC, H * BT, j * BC, BT, BC, BC)
             acc += _dot(tl.trans(dp), q_i * tl.exp(G_i - b[None, :]), PREC) * tl.exp(b[None, :] - G_j)
         for t in range(0, BC):
-            row = start + j * BC + t
-            ok = (j * BC + t) < n
-            q_t = tl.load(q + row * H * K + i_h * K + ck, mask=ck < tl.where(ok, K, 0), other=0.0).to(tl.float32) * scale
-            G_t = tl.load(Gc + row * H * K + i_h * K + ck, mask=ck < tl.where(ok, K, 0), other=0.0)
-            dp_t = tl.load(dP + row * H * BT + i_h * BT + j * BC + rc, mask=rc < tl.where(ok, BC, 0), other=0.0)
+            row = j * BC + t
+            q_t = _row(q, start, n, i_h, H, K, row, c0, BK) * scale
+            G_t = _row(Gc, start, n, i_h, H, K, row, c0, BK)
+            dp_t = tl.load(dP + (start + row) * H * BT + i_h * BT + j * BC + rc,
+                           mask=rc < tl.where(row < n, BC, 0), other=0.0)
             expo = tl.where(rc[:, None] <= t, G_t[None, :] - G_j, float("-inf"))
             acc += dp_t[:, None] * q_t[None, :] * tl.exp(expo)
-        prev = _sub_rows(dk, start, n, i_h, H, K, j, BC, BK)
-        _store_rows(dk + i_h * K, prev + acc, start + j * BC, n - j * BC, H * K, 0, K, BC, BK)
+        prev = _sub_rows(dk, start, n, i_h, H, K, j, c0, BC, BK)
+        _store_rows(dk + i_h * K, prev + acc, start + j * BC, n - j * BC, H * K, c0, K, BC, BK)
     # dG = q dq - k dk per key channel, dlast at the end; dg = reverse cumsum within the chunk
     tl.debug_barrier()  # the rows of dq, dk stored above are read back by other threads
-    qc = _load_rows(q + i_h * K, start, n, H * K, 0, K, BT, BK) * scale
-    kc = _load_rows(k + i_h * K, start, n, H * K, 0, K, BT, BK)
-    d_q = _load_rows(dq + i_h * K, start, n, H * K, 0, K, BT, BK)
-    d_k = _load_rows(dk + i_h * K, start, n, H * K, 0, K, BT, BK)
+    qc = _load_rows(q + i_h * K, start, n, H * K, c0, K, BT, BK) * scale
+    kc = _load_rows(k + i_h * K, start, n, H * K, c0, K, BT, BK)
+    d_q = _load_rows(dq + i_h * K, start, n, H * K, c0, K, BT, BK)
+    d_k = _load_rows(dk + i_h * K, start, n, H * K, c0, K, BT, BK)
+    ck = c0 + tl.arange(0, BK)
     last = tl.load(dlast + (c * H + i_h) * K + ck, mask=ck < K, other=0.0)
     r = tl.arange(0, BT)
     d_G = qc * d_q - kc * d_k + tl.where(r[:, None] == BT - 1, last[None, :], 0.0)
-    _store_rows(dg + i_h * K, tl.cumsum(d_G, 0, reverse=True), start, n, H * K, 0, K, BT, BK)
-    _store_rows(dq + i_h * K, d_q * scale, start, n, H * K, 0, K, BT, BK)
+    _store_rows(dg + i_h * K, tl.cumsum(d_G, 0, reverse=True), start, n, H * K, c0, K, BT, BK)
+    _store_rows(dq + i_h * K, d_q * scale, start, n, H * K, c0, K, BT, BK)
