@@ -301,12 +301,13 @@ TRAIN_ROWS = TILE
 def kernel_launches(width: int, dtype: torch.dtype, *, rows: int = TRAIN_ROWS, residual: bool = False,
                     gate: bool = False, norm_before_gate: bool = True, group_size: int | None = None,
                     z_dtype: torch.dtype | None = None, weight_dtype: torch.dtype | None = None,
-                    dh: bool | None = None) -> list:
+                    dh: bool | None = None, backward: bool = True) -> list:
     """The Triton launches (triton_support.KernelLaunch) of one forward and backward of a norm
     over `rows` rows of `width` columns with `dtype` inputs: the launchers run on meta tensors
     and record instead of launching. `residual`: the fused add (the backward then gets the
     residual stream's gradient dh unless `dh` says otherwise); `gate`: the gated norm, z in
-    `z_dtype` (default dtype); the weight in `weight_dtype` (default dtype)."""
+    `z_dtype` (default dtype); the weight in `weight_dtype` (default dtype); `backward`: False
+    for decoding, which runs the forward only."""
     from ..triton_support import recorded_launches
     meta = dict(device="meta")
     x = torch.empty(rows, width, dtype=dtype, **meta)
@@ -316,7 +317,8 @@ def kernel_launches(width: int, dtype: torch.dtype, *, rows: int = TRAIN_ROWS, r
     with_dh = residual if dh is None else dh
     with recorded_launches() as found:
         _forward(x, x if residual else None, z, weight, 1e-5, norm_before_gate, group)
-        _backward(x, x if with_dh else None, x, z, weight, 1e-5, norm_before_gate, group)
+        if backward:
+            _backward(x, x if with_dh else None, x, z, weight, 1e-5, norm_before_gate, group)
     return found
 
 
@@ -328,7 +330,7 @@ def gate_launches() -> list:
     found = []
     for dtype in (torch.float32, torch.bfloat16):
         found += kernel_launches(1, dtype)
-        found += kernel_launches(1, dtype, rows=1)
+        found += kernel_launches(1, dtype, rows=1)  # and its backward: one block per program
         found += kernel_launches(MAX_WIDTH, dtype, residual=True)
         found += kernel_launches(MAX_WIDTH, dtype, residual=True, dh=False)
         found += kernel_launches(MAX_WIDTH, dtype, gate=True, norm_before_gate=False)
