@@ -6,6 +6,7 @@
     model = archspec.build(spec)                 # trainable causal LM (meta=True: free structural build)
     model, spec = archspec.load_saved("out/")    # what `archspec build --save out/` wrote
     d = archspec.diff(spec_a, spec_b)            # structural diff, cost deltas, checkpoint reuse
+    k = archspec.kernels_report([spec], targets=[TARGETS["sm_90"]])  # the kernel gate (ops/aot.py)
 """
 from .accounting import account
 from .codegen.build import build, load_saved
@@ -13,9 +14,10 @@ from .components.base import FlopConvention
 from .diff import diff
 from .errors import BuildRefused, SpecError
 from .graph import component_graph
+from .kernels import kernels_report
 from .report import report
 from .spec import ResolvedSpec, load, loads
 
 __version__ = "0.1.0"
-__all__ = ["load", "loads", "report", "account", "component_graph", "build", "load_saved", "diff", "FlopConvention",
+__all__ = ["load", "loads", "report", "account", "component_graph", "build", "load_saved", "diff", "kernels_report", "FlopConvention",
            "SpecError", "BuildRefused", "ResolvedSpec", "__version__"]

@@ -105,6 +105,26 @@ def _parser() -> argparse.ArgumentParser:
                          "--seq-len")
     df.add_argument("--attention-flops", choices=["attended", "dense"], default="attended",
                     help="count causal attention's attended pairs (default) or all T^2 pairs")
+    k = sub.add_parser("kernels", help="every Triton kernel launch configuration the specs use; with "
+                       "--compile, the ahead-of-time gate (exit 1 when a configuration fails)",
+                       description="List every Triton kernel launch configuration (block sizes, "
+                       "warps, stages, dtype) that the specs' components use, and the extremes each "
+                       "kernel family accepts. With --compile, compile each for each GPU target (no "
+                       "GPU needed) and check it: it compiles, shared memory within the target's "
+                       "per-block limit, no register spills, tensor cores for 16-bit dots. Exit 0 all "
+                       "pass, 1 a configuration fails, 2 a usage error or a bad spec. See docs/kernels.md.")
+    k.add_argument("specs", nargs="*", metavar="SPEC", help="spec files (default: every shipped spec)")
+    k.add_argument("--compile", metavar="TARGETS", dest="targets",
+                   help="compile for these targets, e.g. sm_80,sm_90")
+    k.add_argument("--dtypes", default="float32,bfloat16", help="input dtypes (default float32,bfloat16)")
+    k.add_argument("--format", choices=["table", "json"], default="table")
+    k.add_argument("--jobs", type=positive_int, help="parallel compiles (default: the CPU count)")
+    k.add_argument("--timeout", type=positive_int, default=300, metavar="S",
+                   help="seconds one compile may take before it counts as failed (default 300)")
+    k.add_argument("--only", metavar="NAME[,NAME...]",
+                   help="only kernels whose name starts with one of these (e.g. norm,dispatch)")
+    k.add_argument("--no-extremes", action="store_true",
+                   help="only the specs' configurations, not the families' extremes")
     return p
 
 
@@ -429,7 +449,52 @@ def cmd_diff(args) -> int:
     return d.exit_code
 
 
-COMMANDS = {"validate": cmd_validate, "report": cmd_report, "build": cmd_build, "graph": cmd_graph,
+def cmd_kernels(args) -> int:
+    """Exit 0 every configuration passes (or the listing), 1 one fails the gate, 2 trouble (a
+    bad option, an unreadable or invalid spec, triton missing)."""
+    from .kernels import kernels_report, parse_dtypes, render, shipped_specs
+    from .ops.triton_support import triton_installed
+    if not triton_installed():
+        raise UsageError("`archspec kernels` needs triton (pip install 'archspec[triton]')")
+    targets = None
+    try:
+        dtypes = parse_dtypes(args.dtypes)
+        if args.targets is not None:
+            from .ops.aot import parse_targets
+            targets = parse_targets(args.targets)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    paths = args.specs or shipped_specs()
+    if not paths:
+        raise UsageError("no SPEC given and no shipped specs found beside the package; name spec files")
+    specs, failed = [], False
+    for path in paths:
+        try:
+            specs.append(_load(path))
+        except SpecError as e:  # every spec's errors, then exit 2: 1 means "a kernel fails" here
+            print(e.format(), file=sys.stderr)
+            failed = True
+    if failed:
+        return EXIT_USAGE
+    rep = kernels_report(specs, dtypes, targets, jobs=args.jobs, timeout=args.timeout,
+                         extremes=not args.no_extremes, progress=_progress if targets else None,
+                         only=[o.strip() for o in args.only.split(",") if o.strip()] if args.only else None)
+    sys.stdout.write(render(rep, args.format))
+    if targets is not None and not rep["ok"]:
+        failed = sum(not r["ok"] for r in rep["results"])
+        print(f"archspec kernels: {failed} of {len(rep['results'])} configurations fail the gate",
+              file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK
+
+
+def _progress(done: int, total: int, result) -> None:
+    status = "ok" if result.ok else "FAIL"
+    print(f"[{done}/{total}] {status:4} {result.target} {result.kernel} ({result.compile_s}s)",
+          file=sys.stderr, flush=True)
+
+
+COMMANDS = {"validate": cmd_validate, "kernels": cmd_kernels, "report": cmd_report, "build": cmd_build, "graph": cmd_graph,
             "schema": cmd_schema, "components": cmd_components,
             "diff": cmd_diff}
 

@@ -180,6 +180,20 @@ class Mamba2(Component):
         # boolean causal masks [Q, Q] and [c+1, c+1].
         return t * per_token * nb + 4 * f32
 
+    def kernel_launches(self, cfg, model, dtype):
+        """The gated RMSNorm's kernels, as Module.forward calls it: y (SSD's output, float32 or
+        float64) gated by z (the model dtype) with the weight in the model dtype, E columns in
+        ngroups groups; over a training batch's rows (forward and backward) and one decoded
+        token's (`step`: forward only)."""
+        from ..ops.norm.fused import TRAIN_ROWS, kernel_launches
+        e, g = inner_width(cfg, model), cfg["ngroups"]
+        y_dtype = torch.promote_types(dtype, torch.float32)
+        return [launch for rows in (TRAIN_ROWS, 1)
+                for launch in kernel_launches(e, y_dtype, rows=rows, gate=True,
+                                              norm_before_gate=cfg["norm_before_gate"],
+                                              group_size=e // g, z_dtype=dtype, weight_dtype=dtype,
+                                              backward=rows > 1)]
+
     class Module(ComponentModule):
         def __init__(self, cfg: dict, model: ModelConfig):
             super().__init__()

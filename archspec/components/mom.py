@@ -320,6 +320,31 @@ class MoM(Component):
         m = cfg["n_memories"]
         return total - per_memory + per_memory * cfg["topk"] // m
 
+    # --- kernels ---------------------------------------------------------------------------
+    def kernel_launches(self, cfg, model, dtype):
+        """The `triton` backend's launches, as Module._run makes them (forward and backward):
+        the dispatch gathers of x (d_model columns) and of q (key_dim) from a training batch's
+        tokens into k (+1 shared) packed rows each, and the weighted combine of the memories'
+        outputs (value_dim); the chunked rule (training, and prefill's final states); the gated
+        output norm over heads of head_v_dim (a batch's rows and one decoded token's heads)."""
+        from ..ops.dispatch.fused import kernel_launches as dispatch_launches
+        from ..ops.linear_attention.fused_chunk import kernel_launches as rule_launches
+        from ..ops.norm.fused import TRAIN_ROWS, kernel_launches as norm_launches
+        h, dk, dv = cfg["n_heads"], cfg["head_dim"], cfg["head_v_dim"]
+        tokens = TRAIN_ROWS
+        rows = tokens * (cfg["topk"] + (1 if cfg["shared_memory"] else 0))
+        found = dispatch_launches(model.d_model, dtype, tokens=tokens, rows=rows, combine=False)
+        found += dispatch_launches(cfg["key_dim"], dtype, tokens=tokens, rows=rows, combine=False)
+        found += dispatch_launches(cfg["value_dim"], dtype, tokens=tokens, rows=rows, gather=False)
+        for final_state in (False, True):
+            found += rule_launches(cfg["rule"], h, dk, dv, cfg["chunk_size"], dtype,
+                                   final_state=final_state)
+        if cfg["output_gate"]:
+            for norm_rows in (tokens * h, h):  # training; one decoded token (`step`: forward only)
+                found += norm_launches(dv, dtype, rows=norm_rows, gate=True, norm_before_gate=True,
+                                       backward=norm_rows > h)
+        return found
+
     # --- module --------------------------------------------------------------------------
     class Module(ComponentModule):
         def __init__(self, cfg: dict, model: ModelConfig):

@@ -43,6 +43,16 @@ class RMSNorm(Component):
         # (float32, for the weight's gradient). Measured with saved_tensors_hooks.
         return seq_len * (2 * 4 * model.d_model + 4)
 
+    def kernel_launches(self, cfg, model, dtype):
+        """The model norm's kernels: the plain norm (the first sublayer's, or as a component)
+        and the fused residual add + norm of the others (backward with and without the
+        stream's gradient), over a training batch's rows; and forward only over a single decoded
+        token (a smaller tile: another block size and warp count)."""
+        from ..ops.norm.fused import kernel_launches
+        return [launch for rows, backward in ((None, True), (1, False)) for residual in (False, True)
+                for launch in kernel_launches(model.d_model, dtype, residual=residual, backward=backward,
+                                              **({"rows": rows} if rows else {}))]
+
     class Module(ComponentModule):
         def __init__(self, cfg: dict, model: ModelConfig):
             super().__init__()

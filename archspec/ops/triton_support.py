@@ -228,7 +228,11 @@ def launch(kernel, grid, *args, num_warps: int = 4, num_stages: int = 3, **kwarg
 def describe_launch(kernel, args: tuple, kwargs: dict, num_warps: int, num_stages: int) -> KernelLaunch:
     """The KernelLaunch of `kernel[grid](*args, **kwargs)`; tensors may be on the meta device."""
     from triton.backends.compiler import BaseBackend
-    from triton.runtime.jit import MockTensor, native_specialize_impl
+    from triton.runtime.jit import JITFunction, MockTensor, native_specialize_impl
+    if not isinstance(kernel, JITFunction):
+        # triton's interpreter (TRITON_INTERPRET=1) wraps kernels in an InterpretedFunction,
+        # which has no parameter list; the JITFunction of the same Python function gives it
+        kernel = JITFunction(kernel.fn)
     params = kernel.params
     if len(args) > len(params):
         raise TypeError(f"{kernel.fn.__name__}: {len(args)} arguments for {len(params)} parameters")

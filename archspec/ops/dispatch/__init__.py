@@ -30,6 +30,6 @@ under torch.compile and on the meta device they are skipped.
 """
 from __future__ import annotations
 
-from .fused import RowMap, combine_rows, gather_rows, row_map
+from .fused import RowMap, combine_rows, gate_launches, gather_rows, kernel_launches, row_map
 
 __all__ = ["RowMap", "row_map", "gather_rows", "combine_rows"]

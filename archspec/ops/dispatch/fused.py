@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..triton_support import check_runnable, launch, register_flops
+from ..triton_support import check_runnable, install_flop_formulas, launch, register_flops
 
 BLOCK_ROWS = 16   # packed rows per program (gather, combine backward)
 MAX_BLOCK_D = 128  # columns per program: the next power of two of D, at most this
@@ -111,8 +111,7 @@ def _segment_sum(src: Tensor, weight: Tensor | None, order: Tensor, offsets: Ten
 
 # --- gather ------------------------------------------------------------------------------------
 
-@torch.library.custom_op("archspec::dispatch_gather", mutates_args=())
-def dispatch_gather(x: Tensor, token: Tensor, order: Tensor, offsets: Tensor) -> Tensor:
+def _gather(x: Tensor, token: Tensor, order: Tensor, offsets: Tensor) -> Tensor:
     """x [N, D] -> x[token] [P, D]; order / offsets (the CSR of token) serve the backward."""
     p, d = token.shape[0], x.shape[1]
     out = x.new_empty(p, d)
@@ -126,6 +125,11 @@ def dispatch_gather(x: Tensor, token: Tensor, order: Tensor, offsets: Tensor) ->
     launch(gather_kernel, (triton.cdiv(p, BLOCK_ROWS), triton.cdiv(d, block_d)),
         x, token, out, p, d, BLOCK_R=BLOCK_ROWS, BLOCK_D=block_d)
     return out
+
+
+# the launchers are plain functions (the gate runs them on meta tensors, where a custom op
+# would run its fake implementation); the custom ops wrap them
+dispatch_gather = torch.library.custom_op("archspec::dispatch_gather", mutates_args=())(_gather)
 
 
 @dispatch_gather.register_fake
@@ -170,8 +174,7 @@ def _(o, weight, token, order, offsets):
     return o.new_empty(offsets.shape[0] - 1, o.shape[1])
 
 
-@torch.library.custom_op("archspec::dispatch_combine_backward", mutates_args=())
-def dispatch_combine_backward(grad: Tensor, o: Tensor, weight: Tensor, token: Tensor) -> tuple[Tensor, Tensor]:
+def _combine_backward(grad: Tensor, o: Tensor, weight: Tensor, token: Tensor) -> tuple[Tensor, Tensor]:
     """do[r] = weight[r] grad[token[r]] (o's dtype); dweight[r] = <o[r], grad[token[r]]>
     (weight's dtype), both accumulated in float32."""
     p, d = o.shape
@@ -188,6 +191,10 @@ def dispatch_combine_backward(grad: Tensor, o: Tensor, weight: Tensor, token: Te
         grad, o, weight, token, do, dweight, p, d, ACC=_acc(grad, o, weight),
         BLOCK_R=BLOCK_ROWS, BLOCK_D=_block_d(d))
     return do, dweight
+
+
+dispatch_combine_backward = torch.library.custom_op("archspec::dispatch_combine_backward",
+                                                    mutates_args=())(_combine_backward)
 
 
 @dispatch_combine_backward.register_fake
@@ -276,6 +283,7 @@ def gather_rows(x: Tensor, token: Tensor | RowMap, backend: str = "reference") -
         _check_range(t, x.shape[0], "gather_rows of x")
         return reference.gather_rows(x, t)
     rows = _as_row_map(token, x.shape[0], "gather_rows")
+    install_flop_formulas()  # so a FlopCounterMode created before the first call counts the ops
     if x.device.type != "meta":
         check_runnable(x)
     return dispatch_gather(x, rows.token, rows.order, rows.offsets)
@@ -311,6 +319,45 @@ def combine_rows(o: Tensor, weight: Tensor, token: Tensor | RowMap, n_tokens: in
         _check_range(t, n_tokens, "combine_rows")
         return reference.combine_rows(o, weight, t, n_tokens)
     rows = _as_row_map(token, n_tokens, "combine_rows")
+    install_flop_formulas()
     if o.device.type != "meta":
         check_runnable(o)
     return dispatch_combine(o, weight, rows.token, rows.order, rows.offsets)
+
+
+# --- launches for the ahead-of-time gate (`archspec kernels`) ----------------------------------
+
+def kernel_launches(d: int, dtype: torch.dtype, *, tokens: int = 4096, rows: int | None = None,
+                    gather: bool = True, combine: bool = True,
+                    weight_dtype: torch.dtype | None = None) -> list:
+    """The Triton launches (triton_support.KernelLaunch) of a gather of `rows` packed rows
+    (default 2 per token) from `tokens` tokens of width `d` and its backward (`gather`), and of
+    a weighted combine back and its backward (`combine`), `dtype` rows, weights in
+    `weight_dtype` (default dtype): the launchers run on meta tensors and record."""
+    from ..triton_support import recorded_launches
+    rows = 2 * tokens if rows is None else rows
+    meta = dict(device="meta")
+    x = torch.empty(tokens, d, dtype=dtype, **meta)
+    packed = torch.empty(rows, d, dtype=dtype, **meta)
+    token = torch.empty(rows, dtype=torch.int64, **meta)
+    order, offsets = torch.empty_like(token), torch.empty(tokens + 1, dtype=torch.int64, **meta)
+    weight = torch.empty(rows, dtype=weight_dtype or dtype, **meta)
+    with recorded_launches() as found:
+        if gather:
+            _gather(x, token, order, offsets)
+            _segment_sum(packed, None, order, offsets)  # its backward
+        if combine:
+            _segment_sum(packed, weight, order, offsets)
+            _combine_backward(x, packed, weight, token)
+    return found
+
+
+def gate_launches() -> list:
+    """Launches at the extremes of what the kernels take: one column (BLOCK_D 1) and rows
+    wider than a program's MAX_BLOCK_D columns (the column loop and masks), float32, bfloat16
+    and float64 (accumulated in float64)."""
+    found = []
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        found += kernel_launches(1, dtype)
+        found += kernel_launches(8 * MAX_BLOCK_D + 1, dtype)
+    return found

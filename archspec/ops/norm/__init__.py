@@ -18,14 +18,15 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from .fused import fused_add_rmsnorm, fused_gated_rmsnorm, fused_rmsnorm  # registers the ops
+from .fused import (fused_add_rmsnorm, fused_gated_rmsnorm, fused_rmsnorm,  # registers the ops
+                    gate_launches, kernel_launches)
 from .reference import GATED_NORM_FLOPS_PER_ELEMENT, NORM_FLOPS_PER_GROUP, gated_rmsnorm_flops
 
 BACKENDS = ("reference", "triton")
 
 __all__ = ["GATED_NORM_FLOPS_PER_ELEMENT", "NORM_FLOPS_PER_GROUP", "BACKENDS", "add_rmsnorm",
            "fused_add_rmsnorm", "fused_gated_rmsnorm", "fused_rmsnorm", "gated_rmsnorm",
-           "gated_rmsnorm_flops", "rmsnorm"]
+           "gated_rmsnorm_flops", "gate_launches", "kernel_launches", "rmsnorm"]
 
 
 def _check_backend(backend: str) -> None:

@@ -24,7 +24,11 @@ from ..triton_support import (check_runnable, install_flop_formulas, interpretin
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 TILE = 4096  # elements of one program's [rows, groups, group] tile (padded widths)
-MAX_WIDTH = 32768  # widest padded row one program holds (registers); wider rows are refused
+# Widest padded row one program holds; wider rows are refused. A program of 16 warps holds a
+# row in registers, 16 floats per thread per tensor at 8192; the gate (`archspec kernels
+# --compile`) measured spills in the backward at 16384 and in both directions at 32768, on sm_80
+# and sm_90.
+MAX_WIDTH = 8192
 BWD_PROGRAMS_PER_SM = 4  # backward programs per CUDA multiprocessor (each loops over row blocks)
 BWD_PROGRAMS_CPU = 4  # ... under the interpreter
 
@@ -76,11 +80,14 @@ def _pow2(v: int) -> int:
 
 # --- launchers ---------------------------------------------------------------------------------
 
-def _layout(m: int, n: int, group: int) -> dict:
+def _layout(m: int, n: int, group: int, device: torch.device) -> dict:
     block_ng, block_g = _pow2(n // group), _pow2(group)
     width = block_ng * block_g
     block_m = max(1, min(_pow2(m), TILE // width))
-    return dict(BLOCK_M=block_m, BLOCK_NG=block_ng, BLOCK_G=block_g, ROUND_BF16=interpreting(),
+    # rounding by hand only where the interpreter runs (the CPU); a GPU, and the meta tensors
+    # the gate records launches with, round in hardware
+    round_bf16 = device.type == "cpu" and interpreting()
+    return dict(BLOCK_M=block_m, BLOCK_NG=block_ng, BLOCK_G=block_g, ROUND_BF16=round_bf16,
                 num_warps=min(16, max(2, block_m * width // 256)))
 
 
@@ -98,7 +105,7 @@ def _forward(x, residual, z, weight, eps, norm_before_gate, group):
     h = torch.empty_like(x2) if residual is not None else None
     if m:
         from .triton_kernels import norm_fwd_kernel
-        meta = _layout(m, n, group)
+        meta = _layout(m, n, group, x.device)
         grid = (_cdiv(m, meta["BLOCK_M"]),)
         # absent optional tensors are never read (their flags are off); x stands in for them
         launch(norm_fwd_kernel, grid, x2, _or(r2, x2), _or(z2, x2), weight.contiguous(), y, _or(h, y),
@@ -119,7 +126,7 @@ def _backward(dy, dh, x, z, weight, eps, norm_before_gate, group):
     if not m:
         return dx.reshape(x.shape), _shaped(dz, x), torch.zeros_like(weight)
     from .triton_kernels import norm_bwd_kernel
-    meta = _layout(m, n, group)
+    meta = _layout(m, n, group, x.device)
     n_blocks = _cdiv(m, meta["BLOCK_M"])
     per_program = _cdiv(n_blocks, min(n_blocks, _max_bwd_programs(x.device)))
     programs = _cdiv(n_blocks, per_program)
@@ -286,3 +293,55 @@ def fused_gated_rmsnorm(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, 
     """reference.gated_rmsnorm by the Triton kernel (see the module docstring)."""
     group = _check(x, weight, {"z": z}, group_size)
     return gated_rmsnorm_op(x, z, weight, float(eps), bool(norm_before_gate), group)
+
+
+# --- launches for the ahead-of-time gate (`archspec kernels`) ----------------------------------
+
+# Rows a training step normalises at once: enough that every width's tile holds its most rows
+# (BLOCK_M = TILE // width), as any real batch does.
+TRAIN_ROWS = TILE
+
+
+def kernel_launches(width: int, dtype: torch.dtype, *, rows: int = TRAIN_ROWS, residual: bool = False,
+                    gate: bool = False, norm_before_gate: bool = True, group_size: int | None = None,
+                    z_dtype: torch.dtype | None = None, weight_dtype: torch.dtype | None = None,
+                    dh: bool | None = None, backward: bool = True) -> list:
+    """The Triton launches (triton_support.KernelLaunch) of one forward and backward of a norm
+    over `rows` rows of `width` columns with `dtype` inputs: the launchers run on meta tensors
+    and record instead of launching. `residual`: the fused add (the backward then gets the
+    residual stream's gradient dh unless `dh` says otherwise); `gate`: the gated norm, z in
+    `z_dtype` (default dtype); the weight in `weight_dtype` (default dtype); `backward`: False
+    for decoding, which runs the forward only."""
+    from ..triton_support import recorded_launches
+    meta = dict(device="meta")
+    x = torch.empty(rows, width, dtype=dtype, **meta)
+    z = torch.empty(rows, width, dtype=z_dtype or dtype, **meta) if gate else None
+    weight = torch.empty(width, dtype=weight_dtype or dtype, **meta)
+    group = _check(x, weight, {"z": z, "residual": x if residual else None}, group_size)
+    with_dh = residual if dh is None else dh
+    with recorded_launches() as found:
+        _forward(x, x if residual else None, z, weight, 1e-5, norm_before_gate, group)
+        if backward:
+            _backward(x, x if with_dh else None, x, z, weight, 1e-5, norm_before_gate, group)
+    return found
+
+
+def gate_launches() -> list:
+    """Launches at the extremes of what the kernels accept (`_check`): the narrowest row (one
+    column, the most rows a tile holds), the widest (MAX_WIDTH, one row per program), plain,
+    with the residual add, gated either way, as one group and as many small groups; float32
+    (the widest loads) and bfloat16 (conversions). Single-row launches (decoding) too."""
+    found = []
+    for dtype in (torch.float32, torch.bfloat16):
+        found += kernel_launches(1, dtype)
+        found += kernel_launches(1, dtype, rows=1)  # and its backward: one block per program
+        found += kernel_launches(MAX_WIDTH, dtype, residual=True)
+        found += kernel_launches(MAX_WIDTH, dtype, residual=True, dh=False)
+        found += kernel_launches(MAX_WIDTH, dtype, gate=True, norm_before_gate=False)
+        found += kernel_launches(MAX_WIDTH, dtype, gate=True, norm_before_gate=True, group_size=16)
+        # three groups of MAX_WIDTH / 4 (padded to four: masked groups), and a row one column
+        # short of MAX_WIDTH (masked columns)
+        found += kernel_launches(3 * MAX_WIDTH // 4, dtype, gate=True, norm_before_gate=True,
+                                 group_size=MAX_WIDTH // 4)
+        found += kernel_launches(MAX_WIDTH - 1, dtype)
+    return found

@@ -31,18 +31,23 @@ import triton.language as tl
 
 
 @triton.jit
-def _tile(row0, M, N, NG, GROUP, BLOCK_M: tl.constexpr, BLOCK_NG: tl.constexpr,
-          BLOCK_G: tl.constexpr):
-    """Offsets [BLOCK_M, BLOCK_NG, BLOCK_G] of rows row0.. of an [M, N] matrix, their mask, and
-    the columns [BLOCK_NG, BLOCK_G] (the weight's offsets) with theirs."""
-    rows = row0 + tl.arange(0, BLOCK_M)
+def _columns(NG, GROUP, BLOCK_NG: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Column offsets [BLOCK_NG, BLOCK_G] of a row split into NG groups of GROUP (the weight's
+    offsets) and their mask."""
     grp = tl.arange(0, BLOCK_NG)
     j = tl.arange(0, BLOCK_G)
     cols = grp[:, None] * GROUP + j[None, :]
     col_mask = (grp[:, None] < NG) & (j[None, :] < GROUP)
+    return cols, col_mask
+
+
+@triton.jit
+def _tile(row0, M, N, cols, col_mask, BLOCK_M: tl.constexpr):
+    """Offsets [BLOCK_M, BLOCK_NG, BLOCK_G] of rows row0.. of an [M, N] matrix and their mask."""
+    rows = row0 + tl.arange(0, BLOCK_M)
     offs = rows.to(tl.int64)[:, None, None] * N + cols[None, :, :]
     mask = (rows[:, None, None] < M) & col_mask[None, :, :]
-    return offs, mask, cols, col_mask
+    return offs, mask
 
 
 @triton.jit
@@ -78,8 +83,8 @@ def norm_fwd_kernel(X, R, Z, W, Y, H, M, N, NG, GROUP, eps,
                     HAS_RESIDUAL: tl.constexpr, HAS_GATE: tl.constexpr,
                     NORM_BEFORE_GATE: tl.constexpr, ROUND_BF16: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_NG: tl.constexpr, BLOCK_G: tl.constexpr):
-    offs, mask, cols, col_mask = _tile(tl.program_id(0) * BLOCK_M, M, N, NG, GROUP,
-                                       BLOCK_M, BLOCK_NG, BLOCK_G)
+    cols, col_mask = _columns(NG, GROUP, BLOCK_NG, BLOCK_G)
+    offs, mask = _tile(tl.program_id(0) * BLOCK_M, M, N, cols, col_mask, BLOCK_M)
     u = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
         u += tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)
@@ -106,12 +111,14 @@ def norm_bwd_kernel(DY, DH, X, Z, W, DX, DZ, DW_PARTIAL, M, N, NG, GROUP, eps, b
                     BLOCK_M: tl.constexpr, BLOCK_NG: tl.constexpr, BLOCK_G: tl.constexpr):
     """X is the normalised input (h, the stored residual stream, after a residual add)."""
     pid = tl.program_id(0)
-    _, _, cols, col_mask = _tile(0, M, N, NG, GROUP, BLOCK_M, BLOCK_NG, BLOCK_G)
+    # the columns are computed once, outside the loop: a loop-carried value must keep its type
+    # (a `_` reused for tensors of two shapes does not compile for a GPU)
+    cols, col_mask = _columns(NG, GROUP, BLOCK_NG, BLOCK_G)
     w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :, :]
     dw = tl.zeros((BLOCK_NG, BLOCK_G), dtype=tl.float32)
     for i in range(0, blocks_per_program):
         row0 = (pid * blocks_per_program + i) * BLOCK_M
-        offs, mask, _, _ = _tile(row0, M, N, NG, GROUP, BLOCK_M, BLOCK_NG, BLOCK_G)
+        offs, mask = _tile(row0, M, N, cols, col_mask, BLOCK_M)
         x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
         g = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
         u = x
