@@ -11,11 +11,11 @@ from .accounting import account
 from .codegen.build import build, load_saved
 from .components.base import FlopConvention
 from .diff import diff
-from .errors import BuildRefused, SpecError
+from .errors import BuildRefused, KernelFallbackWarning, SpecError
 from .graph import component_graph
 from .report import report
 from .spec import ResolvedSpec, load, loads
 
 __version__ = "0.1.0"
 __all__ = ["load", "loads", "report", "account", "component_graph", "build", "load_saved", "diff", "FlopConvention",
-           "SpecError", "BuildRefused", "ResolvedSpec", "__version__"]
+           "SpecError", "BuildRefused", "KernelFallbackWarning", "ResolvedSpec", "__version__"]
