@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("spec", metavar="SPEC")
     b.add_argument("--device", default="cpu")
     b.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
-    b.add_argument("--meta", action="store_true", help="structural build on the meta device (no memory)")
+    b.add_argument("--meta", action="store_true", help="structural build on the meta device (no memory), "
+                   "with the backends chosen for --device")
     b.add_argument("--save", metavar="DIR", help="write weights (model.pt) and the resolved spec to DIR")
     b.add_argument("--force", action="store_true", help="build even if the weights may not fit in memory")
     b.add_argument("--backend",

@@ -246,6 +246,29 @@ def test_no_cuda_device_here_means_no_target(monkeypatch):
     assert triton_support.kernel_failures(comp, {}, None, torch.float32, torch.device("cuda")) == []
 
 
+def test_a_compiler_that_raises_is_a_failure_to_compile(gpu, monkeypatch):
+    # compile_launch reports compiler errors in its result; should one escape, the kernel still
+    # cannot run: auto falls back rather than crash the build
+    def crash(launch, target):
+        if launch.kernel == STATE:
+            raise RuntimeError("PassManager::run failed")
+        return CompileResult()
+    monkeypatch.setattr(triton_support, "compile_launch", crash)
+    model, warned = build_for_cuda(archspec.loads(SPEC))
+    assert model.backends["sublayers.0.M1"] == model.backends["sublayers.1.M2"] == "reference"
+    assert model.backends["final_norm"] == "triton"
+    assert len(warned) == 2 and all("RuntimeError: PassManager::run failed" in w for w in warned)
+
+
+def test_saved_build_records_the_fallbacks(gpu):
+    from archspec.cli import _saved_fallbacks
+    gpu.fail(STATE, CompileResult(compiled=False, error="boom"), BT=32)
+    model, _ = build_for_cuda(archspec.loads(SPEC))
+    saved = _saved_fallbacks(model)["fallbacks"]
+    assert sorted(saved) == ["sublayers.1.M2", "sublayers.3.M2"] and "boom" in saved["sublayers.1.M2"]
+    assert _saved_fallbacks(build_for_cuda(archspec.loads(SPEC.replace("32}", "16}")))[0]) == {}
+
+
 def test_backend_choice_keeps_its_reason_through_copies(gpu):
     gpu.fail(STATE, CompileResult(compiled=False, error="boom"), BT=32)
     model, _ = build_for_cuda(archspec.loads(SPEC))

@@ -246,7 +246,9 @@ class Component:
     def kernel_launches(self, cfg: dict, model: ModelConfig, dtype: torch.dtype) -> list:
         """Every Triton kernel launch (archspec.ops.triton_support.KernelLaunch) that this
         config's `triton` backend makes in a forward and backward pass with `dtype` inputs:
-        what `archspec kernels` compiles ahead of time. Components without kernels: []."""
+        what `archspec kernels` compiles ahead of time, and what a build compiles for its CUDA
+        device before it gives the component its kernels (codegen/build.py: a launch that does
+        not compile makes `auto` fall back to the reference). Components without kernels: []."""
         return []
 
     def build(self, cfg: dict, model: ModelConfig, backend: str = "auto",

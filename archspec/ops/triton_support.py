@@ -343,8 +343,20 @@ def clear_kernel_checks() -> None:
 def _compiled(launch: KernelLaunch, target):
     key = (launch, target.name, getattr(target, "shared_limit", None))
     if key not in _CHECKED:
-        _CHECKED[key] = compile_launch(launch, target)
+        try:
+            _CHECKED[key] = compile_launch(launch, target)
+        except Exception as e:  # noqa: BLE001 - compile_launch reports compiler errors in its
+            # result; one that escapes (a crash inside triton) still means the kernel cannot run
+            _CHECKED[key] = _CompilerCrash(f"{type(e).__name__}: {e}")
     return _CHECKED[key]
+
+
+@dataclass(frozen=True)
+class _CompilerCrash:
+    """The CompileResult of a compile_launch that raised instead of reporting."""
+
+    error: str
+    compiled: bool = False
 
 
 def _failure(launch: KernelLaunch, target, result) -> KernelFailure | None:
