@@ -59,13 +59,10 @@ class Target:  # as archspec.ops.aot.Target
 class CompileResult:  # the fields of archspec.ops.aot.CompileResult the build reads
     compiled: bool = True
     error: str | None = None
-    shared_bytes: int = 1024
-    shared_limit: int = 232448
-    spill_bytes: int = 0
-
-    @property
-    def shared_ok(self) -> bool:
-        return self.shared_bytes <= self.shared_limit
+    shared_bytes: int | None = 1024
+    shared_limit: int | None = 232448
+    shared_ok: bool | None = True  # None: not measured
+    spill_bytes: int | None = 0
 
 
 class FakeGPU:
@@ -179,14 +176,16 @@ def test_a_failing_norm_kernel_falls_back_every_norm(gpu):
 
 
 def test_too_much_shared_memory_falls_back_but_spills_do_not(gpu, caplog):
-    gpu.fail(STATE, CompileResult(shared_bytes=300_000), BT=16)
+    gpu.fail(STATE, CompileResult(shared_bytes=300_000, shared_ok=False), BT=16)
     gpu.fail(STATE, CompileResult(spill_bytes=512), BT=32)
+    gpu.fail("norm.rmsnorm_fwd_kernel", CompileResult(shared_bytes=None, shared_ok=None, spill_bytes=None))
     with caplog.at_level(logging.DEBUG, logger="archspec.kernels"):
         model, warned = build_for_cuda(archspec.loads(SPEC))
     assert model.backends["sublayers.0.M1"] == "reference"
     assert "needs 300,000 bytes of shared memory per program; sm_90 has 232,448" in warned[0]
-    # a kernel that spills runs, slowly: kept, and said at debug level only
-    assert model.backends["sublayers.1.M2"] == "triton" and len(warned) == 1
+    # a kernel that spills runs, slowly: kept, and said at debug level only; figures the
+    # compiler did not report are no reason to fall back
+    assert model.backends["sublayers.1.M2"] == model.backends["final_norm"] == "triton" and len(warned) == 1
     assert "spills 512 bytes" in caplog.text and "BT=32" in caplog.text
 
 
@@ -267,6 +266,20 @@ def test_saved_build_records_the_fallbacks(gpu):
     saved = _saved_fallbacks(model)["fallbacks"]
     assert sorted(saved) == ["sublayers.1.M2", "sublayers.3.M2"] and "boom" in saved["sublayers.1.M2"]
     assert _saved_fallbacks(build_for_cuda(archspec.loads(SPEC.replace("32}", "16}")))[0]) == {}
+
+
+def test_a_device_whose_target_is_unknown_is_not_checked(monkeypatch, caplog):
+    # archspec.ops.aot.target_of refuses a device whose shared-memory limit it cannot know
+    import sys
+    import types
+
+    def unknown(device):
+        raise ValueError("torch does not report the shared memory limit of sm_120")
+    monkeypatch.setitem(sys.modules, "archspec.ops.aot", types.SimpleNamespace(target_of=unknown))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with caplog.at_level(logging.DEBUG, logger="archspec.kernels"):
+        assert triton_support.target_of(torch.device("cuda")) is None
+    assert "sm_120" in caplog.text
 
 
 def test_backend_choice_keeps_its_reason_through_copies(gpu):

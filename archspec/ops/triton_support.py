@@ -291,19 +291,25 @@ _CHECKED: dict[tuple, object] = {}
 
 
 def target_of(device: torch.device):
-    """The compile target (archspec.ops.aot.Target) of a CUDA `device`, or None when there is no
-    such device in this process (a meta build for 'cuda' on a machine without one: there is
-    nothing to compile for, and the check is skipped)."""
+    """The compile target (archspec.ops.aot.Target) of a CUDA `device`, or None when it cannot be
+    known: no such device in this process (a meta build for 'cuda' on a machine without one:
+    nothing to compile for), or one whose shared-memory limit torch does not report and aot does
+    not know. The check is then skipped, as it was before there was one."""
     if not torch.cuda.is_available():
         return None
     from .aot import target_of as aot_target_of
-    return aot_target_of(device)
+    try:
+        return aot_target_of(device)
+    except ValueError as e:
+        _log().debug("no kernel check on %s: %s", device, e)
+        return None
 
 
 def compile_launch(launch: KernelLaunch, target):
     """archspec.ops.aot.compile_launch: compile `launch` for `target` (a CompileResult; compiler
-    errors are reported in it, never raised). Costs seconds per kernel on a real GPU, and fills
-    triton's own cache, which the model's first real launch then hits."""
+    errors are reported in it, not raised). Seconds per kernel on a real GPU: aot compiles in a
+    worker process with a fresh, temporary triton cache (so that a cached binary cannot hide a
+    failure), which also means the check does not warm the cache the real launch uses."""
     from .aot import compile_launch as aot_compile_launch
     return aot_compile_launch(launch, target)
 
@@ -315,10 +321,11 @@ def kernel_failures(component, cfg: dict, model, dtype: torch.dtype,
     CUDA (the interpreter runs everything; there is nothing to compile) and when the component
     has no kernels.
 
-    Each distinct (launch, target) is compiled once per process. Compiling costs seconds per
-    kernel on a GPU, but it is not wasted: it fills triton's cache, which the real launch hits.
-    Register spills and missing tensor cores make a kernel slow, not broken: they are logged at
-    debug level and do not count as failures."""
+    Each distinct (launch, target) is compiled once per process: a model with 24 identical
+    layers checks each configuration once. Compiling costs seconds per kernel on a GPU (see
+    `compile_launch`). Register spills and missing tensor cores make a kernel slow, not broken:
+    they are logged at debug level and do not count as failures; nor does a shared-memory figure
+    the compiler did not report."""
     if torch.device(device).type != "cuda":
         return []
     launches = component.kernel_launches(cfg, model, dtype)
@@ -364,11 +371,11 @@ def _failure(launch: KernelLaunch, target, result) -> KernelFailure | None:
     if not result.compiled:
         detail = str(result.error or "the compiler gave no message")
         return KernelFailure(launch.kernel, launch.config, target.name, useful_line(detail), detail)
-    if not result.shared_ok:
+    if result.shared_ok is False:  # None: not measured, so not known to be too much
         reason = (f"needs {result.shared_bytes:,} bytes of shared memory per program; "
                   f"{target.name} has {result.shared_limit:,}")
         return KernelFailure(launch.kernel, launch.config, target.name, reason, reason)
-    if getattr(result, "spill_bytes", 0):
+    if getattr(result, "spill_bytes", None):
         _log().debug("%s [%s] on %s spills %d bytes of registers: it runs, slowly",
                      launch.kernel, launch.config, target.name, result.spill_bytes)
     return None
