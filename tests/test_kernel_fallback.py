@@ -4,7 +4,7 @@ the reference for that component, with one KernelFallbackWarning per component s
 reason in `model.backends`; a forced `triton` raises KernelUnavailable.
 
 No GPU is needed: `FakeGPU` replaces the two seams of archspec.ops.triton_support that reach a
-device, `target_of` (device -> compile target) and `compile_launch` (archspec.ops.aot's
+device, `target_of` (device -> compile target) and `compile_launches` (archspec.ops.aot's
 compiler), and the components' `kernel_launches` return fixed fake launches, so these tests do
 not depend on which launches the kernels really make. A meta build for "cuda" makes the choices a
 GPU would; materialised on the kernel device (the CPU under the interpreter), it runs.
@@ -70,6 +70,7 @@ class FakeGPU:
 
     def __init__(self):
         self.compiled: list[KernelLaunch] = []
+        self.batches: list[int] = []  # launches per compile_launches call
         self.recorded: list[str] = []  # component types whose kernel_launches ran
         self.outcomes: list[tuple[str, dict, CompileResult]] = []
 
@@ -80,6 +81,10 @@ class FakeGPU:
     def target_of(self, device):
         assert torch.device(device).type == "cuda"
         return Target()
+
+    def compile_launches(self, launches: list[KernelLaunch], target: Target) -> list[CompileResult]:
+        self.batches.append(len(launches))
+        return [self.compile_launch(launch, target) for launch in launches]
 
     def compile_launch(self, launch: KernelLaunch, target: Target) -> CompileResult:
         self.compiled.append(launch)
@@ -109,7 +114,7 @@ def fake_launch(kernel: str, **constexprs) -> KernelLaunch:
 def gpu(monkeypatch) -> FakeGPU:
     fake = FakeGPU()
     monkeypatch.setattr(triton_support, "target_of", fake.target_of)
-    monkeypatch.setattr(triton_support, "compile_launch", fake.compile_launch)
+    monkeypatch.setattr(triton_support, "compile_launches", fake.compile_launches)
     for type_name in ("mom", "rmsnorm"):
         monkeypatch.setattr(type(C.get(type_name)), "kernel_launches", fake.launches(type_name))
     triton_support.clear_kernel_checks()  # results cached by an earlier test's compiler
@@ -223,9 +228,11 @@ def test_each_distinct_launch_compiles_once(gpu):
     assert sorted(la.kernel for la in gpu.compiled) == ["dispatch.gather_kernel", "linear_attention.state_fwd_kernel",
                                                          "linear_attention.state_fwd_kernel", "norm.rmsnorm_fwd_kernel"]
     assert sorted(gpu.recorded) == ["mom", "mom", "rmsnorm"]
+    # one batch per component config with launches not yet compiled (M2's gather is M1's)
+    assert gpu.batches == [1, 2, 1]
     # a second build in the same process compiles nothing again
     build_for_cuda(spec)
-    assert len(gpu.compiled) == 4
+    assert len(gpu.compiled) == 4 and len(gpu.batches) == 3
 
 
 def test_no_check_off_cuda(gpu, kernel_device):
@@ -246,13 +253,13 @@ def test_no_cuda_device_here_means_no_target(monkeypatch):
 
 
 def test_a_compiler_that_raises_is_a_failure_to_compile(gpu, monkeypatch):
-    # compile_launch reports compiler errors in its result; should one escape, the kernel still
-    # cannot run: auto falls back rather than crash the build
-    def crash(launch, target):
-        if launch.kernel == STATE:
+    # compile_launches reports compiler errors in its results; should one escape, the kernels
+    # cannot be shown to run: auto falls back rather than crash the build
+    def crash(launches, target):
+        if any(launch.kernel == STATE for launch in launches):
             raise RuntimeError("PassManager::run failed")
-        return CompileResult()
-    monkeypatch.setattr(triton_support, "compile_launch", crash)
+        return [CompileResult() for _ in launches]
+    monkeypatch.setattr(triton_support, "compile_launches", crash)
     model, warned = build_for_cuda(archspec.loads(SPEC))
     assert model.backends["sublayers.0.M1"] == model.backends["sublayers.1.M2"] == "reference"
     assert model.backends["final_norm"] == "triton"

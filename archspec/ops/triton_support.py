@@ -305,13 +305,15 @@ def target_of(device: torch.device):
         return None
 
 
-def compile_launch(launch: KernelLaunch, target):
-    """archspec.ops.aot.compile_launch: compile `launch` for `target` (a CompileResult; compiler
-    errors are reported in it, not raised). Seconds per kernel on a real GPU: aot compiles in a
-    worker process with a fresh, temporary triton cache (so that a cached binary cannot hide a
-    failure), which also means the check does not warm the cache the real launch uses."""
-    from .aot import compile_launch as aot_compile_launch
-    return aot_compile_launch(launch, target)
+def compile_launches(launches: list[KernelLaunch], target) -> list:
+    """archspec.ops.aot.compile_launches: compile each launch for `target`, in parallel worker
+    processes; a CompileResult per launch, in order (compiler errors, crashes and timeouts are
+    reported in it, not raised). Seconds per kernel on a real GPU, which is why a component's
+    launches go in one batch: aot compiles each in a worker with a fresh, temporary triton cache
+    (so that a cached binary cannot hide a failure), which also means the check does not warm
+    the cache the real launch uses."""
+    from .aot import compile_launches as aot_compile_launches
+    return aot_compile_launches([(launch, target) for launch in launches])
 
 
 def kernel_failures(component, cfg: dict, model, dtype: torch.dtype,
@@ -323,7 +325,7 @@ def kernel_failures(component, cfg: dict, model, dtype: torch.dtype,
 
     Each distinct (launch, target) is compiled once per process: a model with 24 identical
     layers checks each configuration once. Compiling costs seconds per kernel on a GPU (see
-    `compile_launch`). Register spills and missing tensor cores make a kernel slow, not broken:
+    `compile_launches`). Register spills and missing tensor cores make a kernel slow, not broken:
     they are logged at debug level and do not count as failures; nor does a shared-memory figure
     the compiler did not report."""
     if torch.device(device).type != "cuda":
@@ -334,12 +336,9 @@ def kernel_failures(component, cfg: dict, model, dtype: torch.dtype,
     target = target_of(torch.device(device))
     if target is None:
         return []
-    failures = []
-    for launch in dict.fromkeys(launches):  # distinct, in launch order
-        failure = _failure(launch, target, _compiled(launch, target))
-        if failure is not None:
-            failures.append(failure)
-    return failures
+    distinct = list(dict.fromkeys(launches))  # in launch order
+    results = _compiled(distinct, target)
+    return [f for f in (_failure(la, target, r) for la, r in zip(distinct, results)) if f is not None]
 
 
 def clear_kernel_checks() -> None:
@@ -347,20 +346,25 @@ def clear_kernel_checks() -> None:
     _CHECKED.clear()
 
 
-def _compiled(launch: KernelLaunch, target):
-    key = (launch, target.name, getattr(target, "shared_limit", None))
-    if key not in _CHECKED:
+def _compiled(launches: list[KernelLaunch], target) -> list:
+    """The compile results of `launches` on `target`: those not yet in the cache in one batch."""
+    def key(launch):
+        return (launch, target.name, getattr(target, "shared_limit", None))
+    missing = [la for la in launches if key(la) not in _CHECKED]
+    if missing:
         try:
-            _CHECKED[key] = compile_launch(launch, target)
-        except Exception as e:  # noqa: BLE001 - compile_launch reports compiler errors in its
-            # result; one that escapes (a crash inside triton) still means the kernel cannot run
-            _CHECKED[key] = _CompilerCrash(f"{type(e).__name__}: {e}")
-    return _CHECKED[key]
+            results = compile_launches(missing, target)
+        except Exception as e:  # noqa: BLE001 - aot reports compiler errors in its results; one
+            # that escapes (a crash inside triton, a worker that cannot start) still means
+            # these kernels cannot be shown to run
+            results = [_CompilerCrash(f"{type(e).__name__}: {e}")] * len(missing)
+        _CHECKED.update(zip(map(key, missing), results))
+    return [_CHECKED[key(la)] for la in launches]
 
 
 @dataclass(frozen=True)
 class _CompilerCrash:
-    """The CompileResult of a compile_launch that raised instead of reporting."""
+    """The CompileResult of a compile_launches that raised instead of reporting."""
 
     error: str
     compiled: bool = False
