@@ -12,12 +12,13 @@ from .accounting import account
 from .codegen.build import build, load_saved
 from .components.base import FlopConvention
 from .diff import diff
-from .errors import BuildRefused, SpecError
+from .errors import BuildRefused, KernelFallbackWarning, SpecError
 from .graph import component_graph
 from .kernels import kernels_report
 from .report import report
 from .spec import ResolvedSpec, load, loads
 
 __version__ = "0.1.0"
-__all__ = ["load", "loads", "report", "account", "component_graph", "build", "load_saved", "diff", "kernels_report", "FlopConvention",
-           "SpecError", "BuildRefused", "ResolvedSpec", "__version__"]
+__all__ = ["load", "loads", "report", "account", "component_graph", "build", "load_saved", "diff",
+           "kernels_report", "FlopConvention", "SpecError", "BuildRefused", "KernelFallbackWarning",
+           "ResolvedSpec", "__version__"]

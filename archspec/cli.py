@@ -14,10 +14,11 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 from . import __version__
-from .errors import BuildRefused, FileProblem, SpecError
+from .errors import BuildRefused, FileProblem, KernelFallbackWarning, SpecError
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -58,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("spec", metavar="SPEC")
     b.add_argument("--device", default="cpu")
     b.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
-    b.add_argument("--meta", action="store_true", help="structural build on the meta device (no memory)")
+    b.add_argument("--meta", action="store_true", help="structural build on the meta device (no memory), "
+                   "with the backends chosen for --device")
     b.add_argument("--save", metavar="DIR", help="write weights (model.pt) and the resolved spec to DIR")
     b.add_argument("--force", action="store_true", help="build even if the weights may not fit in memory")
     b.add_argument("--backend",
@@ -282,8 +284,9 @@ def cmd_build(args) -> int:
     from .units import human_bytes
     spec = _load(args.spec)
     _check_seq_len(spec, args.seq_len)
-    _parse_device(args.device)
     meta = args.meta or args.device == "meta"
+    # a meta build shows the backends chosen for the device named (it need not be present here)
+    _parse_device(args.device, must_exist=not meta)
     if args.save:  # refuse before spending time on a build whose result could not be saved
         if meta:
             raise UsageError("--save needs real weights; drop --meta")
@@ -297,19 +300,29 @@ def cmd_build(args) -> int:
         check_memory(spec, torch.device(args.device), dtype, grads + activations,
                      f"the smoke step's gradients and activations (use --no-smoke to skip it)")
     try:
-        model = build(spec, device="cpu" if meta else args.device, dtype=args.dtype, meta=meta,
-                      backend=args.backend, force=args.force, seed=args.seed)
+        with warnings.catch_warnings(record=True) as fallbacks:
+            warnings.simplefilter("always", KernelFallbackWarning)
+            model = build(spec, device="cpu" if args.device == "meta" else args.device,
+                          dtype=args.dtype, meta=meta, backend=args.backend, force=args.force,
+                          seed=args.seed)
     except ValueError as e:  # e.g. a forced backend that cannot run on this device
         raise UsageError(str(e)) from None
+    for w in fallbacks:  # a kernel that did not compile here: say so plainly, not as source lines
+        if issubclass(w.category, KernelFallbackWarning):
+            print(f"archspec: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
     total = account(spec).total()
     n = sum(p.numel() for p in model.parameters())
     dev = next(model.parameters()).device
     print(f"built {spec.name}: {n:,} parameters ({'matches' if n == total.params else 'DIFFERS FROM'} "
           f"the report's {total.params:,}) on {dev}, {next(model.parameters()).dtype}")
     print(f"layout: {spec.layout_text} ({len(spec.sublayers)} sublayers)")
-    backends = sorted(set(model.backends.values()))
-    print(f"backends: {', '.join(f'{k}={v}' for k, v in sorted(_backend_summary(model).items()))}"
-          if backends else "backends: -")
+    summary = _backend_summary(model)
+    print(f"backends: {', '.join(f'{k}={v}' for k, v in sorted(summary.items()))}"
+          if summary else "backends: -")
+    for symbol, reason in sorted(_fallbacks(model).items()):
+        print(f"fallback: {symbol}: {reason}")
     if meta:
         print("meta build: no memory allocated; no smoke run")
     elif not args.no_smoke:
@@ -332,14 +345,30 @@ def cmd_build(args) -> int:
     return EXIT_OK
 
 
-def _backend_summary(model) -> dict[str, str]:
-    """Backends by component symbol; every norm (sublayers.i.norm, final_norm) as model.norm."""
+def _symbol(node: str) -> str:
+    """A node's component symbol; every norm (sublayers.i.norm, final_norm) is model.norm."""
     from .codegen.build import NORM_KEY
+    return NORM_KEY if node == "final_norm" or node.endswith(".norm") else node.rsplit(".", 1)[-1]
+
+
+def _backend_summary(model) -> dict[str, str]:
+    """Backends by component symbol, '(fallback)' after one `auto` took because the kernels did
+    not compile on the device (_fallbacks says why)."""
     by_symbol: dict[str, set] = {}
     for node, backend in model.backends.items():
-        symbol = NORM_KEY if node == "final_norm" or node.endswith(".norm") else node.rsplit(".", 1)[-1]
-        by_symbol.setdefault(symbol, set()).add(backend)
+        name = f"{backend} (fallback)" if getattr(backend, "fallback", None) else str(backend)
+        by_symbol.setdefault(_symbol(node), set()).add(name)
     return {k: ",".join(sorted(v)) for k, v in by_symbol.items()}
+
+
+def _fallbacks(model) -> dict[str, str]:
+    """Why each component symbol that fell back from its kernels did (the first reason)."""
+    out: dict[str, str] = {}
+    for node, backend in model.backends.items():
+        reason = getattr(backend, "fallback", None)
+        if reason:
+            out.setdefault(_symbol(node), f"the {backend} backend runs: {reason}")
+    return out
 
 
 def save_model(model, spec, directory: Path) -> Path:
@@ -357,7 +386,8 @@ def save_model(model, spec, directory: Path) -> Path:
         resolved = resolved_spec_json(spec)
         first = next(model.parameters(), None)  # how these weights were built, to load them back
         resolved["build"] = {"dtype": str(first.dtype).removeprefix("torch.") if first is not None else None,
-                             "backends": dict(model.backends),
+                             "backends": {k: str(v) for k, v in model.backends.items()},
+                             **_saved_fallbacks(model),
                              "params": sum(p.numel() for p in model.parameters())}
         (tmp / "spec.resolved.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n")
         if directory.exists():
@@ -367,6 +397,12 @@ def save_model(model, spec, directory: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def _saved_fallbacks(model) -> dict:
+    """{"fallbacks": {node: why}} for the nodes whose kernels did not compile, else nothing."""
+    why = {k: v.fallback for k, v in model.backends.items() if getattr(v, "fallback", None)}
+    return {"fallbacks": why} if why else {}
 
 
 def _check_save_dir(directory: Path) -> None:

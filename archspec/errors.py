@@ -77,6 +77,12 @@ class BuildRefused(Exception):
     """Building was refused (e.g. it would exhaust memory); the message says why and how to force it."""
 
 
+class KernelFallbackWarning(UserWarning):
+    """Under backend `auto`, a component's Triton kernel does not compile (or does not fit) on the
+    device, so the build gave that component its reference backend: slower, never wrong. The
+    message names the component, the kernel, its launch configuration and the compiler's reason."""
+
+
 def format_path(path: Iterable) -> str:
     out = ""
     for part in path:

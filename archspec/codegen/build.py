@@ -6,21 +6,31 @@ initialised. Each component's kernel backend is chosen through its registry: `au
 fastest one that runs on the device; the spec (`backend:` in a component) or the caller can force
 one. The model's norm (`model.norm` in the spec: every sublayer's norm and the final one) is
 chosen by the same rule; a caller's dict names it by the key "model.norm".
+
+Before a component is given its `triton` backend on a CUDA device, its kernels are compiled for
+that device (ops.triton_support.kernel_failures). A kernel that does not compile or does not fit
+makes `auto` fall back to the next backend (the reference) for that component, with one
+KernelFallbackWarning per component symbol and the reason in `model.backends`; a forced `triton`
+raises KernelUnavailable. This is the only place to switch: once a launch fails mid-forward or
+mid-backward, there is no backend to swap in.
 """
 from __future__ import annotations
 
+import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
 
 from .. import components as C
 from ..accounting import account, shared_owners
-from ..components.base import DTYPE_BYTES, TORCH_DTYPES
-from ..errors import BuildRefused
+from ..components.base import DTYPE_BYTES, TORCH_DTYPES, Backend, Component
+from ..errors import BuildRefused, KernelFallbackWarning
+from ..ops import triton_support
 from ..spec import ComponentInstance, ResolvedSpec
 from ..units import human_bytes
-from .model import Block, CausalLM
+from .model import BackendChoice, Block, CausalLM
 
 MEMORY_HEADROOM = 0.8  # refuse builds needing more than this share of free memory
 NORM_KEY = "model.norm"  # the model's norm in a `backend` dict (as the spec names it: model: norm:)
@@ -33,7 +43,11 @@ def build(spec: ResolvedSpec, device: str | torch.device = "cpu", dtype: str | N
     model's norm that has one (the others keep their own choice: `--backend triton` means "the
     kernels wherever they exist"; a name no component has is an error), or per component name,
     with "model.norm" for the norm (a dict); `force` builds even when the weights would not fit
-    in memory."""
+    in memory.
+
+    A `triton` backend whose kernels do not compile on the CUDA device: under `auto` the
+    component gets its reference backend (a KernelFallbackWarning, and `model.backends` says
+    why); forced, a KernelUnavailable (a ValueError) names the kernel and the compiler's reason."""
     requested = torch.device(device)
     device = torch.device("meta") if meta else requested
     dtype_name = dtype or spec.model.dtype
@@ -58,7 +72,7 @@ def build(spec: ResolvedSpec, device: str | torch.device = "cpu", dtype: str | N
     # device X shows X's choices (the CPU's when no real device was named)
     target = requested if requested.type != "meta" else torch.device("cpu")
     with torch.device("meta"):
-        model = _construct(spec, backend, target)
+        model = _construct(spec, backend, target, TORCH_DTYPES[dtype_name])
     model = model.to(TORCH_DTYPES[dtype_name])
     if meta:
         return model
@@ -69,20 +83,19 @@ def build(spec: ResolvedSpec, device: str | torch.device = "cpu", dtype: str | N
     return model
 
 
-def _construct(spec: ResolvedSpec, backend, device: torch.device) -> CausalLM:
+def _construct(spec: ResolvedSpec, backend, device: torch.device, dtype: torch.dtype) -> CausalLM:
     model_cfg = spec.model
-    norm_impl = spec.norm.component.choose_backend(_requested_norm_backend(spec, backend), device,
-                                                 spec.norm.config)
+    choose = _Chooser(device, dtype, model_cfg)
+    norm_impl, norm_choice = choose(spec.norm, NORM_KEY, _requested_norm_backend(spec, backend))
     norm = lambda: norm_impl.factory(spec.norm.config, model_cfg)  # noqa: E731
-    chosen: dict[str, str] = {}
+    chosen: dict[str, BackendChoice] = {}
     blocks = []
     for sub in spec.sublayers:
-        chosen[f"sublayers.{sub.index}.norm"] = norm_impl.name
+        chosen[f"sublayers.{sub.index}.norm"] = norm_choice
         members = {}
         for m in sub.members:
-            requested = _requested_backend(m, backend)
-            impl = m.component.choose_backend(requested, device, m.config)
-            chosen[f"sublayers.{sub.index}.{m.name}"] = impl.name
+            impl, choice = choose(m, m.name, _requested_backend(m, backend))
+            chosen[f"sublayers.{sub.index}.{m.name}"] = choice
             members[m.name] = impl.factory(m.config, model_cfg)
         blocks.append(Block(norm(), members))
     shared = {key: inst.component.build_shared(key, inst.config, model_cfg)
@@ -90,10 +103,71 @@ def _construct(spec: ResolvedSpec, backend, device: torch.device) -> CausalLM:
     model = CausalLM(C.get("embedding").build({}, model_cfg, "reference"), blocks, norm(),
                      C.get("lm_head").build({}, model_cfg, "reference"), model_cfg.tie_embeddings,
                      shared)
-    chosen["final_norm"] = norm_impl.name
+    chosen["final_norm"] = norm_choice
     model.backends = chosen
     model.spec = spec
     return model
+
+
+class _Chooser:
+    """Chooses each node's backend for one build: the component's rule (choose_backend), then,
+    for a `triton` backend, the check that its kernels compile on the device. The check runs once
+    per distinct (component type, config) of the build (compile results are also cached per
+    process, in triton_support), and each component symbol warns once."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, model_cfg):
+        self.device, self.dtype, self.model_cfg = device, dtype, model_cfg
+        self.checked: dict[tuple, list] = {}
+        self.warned: set[str] = set()
+
+    def __call__(self, inst: ComponentInstance, symbol: str, requested: str) -> tuple[Backend, BackendChoice]:
+        comp = inst.component
+        impl = comp.choose_backend(requested, self.device, inst.config)
+        if impl.name != "triton":
+            return impl, BackendChoice(impl.name)
+        failures = self._failures(comp, inst.config)
+        if not failures:
+            return impl, BackendChoice(impl.name)
+        if requested != "auto":
+            raise triton_support.KernelUnavailable(_forced_message(symbol, comp, self.device, failures))
+        fallback = self._fallback(comp, inst.config, symbol, failures)
+        if symbol not in self.warned:
+            self.warned.add(symbol)
+            warnings.warn(_fallback_message(symbol, comp, fallback.name, failures),
+                          KernelFallbackWarning, stacklevel=4)
+        return fallback, BackendChoice(fallback.name, tuple(failures))
+
+    def _failures(self, comp: Component, cfg: dict) -> list:
+        key = (comp.type, json.dumps(cfg, sort_keys=True, default=str))
+        if key not in self.checked:
+            self.checked[key] = triton_support.kernel_failures(comp, cfg, self.model_cfg, self.dtype,
+                                                               self.device)
+        return self.checked[key]
+
+    def _fallback(self, comp: Component, cfg: dict, symbol: str, failures: list) -> Backend:
+        """`auto`'s next choice without the kernels (the reference)."""
+        try:
+            return comp.choose_backend("auto", self.device, cfg, exclude=frozenset({"triton"}))
+        except ValueError as e:
+            raise triton_support.KernelUnavailable(
+                f"{symbol} ({comp.type}): its kernel {failures[0]} and no other backend can run "
+                f"on {self.device}: {e}") from None
+
+
+def _fallback_message(symbol: str, comp: Component, fallback: str, failures: list) -> str:
+    first = failures[0]
+    more = f" ({len(failures) - 1} more kernel configuration(s) failed too)" if len(failures) > 1 else ""
+    return (f"{symbol} ({comp.type}): Triton kernel {first.kernel} [{first.config}] cannot run on "
+            f"{first.target}: {first.reason}{more}. {symbol} uses the '{fallback}' backend instead "
+            f"(correct, slower). Set `backend: {fallback}` on {symbol} to silence this.")
+
+
+def _forced_message(symbol: str, comp: Component, device: torch.device, failures: list) -> str:
+    first = failures[0]
+    more = f" ({len(failures) - 1} more kernel configuration(s) failed too)" if len(failures) > 1 else ""
+    return (f"backend 'triton' of {symbol} ({comp.type}) cannot run on {device} ({first.target}): "
+            f"kernel {first.kernel} [{first.config}] failed: {first.reason}{more}. "
+            f"Use backend 'reference' for {symbol}, or 'auto' to fall back to it automatically.")
 
 
 def _requested_backend(member: ComponentInstance, backend) -> str:

@@ -27,6 +27,42 @@ from torch import nn
 from ..components.base import ComponentModule, ForwardContext
 
 
+class BackendChoice(str):
+    """The backend a build chose for one node (`model.backends[node]`): a str equal to the
+    backend's name, so code that compares, sorts or saves names keeps working, plus `failures`:
+    the kernel launches (ops.triton_support.KernelFailure) that did not compile on the device,
+    when `auto` fell back from `triton` because of them. `fallback` says why in one line; the
+    repr shows it."""
+
+    failures: tuple
+
+    def __new__(cls, name: str, failures: tuple = ()):
+        self = super().__new__(cls, name)
+        self.failures = tuple(failures)
+        return self
+
+    def __getnewargs__(self):  # copy and pickle keep the failures
+        return (str(self), self.failures)
+
+    @property
+    def fallback(self) -> str | None:
+        """Why this is not the `triton` backend `auto` chose first; None when it is the choice."""
+        if not self.failures:
+            return None
+        more = len(self.failures) - 1
+        return str(self.failures[0]) + (f" (and {more} more kernel configuration(s))" if more else "")
+
+    def describe(self) -> str:
+        """'reference (fallback: <kernel> [<config>] failed on sm_90: <reason>)', or the name."""
+        name = str.__str__(self)
+        return name if self.fallback is None else f"{name} (fallback: {self.fallback})"
+
+    def __repr__(self) -> str:
+        if self.fallback is None:
+            return str.__repr__(self)
+        return f"BackendChoice({str.__repr__(self)}, fallback={self.fallback!r})"
+
+
 @dataclass
 class ModelOutput:
     logits: torch.Tensor
@@ -85,7 +121,7 @@ class CausalLM(nn.Module):
         self.final_norm = final_norm
         self.lm_head = lm_head
         self.tied = tied
-        self.backends: dict[str, str] = {}  # node name -> kernel backend chosen at build
+        self.backends: dict[str, BackendChoice] = {}  # node name -> kernel backend chosen at build
         self.spec = None  # the ResolvedSpec it was built from
 
     @property

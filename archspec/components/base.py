@@ -215,15 +215,17 @@ class Component:
         self.backends[name] = Backend(name, factory, priority, available or (lambda device: None),
                                       preferred or (lambda device: True), supports or (lambda cfg: None))
 
-    def choose_backend(self, requested: str, device: torch.device, cfg: dict | None = None) -> Backend:
+    def choose_backend(self, requested: str, device: torch.device, cfg: dict | None = None,
+                       exclude: frozenset[str] = frozenset()) -> Backend:
         """'auto' picks the highest-priority backend that can run on `device`, is preferred
-        there and supports `cfg` (when given)."""
+        there and supports `cfg` (when given), leaving out the backends named in `exclude` (the
+        build's fallback when a kernel does not compile on the device)."""
         def unsupported(b: Backend) -> str | None:
             return None if cfg is None else b.supports(cfg)
 
         if requested == "auto":
-            usable = [b for b in self.backends.values()
-                      if b.available(device) is None and b.preferred(device) and unsupported(b) is None]
+            usable = [b for b in self.backends.values() if b.name not in exclude and
+                      b.available(device) is None and b.preferred(device) and unsupported(b) is None]
             if not usable:
                 reasons = "; ".join(f"{b.name}: {b.available(device) or unsupported(b)}"
                                     for b in self.backends.values())
@@ -244,7 +246,9 @@ class Component:
     def kernel_launches(self, cfg: dict, model: ModelConfig, dtype: torch.dtype) -> list:
         """Every Triton kernel launch (archspec.ops.triton_support.KernelLaunch) that this
         config's `triton` backend makes in a forward and backward pass with `dtype` inputs:
-        what `archspec kernels` compiles ahead of time. Components without kernels: []."""
+        what `archspec kernels` compiles ahead of time, and what a build compiles for its CUDA
+        device before it gives the component its kernels (codegen/build.py: a launch that does
+        not compile makes `auto` fall back to the reference). Components without kernels: []."""
         return []
 
     def build(self, cfg: dict, model: ModelConfig, backend: str = "auto",

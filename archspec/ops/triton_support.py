@@ -265,3 +265,151 @@ def describe_launch(kernel, args: tuple, kwargs: dict, num_warps: int, num_stage
     family = module[-2] if module[-1] == "triton_kernels" else module[-1]
     return KernelLaunch(f"{family}.{kernel.fn.__name__}", tuple(signature), tuple(divisible),
                         tuple(constexprs), int(num_warps), int(num_stages), kernel)
+
+
+# --- the build-time check: can this device compile and run a component's kernels? ------------
+# `auto` must never commit a run to a kernel that cannot compile or launch on its device: by the
+# time a launch fails (triton's CompilationError, OutOfResources, a CUDA error) the forward or
+# backward is half done and no backend can be swapped in. So the build compiles every launch a
+# component's `triton` backend will make (Component.kernel_launches) for the device's target
+# first, and falls back (or, when triton was forced, refuses) before it builds the module.
+
+@dataclass(frozen=True)
+class KernelFailure:
+    """One launch configuration that cannot run on `target`: `reason` is the compiler's message
+    trimmed to its useful line (`detail` keeps the whole of it)."""
+
+    kernel: str          # "linear_attention.state_fwd_kernel"
+    config: str          # KernelLaunch.config: "BT=64 warps=4 stages=2 dtype=bf16"
+    target: str          # "sm_90"
+    reason: str
+    detail: str = field(default="", compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return f"{self.kernel} [{self.config}] failed on {self.target}: {self.reason}"
+
+
+# (launch, target name, shared limit) -> the compile result: a model with 24 identical layers, or
+# a second build in the same process, compiles each distinct configuration once
+_CHECKED: dict[tuple, object] = {}
+
+
+def target_of(device: torch.device):
+    """The compile target (archspec.ops.aot.Target) of a CUDA `device`, or None when it cannot be
+    known: no such device in this process (a meta build for 'cuda' on a machine without one:
+    nothing to compile for), or one whose shared-memory limit torch does not report and aot does
+    not know. The check is then skipped, as it was before there was one."""
+    if not torch.cuda.is_available():
+        return None
+    from .aot import target_of as aot_target_of
+    try:
+        return aot_target_of(device)
+    except ValueError as e:
+        _log().debug("no kernel check on %s: %s", device, e)
+        return None
+
+
+def compile_launches(launches: list[KernelLaunch], target) -> list:
+    """archspec.ops.aot.compile_launches: compile each launch for `target`, in parallel worker
+    processes; a CompileResult per launch, in order (compiler errors, crashes and timeouts are
+    reported in it, not raised). Seconds per kernel on a real GPU, which is why a component's
+    launches go in one batch: aot compiles each in a worker with a fresh, temporary triton cache
+    (so that a cached binary cannot hide a failure), which also means the check does not warm
+    the cache the real launch uses."""
+    from .aot import compile_launches as aot_compile_launches
+    return aot_compile_launches([(launch, target) for launch in launches])
+
+
+def kernel_failures(component, cfg: dict, model, dtype: torch.dtype,
+                    device: torch.device) -> list[KernelFailure]:
+    """The launches of `component`'s `triton` backend (for `cfg`, `dtype` inputs) that cannot run
+    on `device`: those that do not compile, or need more shared memory than it has. Empty off
+    CUDA (the interpreter runs everything; there is nothing to compile) and when the component
+    has no kernels.
+
+    Each distinct (launch, target) is compiled once per process: a model with 24 identical
+    layers checks each configuration once. Compiling costs seconds per kernel on a GPU (see
+    `compile_launches`). Register spills and missing tensor cores make a kernel slow, not broken:
+    they are logged at debug level and do not count as failures; nor does a shared-memory figure
+    the compiler did not report."""
+    if torch.device(device).type != "cuda":
+        return []
+    launches = component.kernel_launches(cfg, model, dtype)
+    if not launches:
+        return []
+    target = target_of(torch.device(device))
+    if target is None:
+        return []
+    distinct = list(dict.fromkeys(launches))  # in launch order
+    results = _compiled(distinct, target)
+    return [f for f in (_failure(la, target, r) for la, r in zip(distinct, results)) if f is not None]
+
+
+def clear_kernel_checks() -> None:
+    """Forget every compile result (a new triton, or a test that patches the compiler)."""
+    _CHECKED.clear()
+
+
+def _compiled(launches: list[KernelLaunch], target) -> list:
+    """The compile results of `launches` on `target`: those not yet in the cache in one batch."""
+    def key(launch):
+        return (launch, target.name, getattr(target, "shared_limit", None))
+    missing = [la for la in launches if key(la) not in _CHECKED]
+    if missing:
+        try:
+            results = compile_launches(missing, target)
+        except Exception as e:  # noqa: BLE001 - aot reports compiler errors in its results; one
+            # that escapes (a crash inside triton, a worker that cannot start) still means
+            # these kernels cannot be shown to run
+            results = [_CompilerCrash(f"{type(e).__name__}: {e}")] * len(missing)
+        _CHECKED.update(zip(map(key, missing), results))
+    return [_CHECKED[key(la)] for la in launches]
+
+
+@dataclass(frozen=True)
+class _CompilerCrash:
+    """The CompileResult of a compile_launches that raised instead of reporting."""
+
+    error: str
+    compiled: bool = False
+
+
+def _failure(launch: KernelLaunch, target, result) -> KernelFailure | None:
+    """The KernelFailure `result` means, or None when the kernel can run (perhaps slowly)."""
+    if not result.compiled:
+        detail = str(result.error or "the compiler gave no message")
+        return KernelFailure(launch.kernel, launch.config, target.name, useful_line(detail), detail)
+    if result.shared_ok is False:  # None: not measured, so not known to be too much
+        reason = (f"needs {result.shared_bytes:,} bytes of shared memory per program; "
+                  f"{target.name} has {result.shared_limit:,}")
+        return KernelFailure(launch.kernel, launch.config, target.name, reason, reason)
+    if getattr(result, "spill_bytes", None):
+        _log().debug("%s [%s] on %s spills %d bytes of registers: it runs, slowly",
+                     launch.kernel, launch.config, target.name, result.spill_bytes)
+    return None
+
+
+def _log():
+    import logging
+    return logging.getLogger("archspec.kernels")
+
+
+MAX_REASON = 240  # characters of a compiler message a warning or an error shows
+
+
+def useful_line(message: str) -> str:
+    """The line of a compiler message that says what went wrong, cut to MAX_REASON characters.
+    triton's CompilationError quotes the kernel's source, puts a caret under the failing
+    expression and gives the error after it: what follows the last caret line is kept. ptxas and
+    MLIR put the error on a line saying 'error', before trailing 'fatal'/'aborted' lines: the
+    first such line wins; else the last line (OutOfResources is one line)."""
+    lines = [ln.strip() for ln in message.splitlines()]
+    carets = [i for i, ln in enumerate(lines) if ln and not set(ln) - set("^~ ")]
+    if carets and carets[-1] + 1 < len(lines):
+        lines = lines[carets[-1] + 1:]
+    lines = [ln for ln in lines if ln and set(ln) - set("^~ ")]
+    if not lines:
+        return "the compiler gave no message"
+    errors = [ln for ln in lines if "error" in ln.lower() and "fatal" not in ln.lower()]
+    line = errors[0] if errors else lines[-1]
+    return line if len(line) <= MAX_REASON else line[:MAX_REASON - 3] + "..."
