@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..triton_support import check_runnable, install_flop_formulas, launch, register_flops
+from ..triton_support import check_runnable, install_flop_formulas, interpreting, launch, register_flops
 from .common import WITH_BETA, check_chunk_size, check_inputs, check_offsets, resolve_scale
 
 KERNEL_RULES = ("linear", "gla", "delta", "gated_delta")
@@ -43,7 +43,9 @@ CHUNK_SIZES = (16, 32, 64)  # tl.dot needs >= 16 rows; a [C, C] fp32 tile of C =
 MAX_HEAD_DIM = 256  # keys in at most 4 blocks of 64 (the state passes hold one tile per block)
 BLOCK_K = 64  # key columns per block
 BLOCK_V = 64  # value columns per program outside the state passes
-STATE_TILE = 8192  # fp32 elements of state one state-pass program holds (NK * BK * BV)
+BLOCK_K_STATE = 128  # key rows per state tile in the state passes (at most 2 tiles)
+STATE_TILE = 4096  # fp32 elements of state one state-pass program holds (NK * BK * BV)
+BLOCK_BWD = 32  # key and value columns per block in the backward's per-chunk kernels
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # (warps, pipeline stages) per kernel, checked by `archspec kernels --compile` for sm_80 and
 # sm_90: 4 warps hold a few [64, 64] fp32 tiles per thread in registers; the programs that hold
@@ -51,7 +53,8 @@ KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # registers. The sequential state passes take 1 stage: pipelining their loads would keep a
 # second copy of every block they read per chunk in shared memory, past sm_80's limit.
 LAUNCH = {"state_fwd_kernel": (8, 1), "state_bwd_kernel": (8, 1), "dqk_bwd_kernel": (8, 1),
-          "wy_bwd_kernel": (8, 1)}
+          "wy_bwd_kernel": (8, 1), "wy_inverse_bwd_kernel": (8, 1), "wy_fwd_kernel": (8, 2),
+          "output_fwd_kernel": (8, 2)}
 DEFAULT_LAUNCH = (4, 2)
 
 
@@ -68,20 +71,45 @@ class Blocks:
     BK: int
     NK: int
     BV: int
+    BK_STATE: int
+    NK_STATE: int
     BV_STATE: int
+    BK_BWD: int
+    NK_BWD: int
+    BV_BWD: int
 
 
 def blocks(k_dim: int, v_dim: int, chunk_size: int) -> Blocks:
     bk = min(BLOCK_K, _pow2(k_dim))
     nk = -(-k_dim // bk)
     bv = min(BLOCK_V, _pow2(v_dim))
-    return Blocks(chunk_size, bk, nk, bv, max(16, min(bv, STATE_TILE // (nk * bk))))
+    bk_state = min(BLOCK_K_STATE, _pow2(k_dim))
+    nk_state = -(-k_dim // bk_state)
+    bv_state = max(16, min(bv, STATE_TILE // (nk_state * bk_state)))
+    bk_bwd = min(BLOCK_BWD, _pow2(k_dim))
+    return Blocks(chunk_size, bk, nk, bv, bk_state, nk_state, bv_state,
+                  bk_bwd, -(-k_dim // bk_bwd), min(BLOCK_BWD, bv))
 
 
-def _precision(dtype: torch.dtype) -> str:
-    # fp32 inputs: exact fp32 products (what the reference computes); low-precision inputs:
-    # tf32 products on the tensor cores (10-bit mantissa, finer than bf16's 7 bits)
-    return "ieee" if dtype == torch.float32 else "tf32"
+def _precision(dtype: torch.dtype, device: torch.device) -> str:
+    """The dots' operand type (triton_kernels._dot). 16-bit inputs: operands rounded to the
+    inputs' own type, as fla does (tensor cores at full rate; the rounding of fp32 intermediates
+    such as the state costs ~2^-9 relative, inside the bf16 tolerance). fp32 inputs: tf32x3,
+    three tf32 products that keep fp32 accuracy on the tensor cores."""
+    prec = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "tf32x3")
+    if prec != "tf32x3" and device.type == "cpu" and interpreting():
+        return prec + "_emulated"  # the interpreter's own 16-bit dots are wrong (_round_bf16)
+    return prec
+
+
+def _operand_dtype(dtype: torch.dtype) -> torch.dtype:
+    """How W and X (delta rules) are stored: they serve only as dot operands, which round them
+    to 16 bits for 16-bit inputs anyway (half the memory and the loads)."""
+    return dtype if dtype in (torch.bfloat16, torch.float16) else torch.float32
+
+
+def _inverse_precision(dtype: torch.dtype) -> str:
+    return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
 def _empty(ref: torch.Tensor) -> torch.Tensor:
@@ -110,7 +138,7 @@ def _la_chunk_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
     n_seq = cu_seqlens.numel() - 1
     delta, has_g, gla = rule in WITH_BETA, g is not None, rule == "gla"
     bl = blocks(k_dim, v_dim, chunk_size)
-    kb = dict(BT=bl.BT, BK=bl.BK, NK=bl.NK, PREC=_precision(q.dtype))
+    kb = dict(BT=bl.BT, BK=bl.BK, NK=bl.NK, PREC=_precision(q.dtype, q.device))
     f32 = dict(dtype=torch.float32, device=q.device)
     o = torch.empty(total, h, v_dim, dtype=v.dtype, device=q.device)
     states = torch.empty(n_chunks, h, k_dim, v_dim, **f32)
@@ -124,21 +152,22 @@ def _la_chunk_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
              BT=bl.BT, BK=bl.BK)
         _run(tk.gla_scores_kernel, (n_chunks, h), q, k, w, t, cu_seqlens, chunk_indices, scale, h, k_dim,
              BC=GLA_SUB_CHUNK, **kb)
-    if delta:
-        t = torch.empty(total, h, bl.BT, **f32)
+    if delta:  # T and, beside it, k k^T below the diagonal
+        t = torch.empty(total, h, 2 * bl.BT, **f32)
         u = torch.empty(total, h, v_dim, **f32)
-        w = torch.empty(total, h, k_dim, **f32)
-        x = torch.empty(total, h, v_dim, **f32)
+        w = torch.empty(total, h, k_dim, dtype=_operand_dtype(q.dtype), device=q.device)
+        x = torch.empty(total, h, v_dim, dtype=_operand_dtype(q.dtype), device=q.device)
         if n_chunks:
             _run(tk.wy_fwd_kernel, (n_chunks, h), k, v, beta, g if has_g else dummy, t, u, w, cu_seqlens,
-                 chunk_indices, h, k_dim, v_dim, HAS_G=has_g, BV=bl.BV, LOG2_BT=int(math.log2(bl.BT)), **kb)
+                 chunk_indices, h, k_dim, v_dim, HAS_G=has_g, BV=bl.BV, LOG2_BT=int(math.log2(bl.BT)),
+                 INV_PREC=_inverse_precision(q.dtype), **kb)
     decay = w if gla else g if has_g else dummy
     if n_seq:
         _run(tk.state_fwd_kernel, (n_seq, h, -(-v_dim // bl.BV_STATE)),
              k, v, decay, u, w if delta else dummy, x if delta else dummy, states,
              h0 if h0 is not None else dummy, ht if output_final_state else dummy, cu_seqlens,
              chunk_offsets, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g, GLA=gla, HAS_H0=h0 is not None,
-             STORE_HT=output_final_state, BV=bl.BV_STATE, **kb)
+             STORE_HT=output_final_state, **dict(kb, BK=bl.BK_STATE, NK=bl.NK_STATE, BV=bl.BV_STATE))
     if n_chunks:
         _run(tk.output_fwd_kernel, (n_chunks, h, -(-v_dim // bl.BV)),
              q, k, v, decay, x if delta else dummy, t if gla else dummy, states, o, cu_seqlens,
@@ -161,9 +190,10 @@ def _(q, k, v, g, beta, h0, cu_seqlens, chunk_indices, chunk_offsets, rule, scal
     return (v.new_empty(total, h, v_dim),
             q.new_empty(n_seq, h, k_dim, v_dim, dtype=torch.float32) if output_final_state else _empty(q),
             torch.empty(n_chunks, h, k_dim, v_dim, **f32),
-            torch.empty(total, h, v_dim, **f32) if delta else _empty(q),
-            torch.empty(total, h, chunk_size, **f32) if delta or gla else _empty(q),
-            torch.empty(total, h, k_dim, **f32) if delta or gla else _empty(q))
+            torch.empty(total, h, v_dim, dtype=_operand_dtype(q.dtype), device=q.device) if delta else _empty(q),
+            torch.empty(total, h, (2 if delta else 1) * chunk_size, **f32) if delta or gla else _empty(q),
+            torch.empty(total, h, k_dim, dtype=_operand_dtype(q.dtype) if delta else torch.float32,
+                        device=q.device) if delta or gla else _empty(q))
 
 
 # --- backward op --------------------------------------------------------------------------------
@@ -180,7 +210,9 @@ def _la_chunk_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
     n_seq = cu_seqlens.numel() - 1
     delta, has_g, gla = rule in WITH_BETA, g is not None, rule == "gla"
     bl = blocks(k_dim, v_dim, chunk_size)
-    kb = dict(BT=bl.BT, BK=bl.BK, NK=bl.NK, PREC=_precision(q.dtype))
+    kb = dict(BT=bl.BT, BK=bl.BK, NK=bl.NK, PREC=_precision(q.dtype, q.device))
+    bwd = dict(BT=bl.BT, BK=bl.BK_BWD, NK=bl.NK_BWD, BV=bl.BV_BWD, PREC=kb["PREC"])
+    state = dict(BT=bl.BT, BK=bl.BK_STATE, NK=bl.NK_STATE, BV=bl.BV_STATE, PREC=kb["PREC"])
     f32 = dict(dtype=torch.float32, device=q.device)
     dummy = _empty(q)
     do = do.contiguous()
@@ -188,12 +220,22 @@ def _la_chunk_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
     dstates = torch.empty(n_chunks, h, k_dim, v_dim, **f32)
     dh0 = torch.empty(n_seq, h, k_dim, v_dim, **f32) if h0 is not None else _empty(q)
     decay = w if gla else g if has_g else dummy
+    # dG's parts (gated_delta): one per key block (dqk_bwd_kernel), the WY step's, P's
+    wy_part = bl.NK_BWD
+    p_part = bl.NK_BWD + (1 if delta else 0)
+    d_g_parts = torch.empty(p_part + 1, total, h, **f32) if has_g and not gla else dummy
+    d_pe = torch.empty(total, h, bl.BT, **f32) if not gla else dummy
+    if n_chunks:
+        _run(tk.local_bwd_kernel, (n_chunks, h),
+             q, k, decay, x if delta else dummy, v, t if gla else dummy, do, dx, d_pe, d_g_parts,
+             cu_seqlens, chunk_indices, scale, total, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g,
+             GLA=gla, DG_PART=p_part, BV=bl.BV, **kb)
     if n_seq:
         _run(tk.state_bwd_kernel, (n_seq, h, -(-v_dim // bl.BV_STATE)),
-             q, k, decay, w if delta else dummy, t if gla else dummy, do, dx, dstates,
+             q, k, decay, w if delta else dummy, do, dx, dstates,
              dht if dht is not None else dummy, dh0 if h0 is not None else dummy, cu_seqlens,
              chunk_offsets, scale, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g, GLA=gla,
-             HAS_DHT=dht is not None, STORE_DH0=h0 is not None, BV=bl.BV_STATE, **kb)
+             HAS_DHT=dht is not None, STORE_DH0=h0 is not None, **state)
     dq = torch.zeros(total, h, k_dim, **f32)
     dk = torch.zeros(total, h, k_dim, **f32)
     dv = torch.zeros(total, h, v_dim, **f32) if delta else dx
@@ -209,21 +251,23 @@ def _la_chunk_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
              q, k, w, d_scores, dq, dk, d_last, dg, cu_seqlens, chunk_indices, chunk_offsets, scale,
              h, k_dim, BT=bl.BT, BC=GLA_SUB_CHUNK, BK=bl.BK, PREC=kb["PREC"])
     elif n_chunks:
-        # dG's parts: one per key block (dqk_bwd_kernel), one more from the WY step
-        parts = bl.NK + (1 if delta else 0)
-        d_g_parts = torch.empty(parts, total, h, **f32) if has_g else dummy
         d_w = torch.empty(total, h, k_dim, **f32) if delta else dummy
-        _run(tk.dqk_bwd_kernel, (n_chunks, h, bl.NK),
-             q, k, v, decay, x if delta else dummy, states, do, dx, dstates, dq, dk, d_w, d_g_parts,
+        _run(tk.dqk_bwd_kernel, (n_chunks, h, bl.NK_BWD),
+             q, k, v, decay, x if delta else dummy, states, do, dx, dstates, d_pe, dq, dk, d_w, d_g_parts,
              cu_seqlens, chunk_indices, chunk_offsets, scale, total, h, k_dim, v_dim, DELTA=delta,
-             HAS_G=has_g, BV=bl.BV, **kb)
-        if delta:
+             HAS_G=has_g, **bwd)
+        if delta:  # d_pe, read by dqk_bwd_kernel, now holds dT and then B
             _run(tk.wy_bwd_kernel, (n_chunks, h),
-                 k, v, decay, beta, t, dx, d_w, dk, dv, dbeta, d_g_parts, cu_seqlens, chunk_indices,
-                 total, h, k_dim, v_dim, HAS_G=has_g, BV=bl.BV, DG_PART=bl.NK, **kb)
+                 k, v, decay, beta, t, dx, d_w, dk, dv, dbeta, d_pe, d_g_parts, cu_seqlens, chunk_indices,
+                 total, h, k_dim, v_dim, HAS_G=has_g, DG_PART=wy_part, **bwd)
+            _run(tk.wy_inverse_bwd_kernel, (n_chunks, h),
+                 decay, beta, t, d_pe, dbeta, d_g_parts, cu_seqlens, chunk_indices, total, h,
+                 HAS_G=has_g, BT=bl.BT, DG_PART=wy_part, PREC=kb["PREC"])
+            _run(tk.wy_dk_bwd_kernel, (n_chunks, h, bl.NK_BWD),
+                 k, d_pe, dk, cu_seqlens, chunk_indices, h, k_dim, BT=bl.BT, BK=bl.BK_BWD, PREC=kb["PREC"])
         if has_g:
             _run(tk.chunk_dg_kernel, (n_chunks, h), d_g_parts, dg, cu_seqlens, chunk_indices, total, h,
-                 N_PARTS=parts, BT=bl.BT)
+                 N_PARTS=p_part + 1, BT=bl.BT)
     return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype),
             dg if has_g else _empty(q), dbeta.to(beta.dtype) if delta else _empty(q),
             dh0)

@@ -43,7 +43,48 @@ import triton.language as tl
 
 @triton.jit
 def _dot(a, b, PREC: tl.constexpr):
-    return tl.dot(a, b, input_precision=PREC)
+    """a b with fp32 accumulation. PREC "bf16" / "fp16": both operands rounded to that type
+    (tensor cores at full rate, half the registers of fp32 operands; "*_emulated": the same
+    rounding in triton's interpreter); else tl.dot's input_precision for fp32 operands
+    ("tf32x3": fp32 accuracy on tensor cores, "tf32", "ieee")."""
+    if PREC == "bf16":
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    elif PREC == "fp16":
+        return tl.dot(a.to(tl.float16), b.to(tl.float16))
+    elif PREC == "bf16_emulated":
+        return tl.dot(_round_bf16(a.to(tl.float32)), _round_bf16(b.to(tl.float32)), input_precision="ieee")
+    elif PREC == "fp16_emulated":
+        return tl.dot(a.to(tl.float16).to(tl.float32), b.to(tl.float16).to(tl.float32),
+                      input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
+def _operand(x, PREC: tl.constexpr):
+    """x as _dot rounds its operands: converted once for an operand that serves several dots
+    (then _dot's own conversion is the identity)."""
+    if PREC == "bf16":
+        return x.to(tl.bfloat16)
+    elif PREC == "fp16":
+        return x.to(tl.float16)
+    elif PREC == "bf16_emulated":
+        return _round_bf16(x.to(tl.float32))
+    elif PREC == "fp16_emulated":
+        return x.to(tl.float16).to(tl.float32)
+    else:
+        return x
+
+
+@triton.jit
+def _round_bf16(v):
+    """float32 v rounded to the nearest bfloat16 (ties to even), kept in float32. Triton's
+    interpreter computes bf16 dots wrongly and truncates float32 -> bfloat16 casts, so under it
+    the kernels round their dot operands by hand, as the GPU's conversion does (PREC
+    "bf16_emulated"); the arithmetic is then the GPU's up to the order of the fp32 sums."""
+    bits = v.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -73,20 +114,33 @@ def _sequence(cu_seqlens, chunk_offsets, i_n):
 
 
 @triton.jit
-def _load_rows(ptr, start, n_rows, stride, col0, n_cols, BT: tl.constexpr, BD: tl.constexpr):
-    """[BT, BD] tile of rows start.. (stride apart), columns col0.., zero outside."""
+def _rows_ptrs(ptr, start, n_rows, stride, col0, n_cols, BT: tl.constexpr, BD: tl.constexpr):
+    """(pointers, mask) of the [BT, BD] tile of rows start.. (stride apart), columns col0..:
+    the row offset goes into the scalar base, so the tile's own offsets stay 32-bit."""
     r = tl.arange(0, BT)
     c = col0 + tl.arange(0, BD)
     mask = (r[:, None] < n_rows) & (c[None, :] < n_cols)
-    return tl.load(ptr + (start + r[:, None]) * stride + c[None, :], mask=mask, other=0.0).to(tl.float32)
+    return ptr + start * stride + (r[:, None] * stride + c[None, :]), mask
+
+
+@triton.jit
+def _load_raw(ptr, start, n_rows, stride, col0, n_cols, BT: tl.constexpr, BD: tl.constexpr):
+    """[BT, BD] tile in its stored type, zero outside (for operands that go straight to a dot:
+    16-bit inputs stay 16-bit, half the registers)."""
+    ptrs, mask = _rows_ptrs(ptr, start, n_rows, stride, col0, n_cols, BT, BD)
+    return tl.load(ptrs, mask=mask, other=0.0)
+
+
+@triton.jit
+def _load_rows(ptr, start, n_rows, stride, col0, n_cols, BT: tl.constexpr, BD: tl.constexpr):
+    """[BT, BD] fp32 tile of rows start.. (stride apart), columns col0.., zero outside."""
+    return _load_raw(ptr, start, n_rows, stride, col0, n_cols, BT, BD).to(tl.float32)
 
 
 @triton.jit
 def _store_rows(ptr, x, start, n_rows, stride, col0, n_cols, BT: tl.constexpr, BD: tl.constexpr):
-    r = tl.arange(0, BT)
-    c = col0 + tl.arange(0, BD)
-    mask = (r[:, None] < n_rows) & (c[None, :] < n_cols)
-    tl.store(ptr + (start + r[:, None]) * stride + c[None, :], x.to(ptr.dtype.element_ty), mask=mask)
+    ptrs, mask = _rows_ptrs(ptr, start, n_rows, stride, col0, n_cols, BT, BD)
+    tl.store(ptrs, x.to(ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -109,20 +163,23 @@ def _load_last_row(ptr, start, n_rows, stride, col0, n_cols, BD: tl.constexpr):
 
 
 @triton.jit
-def _load_state(ptr, K, V, row0, col0, BK: tl.constexpr, BV: tl.constexpr):
-    """[BK, BV] block (rows row0.., columns col0..) of one [K, V] state."""
+def _state_ptrs(ptr, K, V, row0, col0, BK: tl.constexpr, BV: tl.constexpr):
     rk = row0 + tl.arange(0, BK)
     cv = col0 + tl.arange(0, BV)
-    mask = (rk[:, None] < K) & (cv[None, :] < V)
-    return tl.load(ptr + rk[:, None] * V + cv[None, :], mask=mask, other=0.0).to(tl.float32)
+    return ptr + rk[:, None] * V + cv[None, :], (rk[:, None] < K) & (cv[None, :] < V)
+
+
+@triton.jit
+def _load_state(ptr, K, V, row0, col0, BK: tl.constexpr, BV: tl.constexpr):
+    """[BK, BV] block (rows row0.., columns col0..) of one [K, V] state."""
+    ptrs, mask = _state_ptrs(ptr, K, V, row0, col0, BK, BV)
+    return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
 def _store_state(ptr, x, K, V, row0, col0, BK: tl.constexpr, BV: tl.constexpr):
-    rk = row0 + tl.arange(0, BK)
-    cv = col0 + tl.arange(0, BV)
-    mask = (rk[:, None] < K) & (cv[None, :] < V)
-    tl.store(ptr + rk[:, None] * V + cv[None, :], x.to(ptr.dtype.element_ty), mask=mask)
+    ptrs, mask = _state_ptrs(ptr, K, V, row0, col0, BK, BV)
+    tl.store(ptrs, x.to(ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -163,11 +220,11 @@ def _scores(q, k, start, n, i_h, H, K, scale, BT: tl.constexpr, BK: tl.constexpr
             NK: tl.constexpr, PREC: tl.constexpr):
     """(q scale) k^T of one chunk [BT, BT], contracted over the NK key blocks."""
     acc = tl.zeros([BT, BT], dtype=tl.float32)
-    for i_k in tl.static_range(NK):
-        qb = _load_rows(q + i_h * K, start, n, H * K, i_k * BK, K, BT, BK) * scale
-        kb = _load_rows(k + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+    for i_k in range(0, NK):
+        qb = _load_raw(q + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+        kb = _load_raw(k + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
         acc += _dot(qb, tl.trans(kb), PREC)
-    return acc
+    return acc * scale
 
 
 # --- forward ----------------------------------------------------------------------------------
@@ -175,40 +232,45 @@ def _scores(q, k, start, n, i_h, H, K, scale, BT: tl.constexpr, BK: tl.constexpr
 @triton.jit
 def wy_fwd_kernel(k, v, beta, g, T_out, U_out, W_out, cu_seqlens, chunk_indices,
                   H, K, V, HAS_G: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                  NK: tl.constexpr, BV: tl.constexpr, LOG2_BT: tl.constexpr, PREC: tl.constexpr):
+                  NK: tl.constexpr, BV: tl.constexpr, LOG2_BT: tl.constexpr, PREC: tl.constexpr,
+                  INV_PREC: tl.constexpr):
     """Delta rules, one program per (chunk, head): T = (I + A)^-1, U = T beta v, W = T beta gam k,
-    looping over key and value blocks."""
+    looping over key and value blocks. T_out [rows, H, 2 BT] takes T and, beside it, k k^T
+    below the diagonal (the backward's dA terms read it rather than recompute it). The squarings that form T take fp32 operands (INV_PREC)
+    whatever the inputs: their errors compound over log2(C) - 1 products."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     start, n, _, _ = _chunk_rows(cu_seqlens, chunk_indices, i_c, BT)
     b = _load_vec(beta + i_h, start, n, H, BT)
     G, _ = _decays(g, start, n, i_h, H, HAS_G, BT)
     kk = tl.zeros([BT, BT], dtype=tl.float32)
-    for i_k in tl.static_range(NK):
-        kb = _load_rows(k + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+    for i_k in range(0, NK):
+        kb = _load_raw(k + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
         kk += _dot(kb, tl.trans(kb), PREC)
-    a = kk * b[:, None] * _pair_decay(G, True, BT)
+    strict = _pair_decay(G, True, BT)
+    _store_rows(T_out + i_h * 2 * BT, tl.where(strict > 0, kk, 0.0), start, n, H * 2 * BT, BT, 2 * BT, BT, BT)
+    a = kk * b[:, None] * strict
     # (I + A)^-1 = (I - A)(I + A^2)(I + A^4)...: A is strictly lower, so A^BT = 0
     r = tl.arange(0, BT)
     power = -a
     t = (r[:, None] == r[None, :]).to(tl.float32) + power
     for _ in tl.static_range(LOG2_BT - 1):
-        power = _dot(power, power, PREC)
-        t = t + _dot(t, power, PREC)
-    _store_rows(T_out + i_h * BT, t, start, n, H * BT, 0, BT, BT, BT)
+        power = _dot(power, power, INV_PREC)
+        t = t + _dot(t, power, INV_PREC)
+    _store_rows(T_out + i_h * 2 * BT, t, start, n, H * 2 * BT, 0, 2 * BT, BT, BT)
     for i_v in range(0, tl.cdiv(V, BV)):
         vb = _load_rows(v + i_h * V, start, n, H * V, i_v * BV, V, BT, BV)
         _store_rows(U_out + i_h * V, _dot(t, vb * b[:, None], PREC), start, n, H * V, i_v * BV, V, BT, BV)
-    for i_k in tl.static_range(NK):
+    for i_k in range(0, NK):
         kb = _load_rows(k + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
         kg = kb * (b * tl.exp(G))[:, None]
-        _store_rows(W_out + i_h * K, _dot(t, kg, PREC), start, n, H * K, i_k * BK, K, BT, BK)
+        _store_rows(W_out + i_h * K, _operand(_dot(t, kg, PREC), PREC), start, n, H * K, i_k * BK, K, BT, BK)
 
 
 @triton.jit
 def _minus_w_s(x, W, s, start, n, i_h, H, K, i_k: tl.constexpr, BT: tl.constexpr,
                BK: tl.constexpr, PREC: tl.constexpr):
     """x - W[:, block i_k] s (the delta rules' correction by one key block of the state)."""
-    w = _load_rows(W + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+    w = _load_raw(W + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
     return x - _dot(w, s, PREC)
 
 
@@ -217,11 +279,11 @@ def _advance(s, k, g, start, n, i_h, H, K, x, x_end, gam_end, i_k: tl.constexpr,
              GLA: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
     """Key block i_k of S_next = Gam S + (k exp(G_C - G))^T X. Scalar decays arrive folded into
     x_end = exp(G_C - G) X and gam_end = Gam; gla's per-channel ones are read here."""
-    kb = _load_rows(k + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+    kb = _load_raw(k + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
     if GLA:
         Gb = _load_rows(g + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
         G_last = _load_last_row(g + i_h * K, start, n, H * K, i_k * BK, K, BK)
-        k_end = kb * tl.exp(G_last[None, :] - Gb)
+        k_end = kb.to(tl.float32) * tl.exp(G_last[None, :] - Gb)
         return s * tl.exp(G_last)[:, None] + _dot(tl.trans(k_end), x, PREC)
     else:
         return s * gam_end + _dot(tl.trans(kb), x_end, PREC)
@@ -265,7 +327,7 @@ def state_fwd_kernel(k, v, g, U, W, X_out, h_out, h0, ht, cu_seqlens, chunk_offs
                 x = _minus_w_s(x, W, s2, start, n, i_h, H, K, 2, BT, BK, PREC)
             if NK > 3:
                 x = _minus_w_s(x, W, s3, start, n, i_h, H, K, 3, BT, BK, PREC)
-            _store_rows(X_out + i_h * V, x, start, n, H * V, col, V, BT, BV)
+            _store_rows(X_out + i_h * V, _operand(x, PREC), start, n, H * V, col, V, BT, BV)
         else:
             x = _load_rows(v + i_h * V, start, n, H * V, col, V, BT, BV)
         x_end = x
@@ -304,26 +366,27 @@ def output_fwd_kernel(q, k, v, g, X, P, h, o, cu_seqlens, chunk_indices, chunk_o
     col = i_v * BV
     acc = tl.zeros([BT, BV], dtype=tl.float32)
     p = tl.zeros([BT, BT], dtype=tl.float32)
-    for i_k in tl.static_range(NK):
-        qb = _load_rows(q + i_h * K, start, n, H * K, i_k * BK, K, BT, BK) * scale
+    for i_k in range(0, NK):
+        qb = _load_raw(q + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
         s = _load_state(state, K, V, i_k * BK, col, BK, BV)
         if GLA:
             Gb = _load_rows(g + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
-            acc += _dot(qb * tl.exp(Gb), s, PREC)
+            acc += _dot(qb.to(tl.float32) * tl.exp(Gb), s, PREC)
         else:
-            kb = _load_rows(k + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+            kb = _load_raw(k + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
             acc += _dot(qb, s, PREC)
             p += _dot(qb, tl.trans(kb), PREC)
     if DELTA:
-        x = _load_rows(X + i_h * V, start, n, H * V, col, V, BT, BV)
+        x = _load_raw(X + i_h * V, start, n, H * V, col, V, BT, BV)
     else:
-        x = _load_rows(v + i_h * V, start, n, H * V, col, V, BT, BV)
+        x = _load_raw(v + i_h * V, start, n, H * V, col, V, BT, BV)
     if GLA:
         p = _load_rows(P + i_h * BT, start, n, H * BT, 0, BT, BT, BT)
+        acc = acc * scale
     else:
         G, _ = _decays(g, start, n, i_h, H, HAS_G, BT)
-        acc = acc * tl.exp(G)[:, None]
-        p = p * _pair_decay(G, False, BT)
+        acc = acc * (scale * tl.exp(G))[:, None]
+        p = p * scale * _pair_decay(G, False, BT)
     _store_rows(o + i_h * V, acc + _dot(p, x, PREC), start, n, H * V, col, V, BT, BV)
 
 
@@ -334,41 +397,82 @@ def _k_ds(acc, k, g, ds, start, n, i_h, H, K, i_k: tl.constexpr, GLA: tl.constex
           BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
     """acc + k_end[:, block i_k] dS_block: the state's term of dX (gla's per-channel decay
     applied to k here; scalar decays are applied to the sum by the caller)."""
-    kb = _load_rows(k + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+    kb = _load_raw(k + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
     if GLA:
         Gb = _load_rows(g + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
         G_last = _load_last_row(g + i_h * K, start, n, H * K, i_k * BK, K, BK)
-        kb = kb * tl.exp(G_last[None, :] - Gb)
-    return acc + _dot(kb, ds, PREC)
+        return acc + _dot(kb.to(tl.float32) * tl.exp(G_last[None, :] - Gb), ds, PREC)
+    else:
+        return acc + _dot(kb, ds, PREC)
 
 
 @triton.jit
-def _retreat(ds, q, g, dout, start, n, i_h, H, K, scale, G, gam_end, i_k: tl.constexpr,
+def _retreat(ds, q, g, dout, start, n, i_h, H, K, scale, gam_end, i_k: tl.constexpr,
              GLA: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
-    """Key block i_k of Gam dS_next + (q gam)^T dO (the W^T dX term comes after dX)."""
-    qb = _load_rows(q + i_h * K, start, n, H * K, i_k * BK, K, BT, BK) * scale
+    """Key block i_k of Gam dS_next + (q gam)^T dO (the W^T dX term comes after dX). Scalar
+    decays arrive folded into dout = (scale gam) dO; gla's per-channel ones are read here."""
+    qb = _load_raw(q + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
     if GLA:
         Gb = _load_rows(g + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
         G_last = _load_last_row(g + i_h * K, start, n, H * K, i_k * BK, K, BK)
-        return ds * tl.exp(G_last)[:, None] + _dot(tl.trans(qb * tl.exp(Gb)), dout, PREC)
+        q_in = qb.to(tl.float32) * scale * tl.exp(Gb)
+        return ds * tl.exp(G_last)[:, None] + _dot(tl.trans(q_in), dout, PREC)
     else:
-        return ds * gam_end + _dot(tl.trans(qb * tl.exp(G)[:, None]), dout, PREC)
+        return ds * gam_end + _dot(tl.trans(qb), dout, PREC)
 
 
 @triton.jit
 def _minus_wt_dx(ds, W, dx, start, n, i_h, H, K, i_k: tl.constexpr, BT: tl.constexpr,
                  BK: tl.constexpr, PREC: tl.constexpr):
-    w = _load_rows(W + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+    w = _load_raw(W + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
     return ds - _dot(tl.trans(w), dx, PREC)
 
 
 @triton.jit
-def state_bwd_kernel(q, k, g, W, P, do, dX_out, dh_out, dht, dh0, cu_seqlens, chunk_offsets, scale,
+def local_bwd_kernel(q, k, g, X, v, P, do, dX, dPE, dG, cu_seqlens, chunk_indices, scale, TOTAL,
+                     H, K, V, DELTA: tl.constexpr, HAS_G: tl.constexpr, GLA: tl.constexpr,
+                     DG_PART: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, NK: tl.constexpr,
+                     BV: tl.constexpr, PREC: tl.constexpr):
+    """One program per (chunk, head), looping over value blocks: the chunk-local parts of the
+    backward, in parallel over chunks. dX = P^T dO (state_bwd_kernel adds the state's term);
+    not gla: dPE = (dO X^T)(s <= t) * E for dqk_bwd_kernel, and P's part of dG (into
+    dG[DG_PART]): +G_t in its rows, -G_s in its columns."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    start, n, _, _ = _chunk_rows(cu_seqlens, chunk_indices, i_c, BT)
+    if GLA:
+        p = _load_rows(P + i_h * BT, start, n, H * BT, 0, BT, BT, BT)
+    else:
+        G, _ = _decays(g, start, n, i_h, H, HAS_G, BT)
+        e = _pair_decay(G, False, BT)
+        p = _scores(q, k, start, n, i_h, H, K, scale, BT, BK, NK, PREC) * e
+    d_p = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        col = i_v * BV
+        dout = _load_raw(do + i_h * V, start, n, H * V, col, V, BT, BV)
+        _store_rows(dX + i_h * V, _dot(tl.trans(p), dout, PREC), start, n, H * V, col, V, BT, BV)
+        if not GLA:
+            if DELTA:
+                x = _load_raw(X + i_h * V, start, n, H * V, col, V, BT, BV)
+            else:
+                x = _load_raw(v + i_h * V, start, n, H * V, col, V, BT, BV)
+            d_p += _dot(dout, tl.trans(x), PREC)
+    if not GLA:
+        r = tl.arange(0, BT)
+        d_p = tl.where(r[:, None] >= r[None, :], d_p, 0.0)
+        _store_rows(dPE + i_h * BT, d_p * e, start, n, H * BT, 0, BT, BT, BT)
+        if HAS_G:
+            dp_p = d_p * p
+            _store_vec(dG + DG_PART * TOTAL * H + i_h, tl.sum(dp_p, 1) - tl.sum(dp_p, 0), start, n, H, BT)
+
+
+@triton.jit
+def state_bwd_kernel(q, k, g, W, do, dX, dh_out, dht, dh0, cu_seqlens, chunk_offsets, scale,
                      H, K, V, DELTA: tl.constexpr, HAS_G: tl.constexpr, GLA: tl.constexpr,
                      HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, BT: tl.constexpr,
                      BK: tl.constexpr, NK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
-    """One program per (sequence, head, value block), chunks in reverse: dX and the gradient
-    of the state leaving every chunk (dh_out), and of the initial state; dS held as NK tiles."""
+    """One program per (sequence, head, value block), chunks in reverse: adds the state's term
+    to dX (which holds local_bwd_kernel's P^T dO) and stores the gradient of the state leaving
+    every chunk (dh_out) and of the initial state; dS held as NK tiles."""
     i_n, i_h, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos, eos, c0, n_chunks = _sequence(cu_seqlens, chunk_offsets, i_n)
     col = i_v * BV
@@ -391,31 +495,34 @@ def state_bwd_kernel(q, k, g, W, P, do, dX_out, dh_out, dht, dh0, cu_seqlens, ch
             _store_state(base, ds3, K, V, 3 * BK, col, BK, BV)
         start = bos + j * BT
         n = tl.minimum(eos - start, BT)
-        dout = _load_rows(do + i_h * V, start, n, H * V, col, V, BT, BV)
+        dout = _load_raw(do + i_h * V, start, n, H * V, col, V, BT, BV)
         G = tl.zeros([BT], dtype=tl.float32)
         gam_end = 1.0
-        if GLA:
-            p = _load_rows(P + i_h * BT, start, n, H * BT, 0, BT, BT, BT)
-        else:
+        if not GLA:
             G, G_last = _decays(g, start, n, i_h, H, HAS_G, BT)
             gam_end = tl.exp(G_last)
-            p = _scores(q, k, start, n, i_h, H, K, scale, BT, BK, NK, PREC) * _pair_decay(G, False, BT)
+        dx = _load_rows(dX + i_h * V, start, n, H * V, col, V, BT, BV)
         kds = tl.zeros([BT, BV], dtype=tl.float32)
         kds = _k_ds(kds, k, g, ds0, start, n, i_h, H, K, 0, GLA, BT, BK, PREC)
-        ds0 = _retreat(ds0, q, g, dout, start, n, i_h, H, K, scale, G, gam_end, 0, GLA, BT, BK, PREC)
         if NK > 1:
             kds = _k_ds(kds, k, g, ds1, start, n, i_h, H, K, 1, GLA, BT, BK, PREC)
-            ds1 = _retreat(ds1, q, g, dout, start, n, i_h, H, K, scale, G, gam_end, 1, GLA, BT, BK, PREC)
         if NK > 2:
             kds = _k_ds(kds, k, g, ds2, start, n, i_h, H, K, 2, GLA, BT, BK, PREC)
-            ds2 = _retreat(ds2, q, g, dout, start, n, i_h, H, K, scale, G, gam_end, 2, GLA, BT, BK, PREC)
         if NK > 3:
             kds = _k_ds(kds, k, g, ds3, start, n, i_h, H, K, 3, GLA, BT, BK, PREC)
-            ds3 = _retreat(ds3, q, g, dout, start, n, i_h, H, K, scale, G, gam_end, 3, GLA, BT, BK, PREC)
-        if not GLA:
-            kds = kds * tl.exp(G_last - G)[:, None]
-        dx = _dot(tl.trans(p), dout, PREC) + kds
-        _store_rows(dX_out + i_h * V, dx, start, n, H * V, col, V, BT, BV)
+        if GLA:
+            dx += kds
+        else:
+            dx += kds * tl.exp(G_last - G)[:, None]
+            dout = _operand(dout.to(tl.float32) * (scale * tl.exp(G))[:, None], PREC)
+        ds0 = _retreat(ds0, q, g, dout, start, n, i_h, H, K, scale, gam_end, 0, GLA, BT, BK, PREC)
+        if NK > 1:
+            ds1 = _retreat(ds1, q, g, dout, start, n, i_h, H, K, scale, gam_end, 1, GLA, BT, BK, PREC)
+        if NK > 2:
+            ds2 = _retreat(ds2, q, g, dout, start, n, i_h, H, K, scale, gam_end, 2, GLA, BT, BK, PREC)
+        if NK > 3:
+            ds3 = _retreat(ds3, q, g, dout, start, n, i_h, H, K, scale, gam_end, 3, GLA, BT, BK, PREC)
+        _store_rows(dX + i_h * V, dx, start, n, H * V, col, V, BT, BV)
         if DELTA:
             ds0 = _minus_wt_dx(ds0, W, dx, start, n, i_h, H, K, 0, BT, BK, PREC)
             if NK > 1:
@@ -436,14 +543,14 @@ def state_bwd_kernel(q, k, g, W, P, do, dX_out, dh_out, dht, dh0, cu_seqlens, ch
 
 
 @triton.jit
-def dqk_bwd_kernel(q, k, v, g, X, h, do, dX, dh, dq, dk, dW, dG, cu_seqlens, chunk_indices,
+def dqk_bwd_kernel(q, k, v, g, X, h, do, dX, dh, dPE, dq, dk, dW, dG, cu_seqlens, chunk_indices,
                    chunk_offsets, scale, TOTAL, H, K, V, DELTA: tl.constexpr, HAS_G: tl.constexpr,
                    BT: tl.constexpr, BK: tl.constexpr, NK: tl.constexpr, BV: tl.constexpr,
                    PREC: tl.constexpr):
     """linear, delta, gated_delta; one program per (chunk, head, key block i_k), looping over
-    value blocks: dq, the attention and state terms of dk, dW = -dX S^T (delta rules, for
-    wy_bwd_kernel), and the key block's part of dG (row-sums over its channels; the program of
-    block 0 adds P's terms), into dG[i_k]. Sums over V run in a fixed order: deterministic."""
+    value blocks: dq, the attention and state terms of dk (the attention's through dPE from
+    local_bwd_kernel), dW = -dX S^T (delta rules, for wy_bwd_kernel), and the key block's part
+    of dG (row-sums over its channels) into dG[i_k]. Sums run in a fixed order: deterministic."""
     i_c, i_h, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start, n, i_n, i_j = _chunk_rows(cu_seqlens, chunk_indices, i_c, BT)
     state = (_chunk_index(chunk_offsets, i_n, i_j) * H + i_h) * K * V
@@ -454,28 +561,25 @@ def dqk_bwd_kernel(q, k, v, g, X, h, do, dX, dh, dq, dk, dW, dG, cu_seqlens, chu
     gam = tl.exp(G)
     gam_end = tl.exp(G_last - G)
     d_qgam = tl.zeros([BT, BK], dtype=tl.float32)    # dO S^T
-    d_p = tl.zeros([BT, BT], dtype=tl.float32)       # dO X^T
     d_kend = tl.zeros([BT, BK], dtype=tl.float32)    # X dS_next^T
     d_w = tl.zeros([BT, BK], dtype=tl.float32)       # -dX S^T
     s_ds = tl.zeros([BK], dtype=tl.float32)          # row sums of S * dS_next
     for i_v in range(0, tl.cdiv(V, BV)):
         col = i_v * BV
-        dout = _load_rows(do + i_h * V, start, n, H * V, col, V, BT, BV)
+        dout = _load_raw(do + i_h * V, start, n, H * V, col, V, BT, BV)
         s = _load_state(h + state, K, V, row0, col, BK, BV)
         ds = _load_state(dh + state, K, V, row0, col, BK, BV)
         if DELTA:
-            x = _load_rows(X + i_h * V, start, n, H * V, col, V, BT, BV)
+            x = _load_raw(X + i_h * V, start, n, H * V, col, V, BT, BV)
             dx = _load_rows(dX + i_h * V, start, n, H * V, col, V, BT, BV)
             d_w -= _dot(dx, tl.trans(s), PREC)
         else:
-            x = _load_rows(v + i_h * V, start, n, H * V, col, V, BT, BV)
+            x = _load_raw(v + i_h * V, start, n, H * V, col, V, BT, BV)
         d_qgam += _dot(dout, tl.trans(s), PREC)
-        d_p += _dot(dout, tl.trans(x), PREC)
         d_kend += _dot(x, tl.trans(ds), PREC)
         s_ds += tl.sum(s * ds, 1)
-    e = _pair_decay(G, False, BT)
     r = tl.arange(0, BT)
-    d_pe = tl.where(r[:, None] >= r[None, :], d_p, 0.0) * e
+    d_pe = _load_rows(dPE + i_h * BT, start, n, H * BT, 0, BT, BT, BT)
     d_q = d_qgam * gam[:, None] + _dot(d_pe, kb, PREC)
     _store_rows(dq + i_h * K, d_q * scale, start, n, H * K, row0, K, BT, BK)
     _store_rows(dk + i_h * K, _dot(tl.trans(d_pe), qb, PREC) + d_kend * gam_end[:, None],
@@ -483,32 +587,29 @@ def dqk_bwd_kernel(q, k, v, g, X, h, do, dX, dh, dq, dk, dW, dG, cu_seqlens, chu
     if DELTA:
         _store_rows(dW + i_h * K, d_w, start, n, H * K, row0, K, BT, BK)
     if HAS_G:
-        # dG_t: +G_t in q gam and in P's rows, -G_s in P's columns and in exp(G_C - G_s); the
-        # chunk total G_C (through Gam and exp(G_C - G_s)) lands on the last real row
+        # dG_t: +G_t in q gam, -G_s in exp(G_C - G_s); the chunk total G_C (through Gam and
+        # exp(G_C - G_s)) lands on the last real row (P's terms: local_bwd_kernel)
         z = tl.sum(kb * gam_end[:, None] * d_kend, 1)
         d_G = tl.sum(qb * gam[:, None] * d_qgam, 1) - z
-        if i_k == 0:
-            dp_p = d_pe * _scores(q, k, start, n, i_h, H, K, scale, BT, BK, NK, PREC)
-            d_G += tl.sum(dp_p, 1) - tl.sum(dp_p, 0)
         d_last = tl.sum(z, 0) + tl.exp(G_last) * tl.sum(s_ds, 0)
         d_G += tl.where(r == n - 1, d_last, 0.0)
         _store_vec(dG + i_k.to(tl.int64) * TOTAL * H + i_h, d_G, start, n, H, BT)
 
 
 @triton.jit
-def wy_bwd_kernel(k, v, g, beta, T, dX, dW, dk, dv, dbeta, dG, cu_seqlens, chunk_indices,
+def wy_bwd_kernel(k, v, g, beta, T, dX, dW, dk, dv, dbeta, dT, dG, cu_seqlens, chunk_indices,
                   TOTAL, H, K, V, HAS_G: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                   NK: tl.constexpr, BV: tl.constexpr, DG_PART: tl.constexpr, PREC: tl.constexpr):
-    """Delta rules, one program per (chunk, head): through U = T beta v, W = T beta gam k and
-    T = (I + A)^-1 to dv, dbeta, the A and W terms of dk (added to dk_bwd's, in place) and
-    their part of dG (into dG[DG_PART])."""
+    """Delta rules, one program per (chunk, head), through U = T beta v and W = T beta gam k:
+    dv; the v and k terms of dbeta; W's term of dk (added in place); its part of dG (into
+    dG[DG_PART]); and dT = dU (beta v)^T + dW (beta gam k)^T into dT for wy_inverse_bwd_kernel."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     start, n, _, _ = _chunk_rows(cu_seqlens, chunk_indices, i_c, BT)
     b = _load_vec(beta + i_h, start, n, H, BT)
     G, _ = _decays(g, start, n, i_h, H, HAS_G, BT)
     bgam = b * tl.exp(G)
-    tm = _load_rows(T + i_h * BT, start, n, H * BT, 0, BT, BT, BT)
-    d_t = tl.zeros([BT, BT], dtype=tl.float32)     # dU (beta v)^T + dW (beta gam k)^T
+    tm = _operand(_load_rows(T + i_h * 2 * BT, start, n, H * 2 * BT, 0, 2 * BT, BT, BT), PREC)
+    d_t = tl.zeros([BT, BT], dtype=tl.float32)
     d_beta = tl.zeros([BT], dtype=tl.float32)
     d_G = tl.zeros([BT], dtype=tl.float32)
     for i_v in range(0, tl.cdiv(V, BV)):
@@ -518,8 +619,7 @@ def wy_bwd_kernel(k, v, g, beta, T, dX, dW, dk, dv, dbeta, dG, cu_seqlens, chunk
         d_bv = _dot(tl.trans(tm), dx, PREC)
         _store_rows(dv + i_h * V, d_bv * b[:, None], start, n, H * V, i_v * BV, V, BT, BV)
         d_beta += tl.sum(d_bv * vb, 1)
-    kk = tl.zeros([BT, BT], dtype=tl.float32)
-    for i_k in tl.static_range(NK):
+    for i_k in range(0, NK):
         kb = _load_rows(k + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
         dw = _load_rows(dW + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
         kg = kb * bgam[:, None]
@@ -527,23 +627,52 @@ def wy_bwd_kernel(k, v, g, beta, T, dX, dW, dk, dv, dbeta, dG, cu_seqlens, chunk
         d_t += _dot(dw, tl.trans(kg), PREC)
         d_beta += tl.sum(d_kg * kb, 1) * tl.exp(G)
         d_G += tl.sum(kg * d_kg, 1)
-        kk += _dot(kb, tl.trans(kb), PREC)
-    d_a = -_dot(_dot(tl.trans(tm), d_t, PREC), tl.trans(tm), PREC)
-    d_ae = d_a * _pair_decay(G, True, BT)  # zero on and above the diagonal
-    d_beta += tl.sum(d_ae * kk, 1)
-    _store_vec(dbeta + i_h, d_beta, start, n, H, BT)
-    bd = d_ae * b[:, None]
-    da_a = bd * kk  # dA * A
-    d_G += tl.sum(da_a, 1) - tl.sum(da_a, 0)
-    for i_k in tl.static_range(NK):
-        kb = _load_rows(k + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
-        dw = _load_rows(dW + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
-        d_k = _load_rows(dk + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
-        d_k += _dot(bd, kb, PREC) + _dot(tl.trans(bd), kb, PREC)
-        d_k += _dot(tl.trans(tm), dw, PREC) * bgam[:, None]
+        d_k = _load_rows(dk + i_h * K, start, n, H * K, i_k * BK, K, BT, BK) + d_kg * bgam[:, None]
         _store_rows(dk + i_h * K, d_k, start, n, H * K, i_k * BK, K, BT, BK)
+    _store_rows(dT + i_h * BT, d_t, start, n, H * BT, 0, BT, BT, BT)
+    _store_vec(dbeta + i_h, d_beta, start, n, H, BT)
     if HAS_G:
         _store_vec(dG + DG_PART * TOTAL * H + i_h, d_G, start, n, H, BT)
+
+
+@triton.jit
+def wy_inverse_bwd_kernel(g, beta, T, dT, dbeta, dG, cu_seqlens, chunk_indices, TOTAL, H,
+                          HAS_G: tl.constexpr, BT: tl.constexpr, DG_PART: tl.constexpr,
+                          PREC: tl.constexpr):
+    """Delta rules, one program per (chunk, head), through T = (I + A)^-1, A = beta (k k^T) E:
+    dA = -T^T dT T^T; adds A's terms to dbeta and to dG[DG_PART] (in place) and overwrites dT
+    with B = beta dA E (s < t), from which wy_dk_bwd_kernel forms dk's A term."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    start, n, _, _ = _chunk_rows(cu_seqlens, chunk_indices, i_c, BT)
+    b = _load_vec(beta + i_h, start, n, H, BT)
+    G, _ = _decays(g, start, n, i_h, H, HAS_G, BT)
+    tm = _operand(_load_rows(T + i_h * 2 * BT, start, n, H * 2 * BT, 0, 2 * BT, BT, BT), PREC)
+    d_t = _load_rows(dT + i_h * BT, start, n, H * BT, 0, BT, BT, BT)
+    d_a = -_dot(_dot(tl.trans(tm), d_t, PREC), tl.trans(tm), PREC)
+    d_ae = d_a * _pair_decay(G, True, BT)  # zero on and above the diagonal
+    kk = _load_rows(T + i_h * 2 * BT, start, n, H * 2 * BT, BT, 2 * BT, BT, BT)  # below the diagonal
+    d_beta = _load_vec(dbeta + i_h, start, n, H, BT)
+    _store_vec(dbeta + i_h, d_beta + tl.sum(d_ae * kk, 1), start, n, H, BT)
+    bd = d_ae * b[:, None]
+    da_a = bd * kk  # dA * A
+    _store_rows(dT + i_h * BT, bd, start, n, H * BT, 0, BT, BT, BT)
+    if HAS_G:
+        d_G = _load_vec(dG + DG_PART * TOTAL * H + i_h, start, n, H, BT)
+        _store_vec(dG + DG_PART * TOTAL * H + i_h, d_G + tl.sum(da_a, 1) - tl.sum(da_a, 0), start, n, H, BT)
+
+
+@triton.jit
+def wy_dk_bwd_kernel(k, dT, dk, cu_seqlens, chunk_indices, H, K, BT: tl.constexpr,
+                     BK: tl.constexpr, PREC: tl.constexpr):
+    """Delta rules, one program per (chunk, head, key block): dk += B k + B^T k (B from
+    wy_inverse_bwd_kernel), in place."""
+    i_c, i_h, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    start, n, _, _ = _chunk_rows(cu_seqlens, chunk_indices, i_c, BT)
+    bd = _operand(_load_rows(dT + i_h * BT, start, n, H * BT, 0, BT, BT, BT), PREC)
+    kb = _load_raw(k + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+    d_k = _load_rows(dk + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+    d_k += _dot(bd, kb, PREC) + _dot(tl.trans(bd), kb, PREC)
+    _store_rows(dk + i_h * K, d_k, start, n, H * K, i_k * BK, K, BT, BK)
 
 
 @triton.jit
@@ -612,7 +741,7 @@ def gla_scores_kernel(q, k, Gc, P, cu_seqlens, chunk_indices, scale, H, K, BT: t
     for i in tl.static_range(NC):
         for j in tl.static_range(i):
             blk = tl.zeros([BC, BC], dtype=tl.float32)
-            for i_k in tl.static_range(NK):
+            for i_k in range(0, NK):
                 c0 = i_k * BK
                 b = _boundary(Gc, start, n, i_h, H, K, i, c0, BC, BK)
                 q_off = _sub_rows(q, start, n, i_h, H, K, i, c0, BC, BK) * scale \
@@ -622,7 +751,7 @@ def gla_scores_kernel(q, k, Gc, P, cu_seqlens, chunk_indices, scale, H, K, BT: t
                 blk += _dot(q_off, tl.trans(k_j * tl.exp(b[None, :] - G_j)), PREC)
             _store_rows(P + i_h * BT, blk, start + i * BC, n - i * BC, H * BT, j * BC, BT, BC, BC)
         diag = tl.zeros([BC, BC], dtype=tl.float32)
-        for i_k in tl.static_range(NK):
+        for i_k in range(0, NK):
             c0 = i_k * BK
             q_i = _sub_rows(q, start, n, i_h, H, K, i, c0, BC, BK) * scale
             G_i = _sub_rows(Gc, start, n, i_h, H, K, i, c0, BC, BK)
@@ -656,10 +785,10 @@ def gla_chunk_bwd_kernel(q, k, v, Gc, h, do, dh, dP, dq, dk, dlast, cu_seqlens, 
     s_ds = tl.zeros([BK], dtype=tl.float32)
     for i_v in range(0, tl.cdiv(V, BV)):
         col = i_v * BV
-        dout = _load_rows(do + i_h * V, start, n, H * V, col, V, BT, BV)
+        dout = _load_raw(do + i_h * V, start, n, H * V, col, V, BT, BV)
         s = _load_state(h + state, K, V, row0, col, BK, BV)
         ds = _load_state(dh + state, K, V, row0, col, BK, BV)
-        x = _load_rows(v + i_h * V, start, n, H * V, col, V, BT, BV)
+        x = _load_raw(v + i_h * V, start, n, H * V, col, V, BT, BV)
         d_qgam += _dot(dout, tl.trans(s), PREC)
         d_p += _dot(dout, tl.trans(x), PREC)
         d_kend += _dot(x, tl.trans(ds), PREC)
