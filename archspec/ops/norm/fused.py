@@ -14,6 +14,11 @@ outputs are in x's dtype (h too: the residual stream as the model stores it), gr
 input's dtype. Backward ops: `rmsnorm_backward` gives (dx, dw) from dy and dh (the gradient of
 h; dx is also the residual's gradient), `gated_rmsnorm_backward` gives (dx, dz, dw). dw is
 summed per program in the kernel and across programs in torch: deterministic, no atomics.
+
+Rows of up to MAX_WIDTH columns. A program holds one column block of at most FWD_COLUMNS
+(forward) or BWD_COLUMNS (backward) columns; a group wider than that is split into chunks, and
+a stats kernel run first gives its rstd (and the backward's c = mean(gh * uhat)) per row, so
+each op is one or two launches per direction (triton_kernels.py).
 """
 from __future__ import annotations
 
