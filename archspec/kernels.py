@@ -76,7 +76,7 @@ def spec_launches(spec: ResolvedSpec, dtypes: Iterable[torch.dtype]) -> list[tup
     found = []
     for inst in _instances(spec):
         backend = inst.component.backends.get("triton")
-        if backend is None or backend.supports(inst.config) is not None:
+        if backend is None or backend.supports(inst.config, spec.model) is not None:
             continue
         for dtype in dtypes:
             for launch in inst.component.kernel_launches(inst.config, spec.model, dtype):

@@ -85,7 +85,8 @@ def _backends(spec: ResolvedSpec, device: str) -> dict[str, str]:
     (sublayer members and the norms: each sublayer's and the final one)."""
     def choice(inst) -> str:
         try:
-            return inst.component.choose_backend(inst.backend, torch.device(device), inst.config).name
+            return inst.component.choose_backend(inst.backend, torch.device(device), inst.config,
+                                                  spec.model).name
         except ValueError as e:
             return f"unavailable: {e}"
 

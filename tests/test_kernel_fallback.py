@@ -313,6 +313,42 @@ def test_cli_build_prints_the_fallback(gpu, write, capsys):
     assert "backend 'triton' of M2 (mom) cannot run on cuda (sm_90)" in err and "Traceback" not in err
 
 
+def _wide_spec(d_model: int, expand: int = 2) -> str:
+    return (f"model: {{vocab_size: 16, d_model: {d_model}, max_seq_len: 8}}\n"
+            f"components:\n  S: {{type: mamba2, expand: {expand}, d_state: 16, headdim: 64, chunk_size: 16}}\n"
+            "layout: S\n")
+
+
+def test_auto_keeps_the_reference_for_norms_wider_than_the_kernels_take(gpu, write, capsys):
+    """`supports(cfg, model)` sees the model: a d_model above ops.norm's MAX_WIDTH keeps the
+    reference norm on a GPU (it is not taken, so nothing is compiled and nothing falls back),
+    and so does Mamba2 whose inner width expand * d_model is too wide for its gated norm;
+    at the limit itself both take the kernels. Forcing them is a plain error."""
+    from archspec.ops.norm import MAX_WIDTH
+    at_limit, _ = build_for_cuda(archspec.loads(_wide_spec(MAX_WIDTH // 2)))  # E = MAX_WIDTH
+    assert set(at_limit.backends.values()) == {"triton"}
+    too_wide, warned = build_for_cuda(archspec.loads(_wide_spec(MAX_WIDTH + 64)))
+    assert set(too_wide.backends.values()) == {"reference"} and warned == []
+    assert not any(b.fallback for b in too_wide.backends.values())
+    mixed, warned = build_for_cuda(archspec.loads(_wide_spec(MAX_WIDTH // 2, expand=4)))
+    assert mixed.backends["sublayers.0.S"] == "reference" and mixed.backends["final_norm"] == "triton"
+    assert warned == []
+    gpu.recorded.clear()
+    with pytest.raises(ValueError, match=rf"backend 'triton' of 'rmsnorm' does not support this config: "
+                                         rf"d_model {MAX_WIDTH + 64}: rows of {MAX_WIDTH + 64} columns are "
+                                         rf"wider than the Triton norm kernels take \({MAX_WIDTH}\); use "
+                                         "backend 'reference'"):
+        build(archspec.loads(_wide_spec(MAX_WIDTH + 64)), meta=True, device="cuda",
+              backend={"model.norm": "triton", "S": "reference"})
+    assert gpu.recorded == []  # refused before any kernel was recorded
+    path = str(write(_wide_spec(MAX_WIDTH // 2, expand=4)))
+    assert main(["build", path, "--meta", "--device", "cuda", "--backend", "triton"]) == 2
+    err = capsys.readouterr().err
+    assert ("backend 'triton' of 'mamba2' does not support this config: the gated norm over the "
+            f"inner width {2 * MAX_WIDTH}: rows of {2 * MAX_WIDTH} columns are wider") in err
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize("message, line", [
     (TRITON_ERROR, "ValueError('unsupported tensor layout for this target (error in layout pass)')"),
     ("ptxas info    : compiling\nptxas error   : Entry function 'k' uses too much shared data\n"

@@ -7,9 +7,10 @@ Without a GPU every kernel runs in triton's interpreter (tests/conftest.py sets 
 Tolerances, as relative errors ||a - b|| / ||b|| over a whole tensor (elementwise relative errors
 are meaningless where a gradient nearly cancels):
   * float32: 1e-5. Kernel and reference compute the same formula in float32 and differ only in
-    the order of the reductions over n <= 96 columns (and dw over <= 700 rows): a few float32
-    ulps (2^-23 ~ 1.2e-7) per element; 1e-5 leaves ~100x room over the ~1e-7 observed while any
-    wrong term (a missing mean, a wrong group) gives errors of order 1e-1 or more.
+    the order of the reductions over n <= 96 columns (8200 in the one test at the real column
+    blocks; and dw over <= 700 rows): a few float32 ulps (2^-23 ~ 1.2e-7) per element, growing
+    like sqrt(n) at worst; 1e-5 leaves ~100x room over the ~1e-7 observed while any wrong term (a
+    missing mean, a wrong group, a chunk left out of a sum) gives errors of order 1e-2 or more.
   * bfloat16 (inputs bfloat16, reference on the same inputs): 1e-2. Both round their outputs to
     bfloat16 (eps 2^-8 ~ 3.9e-3); a different float32 value before that rounding flips a result by
     one ulp (relative <= 2^-8), and the reference's dx of the residual add is rounded twice (the
@@ -17,6 +18,7 @@ are meaningless where a gradient nearly cancels):
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -166,6 +168,133 @@ def test_empty_input(kernel_device):
     assert y.shape == h.shape == (0, 48)
     dx, dw = torch.autograd.grad(y.sum(), (x, w))
     assert dx.shape == (0, 48) and torch.equal(dw, torch.zeros(48))
+
+
+# --- rows wider than a column block: column blocks, chunked groups, stats kernels ---------------
+# The kernels hold at most FWD_COLUMNS / BWD_COLUMNS columns of a row per program (8192 / 4096);
+# here those blocks are shrunk to 16 / 8 columns (and the tile to 16 elements, so a program
+# holds 1-2 rows and the backward loops over several row blocks) so that small shapes take every
+# path: groups split into chunks with a ragged last chunk, whole groups in several column blocks
+# with a masked last block, and dw summed over programs and column blocks.
+
+SMALL_BLOCKS = dict(FWD_COLUMNS=16, BWD_COLUMNS=8, TILE=16, BWD_PROGRAMS_CPU=12)
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    for name, value in SMALL_BLOCKS.items():
+        monkeypatch.setattr(fused, name, value)
+
+
+def _paths(shape, **kwargs) -> dict[str, set]:
+    """kernel -> the SPLIT flags of its launches (None for the stats kernels), as recorded."""
+    found: dict[str, set] = {}
+    for launch in fused.kernel_launches(shape[-1], torch.float32, rows=math.prod(shape[:-1]), **kwargs):
+        found.setdefault(launch.kernel.split(".")[1], set()).add(dict(launch.constexprs).get("SPLIT"))
+    return found
+
+
+# (shape, norm_before_gate or None: add_rmsnorm, group_size, the kernels that must run)
+STATS = {"norm_fwd_stats_kernel": {None}, "norm_bwd_stats_kernel": {None}}
+CHUNKED = [
+    # one group of 40: forward chunks 16+16+8, backward 8 x 5; 13 rows: 7 row blocks of 2 in
+    # the backward, 4 per program (2 programs per column block: 12 // 5)
+    ((13, 40), None, None, {**STATS, "norm_fwd_kernel": {True}, "norm_bwd_kernel": {True}}),
+    ((1, 40), None, None, {**STATS, "norm_fwd_kernel": {True}, "norm_bwd_kernel": {True}}),
+    # three groups of 20, both gates: chunks 16+4 (forward), 8+8+4 (backward)
+    ((5, 3, 60), False, 20, {**STATS, "norm_fwd_kernel": {True}, "norm_bwd_kernel": {True}}),
+    ((5, 3, 60), True, 20, {**STATS, "norm_fwd_kernel": {True}, "norm_bwd_kernel": {True}}),
+    # groups of 12: whole in the forward's 16-column blocks (three blocks), chunked backward
+    ((13, 36), True, 12, {"norm_fwd_kernel": {False}, "norm_bwd_stats_kernel": {None},
+                          "norm_bwd_kernel": {True}}),
+    # ten groups of 4: whole groups, 4 per forward block and 2 per backward block (masked last)
+    ((13, 40), False, 4, {"norm_fwd_kernel": {False}, "norm_bwd_kernel": {False}}),
+]
+
+
+@pytest.mark.usefixtures("small_blocks")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,norm_before_gate,group_size,kernels", CHUNKED,
+                         ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in CHUNKED])
+def test_column_blocks_match_reference(kernel_device, dtype, shape, norm_before_gate, group_size, kernels):
+    """Values and every gradient as the reference's, within TOL, through the path `kernels`
+    names (checked on the recorded launches: the stats kernels run exactly where groups are
+    wider than a block)."""
+    gated = norm_before_gate is not None
+    flags = dict(gate=True, norm_before_gate=norm_before_gate, group_size=group_size) if gated \
+        else dict(residual=True)
+    assert _paths(shape, **flags) == kernels
+    t = inputs(shape, dtype, kernel_device, ["x", "z"] if gated else ["x", "r"])
+    g = torch.Generator().manual_seed(1)
+    dy, dh = (torch.randn(shape, generator=g).to(kernel_device, dtype) for _ in range(2))
+    outs = []
+    for backend in ("triton", "reference"):
+        if gated:
+            y = N.gated_rmsnorm(t["x"], t["z"], t["weight"], EPS, norm_before_gate, group_size,
+                                backend=backend)
+            outputs, cotangents = (y,), (dy,)
+        else:
+            y, h = N.add_rmsnorm(t["x"], t["r"], t["weight"], EPS, backend=backend)
+            outputs, cotangents = (y, h), (dy, dh)
+        outs.append((outputs, dict(zip(sorted(t), torch.autograd.grad(outputs, [t[k] for k in sorted(t)],
+                                                                       cotangents)))))
+    (got, grads), (want, grads_want) = outs
+    if not gated:  # h, stored by the stats kernel, is exactly x + r rounded, as torch's add
+        assert torch.equal(got[1], want[1])
+    compare(got[0], want[0], grads, grads_want, dtype, f"chunked {shape} {norm_before_gate} {group_size}")
+
+
+@pytest.mark.usefixtures("small_blocks")
+def test_chunked_dw_is_deterministic(kernel_device):
+    """dw summed per program and column block, then in torch: bitwise repeatable when chunked."""
+    t = inputs((13, 40), torch.float32, kernel_device, ["x", "z"])
+    dws = [torch.autograd.grad(N.gated_rmsnorm(t["x"], t["z"], t["weight"], EPS, False, 20,
+                                               backend="triton").square().sum(), t["weight"])[0]
+           for _ in range(2)]
+    assert torch.equal(dws[0], dws[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_real_column_blocks_match_reference(kernel_device, dtype):
+    """At the shipped block sizes: a row of FWD_COLUMNS + 8 columns is chunked in both
+    directions (8192 + 8 forward, 4096 + 4096 + 8 backward), with the residual add."""
+    n = fused.FWD_COLUMNS + 8
+    assert _paths((3, n), residual=True) == {**STATS, "norm_fwd_kernel": {True}, "norm_bwd_kernel": {True}}
+    t = inputs((3, n), dtype, kernel_device, ["x", "r"])
+    g = torch.Generator().manual_seed(1)
+    dy, dh = (torch.randn(3, n, generator=g).to(kernel_device, dtype) for _ in range(2))
+    outs = []
+    for backend in ("triton", "reference"):
+        y, h = N.add_rmsnorm(t["x"], t["r"], t["weight"], EPS, backend=backend)
+        outs.append((y, h, dict(zip(("r", "weight", "x"), torch.autograd.grad(
+            (y, h), (t["r"], t["weight"], t["x"]), (dy, dh))))))
+    (y, h, grads), (y_ref, h_ref, grads_ref) = outs
+    assert torch.equal(h, h_ref)
+    compare(y, y_ref, grads, grads_ref, dtype, "real blocks")
+
+
+def test_blocks_stay_within_their_limits_up_to_max_width():
+    """Every launch up to MAX_WIDTH (plain, gated, many small groups) holds at most
+    FWD_COLUMNS (forward) or BWD_COLUMNS (backward, stats) columns of a row: what the gate
+    measured to fit in registers without spills."""
+    limits = {"norm_fwd_kernel": fused.FWD_COLUMNS, "norm_bwd_kernel": fused.BWD_COLUMNS,
+              "norm_fwd_stats_kernel": fused.BWD_COLUMNS, "norm_bwd_stats_kernel": fused.BWD_COLUMNS}
+    for kwargs in (dict(), dict(gate=True, norm_before_gate=False), dict(gate=True, group_size=16)):
+        for launch in fused.kernel_launches(fused.MAX_WIDTH, torch.bfloat16, **kwargs):
+            c = dict(launch.constexprs)
+            assert c.get("BLOCK_NG", 1) * c["BLOCK_G"] <= limits[launch.kernel.split(".")[1]], launch.config
+            assert launch.num_warps <= 16
+
+
+def test_rows_wider_than_max_width_are_a_clear_value_error():
+    n = fused.MAX_WIDTH + 1
+    x = torch.empty(2, n, device="meta")
+    with pytest.raises(ValueError, match=rf"fused RMSNorm: rows of {n} columns are wider than the "
+                                         rf"Triton norm kernels take \({fused.MAX_WIDTH}\); use "
+                                         "backend 'reference'"):
+        N.rmsnorm(x, torch.empty(n, device="meta"), EPS, backend="triton")
+    assert N.width_unsupported(fused.MAX_WIDTH) is None
+    assert N.width_unsupported(fused.MAX_WIDTH, 16) is None
 
 
 # --- errors ------------------------------------------------------------------------------------

@@ -122,7 +122,7 @@ class _Chooser:
 
     def __call__(self, inst: ComponentInstance, symbol: str, requested: str) -> tuple[Backend, BackendChoice]:
         comp = inst.component
-        impl = comp.choose_backend(requested, self.device, inst.config)
+        impl = comp.choose_backend(requested, self.device, inst.config, self.model_cfg)
         if impl.name != "triton":
             return impl, BackendChoice(impl.name)
         failures = self._failures(comp, inst.config)
@@ -147,7 +147,7 @@ class _Chooser:
     def _fallback(self, comp: Component, cfg: dict, symbol: str, failures: list) -> Backend:
         """`auto`'s next choice without the kernels (the reference)."""
         try:
-            return comp.choose_backend("auto", self.device, cfg, exclude=frozenset({"triton"}))
+            return comp.choose_backend("auto", self.device, cfg, self.model_cfg, exclude=frozenset({"triton"}))
         except ValueError as e:
             raise triton_support.KernelUnavailable(
                 f"{symbol} ({comp.type}): its kernel {failures[0]} and no other backend can run "

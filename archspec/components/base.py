@@ -125,8 +125,9 @@ class Backend:
     priority: int = 0
     available: Callable[[torch.device], str | None] = lambda device: None
     preferred: Callable[[torch.device], bool] = lambda device: True
-    # None when it implements this resolved config, else why not (a kernel's chunk size)
-    supports: Callable[[dict], str | None] = lambda cfg: None
+    # supports(cfg, model): None when it implements this resolved config in this model, else
+    # why not (a kernel's chunk size; a norm's width, d_model, which only the model knows)
+    supports: Callable[[dict, ModelConfig], str | None] = lambda cfg, model: None
 
 
 class Component:
@@ -213,15 +214,19 @@ class Component:
     def add_backend(self, name: str, factory, priority: int = 0, available=None, preferred=None,
                     supports=None) -> None:
         self.backends[name] = Backend(name, factory, priority, available or (lambda device: None),
-                                      preferred or (lambda device: True), supports or (lambda cfg: None))
+                                      preferred or (lambda device: True), supports or (lambda cfg, model: None))
 
     def choose_backend(self, requested: str, device: torch.device, cfg: dict | None = None,
-                       exclude: frozenset[str] = frozenset()) -> Backend:
+                       model: ModelConfig | None = None, exclude: frozenset[str] = frozenset()) -> Backend:
         """'auto' picks the highest-priority backend that can run on `device`, is preferred
-        there and supports `cfg` (when given), leaving out the backends named in `exclude` (the
-        build's fallback when a kernel does not compile on the device)."""
+        there and supports `cfg` in `model` (when given: both or neither), leaving out the
+        backends named in `exclude` (the build's fallback when a kernel does not compile on the
+        device)."""
+        if (cfg is None) != (model is None):
+            raise TypeError("choose_backend: give both cfg and model (to check support), or neither")
+
         def unsupported(b: Backend) -> str | None:
-            return None if cfg is None else b.supports(cfg)
+            return None if cfg is None else b.supports(cfg, model)
 
         if requested == "auto":
             usable = [b for b in self.backends.values() if b.name not in exclude and
@@ -253,7 +258,7 @@ class Component:
 
     def build(self, cfg: dict, model: ModelConfig, backend: str = "auto",
               device: torch.device | str = "cpu") -> nn.Module:
-        return self.choose_backend(backend, torch.device(device), cfg).factory(cfg, model)
+        return self.choose_backend(backend, torch.device(device), cfg, model).factory(cfg, model)
 
 
 REGISTRY: dict[str, Component] = {}

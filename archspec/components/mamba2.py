@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ..ops.conv import conv_flops_per_token, causal_conv1d, causal_conv1d_step
-from ..ops.norm import gated_rmsnorm, gated_rmsnorm_flops
+from ..ops.norm import gated_rmsnorm, gated_rmsnorm_flops, width_unsupported
 from ..ops.ssm.ssd import ssd_chunked, ssd_flops, ssd_step
 from ..ops.triton_support import add_triton_backend
 from .base import REGISTRY, CheckIssue, Component, ComponentModule, Flops, ModelConfig, register
@@ -297,4 +297,12 @@ def _triton_module(cfg: dict, model: ModelConfig) -> Mamba2.Module:
     return module
 
 
-add_triton_backend(REGISTRY["mamba2"], _triton_module)
+def _triton_supports(cfg: dict, model: ModelConfig) -> str | None:
+    """The gated norm's kernel normalises rows of the inner width E = expand * d_model in
+    groups of E / ngroups: E up to ops.norm's MAX_WIDTH."""
+    e = inner_width(cfg, model)
+    reason = width_unsupported(e, e // cfg["ngroups"])
+    return None if reason is None else f"the gated norm over the inner width {e}: {reason}"
+
+
+add_triton_backend(REGISTRY["mamba2"], _triton_module, supports=_triton_supports)

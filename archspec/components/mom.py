@@ -558,7 +558,7 @@ class MoM(Component):
             return self._output(out[:, None].to(x_t.dtype), x_t[:, None])[:, 0]
 
 
-def _triton_supports(cfg: dict) -> str | None:
+def _triton_supports(cfg: dict, model: ModelConfig) -> str | None:
     if cfg["chunk_size"] not in CHUNK_SIZES:
         return (f"the Triton kernels take chunk_size in {CHUNK_SIZES}, got {cfg['chunk_size']}; "
                 "set one of them or use backend 'reference'")

@@ -7,7 +7,8 @@ mean's division and the eps add). Activation memory per token: 8d + 4 bytes (flo
 float32 x / rms, float32 1/rms).
 
 Backends: `reference` (archspec.ops.norm.reference) and `triton` (the fused kernel of
-archspec/ops/norm; CUDA, or the CPU under TRITON_INTERPRET=1). The Triton module also offers
+archspec/ops/norm; CUDA, or the CPU under TRITON_INTERPRET=1; d_model up to its MAX_WIDTH, else `auto`
+keeps the reference). The Triton module also offers
 `forward_add(x, delta) -> (norm(x + delta), x + delta)`, which the pre-norm block uses to fuse
 each residual add into the next norm (archspec/codegen/model.py). Same weights, same names.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops.norm import fused_add_rmsnorm, fused_rmsnorm, reference
+from ..ops.norm import fused_add_rmsnorm, fused_rmsnorm, reference, width_unsupported
 from ..ops.triton_support import add_triton_backend
 from .base import REGISTRY, Component, ComponentModule, Flops, ModelConfig, register
 
@@ -77,4 +78,11 @@ class RMSNormTriton(RMSNorm.Module):
         return fused_add_rmsnorm(x, delta, self.weight, self.eps)
 
 
-add_triton_backend(REGISTRY["rmsnorm"], lambda cfg, model: RMSNormTriton(cfg, model))
+def _triton_supports(cfg: dict, model: ModelConfig) -> str | None:
+    """The kernels normalise rows of d_model columns: up to ops.norm's MAX_WIDTH."""
+    reason = width_unsupported(model.d_model)
+    return None if reason is None else f"d_model {model.d_model}: {reason}"
+
+
+add_triton_backend(REGISTRY["rmsnorm"], lambda cfg, model: RMSNormTriton(cfg, model),
+                   supports=_triton_supports)

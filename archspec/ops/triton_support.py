@@ -63,8 +63,9 @@ def triton_preferred(device: torch.device | str) -> bool:
 
 
 def add_triton_backend(component, factory, supports=None) -> None:
-    """Register `factory(cfg, model)` as `component`'s `triton` backend; `supports(cfg)` returns
-    None for configs the kernels implement, else why not (`auto` then keeps the reference)."""
+    """Register `factory(cfg, model)` as `component`'s `triton` backend; `supports(cfg, model)`
+    returns None for configs the kernels implement in that model, else why not (`auto` then
+    keeps the reference; forcing `triton` is an error that says why)."""
     def build(cfg, model):
         install_flop_formulas()  # so a model is counted right before its kernels first run
         return factory(cfg, model)

@@ -10,7 +10,7 @@ kernel (triton_kernels.py, wrapped as custom ops in fused.py).
         (rms over each group of group_size columns; default the whole row)
 
 Each takes `backend`: "reference" (default) or "triton" (the kernel: CUDA, or the CPU under
-TRITON_INTERPRET=1). Computed in float32, returned in x's dtype. Importing this package
+TRITON_INTERPRET=1; rows up to MAX_WIDTH columns, `width_unsupported` says why not). Computed in float32, returned in x's dtype. Importing this package
 registers the kernels' custom ops (`archspec::*`) but does not import triton.
 """
 from __future__ import annotations
@@ -18,15 +18,16 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from .fused import (fused_add_rmsnorm, fused_gated_rmsnorm, fused_rmsnorm,  # registers the ops
-                    gate_launches, kernel_launches)
+from .fused import (MAX_WIDTH, fused_add_rmsnorm, fused_gated_rmsnorm,  # registers the ops
+                    fused_rmsnorm, gate_launches, kernel_launches, width_unsupported)
 from .reference import GATED_NORM_FLOPS_PER_ELEMENT, NORM_FLOPS_PER_GROUP, gated_rmsnorm_flops
 
 BACKENDS = ("reference", "triton")
 
-__all__ = ["GATED_NORM_FLOPS_PER_ELEMENT", "NORM_FLOPS_PER_GROUP", "BACKENDS", "add_rmsnorm",
-           "fused_add_rmsnorm", "fused_gated_rmsnorm", "fused_rmsnorm", "gated_rmsnorm",
-           "gated_rmsnorm_flops", "gate_launches", "kernel_launches", "rmsnorm"]
+__all__ = ["GATED_NORM_FLOPS_PER_ELEMENT", "MAX_WIDTH", "NORM_FLOPS_PER_GROUP", "BACKENDS",
+           "add_rmsnorm", "fused_add_rmsnorm", "fused_gated_rmsnorm", "fused_rmsnorm",
+           "gated_rmsnorm", "gated_rmsnorm_flops", "gate_launches", "kernel_launches", "rmsnorm",
+           "width_unsupported"]
 
 
 def _check_backend(backend: str) -> None:

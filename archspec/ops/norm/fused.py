@@ -14,6 +14,11 @@ outputs are in x's dtype (h too: the residual stream as the model stores it), gr
 input's dtype. Backward ops: `rmsnorm_backward` gives (dx, dw) from dy and dh (the gradient of
 h; dx is also the residual's gradient), `gated_rmsnorm_backward` gives (dx, dz, dw). dw is
 summed per program in the kernel and across programs in torch: deterministic, no atomics.
+
+Rows of up to MAX_WIDTH columns. A program holds one column block of at most FWD_COLUMNS
+(forward) or BWD_COLUMNS (backward) columns; a group wider than that is split into chunks, and
+a stats kernel run first gives its rstd (and the backward's c = mean(gh * uhat)) per row, so
+each op is one or two launches per direction (triton_kernels.py).
 """
 from __future__ import annotations
 
@@ -23,14 +28,35 @@ from ..triton_support import (check_runnable, install_flop_formulas, interpretin
                               triton_unavailable)
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-TILE = 4096  # elements of one program's [rows, groups, group] tile (padded widths)
-# Widest padded row one program holds; wider rows are refused. A program of 16 warps holds a
-# row in registers, 16 floats per thread per tensor at 8192; the gate (`archspec kernels
-# --compile`) measured spills in the backward at 16384 and in both directions at 32768, on sm_80
-# and sm_90.
-MAX_WIDTH = 8192
+TILE = 4096  # elements of a narrow rows' tile, [BLOCK_M rows, column block]: rows per program
+# The widest column block one program holds (padded columns): at 16 warps, 16 float32 per
+# thread per tensor in the forward, 8 in the backward and the stats kernels, which hold more
+# tensors at once. Measured by the gate (`archspec kernels --compile`) on sm_80 and sm_90: the
+# backward spilled at 8192 (28-200 bytes; at 16384, 6,388), the forward passes at 8192. A group
+# wider than its direction's block is split into column chunks (SPLIT, triton_kernels.py).
+FWD_COLUMNS = 8192
+BWD_COLUMNS = 4096
+# The widest row the kernels take (columns). No program holds more than a column block of a row,
+# so wider rows cost loop trips and programs, not registers; this is the widest the gate compiles
+# and the tests state (`gate_launches`): above Mamba2's inner width at d_model 16384 (expand 2:
+# 32768) and every published dense model's d_model (Llama-3-405B 16384, PaLM-540B 18432).
+MAX_WIDTH = 65536
 BWD_PROGRAMS_PER_SM = 4  # backward programs per CUDA multiprocessor (each loops over row blocks)
 BWD_PROGRAMS_CPU = 4  # ... under the interpreter
+
+
+def width_unsupported(n: int, group_size: int | None = None) -> str | None:
+    """None when the kernels take rows of `n` columns normalised in groups of `group_size`
+    (None: the whole row), else why not and what to do: the one statement of their range, for
+    `_check` and the components' `triton` backends (`supports`)."""
+    group = group_size or n
+    if group < 1 or n % group:
+        return (f"group_size {group_size} does not divide the normalised size {n}; use a divisor "
+                f"of {n} (or None for the whole row)")
+    if n > MAX_WIDTH:
+        return (f"rows of {n} columns are wider than the Triton norm kernels take ({MAX_WIDTH}); "
+                "use backend 'reference'")
+    return None
 
 
 # --- checks (ValueError: what is wrong and what to do) -----------------------------------------
@@ -55,23 +81,17 @@ def _check(x: torch.Tensor, weight: torch.Tensor, others: dict[str, torch.Tensor
         if t is not None and t.shape != x.shape:
             raise ValueError(f"fused RMSNorm: {name} has shape {tuple(t.shape)} but x has "
                              f"{tuple(x.shape)}; they must match")
-    group = group_size or n
-    if group < 1 or n % group:
-        raise ValueError(f"fused RMSNorm: group_size {group_size} does not divide the normalised "
-                         f"size {n}; use a divisor of {n} (or None for the whole row)")
-    block_ng, block_g = _pow2(n // group), _pow2(group)
-    if block_ng * block_g > MAX_WIDTH:
-        raise ValueError(f"fused RMSNorm: rows of {n} columns (groups of {group}) are too wide for "
-                         f"one program (padded {block_ng * block_g} > {MAX_WIDTH}); use backend "
-                         "'reference'")
+    reason = width_unsupported(n, group_size)
+    if reason is not None:
+        raise ValueError(f"fused RMSNorm: {reason}")
     if torch.compiler.is_compiling():
-        return group
+        return group_size or n
     install_flop_formulas()
     if x.device.type != "meta":
         reason = triton_unavailable(x.device)
         if reason is not None:
             raise ValueError(f"fused RMSNorm: cannot run the Triton kernel on {x.device}: {reason}")
-    return group
+    return group_size or n
 
 
 def _pow2(v: int) -> int:
@@ -80,15 +100,43 @@ def _pow2(v: int) -> int:
 
 # --- launchers ---------------------------------------------------------------------------------
 
-def _layout(m: int, n: int, group: int, device: torch.device) -> dict:
-    block_ng, block_g = _pow2(n // group), _pow2(group)
-    width = block_ng * block_g
-    block_m = max(1, min(_pow2(m), TILE // width))
+def _layout(m: int, n: int, group: int, device: torch.device, columns: int) -> tuple[dict, int]:
+    """(meta, column blocks) of an apply kernel over m rows of n columns in groups of `group`,
+    column blocks at most `columns` wide: whole groups per block when a group fits (SPLIT off),
+    else chunks of `columns` of one group (SPLIT: the stats kernel gives the group statistics)."""
+    ng = n // group
+    if _pow2(group) <= columns:
+        block_g = _pow2(group)
+        block_ng = min(_pow2(ng), columns // block_g)
+        blocks, split = _cdiv(ng, block_ng), False
+    else:
+        block_g, block_ng = columns, 1
+        blocks, split = ng * _cdiv(group, columns), True
+    block_m = _rows_per_program(m, block_ng * block_g)
+    return dict(BLOCK_M=block_m, BLOCK_NG=block_ng, BLOCK_G=block_g, SPLIT=split,
+                ROUND_BF16=_round_bf16(device), num_warps=_warps(block_m * block_ng * block_g)), blocks
+
+
+def _stats_layout(m: int, group: int) -> dict:
+    """Meta of a stats kernel: BLOCK_M rows by chunks of BWD_COLUMNS columns of one group."""
+    block_g = min(_pow2(group), BWD_COLUMNS)
+    block_m = _rows_per_program(m, block_g)
+    return dict(BLOCK_M=block_m, BLOCK_G=block_g, num_warps=_warps(block_m * block_g))
+
+
+def _rows_per_program(m: int, width: int) -> int:
+    return max(1, min(_pow2(m), TILE // width))
+
+
+def _warps(elements: int) -> int:
+    """8 elements per thread at 4096 and beyond (16 warps, the most that pays here)."""
+    return min(16, max(2, elements // 256))
+
+
+def _round_bf16(device: torch.device) -> bool:
     # rounding by hand only where the interpreter runs (the CPU); a GPU, and the meta tensors
     # the gate records launches with, round in hardware
-    round_bf16 = device.type == "cpu" and interpreting()
-    return dict(BLOCK_M=block_m, BLOCK_NG=block_ng, BLOCK_G=block_g, ROUND_BF16=round_bf16,
-                num_warps=min(16, max(2, block_m * width // 256)))
+    return device.type == "cpu" and interpreting()
 
 
 def _rows(t: torch.Tensor | None, n: int) -> torch.Tensor | None:
@@ -96,23 +144,32 @@ def _rows(t: torch.Tensor | None, n: int) -> torch.Tensor | None:
 
 
 def _forward(x, residual, z, weight, eps, norm_before_gate, group):
-    """(y, h or None) of the forward kernel; x, residual, z: [..., n]."""
+    """(y, h or None) of the forward kernels; x, residual, z: [..., n]."""
     check_runnable(x)
     n = x.shape[-1]
     x2, r2, z2 = _rows(x, n), _rows(residual, n), _rows(z, n)
     m = x2.shape[0]
     y = torch.empty_like(x2)
     h = torch.empty_like(x2) if residual is not None else None
-    if m:
-        from .triton_kernels import norm_fwd_kernel
-        meta = _layout(m, n, group, x.device)
-        grid = (_cdiv(m, meta["BLOCK_M"]),)
-        # absent optional tensors are never read (their flags are off); x stands in for them
-        launch(norm_fwd_kernel, grid, x2, _or(r2, x2), _or(z2, x2), weight.contiguous(), y, _or(h, y),
-                              m, n, n // group, group, eps, HAS_RESIDUAL=residual is not None,
-                              HAS_GATE=z is not None, NORM_BEFORE_GATE=bool(norm_before_gate),
-                              **meta)
-    return y.reshape(x.shape), None if h is None else h.reshape(x.shape)
+    if not m:
+        return y.reshape(x.shape), _shaped(h, x)
+    from .triton_kernels import norm_fwd_kernel, norm_fwd_stats_kernel
+    meta, blocks = _layout(m, n, group, x.device, FWD_COLUMNS)
+    flags = dict(HAS_GATE=z is not None, NORM_BEFORE_GATE=bool(norm_before_gate))
+    # absent optional tensors are never read (their flags are off); x (or y) stands in for them
+    rstd, source, has_residual = y, x2, residual is not None
+    if meta["SPLIT"]:
+        rstd = torch.empty(m, n // group, dtype=torch.float32, device=x.device)
+        stats = _stats_layout(m, group)
+        launch(norm_fwd_stats_kernel, (_cdiv(m, stats["BLOCK_M"]), n // group), x2, _or(r2, x2),
+               _or(z2, x2), _or(h, y), rstd, m, n, n // group, group, eps, HAS_RESIDUAL=has_residual,
+               ROUND_BF16=meta["ROUND_BF16"], **flags, **stats)
+        if has_residual:  # h is stored: normalise it as stored
+            source, has_residual = h, False
+    launch(norm_fwd_kernel, (_cdiv(m, meta["BLOCK_M"]), blocks), source, _or(r2, x2), _or(z2, x2),
+           weight.contiguous(), y, _or(h, y), rstd, m, n, n // group, group, eps,
+           HAS_RESIDUAL=has_residual, **flags, **meta)
+    return y.reshape(x.shape), _shaped(h, x)
 
 
 def _backward(dy, dh, x, z, weight, eps, norm_before_gate, group):
@@ -125,16 +182,24 @@ def _backward(dy, dh, x, z, weight, eps, norm_before_gate, group):
     dz = torch.empty_like(z2) if z is not None else None
     if not m:
         return dx.reshape(x.shape), _shaped(dz, x), torch.zeros_like(weight)
-    from .triton_kernels import norm_bwd_kernel
-    meta = _layout(m, n, group, x.device)
+    from .triton_kernels import norm_bwd_kernel, norm_bwd_stats_kernel
+    meta, blocks = _layout(m, n, group, x.device, BWD_COLUMNS)
+    flags = dict(HAS_GATE=z is not None, NORM_BEFORE_GATE=bool(norm_before_gate))
+    w = weight.contiguous()
+    rstd = c = dx  # not read unless SPLIT
+    if meta["SPLIT"]:
+        rstd, c = (torch.empty(m, n // group, dtype=torch.float32, device=x.device) for _ in range(2))
+        stats = _stats_layout(m, group)
+        launch(norm_bwd_stats_kernel, (_cdiv(m, stats["BLOCK_M"]), n // group), dy2, x2, _or(z2, x2), w,
+               rstd, c, m, n, n // group, group, eps, **flags, **stats)
+    # the machine's programs are shared among the column blocks: one dw partial row per program
     n_blocks = _cdiv(m, meta["BLOCK_M"])
-    per_program = _cdiv(n_blocks, min(n_blocks, _max_bwd_programs(x.device)))
+    per_program = _cdiv(n_blocks, min(n_blocks, max(1, _max_bwd_programs(x.device) // blocks)))
     programs = _cdiv(n_blocks, per_program)
     partial = torch.empty(programs, n, dtype=torch.float32, device=x.device)
-    launch(norm_bwd_kernel, (programs,), dy2, _or(dh2, dy2), x2, _or(z2, x2), weight.contiguous(), dx,
-                                 _or(dz, dx), partial, m, n, n // group, group, eps, per_program,
-                                 HAS_DH=dh is not None, HAS_GATE=z is not None,
-                                 NORM_BEFORE_GATE=bool(norm_before_gate), **meta)
+    launch(norm_bwd_kernel, (programs, blocks), dy2, _or(dh2, dy2), x2, _or(z2, x2), w, dx,
+           _or(dz, dx), partial, rstd, c, m, n, n // group, group, eps, per_program,
+           HAS_DH=dh is not None, **flags, **meta)
     return dx.reshape(x.shape), _shaped(dz, x), partial.sum(0).to(weight.dtype)
 
 
@@ -327,21 +392,27 @@ def kernel_launches(width: int, dtype: torch.dtype, *, rows: int = TRAIN_ROWS, r
 
 
 def gate_launches() -> list:
-    """Launches at the extremes of what the kernels accept (`_check`): the narrowest row (one
-    column, the most rows a tile holds), the widest (MAX_WIDTH, one row per program), plain,
-    with the residual add, gated either way, as one group and as many small groups; float32
-    (the widest loads) and bfloat16 (conversions). Single-row launches (decoding) too."""
+    """Launches at the extremes of what the kernels accept (`width_unsupported`): the narrowest
+    row (one column, the most rows a tile holds; and one row), the widest column block each
+    direction holds whole (FWD_COLUMNS, BWD_COLUMNS: the forward's then also splits in the
+    backward), the widest row (MAX_WIDTH, split in both: stats kernels and chunks), each plain,
+    with the residual add (with and without dh), gated either way, as one group, as many small
+    groups and as groups wider than a block; masked columns one short of each; float32 (the
+    widest loads) and bfloat16 (conversions)."""
     found = []
     for dtype in (torch.float32, torch.bfloat16):
         found += kernel_launches(1, dtype)
         found += kernel_launches(1, dtype, rows=1)  # and its backward: one block per program
-        found += kernel_launches(MAX_WIDTH, dtype, residual=True)
-        found += kernel_launches(MAX_WIDTH, dtype, residual=True, dh=False)
-        found += kernel_launches(MAX_WIDTH, dtype, gate=True, norm_before_gate=False)
+        for width in (BWD_COLUMNS, FWD_COLUMNS, MAX_WIDTH):
+            found += kernel_launches(width, dtype, residual=True)
+            found += kernel_launches(width, dtype, residual=True, dh=False)
+            found += kernel_launches(width, dtype, gate=True, norm_before_gate=False)
+            found += kernel_launches(width, dtype, gate=True, norm_before_gate=True)
+            found += kernel_launches(width - 1, dtype)  # masked columns
+        # many groups of 16 in column blocks; three groups wider than a block (chunks of ragged
+        # groups: 3 * 5000 columns) and three a block holds whole, with a masked group padding
+        # them to four (3 * 2048)
         found += kernel_launches(MAX_WIDTH, dtype, gate=True, norm_before_gate=True, group_size=16)
-        # three groups of MAX_WIDTH / 4 (padded to four: masked groups), and a row one column
-        # short of MAX_WIDTH (masked columns)
-        found += kernel_launches(3 * MAX_WIDTH // 4, dtype, gate=True, norm_before_gate=True,
-                                 group_size=MAX_WIDTH // 4)
-        found += kernel_launches(MAX_WIDTH - 1, dtype)
+        found += kernel_launches(3 * 5000, dtype, gate=True, norm_before_gate=False, group_size=5000)
+        found += kernel_launches(3 * 2048, dtype, gate=True, norm_before_gate=True, group_size=2048)
     return found
