@@ -492,10 +492,10 @@ def main() -> int:
 
     section("ceilings", lambda: ceilings(s, device))
     ceil = data["ceilings"] if "error" not in data["ceilings"] else {}
-    section("norms", lambda: bench_norms(s, device, ceil, s["sets"]))
     batches = s["batches"][:1] if args.quick else s["batches"]
     section("la_chunk", lambda: {f"{b}x{t}": bench_la(b, t, s, device, fla_fn, ceil, s["sets"]) for b, t in batches})
     section("mom_layer", lambda: {f"{b}x{t}": bench_layer(b, t, s, device, fla_layer, s["sets"]) for b, t in batches})
+    section("norms", lambda: bench_norms(s, device, ceil, s["sets"]))
     print(f"bench_kernels: wrote {path}")
     return 1 if errors else 0
 
