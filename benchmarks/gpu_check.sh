@@ -42,6 +42,10 @@ done
 case "$ONLY" in ""|check|bench) ;; *) echo "gpu_check.sh: --only takes check or bench" >&2; exit 2 ;; esac
 
 cd "$ROOT"
+if [ -z "$SMOKE" ] && ! "${PYTHON:-python3}" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
+  echo "gpu_check.sh: no CUDA device here (or torch does not import); on a CPU run it with --smoke" >&2
+  exit 2
+fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT

@@ -99,3 +99,41 @@ def test_a_check_that_misses_its_bound_or_raises_fails(tmp_path, monkeypatch):
     assert [c["passed"] for c in data["checks"]] == [True, False, False, False]
     assert data["summary"]["failed"] == ["nan", "over", "raises"]
     assert "ZeroDivisionError" in data["checks"][3]["error"]
+
+
+def test_the_cuda_timing_branch(monkeypatch):
+    """time_fns' CUDA branch (events per call, warm-ups, interleaved rounds, rotation index) run
+    with a stand-in for CUDA events, since no GPU is here: the flow a GPU run takes."""
+    import time
+    import torch
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_kernels
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            self.t = None
+
+        def record(self):
+            self.t = time.perf_counter()
+
+        def elapsed_time(self, end):  # milliseconds, as torch.cuda.Event
+            return (end.t - self.t) * 1e3
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    seen = []
+
+    def slow(i):
+        seen.append(i)
+        time.sleep(0.002)
+
+    def broken(i):
+        raise RuntimeError("no kernel image")
+
+    res = bench_kernels.time_fns({"slow": slow, "broken": broken}, "cuda", rounds=2, target_s=0.02)
+    assert "no kernel image" in res["broken"]["error"]
+    r = res["slow"]
+    assert r["timer"] == "cuda events" and len(r["round_medians_s"]) == 2
+    assert 5 <= r["calls"] // 2 <= 50 and r["calls"] == len(seen) - 4  # 3 warm-ups + 1 estimate
+    assert 0.002 <= r["min_s"] <= r["median_s"] <= r["max_s"]
+    assert seen[4:7] == [0, 1, 2]  # timed calls walk the rotated input sets
