@@ -49,6 +49,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -108,8 +110,8 @@ def dname(dtype: torch.dtype) -> str:
 class Checks:
     """Collects check records and rewrites the JSON after each one."""
 
-    def __init__(self, path: Path, header: dict):
-        self.path, self.data = path, {**header, "checks": []}
+    def __init__(self, path: Path, header: dict, planned: list[str] | None = None):
+        self.path, self.data, self.planned = path, {**header, "checks": []}, planned or []
 
     def run(self, name: str, bound: float, fn) -> None:
         t0 = time.perf_counter()
@@ -136,9 +138,14 @@ class Checks:
 
     def write(self) -> None:
         checks = self.data["checks"]
+        done = {c["name"] for c in checks}
+        # not_run: planned checks with no record yet (a run cut short by its time limit)
         self.data["summary"] = {"checks": len(checks), "passed": sum(c["passed"] for c in checks),
-                                "failed": [c["name"] for c in checks if not c["passed"]]}
-        self.path.write_text(json.dumps(self.data, indent=2) + "\n")
+                                "failed": [c["name"] for c in checks if not c["passed"]],
+                                "not_run": [n for n in self.planned if n not in done]}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2) + "\n")
+        tmp.replace(self.path)  # readers (the merging parent) never see half a file
 
 
 # --- linear attention ------------------------------------------------------------------------
@@ -286,11 +293,72 @@ def check_poison(device):
     return {"non_nan_fraction": 1 - nan / 8192}, {"note": "torch.empty under fill_uninitialized_memory"}
 
 
+def plan(s: dict, device: str) -> list[tuple[str, str, float, object]]:
+    """Every check as (group, name, bound, fn), in priority order: MoM's rule first, so that a run
+    cut short has checked the most used kernels. A group shares its kernels' compilations."""
+    out = [("poison", "poison", 0.0, lambda: check_poison(device))]
+    for rule in ("gated_delta", "delta", "gla", "linear"):
+        for dtype in (F32, BF16):
+            out.append((rule, f"la/{rule}/{dname(dtype)}", BOUNDS["la"][dtype],
+                        lambda rule=rule, dtype=dtype: check_la(rule, dtype, s, device)))
+            out.append((rule, f"la_ragged/{rule}/{dname(dtype)}", BOUNDS["la"][dtype],
+                        lambda rule=rule, dtype=dtype: check_la(rule, dtype, s, device, lengths=s["ragged"], seed=7)))
+    for dtype in (F32, BF16):
+        for n in s["norm_widths"]:
+            for op in ("rmsnorm", "add_rmsnorm"):
+                out.append(("norm", f"norm/{op}/{n}/{dname(dtype)}", BOUNDS["norm"][dtype],
+                            lambda op=op, n=n, dtype=dtype: check_norm(op, n, dtype, s["norm_rows"], device)))
+        for n, before in s["gated"]:
+            out.append(("norm", f"norm/gated_rmsnorm/{n}/{dname(dtype)}", BOUNDS["norm"][dtype],
+                        lambda n=n, before=before, dtype=dtype: check_norm("gated_rmsnorm", n, dtype, s["norm_rows"], device, before)))
+        out.append(("dispatch", f"dispatch/{dname(dtype)}", BOUNDS["dispatch"][dtype],
+                    lambda dtype=dtype: check_dispatch(dtype, s, device)))
+        out.append(("layer", f"mom_layer/{dname(dtype)}", BOUNDS["layer"][dtype],
+                    lambda dtype=dtype: check_layer(dtype, s, device)))
+    return out
+
+
+def shard_of(group: str, groups: list[str], jobs: int) -> int:
+    return groups.index(group) % jobs
+
+
+def run_parallel(args, checks: Checks, jobs: int, groups: list[str]) -> None:
+    """`jobs` child processes, each running the groups of one shard (Triton compiles on the CPU:
+    the GPU machine has 16 cores, so the ~75 kernel configurations compile in parallel); their
+    records are merged into checks' JSON every second, in plan order."""
+    tmp = Path(tempfile.mkdtemp(prefix="check_kernels_shards_"))
+    cmd = [sys.executable, str(Path(__file__).resolve())] + (["--smoke"] if args.smoke else [])
+    procs = [subprocess.Popen(cmd + ["--shard", f"{i}/{jobs}", "--out", str(tmp / str(i))]) for i in range(jobs)]
+    order = {n: i for i, n in enumerate(checks.planned)}
+
+    def merge():
+        recs = []
+        for i in range(jobs):
+            try:
+                recs += json.loads((tmp / str(i) / "check_kernels.json").read_text())["checks"]
+            except (OSError, ValueError, KeyError):
+                pass
+        checks.data["checks"] = sorted(recs, key=lambda c: order.get(c["name"], len(order)))
+        checks.write()
+    while any(p.poll() is None for p in procs):
+        time.sleep(1)
+        merge()
+    merge()
+    shutil.rmtree(tmp, ignore_errors=True)
+    for i, p in enumerate(procs):
+        if p.returncode not in (0, 1):  # 1: a check failed (recorded); else the shard died
+            checks.data["checks"].append({"name": f"shard/{i}", "bound": 0.0, "passed": False,
+                                          "error": f"shard {i} of {jobs} exited {p.returncode}"})
+    checks.write()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (interpreter)")
     ap.add_argument("--out", help="folder for check_kernels.json (default: benchmarks/results on a "
                                   "GPU, a temporary folder with --smoke)")
+    ap.add_argument("--jobs", type=int, default=1, help="run the check groups in this many processes")
+    ap.add_argument("--shard", help=argparse.SUPPRESS)  # i/n: a child of --jobs n
     args = ap.parse_args()
     cuda = torch.cuda.is_available() and not args.smoke
     if not cuda and not args.smoke:
@@ -307,34 +375,29 @@ def main() -> int:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = True
     warnings.filterwarnings("ignore", message=".*deterministic.*")
+    todo = plan(s, device)
+    groups = list(dict.fromkeys(g for g, *_ in todo))
+    if args.shard:
+        i, n = map(int, args.shard.split("/"))
+        todo = [c for c in todo if shard_of(c[0], groups, n) == i]
     checks = Checks(out / "check_kernels.json", {
         "what": "Triton kernels against the PyTorch reference (benchmarks/check_kernels.py)",
         "mode": "smoke (cpu, interpreter, tiny sizes)" if args.smoke else "cuda (real sizes)",
-        "device": device, "versions": versions(), "sizes": s,
+        "device": device, "versions": versions(), "sizes": s, "jobs": args.jobs,
         "bounds": {g: {dname(k): v for k, v in b.items()} for g, b in BOUNDS.items()},
         "precision": {"reference_fp32_matmul": "ieee fp32 (allow_tf32 False)",
                       "kernel_fp32": "ieee", "kernel_bf16": "tf32 products, fp32 accumulate"},
-        "poison": "torch.use_deterministic_algorithms(warn_only) + fill_uninitialized_memory: torch.empty is NaN"})
-    checks.run("poison", 0.0, lambda: check_poison(device))
-    # MoM's rule first: if the stage runs out of time, the most used kernels have been checked
-    for rule in ("gated_delta", "delta", "gla", "linear"):
-        for dtype in (F32, BF16):
-            checks.run(f"la/{rule}/{dname(dtype)}", BOUNDS["la"][dtype], lambda: check_la(rule, dtype, s, device))
-            checks.run(f"la_ragged/{rule}/{dname(dtype)}", BOUNDS["la"][dtype],
-                       lambda: check_la(rule, dtype, s, device, lengths=s["ragged"], seed=7))
-    for dtype in (F32, BF16):
-        for n in s["norm_widths"]:
-            for op in ("rmsnorm", "add_rmsnorm"):
-                checks.run(f"norm/{op}/{n}/{dname(dtype)}", BOUNDS["norm"][dtype],
-                           lambda: check_norm(op, n, dtype, s["norm_rows"], device))
-        for n, before in s["gated"]:
-            checks.run(f"norm/gated_rmsnorm/{n}/{dname(dtype)}", BOUNDS["norm"][dtype],
-                       lambda: check_norm("gated_rmsnorm", n, dtype, s["norm_rows"], device, before))
-        checks.run(f"dispatch/{dname(dtype)}", BOUNDS["dispatch"][dtype], lambda: check_dispatch(dtype, s, device))
-        checks.run(f"mom_layer/{dname(dtype)}", BOUNDS["layer"][dtype], lambda: check_layer(dtype, s, device))
+        "poison": "torch.use_deterministic_algorithms(warn_only) + fill_uninitialized_memory: torch.empty is NaN"},
+        planned=[name for _, name, _, _ in todo])
+    jobs = min(args.jobs, len(groups))
+    if jobs > 1 and not args.shard:
+        run_parallel(args, checks, jobs, groups)
+    else:
+        for _, name, bound, fn in todo:
+            checks.run(name, bound, fn)
     summary = checks.data["summary"]
     print(f"check_kernels: {summary['passed']} of {summary['checks']} checks passed -> {checks.path}")
-    return 0 if not summary["failed"] else 1
+    return 0 if not summary["failed"] and not summary["not_run"] else 1
 
 
 if __name__ == "__main__":

@@ -50,6 +50,10 @@ def main() -> int:
         problems.append("bench_kernels.json missing or unreadable")
     failed = (check or {}).get("summary", {}).get("failed", [])
     problems += [f"check {n} failed" for n in failed]
+    not_run = (check or {}).get("summary", {}).get("not_run", [])
+    if not_run:
+        problems.append(f"{len(not_run)} checks did not run (time limit?): {', '.join(not_run[:5])}"
+                        + (" ..." if len(not_run) > 5 else ""))
     problems += [f"bench section {n} raised" for n in (bench or {}).get("errors", [])]
     summary = {
         "what": "benchmarks/gpu_check.sh: kernel checks at real sizes, then the kernel benchmarks",
@@ -75,7 +79,8 @@ def main() -> int:
             if "max_error" in r:
                 key = r["name"].split("/")[0] + "/" + r.get("dtype", "")
                 worst[key] = max(worst.get(key, 0.0), r["max_error"] / r["bound"] if r["bound"] else r["max_error"])
-        print(f"checks: {c['passed']} of {c['checks']} passed" + (f"; FAILED: {', '.join(c['failed'])}" if c["failed"] else ""))
+        print(f"checks: {c['passed']} of {c['checks']} passed" + (f"; FAILED: {', '.join(c['failed'])}" if c["failed"] else "")
+              + (f"; {len(c.get('not_run', []))} not run" if c.get("not_run") else ""))
         print("  worst error / bound: " + ", ".join(f"{k} {w:.2f}" for k, w in sorted(worst.items())))
     if bench:
         ce = bench.get("ceilings", {})

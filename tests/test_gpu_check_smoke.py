@@ -60,7 +60,8 @@ def test_every_check_ran_and_passed(smoke):
     # output, final state and every input's gradient
     assert set(la["errors"]) == {"o", "ht", "dq", "dk", "dv", "dg", "dbeta", "dinitial_state"}
     assert la["bound"] == 2e-5 and set(la["reference_errors"]) == set(la["errors"])
-    assert data["summary"] == {"checks": len(data["checks"]), "passed": len(data["checks"]), "failed": []}
+    assert data["summary"] == {"checks": len(data["checks"]), "passed": len(data["checks"]), "failed": [], "not_run": []}
+    assert data["jobs"] == 2  # the sharded path the GPU run takes (8 processes there)
 
 
 def test_benchmark_json(smoke):
@@ -90,7 +91,7 @@ def test_a_check_that_misses_its_bound_or_raises_fails(tmp_path, monkeypatch):
     """The check harness itself: NaN, an error over its bound and an exception all fail."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import check_kernels
-    checks = check_kernels.Checks(tmp_path / "c.json", {})
+    checks = check_kernels.Checks(tmp_path / "c.json", {}, planned=["ok", "nan", "over", "raises", "cut_off"])
     checks.run("ok", 1e-5, lambda: ({"o": 1e-6}, {}))
     checks.run("nan", 1e-5, lambda: ({"o": float("nan")}, {}))
     checks.run("over", 1e-5, lambda: ({"o": 1e-6, "dq": 2e-5}, {}))
@@ -98,6 +99,7 @@ def test_a_check_that_misses_its_bound_or_raises_fails(tmp_path, monkeypatch):
     data = json.loads((tmp_path / "c.json").read_text())
     assert [c["passed"] for c in data["checks"]] == [True, False, False, False]
     assert data["summary"]["failed"] == ["nan", "over", "raises"]
+    assert data["summary"]["not_run"] == ["cut_off"]  # planned, never recorded: a time limit hit
     assert "ZeroDivisionError" in data["checks"][3]["error"]
 
 
