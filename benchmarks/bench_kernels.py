@@ -132,12 +132,12 @@ def time_fns(fns: dict, device: str, rounds: int = 2, target_s: float = 0.2, min
     autotuning), then `rounds` rounds over all fns (interleaved, so drift hits every fn alike), each
     of n calls timed with CUDA events, n = target_s / (one call), in [min_reps, max_reps]; the
     median, min and max over all calls and each round's median (their spread is the noise). On the
-    CPU (--smoke): one warm-up and one wall-clock call, which mean nothing."""
+    CPU (--smoke): one wall-clock call, no warm-up: it checks the code path and means nothing."""
     cuda = device == "cuda"
     out, reps = {}, {}
     for name, fn in fns.items():
         try:
-            for i in range(3 if cuda else 1):
+            for i in range(3 if cuda else 0):  # the CPU (--smoke) times nothing meaningful
                 fn(i)
             if cuda:
                 torch.cuda.synchronize()

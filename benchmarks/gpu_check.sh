@@ -13,7 +13,7 @@
 #   bench  200 s  benchmarks/bench_kernels.py: ceilings, norms vs torch, la_chunk vs fla's
 #                 chunk_gated_delta_rule, the MoM layer vs fla's MomAttention
 #   summary 20 s  benchmarks/gpu_check_summary.py: gpu_check.json and the table printed last
-# Worst case 470 s. Nothing is installed from the network (the GPU machine reaches none): fla
+# Worst case 470 s (CHECK_LIMIT_S / BENCH_LIMIT_S override the two long limits, e.g. for a rerun). Nothing is installed from the network (the GPU machine reaches none): fla
 # comes from benchmarks/.fla (bench_kernels.py --fetch-fla, carried with the call); without it
 # the fla comparisons are recorded as skipped, with the reason, and everything else runs.
 #
@@ -33,9 +33,9 @@ OUT_DIR="${OUT:-}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE="--smoke" ;;
-    --out) OUT_DIR="$2"; shift ;;
-    --only) ONLY="$2"; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    --out) OUT_DIR="${2:?--out needs a folder}"; shift ;;
+    --only) ONLY="${2:?--only needs check or bench}"; shift ;;
+    -h|--help) awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -130,8 +130,8 @@ run_stage deps 30 bash -c deps
 if [ "$(awk '$1 == "deps" {print $2}' "$STAGES")" = "0" ]; then
   # 8 processes on the GPU machine's 16 cores: Triton compiles (~75 configurations) in parallel;
   # 2 in --smoke, which runs the same sharded path on the 2-core CI machine
-  [ "$ONLY" = "bench" ] || run_stage check 200 "$PY" benchmarks/check_kernels.py $SMOKE --jobs "$([ -n "$SMOKE" ] && echo 2 || echo 8)" --out "$OUT_DIR"
-  [ "$ONLY" = "check" ] || run_stage bench 200 "$PY" benchmarks/bench_kernels.py $SMOKE --out "$OUT_DIR"
+  [ "$ONLY" = "bench" ] || run_stage check "${CHECK_LIMIT_S:-200}" "$PY" benchmarks/check_kernels.py $SMOKE --jobs "$([ -n "$SMOKE" ] && echo 2 || echo 8)" --out "$OUT_DIR"
+  [ "$ONLY" = "check" ] || run_stage bench "${BENCH_LIMIT_S:-200}" "$PY" benchmarks/bench_kernels.py $SMOKE --out "$OUT_DIR"
 fi
 echo "total $(( $(date +%s) - START ))" >>"$STAGES"
 run_stage summary 20 "$PY" benchmarks/gpu_check_summary.py --out "$OUT_DIR" --stages "$STAGES" $SMOKE

@@ -81,7 +81,8 @@ def main() -> int:
                 worst[key] = max(worst.get(key, 0.0), r["max_error"] / r["bound"] if r["bound"] else r["max_error"])
         print(f"checks: {c['passed']} of {c['checks']} passed" + (f"; FAILED: {', '.join(c['failed'])}" if c["failed"] else "")
               + (f"; {len(c.get('not_run', []))} not run" if c.get("not_run") else ""))
-        print("  worst error / bound: " + ", ".join(f"{k} {w:.2f}" for k, w in sorted(worst.items())))
+        if worst:
+            print("  worst error / bound: " + ", ".join(f"{k} {w:.2f}" for k, w in sorted(worst.items())))
     if bench:
         ce = bench.get("ceilings", {})
         if "copy_bytes_per_s" in ce:
