@@ -134,39 +134,40 @@ def time_fns(fns: dict, device: str, rounds: int = 2, target_s: float = 0.2, min
     median, min and max over all calls and each round's median (their spread is the noise). On the
     CPU (--smoke): one wall-clock call, no warm-up: it checks the code path and means nothing."""
     cuda = device == "cuda"
-    out, reps = {}, {}
+    out, reps, runs = {}, {}, {}
     for name, fn in fns.items():
         try:
-            for i in range(3 if cuda else 0):  # the CPU (--smoke) times nothing meaningful
-                fn(i)
-            if cuda:
-                torch.cuda.synchronize()
+            if not cuda:  # one wall-clock call
                 t0 = time.perf_counter()
-                fn(3)
-                torch.cuda.synchronize()
-                reps[name] = max(min_reps, min(max_reps, int(target_s / max(time.perf_counter() - t0, 1e-6))))
-            else:
-                reps[name] = 1
+                fn(0)
+                runs[name] = [[time.perf_counter() - t0]]
+                continue
+            for i in range(3):
+                fn(i)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn(3)
+            torch.cuda.synchronize()
+            reps[name] = max(min_reps, min(max_reps, int(target_s / max(time.perf_counter() - t0, 1e-6))))
+            runs[name] = []
         except Exception as exc:  # noqa: BLE001 - recorded (fla has no CPU path, a baseline may OOM)
             out[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
-    runs = {name: [] for name in reps}
-    for _ in range(1 if not cuda else rounds):
+    for _ in range(rounds if cuda else 0):
         for name, n in reps.items():
-            fn, times = fns[name], []
-            if cuda:
-                events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
+            if name in out:  # failed in an earlier round
+                continue
+            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
+            try:
                 for i, (start, end) in enumerate(events):
                     start.record()
-                    fn(i)
+                    fns[name](i)
                     end.record()
                 torch.cuda.synchronize()
-                times = [start.elapsed_time(end) / 1e3 for start, end in events]
-            else:
-                for i in range(n):
-                    t0 = time.perf_counter()
-                    fn(i)
-                    times.append(time.perf_counter() - t0)
-            runs[name].append(times)
+            except Exception as exc:  # noqa: BLE001 - recorded
+                out[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+                runs.pop(name)
+                continue
+            runs[name].append([start.elapsed_time(end) / 1e3 for start, end in events])
     for name, rs in runs.items():
         flat = [t for r in rs for t in r]
         out[name] = {"median_s": statistics.median(flat), "min_s": min(flat), "max_s": max(flat),

@@ -132,8 +132,17 @@ def test_the_cuda_timing_branch(monkeypatch):
     def broken(i):
         raise RuntimeError("no kernel image")
 
-    res = bench_kernels.time_fns({"slow": slow, "broken": broken}, "cuda", rounds=2, target_s=0.02)
+    calls = []
+
+    def fails_when_timed(i):  # passes the warm-ups, then runs out of memory
+        calls.append(i)
+        if len(calls) > 5:
+            raise RuntimeError("CUDA out of memory")
+
+    res = bench_kernels.time_fns({"slow": slow, "broken": broken, "late": fails_when_timed}, "cuda",
+                                 rounds=2, target_s=0.02)
     assert "no kernel image" in res["broken"]["error"]
+    assert "out of memory" in res["late"]["error"]
     r = res["slow"]
     assert r["timer"] == "cuda events" and len(r["round_medians_s"]) == 2
     assert 5 <= r["calls"] // 2 <= 50 and r["calls"] == len(seen) - 4  # 3 warm-ups + 1 estimate
