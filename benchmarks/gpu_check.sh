@@ -17,9 +17,9 @@
 # comes from benchmarks/.fla (bench_kernels.py --fetch-fla, carried with the call); without it
 # the fla comparisons are recorded as skipped, with the reason, and everything else runs.
 #
-# Output (at most 5 files): $OUT when set (the device tool returns it), else --out DIR, else
-# benchmarks/results/gpu_check_<device>/; --smoke writes to a fresh temporary folder unless
-# --out says otherwise, never over committed results. Files: gpu_check.log (everything printed),
+# Output (4 files): --out DIR, else $OUT when set (the device tool returns it), else
+# benchmarks/results/gpu_check_<device>/; --smoke without either writes to a fresh temporary
+# folder, never over committed results. Files: gpu_check.log (everything printed),
 # check_kernels.json, bench_kernels.json, gpu_check.json (stages, exit codes, the summary).
 # --smoke: the same code on the CPU at tiny sizes, Triton kernels in the interpreter (seconds;
 # timings mean nothing). Exit status: 0 when every stage passed, else 1.
