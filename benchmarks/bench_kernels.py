@@ -413,6 +413,15 @@ def bench_layer(b: int, t: int, s: dict, device: str, fla_layer, n_sets: int) ->
         except Exception as exc:  # noqa: BLE001 - recorded
             params["fla_error"] = f"{type(exc).__name__}: {exc}"[:2000]
     res = time_fns(fns, device)
+    # matmul FLOPs of forward + backward (3x the forward) from the component's accounting, with
+    # balanced routing (the measured routing pads its groups' last chunks a little differently)
+    from archspec.components.base import FlopConvention
+    flops = 3 * b * C.get("mom").flops(inst.config, spec.model, t, FlopConvention()).matmul
+    for r in res.values():
+        if "median_s" in r:
+            r["tflops"] = flops / r["median_s"] / 1e12
+    res["flops_fwd_bwd"] = {"value": flops, "convention": "3 x the accounting's forward matmul FLOPs, "
+                            "balanced routing (MoM.flops)"}
     res["parameters"] = params
     res["shape"] = {"B": b, "T": t, "d_model": d, **mom, "dtype": "bfloat16"}
     res["tokens_per_s"] = {n: b * t / r["median_s"] for n, r in res.items() if isinstance(r, dict) and "median_s" in r}

@@ -77,7 +77,7 @@ from archspec.components.mom import plan_dispatch  # noqa: E402
 from archspec.ops import norm as N  # noqa: E402
 from archspec.ops.dispatch import combine_rows, gather_rows, reference as dispatch_ref, row_map  # noqa: E402
 from archspec.ops.linear_attention import chunk_rule  # noqa: E402
-from archspec.ops.linear_attention.fused_chunk import KERNEL_RULES, triton_chunk_rule  # noqa: E402
+from archspec.ops.linear_attention.fused_chunk import triton_chunk_rule  # noqa: E402
 from gpu_env import versions  # noqa: E402
 
 F = torch.nn.functional

@@ -24,6 +24,11 @@ def frac(v) -> str:
     return f"{v:8.2f}" if v is not None else f"{'-':>8}"
 
 
+def rate(r: dict | None, key: str, unit: float, name: str) -> str:
+    v = (r or {}).get(key)
+    return f"{v / unit:7.1f} {name:<4}" if v is not None else f"{'-':>12}"
+
+
 def x(v) -> str:
     return f"{v:6.2f}x" if v is not None else f"{'-':>7}"
 
@@ -89,7 +94,7 @@ def main() -> int:
             print(f"ceilings: copy {ce['copy_bytes_per_s'] / 1e12:.2f} TB/s, bf16 matmul "
                   f"{ce.get('matmul_bf16_flops_per_s', 0) / 1e12:.0f} TFLOP/s")
         print(f"fla: {'fla-core ' + str(bench['fla'].get('version')) if bench['fla'].get('available') else 'skipped: ' + str(bench['fla'].get('reason'))}")
-        print(f"{'benchmark (ms, median)':38s} {'triton':>9} {'baseline':>9} {'ref':>9} {'vs base':>7} {'of floor':>8}")
+        print(f"{'benchmark (ms, median)':38s} {'triton':>9} {'baseline':>9} {'ref':>9} {'vs base':>7} {'rate':>12} {'of floor':>8}")
         for name, res in (bench.get("norms") or {}).items():
             if not isinstance(res, dict) or "error" in res:
                 continue
@@ -98,6 +103,7 @@ def main() -> int:
                 base = r.get("torch_rms_norm")
                 print(f"{'norm ' + name + ' ' + mode:38s} {ms(r.get('archspec_triton'))} {ms(base)} "
                       f"{ms(r.get('archspec_reference'))} {x(r['speedup_vs_torch_rms_norm'] if base else r['speedup_vs_reference'])} "
+                      f"{rate(r.get('archspec_triton'), 'bytes_per_s', 1e9, 'GB/s')} "
                       f"{frac(r.get('archspec_triton', {}).get('fraction_of_floor'))}")
         for section, base_name in (("la_chunk", "fla_chunk_gated_delta_rule"), ("mom_layer", "fla_MomAttention")):
             for shape, r in (bench.get(section) or {}).items():
@@ -105,9 +111,10 @@ def main() -> int:
                     continue
                 print(f"{section + ' ' + shape + ' fwd+bwd':38s} {ms(r.get('archspec_triton'))} {ms(r.get(base_name))} "
                       f"{ms(r.get('archspec_reference'))} {x(r.get('speedup_vs_fla'))} "
+                      f"{rate(r.get('archspec_triton'), 'tflops', 1, 'TF/s')} "
                       f"{frac(r.get('archspec_triton', {}).get('fraction_of_floor'))}")
         print("  baseline: torch F.rms_norm (norms; the reference for gated), fla (la_chunk, mom_layer); "
-              "vs base = baseline / triton time")
+              "vs base = baseline / triton time; rate: triton's GB/s (norms) or TFLOP/s; of floor = floor / triton time")
     print(("PASSED" if not problems else "FAILED: " + "; ".join(problems)) + f"  -> {out}")
     return 0 if not problems else 1
 
