@@ -1,8 +1,12 @@
 """Correctness of archspec's Triton kernels at the sizes models use, against the PyTorch
 reference: the first thing a session lent a GPU runs (benchmarks/gpu_check.sh).
 
-    python benchmarks/check_kernels.py [--out DIR]   # on a CUDA device: real sizes
-    python benchmarks/check_kernels.py --smoke       # the same checks on the CPU, tiny sizes, interpreter
+    python benchmarks/check_kernels.py [--out DIR] [--jobs N]  # on a CUDA device: real sizes
+    python benchmarks/check_kernels.py --smoke                  # the same checks on the CPU, tiny, interpreter
+
+--jobs N runs the check groups (one per rule, the norms, the dispatch, the layer) in N child
+processes, merged into one JSON every second: Triton compiles on the CPU, and gpu_check.sh
+gives the GPU machine's 16 cores 8 processes.
 
 Checks (each: relative RMS error ||a - b|| / ||b|| of every output and gradient, against a bound):
   * la/<rule>/<dtype>, la_ragged/<rule>/<dtype>: triton_chunk_rule against chunk_rule evaluated
