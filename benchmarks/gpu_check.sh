@@ -13,8 +13,9 @@
 #   bench  200 s  benchmarks/bench_kernels.py: ceilings, norms vs torch, la_chunk vs fla's
 #                 chunk_gated_delta_rule, the MoM layer vs fla's MomAttention
 #   summary 20 s  benchmarks/gpu_check_summary.py: gpu_check.json and the table printed last
-# Worst case 470 s (CHECK_LIMIT_S / BENCH_LIMIT_S override the two long limits, e.g. for a rerun). Nothing is installed from the network (the GPU machine reaches none): fla
-# comes from benchmarks/.fla (bench_kernels.py --fetch-fla, carried with the call); without it
+# Worst case 470 s (CHECK_LIMIT_S / BENCH_LIMIT_S override the two long limits, e.g. for a
+# rerun). Nothing is installed from the network (the GPU machine reaches none): fla comes from
+# benchmarks/.fla (bench_kernels.py --fetch-fla, carried with the call); without it
 # the fla comparisons are recorded as skipped, with the reason, and everything else runs.
 #
 # Output (4 files): --out DIR, else $OUT when set (the device tool returns it), else

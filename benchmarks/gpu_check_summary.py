@@ -47,7 +47,9 @@ def main() -> int:
             total = int(parts[1])
         elif len(parts) == 3:
             stages[parts[0]] = {"exit": int(parts[1]), "seconds": int(parts[2]), "timed_out": parts[1] in ("124", "137")}
-    check, bench = load(out / "check_kernels.json"), load(out / "bench_kernels.json")
+    # only the files of stages that ran in this call (a folder may hold an earlier run's)
+    check = load(out / "check_kernels.json") if "check" in stages else None
+    bench = load(out / "bench_kernels.json") if "bench" in stages else None
     problems = [f"stage {n} exited {s['exit']}" for n, s in stages.items() if s["exit"]]
     if check is None and "check" in stages:
         problems.append("check_kernels.json missing or unreadable")
