@@ -189,8 +189,12 @@ def main() -> None:
     bench_recurrent.H, bench_recurrent.K = args.heads, args.head_dim  # op_inputs reads these
     env = environment()
     side = Path(args.fla_dir).resolve()
-    setup = fetch_fla(side)
-    naive = load_fla_naive(side)
+    try:
+        setup = fetch_fla(side)
+        naive = load_fla_naive(side)
+    except Exception as exc:  # noqa: BLE001 - the comparison needs fla
+        sys.exit(f"fla-core not available in {side} ({type(exc).__name__}: {exc}); fetch it where "
+                 "pip reaches PyPI: python benchmarks/bench_kernels.py --fetch-fla")
     c = args.chunk
     contenders = {"archspec": lambda q, k, v, g, b: LA.chunk_rule("gated_delta", q, k, v, g=g, beta=b,
                                                                     chunk_size=c)[0],
