@@ -196,13 +196,13 @@ def main() -> None:
         sys.exit(f"fla-core not available in {side} ({type(exc).__name__}: {exc}); fetch it where "
                  "pip reaches PyPI: python benchmarks/bench_kernels.py --fetch-fla")
     c = args.chunk
-    contenders = {"archspec": lambda q, k, v, g, b: LA.chunk_rule("gated_delta", q, k, v, g=g, beta=b,
-                                                                    chunk_size=c)[0],
-                  "fla": lambda q, k, v, g, b: naive(q, k, v, g, b, chunk_size=c)[0]}
-    for rev in args.also_rev:
-        fn = chunk_rule_at(rev)
-        contenders[f"archspec@{rev}"] = (lambda f: lambda q, k, v, g, b: f(
-            "gated_delta", q, k, v, g=g, beta=b, chunk_size=c)[0])(fn)
+
+    def archspec_at(chunk_rule):
+        return lambda q, k, v, g, b: chunk_rule("gated_delta", q, k, v, g=g, beta=b, chunk_size=c)[0]
+
+    contenders = {"archspec": archspec_at(LA.chunk_rule),
+                  "fla": lambda q, k, v, g, b: naive(q, k, v, g, b, chunk_size=c)[0],
+                  **{f"archspec@{rev}": archspec_at(chunk_rule_at(rev)) for rev in args.also_rev}}
     inp = op_inputs("gated_delta", args.seq_len)
     runs = {name: runners(fn, inp) for name, fn in contenders.items()}
     if args.profile:
