@@ -91,16 +91,17 @@ class _Layout:
                    gather, scatter, length=total)
 
     def to_chunks(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, T, H, D] (or [B, T, H]) -> [chunks, H, C, D] (or [chunks, H, C])."""
+        """[B, T, H, D] (or [B, T, H]) -> [chunks, H, C, D] (or [chunks, H, C]), contiguous: as a
+        view (rows of a [C, D] block H D apart) the chunk matmuls ran ~4x slower (q k^T, C 64, K 256)."""
         if x.dim() == 3:
             return self.to_chunks(x[..., None])[..., 0]
         c, (b, t, h, d) = self.chunk_size, x.shape
         if self.gather is None:
             n = -(-t // c)
             x = nn.functional.pad(x, (0, 0, 0, 0, 0, n * c - t))
-            return x.reshape(b, n, c, h, d).permute(1, 0, 3, 2, 4).reshape(n * b, h, c, d)
+            return x.reshape(b, n, c, h, d).permute(1, 0, 3, 2, 4).reshape(n * b, h, c, d).contiguous()
         rows = torch.cat([x[0], x.new_zeros(1, h, d)])
-        return rows.index_select(0, self.gather).reshape(-1, c, h, d).transpose(1, 2)
+        return rows.index_select(0, self.gather).reshape(-1, c, h, d).transpose(1, 2).contiguous()
 
     def from_chunks(self, y: torch.Tensor) -> torch.Tensor:
         """[chunks, H, C, V] -> [B, T, H, V], padding dropped."""
@@ -118,20 +119,25 @@ class _Layout:
         return s if self.order is None else s.index_select(0, torch.argsort(self.order))
 
 
-def _state_pass(s: torch.Tensor, blocks, step):
+def _state_pass(s: torch.Tensor, blocks, step, *per_chunk):
     """Carry the state across chunk boundaries: one step per chunk index, all sequences that have
-    that chunk at once. `step(chunk_slice, states)` -> (next states, per-chunk extra or None).
-    Returns (state entering each chunk [chunks, H, K, V], extras concatenated, final states)."""
-    entering, extras = [], []
-    for offset, count in blocks:
-        active = s[:count]
-        new, extra = step(slice(offset, offset + count), active)
-        entering.append(active)
-        extras.append(extra)
+    that chunk at once. `per_chunk` are [chunks, ...] tensors (or None); step j gets their rows of
+    that chunk index: `step(states, *rows)` -> (next states, those chunks' outputs).
+    Returns (outputs concatenated [chunks, H, C, V], or None when there are no chunks; final states).
+
+    The rows come from one split per tensor, not an index per step: in the backward each indexed
+    slice would materialise a zero gradient of the whole tensor and add it up, n_chunks times.
+    Each chunk's output is formed inside its step, while the entering state is at hand: stacking
+    the entering states for one batched q S matmul costs a copy as big as all the states together,
+    in the forward and again among the tensors saved for the backward."""
+    sizes = [count for _, count in blocks]
+    rows = [[None] * len(sizes) if x is None else x.split(sizes) for x in per_chunk]
+    outputs = []
+    for j, count in enumerate(sizes):
+        new, out = step(s if count == s.shape[0] else s[:count], *(r[j] for r in rows))
+        outputs.append(out)
         s = new if count == s.shape[0] else torch.cat([new, s[count:]])
-    if not entering:
-        return s.new_zeros(0, *s.shape[1:]), None, s
-    return torch.cat(entering), (None if extras[0] is None else torch.cat(extras)), s
+    return (torch.cat(outputs) if outputs else None), s
 
 
 def _causal(c: int, device, diagonal: int = 0) -> torch.Tensor:
@@ -196,46 +202,54 @@ def _additive_chunks(q, k, v, g, s0, blocks, sub):
         k_out = k * _decay_to_end(g, -2).exp()
         decay = g.sum(-2).exp()[..., None]  # [chunks, H, K, 1]
     writes = k_out.transpose(-1, -2) @ v  # each chunk's own contribution to its end state
+    local = p @ v  # each chunk's output from its own tokens
 
-    def step(j, s):
-        return writes[j] + (s if decay is None else decay[j] * s), None
+    def step(s, q_in, local, writes, decay):
+        out = q_in @ s + local
+        return writes + (s if decay is None else decay * s), out
 
-    entering, _, final = _state_pass(s0, blocks, step)
-    return q_in @ entering + p @ v, final
+    o, final = _state_pass(s0, blocks, step, q_in, local, writes, decay)
+    return (local if o is None else o), final
+
+
+def _wy(a, v, k_in, beta):
+    """(U, W) with (I + A) [U | W] = [beta V | beta k_in], by forward substitution; the unit
+    diagonal is implied, never stored. Solved transposed, X^T (I + A)^T = rhs^T: there rhs^T is
+    column-major as LAPACK wants it, where rhs itself is copied in and out (same FLOPs, ~1.5x
+    faster at C 64, K + V 512). A function of its own so that rhs, [.., C, V + K], is freed on
+    return: the backward needs only A and the solution."""
+    rhs = torch.cat([v * beta[..., None], k_in * beta[..., None]], dim=-1)
+    x = torch.linalg.solve_triangular(a.mT, rhs.mT, upper=True, left=False, unitriangular=True).mT
+    return x.split([v.shape[-1], k_in.shape[-1]], dim=-1)
 
 
 def _delta_chunks(q, k, v, g, beta, s0, blocks):
     """delta (g None) and gated_delta, in the WY form. Returns (o chunks, final states)."""
-    c, v_dim = q.shape[-2], v.shape[-1]
-    causal = _causal(c, q.device)
+    c = q.shape[-2]
     kk = k @ k.transpose(-1, -2)
     p = q @ k.transpose(-1, -2)
     if g is None:
-        k_in, q_in, k_out, decay = k, q, k, None
+        into, q_in, k_out, decay = None, q, k, None
     else:
         spans = _pairwise_decay(g, -1)  # [chunks, H, C, C]
         gamma = spans.exp()
         kk, p = kk * gamma, p * gamma
         into = _decay_from_start(g, -1).exp()[..., None]
-        k_in, q_in = k * into, q * into
+        q_in = q * into
         k_out = k * spans[..., -1, :].exp()[..., None]  # s -> chunk end
         decay = g.sum(-1).exp()[..., None, None]  # [chunks, H, 1, 1]
     a = (kk * beta[..., None]).tril(-1)
-    rhs = torch.cat([v * beta[..., None], k_in * beta[..., None]], dim=-1)
-    # (I + A) X = rhs by forward substitution; the unit diagonal is implied, never stored
-    u, w = torch.linalg.solve_triangular(a, rhs, upper=False, unitriangular=True).split(
-        [v_dim, k.shape[-1]], dim=-1)
-    p = p.masked_fill(~causal, 0.0)
+    u, w = _wy(a, v, k if into is None else k * into, beta)
+    p = p.masked_fill(~_causal(c, q.device), 0.0)
 
-    def step(j, s):
-        written = u[j] - w[j] @ s  # beta * (v - what the decayed state already predicts)
-        carried = s if decay is None else decay[j] * s
-        return carried + k_out[j].transpose(-1, -2) @ written, written
+    def step(s, u, w, q_in, p, k_out, decay):
+        written = u - w @ s  # beta * (v - what the decayed state already predicts)
+        out = q_in @ s + p @ written
+        carried = s if decay is None else decay * s
+        return carried + k_out.transpose(-1, -2) @ written, out
 
-    entering, written, final = _state_pass(s0, blocks, step)
-    if written is None:  # no chunks at all
-        written = u
-    return q_in @ entering + p @ written, final
+    o, final = _state_pass(s0, blocks, step, u, w, q_in, p, k_out, decay)
+    return (u if o is None else o), final  # u: the empty output when there are no chunks
 
 
 def chunk_rule(rule: str, q, k, v, *, g=None, beta=None, scale=None, initial_state=None,
