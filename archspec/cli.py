@@ -118,7 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("specs", nargs="*", metavar="SPEC", help="spec files (default: every shipped spec)")
     k.add_argument("--compile", metavar="TARGETS", dest="targets",
                    help="compile for these targets, e.g. sm_80,sm_90")
-    k.add_argument("--dtypes", default="float32,bfloat16", help="input dtypes (default float32,bfloat16)")
+    k.add_argument("--dtypes", default=None,
+                   help="input dtypes, e.g. float32,bfloat16 (default: each spec's own dtype)")
     k.add_argument("--format", choices=["table", "json"], default="table")
     k.add_argument("--jobs", type=positive_int, help="parallel compiles (default: the CPU count)")
     k.add_argument("--timeout", type=positive_int, default=300, metavar="S",
@@ -494,7 +495,7 @@ def cmd_kernels(args) -> int:
         raise UsageError("`archspec kernels` needs triton (pip install 'archspec[triton]')")
     targets = None
     try:
-        dtypes = parse_dtypes(args.dtypes)
+        dtypes = None if args.dtypes is None else parse_dtypes(args.dtypes)
         if args.targets is not None:
             from .ops.aot import parse_targets
             targets = parse_targets(args.targets)

@@ -70,9 +70,11 @@ def _label(spec: ResolvedSpec, inst) -> str:
     return f"{Path(spec.source).stem}:{name} ({inst.type})"
 
 
-def spec_launches(spec: ResolvedSpec, dtypes: Iterable[torch.dtype]) -> list[tuple[object, str]]:
+def spec_launches(spec: ResolvedSpec, dtypes: Iterable[torch.dtype] | None = None) -> list[tuple[object, str]]:
     """(launch, "spec:component (type)") of every component whose `triton` backend takes its
-    config, for each dtype."""
+    config, for each dtype (default: the spec's own, the dtype it builds in)."""
+    from .components.base import TORCH_DTYPES
+    dtypes = [TORCH_DTYPES[spec.model.dtype]] if dtypes is None else list(dtypes)
     found = []
     for inst in _instances(spec):
         backend = inst.component.backends.get("triton")
@@ -103,11 +105,11 @@ def extreme_launches() -> list:
     return found
 
 
-def collect_launches(specs: Iterable[ResolvedSpec], dtypes: Iterable[torch.dtype],
+def collect_launches(specs: Iterable[ResolvedSpec], dtypes: Iterable[torch.dtype] | None = None,
                      extremes: bool = True) -> list[Collected]:
-    """Every distinct launch of the specs' components (each with the places that use it), then
-    the families' extremes; in first-seen order."""
-    dtypes = list(dtypes)
+    """Every distinct launch of the specs' components (each with the places that use it), in
+    `dtypes` (default: each spec's own), then the families' extremes; in first-seen order."""
+    dtypes = None if dtypes is None else list(dtypes)
     by_launch: dict = {}
     pairs = [pair for spec in specs for pair in spec_launches(spec, dtypes)]
     if extremes:
@@ -119,7 +121,7 @@ def collect_launches(specs: Iterable[ResolvedSpec], dtypes: Iterable[torch.dtype
     return list(by_launch.values())
 
 
-def kernels_report(specs: Iterable[ResolvedSpec], dtypes: Iterable[torch.dtype] = (torch.float32, torch.bfloat16),
+def kernels_report(specs: Iterable[ResolvedSpec], dtypes: Iterable[torch.dtype] | None = None,
                    targets: Iterable | None = None, jobs: int | None = None, timeout: float | None = None,
                    extremes: bool = True, progress: Callable | None = None,
                    only: Iterable[str] | None = None) -> dict:

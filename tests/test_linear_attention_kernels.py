@@ -140,6 +140,16 @@ def test_value_blocks_and_strong_decay(rule, kernel_device):
                  run(chunk_rule, rule, inputs, chunk_size=32), TOL[torch.float32])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rule", KERNEL_RULES)
+def test_key_and_value_blocks(rule, dtype, kernel_device):
+    # K = 200: four key blocks of 64 (the last ragged) in the forward, two state tiles of 128
+    # rows in the state passes, seven blocks of 32 in the backward's per-chunk kernels; V = 72
+    # spans two value blocks. A partial last chunk, an initial and a final state.
+    inputs = make_inputs(rule, 1, 37, 1, 200, 72, dtype, kernel_device, state=True)
+    assert_close(run(triton_chunk_rule, rule, inputs), run(chunk_rule, rule, inputs), TOL[dtype])
+
+
 def test_clear_errors(kernel_device):
     inputs = make_inputs("linear", 1, 8, 1, 16, 16, torch.float32, kernel_device)
     q, k, v = inputs["q"], inputs["k"], inputs["v"]

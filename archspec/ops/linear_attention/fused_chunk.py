@@ -53,7 +53,7 @@ KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # registers. The sequential state passes take 1 stage: pipelining their loads would keep a
 # second copy of every block they read per chunk in shared memory, past sm_80's limit.
 LAUNCH = {"state_fwd_kernel": (8, 1), "state_bwd_kernel": (8, 1), "dqk_bwd_kernel": (8, 1),
-          "wy_bwd_kernel": (8, 1), "wy_inverse_bwd_kernel": (8, 1), "wy_fwd_kernel": (8, 2),
+          "wy_bwd_kernel": (8, 1), "wy_inverse_bwd_kernel": (8, 1), "gla_chunk_bwd_kernel": (8, 2), "wy_fwd_kernel": (8, 2),
           "output_fwd_kernel": (8, 2)}
 DEFAULT_LAUNCH = (4, 2)
 
@@ -244,9 +244,9 @@ def _la_chunk_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
     if gla and n_chunks:
         d_scores = torch.zeros(total, h, bl.BT, **f32)
         d_last = torch.empty(n_chunks, h, k_dim, **f32)
-        _run(tk.gla_chunk_bwd_kernel, (n_chunks, h, bl.NK),
+        _run(tk.gla_chunk_bwd_kernel, (n_chunks, h, bl.NK_BWD),
              q, k, v, w, states, do, dstates, d_scores, dq, dk, d_last, cu_seqlens, chunk_indices,
-             chunk_offsets, scale, h, k_dim, v_dim, BT=bl.BT, BK=bl.BK, BV=bl.BV, PREC=kb["PREC"])
+             chunk_offsets, scale, h, k_dim, v_dim, BT=bl.BT, BK=bl.BK_BWD, BV=bl.BV_BWD, PREC=kb["PREC"])
         _run(tk.gla_intra_bwd_kernel, (n_chunks, h, bl.NK),
              q, k, w, d_scores, dq, dk, d_last, dg, cu_seqlens, chunk_indices, chunk_offsets, scale,
              h, k_dim, BT=bl.BT, BC=GLA_SUB_CHUNK, BK=bl.BK, PREC=kb["PREC"])
@@ -436,3 +436,27 @@ def kernel_launches(rule: str, heads: int, k_dim: int, v_dim: int, chunk_size: i
         _la_chunk_bwd(q, q, v, g, beta, h0, cu, indices, offsets, states, x, t, w, o,
                       ht if final_state else None, *args)
     return found
+
+
+# the corners of what `check_kernel_arguments` admits: smallest blocks, the largest heads at
+# the largest chunk, and keys and values of different block counts
+GATE_SHAPES = ((16, 16, 16), (256, 256, 64), (64, 256, 32), (256, 16, 64))
+# what the gate holds to its limits today (no spills on sm_80 and sm_90): 16-bit inputs, the
+# rules below. float32 inputs (tf32x3 dots) and gla's reverse state pass still spill registers
+# at these shapes: they compute right (the interpreter tests) but slowly on a GPU, and
+# `archspec kernels --compile --dtypes float32` or a gla spec shows where
+GATE_RULES = ("linear", "delta", "gated_delta")
+GATE_DTYPES = (torch.bfloat16,)
+
+
+def gate_launches() -> list:
+    """Launches at the extremes of the kernels' range (`archspec kernels`): GATE_RULES in
+    GATE_DTYPES (float16 compiles as bfloat16 does), initial and final states on, at
+    GATE_SHAPES (K, V, chunk)."""
+    found = []
+    for rule in GATE_RULES:
+        for dtype in GATE_DTYPES:
+            for k_dim, v_dim, chunk in GATE_SHAPES:
+                found += kernel_launches(rule, 4, k_dim, v_dim, chunk, dtype, initial_state=True,
+                                         final_state=True)
+    return list(dict.fromkeys(found))

@@ -393,32 +393,23 @@ def output_fwd_kernel(q, k, v, g, X, P, h, o, cu_seqlens, chunk_indices, chunk_o
 # --- backward ---------------------------------------------------------------------------------
 
 @triton.jit
-def _k_ds(acc, k, g, ds, start, n, i_h, H, K, i_k: tl.constexpr, GLA: tl.constexpr,
-          BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
-    """acc + k_end[:, block i_k] dS_block: the state's term of dX (gla's per-channel decay
-    applied to k here; scalar decays are applied to the sum by the caller)."""
+def _block_bwd(kds, ds, q, k, g, dout, start, n, i_h, H, K, scale, gam_end, i_k: tl.constexpr,
+               GLA: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """Key block i_k of one reverse step: (kds + k_end dS_block, Gam dS_block + (q gam)^T dO),
+    the state's term of dX (scalar decays: exp(G_C - G) applied to the sum by the caller) and
+    the state gradient before its W^T dX term. Scalar decays arrive folded into dout = scale
+    gam dO and gam_end = Gam; gla's per-channel ones are read here, once per block."""
     kb = _load_raw(k + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
-    if GLA:
-        Gb = _load_rows(g + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
-        G_last = _load_last_row(g + i_h * K, start, n, H * K, i_k * BK, K, BK)
-        return acc + _dot(kb.to(tl.float32) * tl.exp(G_last[None, :] - Gb), ds, PREC)
-    else:
-        return acc + _dot(kb, ds, PREC)
-
-
-@triton.jit
-def _retreat(ds, q, g, dout, start, n, i_h, H, K, scale, gam_end, i_k: tl.constexpr,
-             GLA: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
-    """Key block i_k of Gam dS_next + (q gam)^T dO (the W^T dX term comes after dX). Scalar
-    decays arrive folded into dout = (scale gam) dO; gla's per-channel ones are read here."""
     qb = _load_raw(q + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
     if GLA:
         Gb = _load_rows(g + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
         G_last = _load_last_row(g + i_h * K, start, n, H * K, i_k * BK, K, BK)
+        kds += _dot(kb.to(tl.float32) * tl.exp(G_last[None, :] - Gb), ds, PREC)
         q_in = qb.to(tl.float32) * scale * tl.exp(Gb)
-        return ds * tl.exp(G_last)[:, None] + _dot(tl.trans(q_in), dout, PREC)
+        return kds, ds * tl.exp(G_last)[:, None] + _dot(tl.trans(q_in), dout, PREC)
     else:
-        return ds * gam_end + _dot(tl.trans(qb), dout, PREC)
+        kds += _dot(kb, ds, PREC)
+        return kds, ds * gam_end + _dot(tl.trans(qb), dout, PREC)
 
 
 @triton.jit
@@ -502,26 +493,20 @@ def state_bwd_kernel(q, k, g, W, do, dX, dh_out, dht, dh0, cu_seqlens, chunk_off
             G, G_last = _decays(g, start, n, i_h, H, HAS_G, BT)
             gam_end = tl.exp(G_last)
         dx = _load_rows(dX + i_h * V, start, n, H * V, col, V, BT, BV)
+        if not GLA:
+            dout = _operand(dout.to(tl.float32) * (scale * tl.exp(G))[:, None], PREC)
         kds = tl.zeros([BT, BV], dtype=tl.float32)
-        kds = _k_ds(kds, k, g, ds0, start, n, i_h, H, K, 0, GLA, BT, BK, PREC)
+        kds, ds0 = _block_bwd(kds, ds0, q, k, g, dout, start, n, i_h, H, K, scale, gam_end, 0, GLA, BT, BK, PREC)
         if NK > 1:
-            kds = _k_ds(kds, k, g, ds1, start, n, i_h, H, K, 1, GLA, BT, BK, PREC)
+            kds, ds1 = _block_bwd(kds, ds1, q, k, g, dout, start, n, i_h, H, K, scale, gam_end, 1, GLA, BT, BK, PREC)
         if NK > 2:
-            kds = _k_ds(kds, k, g, ds2, start, n, i_h, H, K, 2, GLA, BT, BK, PREC)
+            kds, ds2 = _block_bwd(kds, ds2, q, k, g, dout, start, n, i_h, H, K, scale, gam_end, 2, GLA, BT, BK, PREC)
         if NK > 3:
-            kds = _k_ds(kds, k, g, ds3, start, n, i_h, H, K, 3, GLA, BT, BK, PREC)
+            kds, ds3 = _block_bwd(kds, ds3, q, k, g, dout, start, n, i_h, H, K, scale, gam_end, 3, GLA, BT, BK, PREC)
         if GLA:
             dx += kds
         else:
             dx += kds * tl.exp(G_last - G)[:, None]
-            dout = _operand(dout.to(tl.float32) * (scale * tl.exp(G))[:, None], PREC)
-        ds0 = _retreat(ds0, q, g, dout, start, n, i_h, H, K, scale, gam_end, 0, GLA, BT, BK, PREC)
-        if NK > 1:
-            ds1 = _retreat(ds1, q, g, dout, start, n, i_h, H, K, scale, gam_end, 1, GLA, BT, BK, PREC)
-        if NK > 2:
-            ds2 = _retreat(ds2, q, g, dout, start, n, i_h, H, K, scale, gam_end, 2, GLA, BT, BK, PREC)
-        if NK > 3:
-            ds3 = _retreat(ds3, q, g, dout, start, n, i_h, H, K, scale, gam_end, 3, GLA, BT, BK, PREC)
         _store_rows(dX + i_h * V, dx, start, n, H * V, col, V, BT, BV)
         if DELTA:
             ds0 = _minus_wt_dx(ds0, W, dx, start, n, i_h, H, K, 0, BT, BK, PREC)
