@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -78,12 +78,23 @@ def spec_launches(spec: ResolvedSpec, dtypes: Iterable[torch.dtype] | None = Non
     found = []
     for inst in _instances(spec):
         backend = inst.component.backends.get("triton")
-        if backend is None or backend.supports(inst.config, spec.model) is not None:
+        if backend is None:
             continue
         for dtype in dtypes:
-            for launch in inst.component.kernel_launches(inst.config, spec.model, dtype):
+            model = replace(spec.model, dtype=next(n for n, t in TORCH_DTYPES.items() if t == dtype))
+            if not _runs_kernels(backend, inst, model):
+                continue
+            for launch in inst.component.kernel_launches(inst.config, model, dtype):
                 found.append((launch, _label(spec, inst)))
     return found
+
+
+def _runs_kernels(backend, inst, model) -> bool:
+    """Whether a build of this instance in `model` runs the kernels on a GPU: the kernels take
+    its config, and either the spec forces them or `auto` would pick them."""
+    if backend.supports(inst.config, model) is not None:
+        return False
+    return inst.backend == "triton" or backend.auto_skips(inst.config, model) is None
 
 
 def extreme_launches() -> list:

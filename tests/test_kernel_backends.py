@@ -98,14 +98,23 @@ def test_backend_rule(monkeypatch, kernel_device):
     # the interpreter runs the kernels, but `auto` keeps the reference off CUDA
     assert build(spec, seed=0).backends["sublayers.0.M"] == "reference"
     assert build(spec, seed=0, backend="triton").backends["sublayers.0.M"] == "triton"
-    # on CUDA `auto` would take the kernels (a meta build shows the choice for a device)
-    assert build(spec, meta=True, device="cuda").backends["sublayers.0.M"] == "triton"
-    # ... except for a config they do not take: chunk_size 8
+    # on CUDA `auto` takes the kernels for a 16-bit model (a meta build shows the choice for a
+    # device); a float32 model keeps the reference (its kernels spill registers: auto_skips),
+    # though forcing them works, and float64 ones are not taken at all
+    for dtype in ("bfloat16", "float16"):
+        assert build(spec, meta=True, device="cuda", dtype=dtype).backends["sublayers.0.M"] == "triton"
+    assert build(spec, meta=True, device="cuda").backends["sublayers.0.M"] == "reference"
+    assert build(spec, meta=True, device="cuda", backend="triton").backends["sublayers.0.M"] == "triton"
+    reason = C.get("mom").backends["triton"].auto_skips(spec.sublayers[0].members[0].config, spec.model)
+    assert "float32 models" in reason and "spill registers" in reason
+    with pytest.raises(ValueError, match="does not support this config.*take float32, bfloat16, float16 models, got float64"):
+        build(spec, meta=True, device="cuda", dtype="float64", backend={"M": "triton"})
+    # ... and not for a config they do not take: chunk_size 8
     small_chunks = mom_spec(chunk_size=8)
-    assert build(small_chunks, meta=True, device="cuda").backends["sublayers.0.M"] == "reference"
+    assert build(small_chunks, meta=True, device="cuda", dtype="bfloat16").backends["sublayers.0.M"] == "reference"
     with pytest.raises(ValueError, match="does not support this config.*chunk_size in .*got 8"):
         build(small_chunks, backend="triton")
-    assert build(mom_spec(head_dim=512), meta=True, device="cuda").backends["sublayers.0.M"] == "reference"
+    assert build(mom_spec(head_dim=512), meta=True, device="cuda", dtype="bfloat16").backends["sublayers.0.M"] == "reference"
     # a string backend goes to every component (and norm) that has it; the rest keep `auto`
     mixed = archspec.load("specs/mom-tiny.yaml")
     chosen = build(mixed, meta=True, backend="triton").backends

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -84,7 +85,8 @@ def build(spec: ResolvedSpec, device: str | torch.device = "cpu", dtype: str | N
 
 
 def _construct(spec: ResolvedSpec, backend, device: torch.device, dtype: torch.dtype) -> CausalLM:
-    model_cfg = spec.model
+    # backends are chosen for the dtype the model is built in (kernels may take some only)
+    model_cfg = replace(spec.model, dtype=next(n for n, t in TORCH_DTYPES.items() if t == dtype))
     choose = _Chooser(device, dtype, model_cfg)
     norm_impl, norm_choice = choose(spec.norm, NORM_KEY, _requested_norm_backend(spec, backend))
     norm = lambda: norm_impl.factory(spec.norm.config, model_cfg)  # noqa: E731

@@ -128,6 +128,10 @@ class Backend:
     # supports(cfg, model): None when it implements this resolved config in this model, else
     # why not (a kernel's chunk size; a norm's width, d_model, which only the model knows)
     supports: Callable[[dict, ModelConfig], str | None] = lambda cfg, model: None
+    # auto_skips(cfg, model): None when `auto` may pick it for this config, else why `auto`
+    # keeps to the others though this one runs it (kernels that spill registers in this dtype:
+    # right, but below the bar `archspec kernels` holds them to); forcing it still works
+    auto_skips: Callable[[dict, ModelConfig], str | None] = lambda cfg, model: None
 
 
 class Component:
@@ -212,9 +216,10 @@ class Component:
 
     # --- emission ------------------------------------------------------------------------
     def add_backend(self, name: str, factory, priority: int = 0, available=None, preferred=None,
-                    supports=None) -> None:
+                    supports=None, auto_skips=None) -> None:
         self.backends[name] = Backend(name, factory, priority, available or (lambda device: None),
-                                      preferred or (lambda device: True), supports or (lambda cfg, model: None))
+                                      preferred or (lambda device: True), supports or (lambda cfg, model: None),
+                                      auto_skips or (lambda cfg, model: None))
 
     def choose_backend(self, requested: str, device: torch.device, cfg: dict | None = None,
                        model: ModelConfig | None = None, exclude: frozenset[str] = frozenset()) -> Backend:
@@ -228,11 +233,15 @@ class Component:
         def unsupported(b: Backend) -> str | None:
             return None if cfg is None else b.supports(cfg, model)
 
+        def skipped(b: Backend) -> str | None:
+            return None if cfg is None else b.auto_skips(cfg, model)
+
         if requested == "auto":
             usable = [b for b in self.backends.values() if b.name not in exclude and
-                      b.available(device) is None and b.preferred(device) and unsupported(b) is None]
+                      b.available(device) is None and b.preferred(device) and unsupported(b) is None
+                      and skipped(b) is None]
             if not usable:
-                reasons = "; ".join(f"{b.name}: {b.available(device) or unsupported(b)}"
+                reasons = "; ".join(f"{b.name}: {b.available(device) or unsupported(b) or skipped(b)}"
                                     for b in self.backends.values())
                 raise ValueError(f"no backend of '{self.type}' can run on {device} ({reasons or 'none registered'})")
             return max(usable, key=lambda b: b.priority)

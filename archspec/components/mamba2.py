@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ..ops.conv import conv_flops_per_token, causal_conv1d, causal_conv1d_step
-from ..ops.norm import gated_rmsnorm, gated_rmsnorm_flops, width_unsupported
+from ..ops.norm import dtype_unsupported, gated_rmsnorm, gated_rmsnorm_flops, width_unsupported
 from ..ops.ssm.ssd import ssd_chunked, ssd_flops, ssd_step
 from ..ops.triton_support import add_triton_backend
 from .base import REGISTRY, CheckIssue, Component, ComponentModule, Flops, ModelConfig, register
@@ -302,7 +302,9 @@ def _triton_supports(cfg: dict, model: ModelConfig) -> str | None:
     groups of E / ngroups: E up to ops.norm's MAX_WIDTH."""
     e = inner_width(cfg, model)
     reason = width_unsupported(e, e // cfg["ngroups"])
-    return None if reason is None else f"the gated norm over the inner width {e}: {reason}"
+    if reason is not None:
+        return f"the gated norm over the inner width {e}: {reason}"
+    return dtype_unsupported(model.dtype)
 
 
 add_triton_backend(REGISTRY["mamba2"], _triton_module, supports=_triton_supports)

@@ -60,7 +60,8 @@ from torch import nn
 from ..ops import linear_attention as LA
 from ..ops.conv import causal_conv1d, causal_conv1d_step, conv_flops_per_token
 from ..ops.dispatch import combine_rows, gather_rows, row_map
-from ..ops.linear_attention.fused_chunk import CHUNK_SIZES, MAX_HEAD_DIM, triton_chunk_rule
+from ..ops.linear_attention.fused_chunk import (CHUNK_SIZES, GATE_DTYPE_NAMES, KERNEL_DTYPE_NAMES,
+                                                MAX_HEAD_DIM, triton_chunk_rule)
 from ..ops.norm import gated_rmsnorm, gated_rmsnorm_flops
 from ..ops.triton_support import add_triton_backend
 from .base import (REGISTRY, CheckIssue, Component, ComponentModule, Flops, ModelConfig, init_dt_bias,
@@ -565,6 +566,18 @@ def _triton_supports(cfg: dict, model: ModelConfig) -> str | None:
     if max(cfg["head_dim"], cfg["head_v_dim"]) > MAX_HEAD_DIM:
         return (f"the Triton kernels take head_dim and head_dim * expand_v up to {MAX_HEAD_DIM}, got "
                 f"{cfg['head_dim']} and {cfg['head_v_dim']}; use backend 'reference'")
+    if model.dtype not in KERNEL_DTYPE_NAMES:
+        return (f"the Triton kernels take {', '.join(KERNEL_DTYPE_NAMES)} models, got {model.dtype}; "
+                "use backend 'reference'")
+    return None
+
+
+def _triton_auto_skips(cfg: dict, model: ModelConfig) -> str | None:
+    if model.dtype not in GATE_DTYPE_NAMES:
+        return (f"auto keeps the reference for {model.dtype} models: the kernels compute them right "
+                "but spill registers on sm_80 / sm_90 (`archspec kernels --compile sm_80,sm_90 "
+                f"--dtypes {model.dtype} --only linear_attention`); build in bfloat16, or force "
+                "backend 'triton'")
     return None
 
 
@@ -578,4 +591,5 @@ def _triton_module(cfg: dict, model: ModelConfig) -> MoM.Module:
     return module
 
 
-add_triton_backend(REGISTRY["mom"], _triton_module, supports=_triton_supports)
+add_triton_backend(REGISTRY["mom"], _triton_module, supports=_triton_supports,
+                   auto_skips=_triton_auto_skips)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops.norm import fused_add_rmsnorm, fused_rmsnorm, reference, width_unsupported
+from ..ops.norm import dtype_unsupported, fused_add_rmsnorm, fused_rmsnorm, reference, width_unsupported
 from ..ops.triton_support import add_triton_backend
 from .base import REGISTRY, Component, ComponentModule, Flops, ModelConfig, register
 
@@ -81,7 +81,9 @@ class RMSNormTriton(RMSNorm.Module):
 def _triton_supports(cfg: dict, model: ModelConfig) -> str | None:
     """The kernels normalise rows of d_model columns: up to ops.norm's MAX_WIDTH."""
     reason = width_unsupported(model.d_model)
-    return None if reason is None else f"d_model {model.d_model}: {reason}"
+    if reason is not None:
+        return f"d_model {model.d_model}: {reason}"
+    return dtype_unsupported(model.dtype)
 
 
 add_triton_backend(REGISTRY["rmsnorm"], lambda cfg, model: RMSNormTriton(cfg, model),

@@ -62,16 +62,18 @@ def triton_preferred(device: torch.device | str) -> bool:
     return torch.device(device).type == "cuda"
 
 
-def add_triton_backend(component, factory, supports=None) -> None:
+def add_triton_backend(component, factory, supports=None, auto_skips=None) -> None:
     """Register `factory(cfg, model)` as `component`'s `triton` backend; `supports(cfg, model)`
     returns None for configs the kernels implement in that model, else why not (`auto` then
-    keeps the reference; forcing `triton` is an error that says why)."""
+    keeps the reference; forcing `triton` is an error that says why). `auto_skips(cfg, model)`:
+    why `auto` should keep the reference for a config the kernels run right but below the bar
+    of `archspec kernels` (they spill registers); forcing `triton` runs them."""
     def build(cfg, model):
         install_flop_formulas()  # so a model is counted right before its kernels first run
         return factory(cfg, model)
 
     component.add_backend("triton", build, priority=TRITON_PRIORITY, available=triton_unavailable,
-                          preferred=triton_preferred, supports=supports)
+                          preferred=triton_preferred, supports=supports, auto_skips=auto_skips)
 
 
 class KernelUnavailable(ValueError, RuntimeError):

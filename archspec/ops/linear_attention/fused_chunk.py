@@ -230,11 +230,16 @@ def _la_chunk_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Te
              q, k, decay, x if delta else dummy, v, t if gla else dummy, do, dx, d_pe, d_g_parts,
              cu_seqlens, chunk_indices, scale, total, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g,
              GLA=gla, DG_PART=p_part, BV=bl.BV, **kb)
+    q_state, k_state, state_scale = q, k, scale
+    if gla and n_chunks:  # the reverse pass reads q and k with their decays folded in
+        q_state, k_state, state_scale = torch.empty_like(q), torch.empty_like(k), 1.0
+        _run(tk.gla_decayed_kernel, (n_chunks, h, bl.NK), q, k, w, q_state, k_state, cu_seqlens,
+             chunk_indices, scale, h, k_dim, BT=bl.BT, BK=bl.BK, PREC=kb["PREC"])
     if n_seq:
         _run(tk.state_bwd_kernel, (n_seq, h, -(-v_dim // bl.BV_STATE)),
-             q, k, decay, w if delta else dummy, do, dx, dstates,
+             q_state, k_state, decay, w if delta else dummy, do, dx, dstates,
              dht if dht is not None else dummy, dh0 if h0 is not None else dummy, cu_seqlens,
-             chunk_offsets, scale, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g, GLA=gla,
+             chunk_offsets, state_scale, h, k_dim, v_dim, DELTA=delta, HAS_G=has_g, GLA=gla,
              HAS_DHT=dht is not None, STORE_DH0=h0 is not None, **state)
     dq = torch.zeros(total, h, k_dim, **f32)
     dk = torch.zeros(total, h, k_dim, **f32)
@@ -441,12 +446,14 @@ def kernel_launches(rule: str, heads: int, k_dim: int, v_dim: int, chunk_size: i
 # the corners of what `check_kernel_arguments` admits: smallest blocks, the largest heads at
 # the largest chunk, and keys and values of different block counts
 GATE_SHAPES = ((16, 16, 16), (256, 256, 64), (64, 256, 32), (256, 16, 64))
-# what the gate holds to its limits today (no spills on sm_80 and sm_90): 16-bit inputs, the
-# rules below. float32 inputs (tf32x3 dots) and gla's reverse state pass still spill registers
-# at these shapes: they compute right (the interpreter tests) but slowly on a GPU, and
-# `archspec kernels --compile --dtypes float32` or a gla spec shows where
-GATE_RULES = ("linear", "delta", "gated_delta")
+# what the gate holds to its limits today (no spills on sm_80 and sm_90): 16-bit inputs, every
+# rule. float32 inputs (tf32x3 dots: fp32 accuracy at about twice the registers) still spill: they
+# compute right (the interpreter tests) but `auto` keeps the reference for float32 models (mom's
+# auto_skips); `archspec kernels --compile sm_80,sm_90 --dtypes float32` shows where
+GATE_RULES = ("linear", "gla", "delta", "gated_delta")
 GATE_DTYPES = (torch.bfloat16,)
+GATE_DTYPE_NAMES = ("bfloat16", "float16")  # model dtypes `auto` takes the kernels for
+KERNEL_DTYPE_NAMES = ("float32", "bfloat16", "float16")  # model dtypes the kernels take
 
 
 def gate_launches() -> list:

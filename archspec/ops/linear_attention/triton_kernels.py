@@ -398,15 +398,13 @@ def _block_bwd(kds, ds, q, k, g, dout, start, n, i_h, H, K, scale, gam_end, i_k:
     """Key block i_k of one reverse step: (kds + k_end dS_block, Gam dS_block + (q gam)^T dO),
     the state's term of dX (scalar decays: exp(G_C - G) applied to the sum by the caller) and
     the state gradient before its W^T dX term. Scalar decays arrive folded into dout = scale
-    gam dO and gam_end = Gam; gla's per-channel ones are read here, once per block."""
+    gam dO and gam_end = Gam; gla's per-channel ones folded into q and k, but for Gam."""
     kb = _load_raw(k + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
     qb = _load_raw(q + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
-    if GLA:
-        Gb = _load_rows(g + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+    if GLA:  # q and k arrive decayed (gla_decayed_kernel): q scale exp(G), k exp(G_C - G)
         G_last = _load_last_row(g + i_h * K, start, n, H * K, i_k * BK, K, BK)
-        kds += _dot(kb.to(tl.float32) * tl.exp(G_last[None, :] - Gb), ds, PREC)
-        q_in = qb.to(tl.float32) * scale * tl.exp(Gb)
-        return kds, ds * tl.exp(G_last)[:, None] + _dot(tl.trans(q_in), dout, PREC)
+        kds += _dot(kb, ds, PREC)
+        return kds, ds * tl.exp(G_last)[:, None] + _dot(tl.trans(qb), dout, PREC)
     else:
         kds += _dot(kb, ds, PREC)
         return kds, ds * gam_end + _dot(tl.trans(qb), dout, PREC)
@@ -712,6 +710,23 @@ def _row(ptr, start, n, i_h, H, K, row, col0, BK: tl.constexpr):
     ok = row < n
     return tl.load(ptr + (start + row) * H * K + i_h * K + ck, mask=ck < tl.where(ok, K, 0),
                    other=0.0).to(tl.float32)
+
+
+@triton.jit
+def gla_decayed_kernel(q, k, Gc, Q_out, K_out, cu_seqlens, chunk_indices, scale, H, K,
+                       BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """gla, one program per (chunk, head, key block): q scale exp(G) and k exp(G_C - G) in the
+    dots' operand type, the reverse state pass's operands (so that pass reads no [C, K] decay
+    tile per block: what made it spill)."""
+    i_c, i_h, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    start, n, _, _ = _chunk_rows(cu_seqlens, chunk_indices, i_c, BT)
+    Gb = _load_rows(Gc + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+    G_last = _load_last_row(Gc + i_h * K, start, n, H * K, i_k * BK, K, BK)
+    qb = _load_rows(q + i_h * K, start, n, H * K, i_k * BK, K, BT, BK) * scale
+    kb = _load_rows(k + i_h * K, start, n, H * K, i_k * BK, K, BT, BK)
+    _store_rows(Q_out + i_h * K, _operand(qb * tl.exp(Gb), PREC), start, n, H * K, i_k * BK, K, BT, BK)
+    _store_rows(K_out + i_h * K, _operand(kb * tl.exp(G_last[None, :] - Gb), PREC), start, n, H * K,
+                i_k * BK, K, BT, BK)
 
 
 @triton.jit

@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from .fused import (MAX_WIDTH, fused_add_rmsnorm, fused_gated_rmsnorm,  # registers the ops
-                    fused_rmsnorm, gate_launches, kernel_launches, width_unsupported)
+from .fused import (MAX_WIDTH, dtype_unsupported, fused_add_rmsnorm,  # registers the ops
+                    fused_gated_rmsnorm, fused_rmsnorm, gate_launches, kernel_launches,
+                    width_unsupported)
 from .reference import GATED_NORM_FLOPS_PER_ELEMENT, NORM_FLOPS_PER_GROUP, gated_rmsnorm_flops
 
 BACKENDS = ("reference", "triton")
@@ -27,7 +28,7 @@ BACKENDS = ("reference", "triton")
 __all__ = ["GATED_NORM_FLOPS_PER_ELEMENT", "MAX_WIDTH", "NORM_FLOPS_PER_GROUP", "BACKENDS",
            "add_rmsnorm", "fused_add_rmsnorm", "fused_gated_rmsnorm", "fused_rmsnorm",
            "gated_rmsnorm", "gated_rmsnorm_flops", "gate_launches", "kernel_launches", "rmsnorm",
-           "width_unsupported"]
+           "dtype_unsupported", "width_unsupported"]
 
 
 def _check_backend(backend: str) -> None:

@@ -45,6 +45,17 @@ BWD_PROGRAMS_PER_SM = 4  # backward programs per CUDA multiprocessor (each loops
 BWD_PROGRAMS_CPU = 4  # ... under the interpreter
 
 
+DTYPE_NAMES = ("float32", "bfloat16", "float16")  # the model dtypes of DTYPES
+
+
+def dtype_unsupported(dtype_name: str) -> str | None:
+    """None when the kernels take a model built in `dtype_name`, else why not."""
+    if dtype_name in DTYPE_NAMES:
+        return None
+    return (f"the Triton norm kernels take {', '.join(DTYPE_NAMES)} models, got {dtype_name}; "
+            "use backend 'reference'")
+
+
 def width_unsupported(n: int, group_size: int | None = None) -> str | None:
     """None when the kernels take rows of `n` columns normalised in groups of `group_size`
     (None: the whole row), else why not and what to do: the one statement of their range, for
