@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import archspec
+
 import triton
 import triton.language as tl
 
@@ -164,8 +166,10 @@ def test_a_compile_past_its_time_is_a_failure():
 # --- collecting ------------------------------------------------------------------------------------
 
 def test_collection_dedups_and_names_the_sources():
+    # bfloat16: a float32 build keeps MoM on the reference (mom's auto_skips), so only the norm's
+    # launches would be collected; test_float32_builds_collect_no_mom_kernels checks that
     spec = load(SPECS / "mom-tiny.yaml")
-    collected = collect_launches([spec], [torch.float32], extremes=False)
+    collected = collect_launches([spec], [torch.bfloat16], extremes=False)
     kernels = {c.launch.kernel for c in collected}
     assert {"norm.norm_fwd_kernel", "norm.norm_bwd_kernel", "dispatch.gather_kernel",
             "dispatch.segment_sum_kernel", "dispatch.combine_backward_kernel"} <= kernels
@@ -174,8 +178,20 @@ def test_collection_dedups_and_names_the_sources():
     sources = {s for c in collected for s in c.sources}
     assert sources == {"mom-tiny:model.norm (rmsnorm)", "mom-tiny:mom (mom)"}
     # the same spec twice: the same launches, each naming it once
-    again = collect_launches([spec, spec], [torch.float32], extremes=False)
+    again = collect_launches([spec, spec], [torch.bfloat16], extremes=False)
     assert [c.sources for c in again] == [c.sources for c in collected]
+
+
+def test_float32_builds_collect_no_mom_kernels():
+    """The gate compiles what a build runs: `auto` keeps MoM on the reference in float32, so its
+    float32 launches are not collected, unless the spec forces its kernels."""
+    spec = load(SPECS / "mom-tiny.yaml")
+    kernels = {c.launch.kernel.split(".")[0] for c in collect_launches([spec], [torch.float32], extremes=False)}
+    assert kernels == {"norm"}
+    forced = archspec.loads((SPECS / "mom-tiny.yaml").read_text().replace("chunk_size: 16}", "chunk_size: 16, backend: triton}"),
+                            "mom-tiny.yaml")
+    kernels = {c.launch.kernel.split(".")[0] for c in collect_launches([forced], [torch.float32], extremes=False)}
+    assert {"norm", "dispatch", "linear_attention"} <= kernels
 
 
 def test_mom_launches_follow_its_module():

@@ -60,8 +60,8 @@ from torch import nn
 from ..ops import linear_attention as LA
 from ..ops.conv import causal_conv1d, causal_conv1d_step, conv_flops_per_token
 from ..ops.dispatch import combine_rows, gather_rows, row_map
-from ..ops.linear_attention.fused_chunk import (CHUNK_SIZES, GATE_DTYPE_NAMES, KERNEL_DTYPE_NAMES,
-                                                MAX_HEAD_DIM, triton_chunk_rule)
+from ..ops.linear_attention.fused_chunk import (GATE_DTYPE_NAMES, KERNEL_DTYPE_NAMES, kernels_unsupported,
+                                                triton_chunk_rule)
 from ..ops.norm import gated_rmsnorm, gated_rmsnorm_flops
 from ..ops.triton_support import add_triton_backend
 from .base import (REGISTRY, CheckIssue, Component, ComponentModule, Flops, ModelConfig, init_dt_bias,
@@ -560,12 +560,9 @@ class MoM(Component):
 
 
 def _triton_supports(cfg: dict, model: ModelConfig) -> str | None:
-    if cfg["chunk_size"] not in CHUNK_SIZES:
-        return (f"the Triton kernels take chunk_size in {CHUNK_SIZES}, got {cfg['chunk_size']}; "
-                "set one of them or use backend 'reference'")
-    if max(cfg["head_dim"], cfg["head_v_dim"]) > MAX_HEAD_DIM:
-        return (f"the Triton kernels take head_dim and head_dim * expand_v up to {MAX_HEAD_DIM}, got "
-                f"{cfg['head_dim']} and {cfg['head_v_dim']}; use backend 'reference'")
+    reason = kernels_unsupported(cfg["rule"], cfg["head_dim"], cfg["head_v_dim"], cfg["chunk_size"])
+    if reason is not None:
+        return reason
     if model.dtype not in KERNEL_DTYPE_NAMES:
         return (f"the Triton kernels take {', '.join(KERNEL_DTYPE_NAMES)} models, got {model.dtype}; "
                 "use backend 'reference'")

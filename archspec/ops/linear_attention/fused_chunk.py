@@ -47,6 +47,8 @@ BLOCK_K_STATE = 128  # key rows per state tile in the state passes (at most 2 ti
 STATE_TILE = 4096  # fp32 elements of state one state-pass program holds (NK * BK * BV)
 BLOCK_BWD = 32  # key and value columns per block in the backward's per-chunk kernels
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+KERNEL_DTYPE_NAMES = ("float32", "bfloat16", "float16")  # model dtypes the kernels take
+GATE_DTYPE_NAMES = ("bfloat16", "float16")  # model dtypes `auto` takes the kernels for (GATE_DTYPES)
 # (warps, pipeline stages) per kernel, checked by `archspec kernels --compile` for sm_80 and
 # sm_90: 4 warps hold a few [64, 64] fp32 tiles per thread in registers; the programs that hold
 # many (the state passes: NK state tiles; the backward's accumulators) take 8 warps, twice the
@@ -361,18 +363,28 @@ def fixed_layout(batch: int, length: int, chunk_size: int, device):
     return cu, torch.stack([seq, idx], 1), offsets, batch * per
 
 
+def kernels_unsupported(rule: str, k_dim: int, v_dim: int, chunk_size: int) -> str | None:
+    """None when the kernels take this rule, head sizes and chunk size, else why not and what
+    to do: the one statement of their range (check_kernel_arguments and MoM's `supports`; the
+    input dtypes are KERNEL_DTYPES)."""
+    if rule not in KERNEL_RULES:
+        return (f"rule {rule!r} has no Triton kernel yet (kernels: {', '.join(KERNEL_RULES)}); "
+                "use backend 'reference'")
+    if max(k_dim, v_dim) > MAX_HEAD_DIM:
+        return (f"the Triton kernels take key and value head sizes up to {MAX_HEAD_DIM}, got "
+                f"K={k_dim}, V={v_dim}; use backend 'reference'")
+    if chunk_size not in CHUNK_SIZES:
+        return (f"the Triton kernels take chunk_size in {CHUNK_SIZES}, got {chunk_size}; "
+                "set chunk_size to one of them or use backend 'reference'")
+    return None
+
+
 def check_kernel_arguments(rule: str, chunk_size: int, *tensors) -> None:
     """What the kernels cannot take, as clear errors (the reference takes all of it)."""
     q, _, v = tensors
-    if max(q.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
-        raise ValueError(f"the Triton kernels take key and value head sizes up to {MAX_HEAD_DIM}, got "
-                         f"K={q.shape[-1]}, V={v.shape[-1]}; use backend 'reference'")
-    if rule not in KERNEL_RULES:
-        raise ValueError(f"rule {rule!r} has no Triton kernel yet (kernels: {', '.join(KERNEL_RULES)}); "
-                         "use backend 'reference'")
-    if chunk_size not in CHUNK_SIZES:
-        raise ValueError(f"the Triton kernels take chunk_size in {CHUNK_SIZES}, got {chunk_size}; "
-                         "set chunk_size to one of them or use backend 'reference'")
+    reason = kernels_unsupported(rule, q.shape[-1], v.shape[-1], chunk_size)
+    if reason is not None:
+        raise ValueError(reason)
     for t in tensors:
         if t is not None and t.dtype not in KERNEL_DTYPES:
             raise ValueError(f"the Triton kernels take float32, bfloat16 or float16 inputs, got {t.dtype}; "
@@ -452,8 +464,6 @@ GATE_SHAPES = ((16, 16, 16), (256, 256, 64), (64, 256, 32), (256, 16, 64))
 # auto_skips); `archspec kernels --compile sm_80,sm_90 --dtypes float32` shows where
 GATE_RULES = ("linear", "gla", "delta", "gated_delta")
 GATE_DTYPES = (torch.bfloat16,)
-GATE_DTYPE_NAMES = ("bfloat16", "float16")  # model dtypes `auto` takes the kernels for
-KERNEL_DTYPE_NAMES = ("float32", "bfloat16", "float16")  # model dtypes the kernels take
 
 
 def gate_launches() -> list:
