@@ -77,3 +77,23 @@ def kernel_device() -> torch.device:
     if not triton_installed():
         pytest.fail("triton is not installed: the kernel tests need it (pip install -e '.[test]')")
     return torch.device("cpu" if interpreting() else "cuda")
+
+
+# --- the quick loop: `pytest -m "not slow"` -------------------------------------------------------
+# Slow: every test that runs Triton kernels (in the interpreter without a GPU: the kernel_device
+# fixture), the ahead-of-time gate and other compiles for GPU targets, the gpu_check smoke run and
+# the training loops (tests named "...learns..." or "...trains"). CI runs everything; the marker
+# only lets a developer leave them out.
+SLOW_MODULES = {"test_kernel_gate.py", "test_gpu_check_smoke.py", "test_learning.py"}
+
+
+def _slow(item) -> bool:
+    name = item.originalname if hasattr(item, "originalname") else item.name
+    return ("kernel_device" in getattr(item, "fixturenames", ()) or item.path.name in SLOW_MODULES
+            or "learns" in name or name.endswith("trains"))
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _slow(item):
+            item.add_marker(pytest.mark.slow)
