@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 
-from archspec.components.base import Flops
+from ...costs import Flops
 
 from .chunk import SUB_CHUNK, chunk_rule
 from .common import RULES, WITH_BETA
