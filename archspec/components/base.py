@@ -254,10 +254,6 @@ def numel(shapes: dict[str, tuple[int, ...]]) -> int:
     return sum(math.prod(s) for s in shapes.values())
 
 
-def init_linear(weight: torch.Tensor, std: float) -> None:
-    nn.init.normal_(weight, mean=0.0, std=std)
-
-
 @torch.no_grad()
 def init_dt_bias(bias: torch.Tensor, dt_min: float, dt_max: float, floor: float) -> None:
     """bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max] and floored, so that
