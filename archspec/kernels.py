@@ -73,7 +73,7 @@ def _label(spec: ResolvedSpec, inst) -> str:
 def spec_launches(spec: ResolvedSpec, dtypes: Iterable[torch.dtype] | None = None) -> list[tuple[object, str]]:
     """(launch, "spec:component (type)") of every component whose `triton` backend takes its
     config, for each dtype (default: the spec's own, the dtype it builds in)."""
-    from .components.base import TORCH_DTYPES
+    from .components.base import DTYPE_NAMES, TORCH_DTYPES
     dtypes = [TORCH_DTYPES[spec.model.dtype]] if dtypes is None else list(dtypes)
     found = []
     for inst in _instances(spec):
@@ -81,7 +81,7 @@ def spec_launches(spec: ResolvedSpec, dtypes: Iterable[torch.dtype] | None = Non
         if backend is None:
             continue
         for dtype in dtypes:
-            model = replace(spec.model, dtype=next(n for n, t in TORCH_DTYPES.items() if t == dtype))
+            model = replace(spec.model, dtype=DTYPE_NAMES[dtype])
             if not _runs_kernels(backend, inst, model):
                 continue
             for launch in inst.component.kernel_launches(inst.config, model, dtype):
@@ -139,12 +139,12 @@ def kernels_report(specs: Iterable[ResolvedSpec], dtypes: Iterable[torch.dtype] 
     """The launches (and, given targets, their compile results) as a JSON-ready dict:
     {"launches": [...], "results": [...] (with targets), "ok": bool (with targets)}. `only`:
     keep the kernels whose name ("family.function") starts with one of these."""
-    from .ops.aot import DEFAULT_TIMEOUT, compile_launches, config_text
+    from .ops.aot import DEFAULT_TIMEOUT, compile_launches
     collected = collect_launches(specs, dtypes, extremes)
     if only:
         prefixes = tuple(only)
         collected = [c for c in collected if c.launch.kernel.startswith(prefixes)]
-    launches = [{"kernel": c.launch.kernel, "config": config_text(c.launch), "dtype": c.launch.dtype,
+    launches = [{"kernel": c.launch.kernel, "config": c.launch.config, "dtype": c.launch.dtype,
                  "num_warps": c.launch.num_warps, "num_stages": c.launch.num_stages,
                  "constexprs": {k: _json_value(v) for k, v in c.launch.constexprs},
                  "signature": dict(c.launch.signature), "divisible_by_16": list(c.launch.divisible_by_16),

@@ -64,3 +64,20 @@ def write(name: str, data: dict) -> Path:
     path.write_text(json.dumps(data, indent=2) + "\n")
     print(json.dumps(data, indent=2))
     return path
+
+
+def allocator_trace(fn) -> tuple[int, int]:
+    """(peak, end): bytes live in torch's CPU allocator during and after `fn()`, above what was
+    live before, from the profiler's allocation (+) and free (-) events in time order. Exact and
+    independent of machine load (unlike RSS, which also holds what the C library keeps after a
+    free and the BLAS libraries' workspaces)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    live = peak = 0
+    for _, n in events:
+        live += n
+        peak = max(peak, live)
+    return peak, live

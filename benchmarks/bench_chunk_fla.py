@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, environment, summary, write  # noqa: E402
+from _common import ROOT, allocator_trace, environment, summary, write  # noqa: E402
 from bench_recurrent import fetch_fla, dist_version, load_fla_naive, op_inputs, rel_diff  # noqa: E402
 
 import torch  # noqa: E402
@@ -89,21 +89,6 @@ def runners(fn, inp: dict) -> dict:
         return o.detach()
 
     return {"forward": forward, "fwd_bwd": fwd_bwd}
-
-
-def allocator_trace(fn) -> tuple[int, int]:
-    """(peak, end): bytes live in torch's CPU allocator during and after `fn()`, above what was
-    live before, from the profiler's allocation (+) and free (-) events in time order."""
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]")
-    live = peak = 0
-    for _, n in events:
-        live += n
-        peak = max(peak, live)
-    return peak, live
 
 
 def memory(fn, inp: dict, run: dict) -> dict:

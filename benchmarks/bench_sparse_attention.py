@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, environment, summary, write  # noqa: E402
+from _common import ROOT, allocator_trace, environment, summary, write  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
@@ -64,19 +64,8 @@ MODES = ("forward", "forward_backward")
 
 def peak_allocated(fn) -> int:
     """Peak bytes live in torch's CPU allocator while `fn()` runs, above what was live when it
-    started: the running sum of the profiler's allocation (+) and free (-) events, in time
-    order. Exact and independent of machine load (unlike RSS, which also holds what the
-    C library keeps after a free and the BLAS libraries' workspaces)."""
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]")
-    live = peak = 0
-    for _, n in events:
-        live += n
-        peak = max(peak, live)
-    return peak
+    started (_common.allocator_trace)."""
+    return allocator_trace(fn)[0]
 
 
 def inputs(t: int, grad: bool):

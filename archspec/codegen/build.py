@@ -26,7 +26,7 @@ import torch
 
 from .. import components as C
 from ..accounting import account, shared_owners
-from ..components.base import DTYPE_BYTES, TORCH_DTYPES, Backend, Component
+from ..components.base import DTYPE_BYTES, DTYPE_NAMES, TORCH_DTYPES, Backend, Component
 from ..errors import BuildRefused, KernelFallbackWarning
 from ..ops import triton_support
 from ..spec import ComponentInstance, ResolvedSpec
@@ -86,7 +86,7 @@ def build(spec: ResolvedSpec, device: str | torch.device = "cpu", dtype: str | N
 
 def _construct(spec: ResolvedSpec, backend, device: torch.device, dtype: torch.dtype) -> CausalLM:
     # backends are chosen for the dtype the model is built in (kernels may take some only)
-    model_cfg = replace(spec.model, dtype=next(n for n, t in TORCH_DTYPES.items() if t == dtype))
+    model_cfg = replace(spec.model, dtype=DTYPE_NAMES[dtype])
     choose = _Chooser(device, dtype, model_cfg)
     norm_impl, norm_choice = choose(spec.norm, NORM_KEY, _requested_norm_backend(spec, backend))
     norm = lambda: norm_impl.factory(spec.norm.config, model_cfg)  # noqa: E731

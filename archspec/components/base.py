@@ -17,6 +17,7 @@ from ..costs import FlopConvention, Flops, causal_pairs  # noqa: F401  (part of 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
                 "float64": torch.float64}
+DTYPE_NAMES = {dtype: name for name, dtype in TORCH_DTYPES.items()}  # torch dtype -> spec name
 
 
 @dataclass(frozen=True)

@@ -198,18 +198,11 @@ def _task(launch: KernelLaunch, target: Target) -> dict:
     fn = getattr(launch.fn, "fn", None)
     if fn is None:
         raise ValueError(f"{launch.kernel}: the launch has no kernel function to compile")
-    return {"kernel": launch.kernel, "config": config_text(launch), "dtype": launch.dtype,
+    return {"kernel": launch.kernel, "config": launch.config, "dtype": launch.dtype,
             "module": fn.__module__, "name": fn.__name__, "file": _source_file(fn),
             "signature": launch.signature, "divisible": launch.divisible_by_16,
             "constexprs": launch.constexprs, "num_warps": launch.num_warps,
             "num_stages": launch.num_stages, "target": asdict(target)}
-
-
-def config_text(launch: KernelLaunch) -> str:
-    """launch.config, plus the integer arguments not specialised as multiples of 16 (two
-    launches differing only there compile to different binaries)."""
-    ints = [name for name, ty in launch.signature if ty[0] in "iu" and name not in launch.divisible_by_16]
-    return launch.config + (f" unaligned={','.join(ints)}" if ints else "")
 
 
 def _source_file(fn) -> str | None:

@@ -196,9 +196,13 @@ class KernelLaunch:
 
     @property
     def config(self) -> str:
-        """The launch configuration in one line: constexprs, warps, stages, dtype."""
+        """The launch configuration in one line: constexprs, warps, stages, dtype, and the
+        integer arguments not specialised as multiples of 16 (two launches differing only there
+        compile to different binaries)."""
         consts = " ".join(f"{k}={_short(v)}" for k, v in self.constexprs)
-        return f"{consts} warps={self.num_warps} stages={self.num_stages} dtype={self.dtype}".strip()
+        text = f"{consts} warps={self.num_warps} stages={self.num_stages} dtype={self.dtype}".strip()
+        ints = [name for name, ty in self.signature if ty[0] in "iu" and name not in self.divisible_by_16]
+        return text + (f" unaligned={','.join(ints)}" if ints else "")
 
 
 def _short(value) -> str:

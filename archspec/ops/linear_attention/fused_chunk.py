@@ -43,7 +43,7 @@ CHUNK_SIZES = (16, 32, 64)  # tl.dot needs >= 16 rows; a [C, C] fp32 tile of C =
 MAX_HEAD_DIM = 256  # keys in at most 4 blocks of 64 (the state passes hold one tile per block)
 BLOCK_K = 64  # key columns per block
 BLOCK_V = 64  # value columns per program outside the state passes
-BLOCK_K_STATE = 128  # key rows per state tile in the state passes (at most 2 tiles)
+BLOCK_K_STATE = 128  # key rows per state tile in the state passes (MAX_HEAD_DIM / 128 = 2 tiles)
 STATE_TILE = 4096  # fp32 elements of state one state-pass program holds (NK * BK * BV)
 BLOCK_BWD = 32  # key and value columns per block in the backward's per-chunk kernels
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -86,7 +86,8 @@ def blocks(k_dim: int, v_dim: int, chunk_size: int) -> Blocks:
     nk = -(-k_dim // bk)
     bv = min(BLOCK_V, _pow2(v_dim))
     bk_state = min(BLOCK_K_STATE, _pow2(k_dim))
-    nk_state = -(-k_dim // bk_state)
+    nk_state = -(-k_dim // bk_state)  # <= 2: the state passes hold two tiles at most
+    assert nk_state <= 2, f"K={k_dim} needs {nk_state} state tiles; MAX_HEAD_DIM bounds it to 2"
     bv_state = max(16, min(bv, STATE_TILE // (nk_state * bk_state)))
     bk_bwd = min(BLOCK_BWD, _pow2(k_dim))
     return Blocks(chunk_size, bk, nk, bv, bk_state, nk_state, bv_state,
@@ -432,8 +433,9 @@ def kernel_launches(rule: str, heads: int, k_dim: int, v_dim: int, chunk_size: i
     """The Triton launches (triton_support.KernelLaunch) of one forward and backward of `rule`
     at these sizes: the launchers run on meta tensors and record instead of launching."""
     from ..triton_support import recorded_launches
-    check_kernel_arguments(rule, chunk_size, torch.empty(0, k_dim, dtype=dtype),
-                           None, torch.empty(0, v_dim, dtype=dtype))
+    reason = kernels_unsupported(rule, k_dim, v_dim, chunk_size)
+    if reason is not None or dtype not in KERNEL_DTYPES:
+        raise ValueError(reason or f"the Triton kernels take {KERNEL_DTYPES}, got {dtype}")
     meta = dict(device="meta")
     batch, length = 1, 2 * chunk_size
     total = batch * length

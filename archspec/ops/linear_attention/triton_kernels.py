@@ -29,10 +29,10 @@ then, in parallel over chunks:
 
 Tiling (what keeps every program inside a GPU's registers and shared memory at head sizes up
 to 256, as fla tiles): no program holds more than [C, BK] of keys or [C, BV] of values at once.
-The key dimension is cut into NK <= 4 blocks of BK <= 64 columns, the value dimension into
-blocks of BV. A kernel that contracts over K loops over its key blocks; the sequential state
-passes keep the state of one value block as NK separate [BK, BV] tiles (s0..s3), since a
-register tile cannot be sliced; the backward's per-key-block work runs as separate programs
+The key dimension is cut into NK blocks of BK columns, the value dimension into blocks of BV.
+A kernel that contracts over K loops over its key blocks; the sequential state passes keep the
+state of one value block as NK <= 2 separate [BK, BV] tiles (s0, s1), since a register tile
+cannot be sliced; the backward's per-key-block work runs as separate programs
 (grid axis i_k) whose contributions to dG are summed by `chunk_dg_kernel`.
 """
 from __future__ import annotations
@@ -193,6 +193,27 @@ def _initial_state(ptr, i_n, i_h, H, K, V, row0, col, GIVEN: tl.constexpr, BK: t
 
 
 @triton.jit
+def _initial_tiles(ptr, i_n, i_h, H, K, V, col, GIVEN: tl.constexpr, BK: tl.constexpr,
+                   NK: tl.constexpr, BV: tl.constexpr):
+    """The state passes' NK <= 2 tiles (rows 0.. and BK..) of sequence i_n's state block at
+    column col, from ptr [N, H, K, V] or zeros; with NK = 1 the second is zeros, never used."""
+    s0 = _initial_state(ptr, i_n, i_h, H, K, V, 0, col, GIVEN, BK, BV)
+    if NK > 1:
+        s1 = _initial_state(ptr, i_n, i_h, H, K, V, BK, col, GIVEN, BK, BV)
+    else:
+        s1 = tl.zeros([BK, BV], dtype=tl.float32)
+    return s0, s1
+
+
+@triton.jit
+def _store_tiles(base, s0, s1, K, V, col, BK: tl.constexpr, NK: tl.constexpr, BV: tl.constexpr):
+    """Store the NK <= 2 state tiles into one [K, V] state at base."""
+    _store_state(base, s0, K, V, 0, col, BK, BV)
+    if NK > 1:
+        _store_state(base, s1, K, V, BK, col, BK, BV)
+
+
+@triton.jit
 def _decays(g, start, n_rows, i_h, H, HAS_G: tl.constexpr, BT: tl.constexpr):
     """(G [BT] chunk-local inclusive cumsum, G_C the chunk total); zeros without decay."""
     if HAS_G:
@@ -295,27 +316,14 @@ def state_fwd_kernel(k, v, g, U, W, X_out, h_out, h0, ht, cu_seqlens, chunk_offs
                      HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, BT: tl.constexpr,
                      BK: tl.constexpr, NK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
     """One program per (sequence, head, value block): the sequential pass over the chunks, the
-    state held as NK tiles s0..s3 of [BK, BV]. Stores the state entering every chunk (h_out)
+    state held as NK <= 2 tiles s0, s1 of [BK, BV]. Stores the state entering every chunk (h_out)
     and, for the delta rules, X = U - W S."""
     i_n, i_h, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos, eos, c0, n_chunks = _sequence(cu_seqlens, chunk_offsets, i_n)
     col = i_v * BV
-    s0 = _initial_state(h0, i_n, i_h, H, K, V, 0, col, HAS_H0, BK, BV)
-    if NK > 1:
-        s1 = _initial_state(h0, i_n, i_h, H, K, V, BK, col, HAS_H0, BK, BV)
-    if NK > 2:
-        s2 = _initial_state(h0, i_n, i_h, H, K, V, 2 * BK, col, HAS_H0, BK, BV)
-    if NK > 3:
-        s3 = _initial_state(h0, i_n, i_h, H, K, V, 3 * BK, col, HAS_H0, BK, BV)
+    s0, s1 = _initial_tiles(h0, i_n, i_h, H, K, V, col, HAS_H0, BK, NK, BV)
     for j in range(0, n_chunks):
-        base = h_out + ((c0 + j) * H + i_h) * K * V
-        _store_state(base, s0, K, V, 0, col, BK, BV)
-        if NK > 1:
-            _store_state(base, s1, K, V, BK, col, BK, BV)
-        if NK > 2:
-            _store_state(base, s2, K, V, 2 * BK, col, BK, BV)
-        if NK > 3:
-            _store_state(base, s3, K, V, 3 * BK, col, BK, BV)
+        _store_tiles(h_out + ((c0 + j) * H + i_h) * K * V, s0, s1, K, V, col, BK, NK, BV)
         start = bos + j * BT
         n = tl.minimum(eos - start, BT)
         if DELTA:
@@ -323,10 +331,6 @@ def state_fwd_kernel(k, v, g, U, W, X_out, h_out, h0, ht, cu_seqlens, chunk_offs
             x = _minus_w_s(x, W, s0, start, n, i_h, H, K, 0, BT, BK, PREC)
             if NK > 1:
                 x = _minus_w_s(x, W, s1, start, n, i_h, H, K, 1, BT, BK, PREC)
-            if NK > 2:
-                x = _minus_w_s(x, W, s2, start, n, i_h, H, K, 2, BT, BK, PREC)
-            if NK > 3:
-                x = _minus_w_s(x, W, s3, start, n, i_h, H, K, 3, BT, BK, PREC)
             _store_rows(X_out + i_h * V, _operand(x, PREC), start, n, H * V, col, V, BT, BV)
         else:
             x = _load_rows(v + i_h * V, start, n, H * V, col, V, BT, BV)
@@ -339,19 +343,8 @@ def state_fwd_kernel(k, v, g, U, W, X_out, h_out, h0, ht, cu_seqlens, chunk_offs
         s0 = _advance(s0, k, g, start, n, i_h, H, K, x, x_end, gam_end, 0, GLA, BT, BK, PREC)
         if NK > 1:
             s1 = _advance(s1, k, g, start, n, i_h, H, K, x, x_end, gam_end, 1, GLA, BT, BK, PREC)
-        if NK > 2:
-            s2 = _advance(s2, k, g, start, n, i_h, H, K, x, x_end, gam_end, 2, GLA, BT, BK, PREC)
-        if NK > 3:
-            s3 = _advance(s3, k, g, start, n, i_h, H, K, x, x_end, gam_end, 3, GLA, BT, BK, PREC)
     if STORE_HT:
-        base = ht + (i_n * H + i_h) * K * V
-        _store_state(base, s0, K, V, 0, col, BK, BV)
-        if NK > 1:
-            _store_state(base, s1, K, V, BK, col, BK, BV)
-        if NK > 2:
-            _store_state(base, s2, K, V, 2 * BK, col, BK, BV)
-        if NK > 3:
-            _store_state(base, s3, K, V, 3 * BK, col, BK, BV)
+        _store_tiles(ht + (i_n * H + i_h) * K * V, s0, s1, K, V, col, BK, NK, BV)
 
 
 @triton.jit
@@ -461,27 +454,14 @@ def state_bwd_kernel(q, k, g, W, do, dX, dh_out, dht, dh0, cu_seqlens, chunk_off
                      BK: tl.constexpr, NK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
     """One program per (sequence, head, value block), chunks in reverse: adds the state's term
     to dX (which holds local_bwd_kernel's P^T dO) and stores the gradient of the state leaving
-    every chunk (dh_out) and of the initial state; dS held as NK tiles."""
+    every chunk (dh_out) and of the initial state; dS held as NK <= 2 tiles."""
     i_n, i_h, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos, eos, c0, n_chunks = _sequence(cu_seqlens, chunk_offsets, i_n)
     col = i_v * BV
-    ds0 = _initial_state(dht, i_n, i_h, H, K, V, 0, col, HAS_DHT, BK, BV)
-    if NK > 1:
-        ds1 = _initial_state(dht, i_n, i_h, H, K, V, BK, col, HAS_DHT, BK, BV)
-    if NK > 2:
-        ds2 = _initial_state(dht, i_n, i_h, H, K, V, 2 * BK, col, HAS_DHT, BK, BV)
-    if NK > 3:
-        ds3 = _initial_state(dht, i_n, i_h, H, K, V, 3 * BK, col, HAS_DHT, BK, BV)
+    ds0, ds1 = _initial_tiles(dht, i_n, i_h, H, K, V, col, HAS_DHT, BK, NK, BV)
     for i in range(0, n_chunks):
         j = n_chunks - 1 - i
-        base = dh_out + ((c0 + j) * H + i_h) * K * V
-        _store_state(base, ds0, K, V, 0, col, BK, BV)
-        if NK > 1:
-            _store_state(base, ds1, K, V, BK, col, BK, BV)
-        if NK > 2:
-            _store_state(base, ds2, K, V, 2 * BK, col, BK, BV)
-        if NK > 3:
-            _store_state(base, ds3, K, V, 3 * BK, col, BK, BV)
+        _store_tiles(dh_out + ((c0 + j) * H + i_h) * K * V, ds0, ds1, K, V, col, BK, NK, BV)
         start = bos + j * BT
         n = tl.minimum(eos - start, BT)
         dout = _load_raw(do + i_h * V, start, n, H * V, col, V, BT, BV)
@@ -497,10 +477,6 @@ def state_bwd_kernel(q, k, g, W, do, dX, dh_out, dht, dh0, cu_seqlens, chunk_off
         kds, ds0 = _block_bwd(kds, ds0, q, k, g, dout, start, n, i_h, H, K, scale, gam_end, 0, GLA, BT, BK, PREC)
         if NK > 1:
             kds, ds1 = _block_bwd(kds, ds1, q, k, g, dout, start, n, i_h, H, K, scale, gam_end, 1, GLA, BT, BK, PREC)
-        if NK > 2:
-            kds, ds2 = _block_bwd(kds, ds2, q, k, g, dout, start, n, i_h, H, K, scale, gam_end, 2, GLA, BT, BK, PREC)
-        if NK > 3:
-            kds, ds3 = _block_bwd(kds, ds3, q, k, g, dout, start, n, i_h, H, K, scale, gam_end, 3, GLA, BT, BK, PREC)
         if GLA:
             dx += kds
         else:
@@ -510,19 +486,8 @@ def state_bwd_kernel(q, k, g, W, do, dX, dh_out, dht, dh0, cu_seqlens, chunk_off
             ds0 = _minus_wt_dx(ds0, W, dx, start, n, i_h, H, K, 0, BT, BK, PREC)
             if NK > 1:
                 ds1 = _minus_wt_dx(ds1, W, dx, start, n, i_h, H, K, 1, BT, BK, PREC)
-            if NK > 2:
-                ds2 = _minus_wt_dx(ds2, W, dx, start, n, i_h, H, K, 2, BT, BK, PREC)
-            if NK > 3:
-                ds3 = _minus_wt_dx(ds3, W, dx, start, n, i_h, H, K, 3, BT, BK, PREC)
     if STORE_DH0:
-        base = dh0 + (i_n * H + i_h) * K * V
-        _store_state(base, ds0, K, V, 0, col, BK, BV)
-        if NK > 1:
-            _store_state(base, ds1, K, V, BK, col, BK, BV)
-        if NK > 2:
-            _store_state(base, ds2, K, V, 2 * BK, col, BK, BV)
-        if NK > 3:
-            _store_state(base, ds3, K, V, 3 * BK, col, BK, BV)
+        _store_tiles(dh0 + (i_n * H + i_h) * K * V, ds0, ds1, K, V, col, BK, NK, BV)
 
 
 @triton.jit
