@@ -1,4 +1,4 @@
-"""Stage 4: analytic accounting of a resolved spec, per component instance, per sublayer and
+"""Stage 4: analytic accounting of a plan, per node (component instance), per sublayer and
 in total: parameters (total, active, embedding, head, non-embedding), forward and training
 FLOPs, inference state and a training activation-memory estimate.
 
@@ -18,13 +18,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .components import get
 from .components.base import FlopConvention, Flops, numel
+from .plan import EMBEDDING, HEAD, MEMBER, SHARED, Node, Plan, plan
 from .spec import ResolvedSpec
 
 TRAIN_FLOPS_FACTOR = 3
-GATE_FLOPS_PER_ELEMENT = 2  # g_i * f_i(x), then the sum over members
-RESIDUAL_FLOPS_PER_ELEMENT = 1
 
 
 @dataclass
@@ -44,14 +42,31 @@ class Cost:
 
 @dataclass
 class PartCost:
-    """A row of the report: one node of the graph."""
+    """A row of the report: one node of the plan."""
 
-    name: str  # node name, e.g. 'embedding', 'sublayers.3.A', 'sublayers.3.norm'
-    type: str
-    module_path: str  # where its parameters live in the built model
-    sublayer: int | None
+    node: Node
     cost: Cost
     param_shapes: dict[str, tuple[int, ...]]
+
+    @property
+    def name(self) -> str:  # e.g. 'embedding', 'sublayers.3.A', 'sublayers.3.norm'
+        return self.node.name
+
+    @property
+    def type(self) -> str:
+        return self.node.type
+
+    @property
+    def role(self) -> str:
+        return self.node.role
+
+    @property
+    def sublayer(self) -> int | None:
+        return self.node.sublayer
+
+    @property
+    def module_path(self) -> str:  # where its parameters live in the built model
+        return self.node.module_path
 
 
 @dataclass
@@ -60,6 +75,7 @@ class Accounting:
     seq_len: int
     convention: FlopConvention
     parts: list[PartCost]
+    plan: Plan
 
     def total(self) -> Cost:
         out = Cost()
@@ -68,114 +84,75 @@ class Accounting:
         return out
 
     def params_of_type(self, type_name: str) -> int:
+        """Parameters of the nodes of one component type (shared weights count with their type)."""
         return sum(p.cost.params for p in self.parts if p.type == type_name)
+
+    def params_of_role(self, role: str) -> int:
+        return sum(p.cost.params for p in self.parts if p.role == role)
 
     @property
     def embedding_params(self) -> int:
-        return self.params_of_type("embedding")
+        return self.params_of_role(EMBEDDING)
 
     @property
     def head_params(self) -> int:
-        return self.params_of_type("lm_head")
+        return self.params_of_role(HEAD)
+
+    def sublayer_costs(self) -> list[Cost]:
+        """Each sublayer's cost (its norm, members and residual), in one pass over the parts."""
+        out = [Cost() for _ in self.spec.sublayers]
+        for p in self.parts:
+            if p.sublayer is not None:
+                out[p.sublayer] = out[p.sublayer] + p.cost
+        return out
 
     def sublayer_cost(self, index: int) -> Cost:
-        out = Cost()
-        for p in self.parts:
-            if p.sublayer == index:
-                out = out + p.cost
-        return out
+        return self.sublayer_costs()[index]
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every parameter of the built model by its full name in `named_parameters()`."""
-        return {f"{p.module_path}.{k}": s for p in self.parts for k, s in p.param_shapes.items()}
-
-
-def _cost(component, cfg, model, seq_len, conv, shapes=None) -> Cost:
-    shapes = component.param_shapes(cfg, model) if shapes is None else shapes
-    return Cost(params=numel(shapes), active_params=component.active_param_count(cfg, model),
-                flops=component.flops(cfg, model, seq_len, conv),
-                state_bytes=component.state_bytes(cfg, model, seq_len),
-                activation_bytes=component.activation_bytes(cfg, model, seq_len))
+        return {p.node.param_name(k): s for p in self.parts for k, s in p.param_shapes.items()}
 
 
 def account(spec: ResolvedSpec, seq_len: int | None = None,
-            convention: FlopConvention = FlopConvention()) -> Accounting:
-    """Accounting of every part of the model at `seq_len` (default: the model's max_seq_len)."""
-    model = spec.model
-    t = model.max_seq_len if seq_len is None else seq_len
-    if not isinstance(t, int) or t < 1:
+            convention: FlopConvention = FlopConvention(), the_plan: Plan | None = None) -> Accounting:
+    """Accounting of every node of the model at `seq_len` (default: the model's max_seq_len)."""
+    t = spec.model.max_seq_len if seq_len is None else seq_len
+    if not isinstance(t, int) or isinstance(t, bool) or t < 1:
         raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
-    parts: list[PartCost] = []
-
-    def add(name, type_name, cfg, sublayer=None, module_path=None):
-        comp = get(type_name)
-        shapes = comp.param_shapes(cfg, model)
-        cost = _cost(comp, cfg, model, t, convention, shapes)
-        parts.append(PartCost(name, type_name, module_path or name, sublayer, cost, shapes))
-
-    add("embedding", "embedding", {})
-    for sub in spec.sublayers:
-        prefix = f"sublayers.{sub.index}"
-        add(f"{prefix}.norm", spec.norm.type, spec.norm.config, sub.index)
-        for member in sub.members:
-            add(f"{prefix}.{member.name}", member.type, member.config, sub.index,
-                f"{prefix}.members.{member.name}")
-        parts.append(_residual_part(prefix, sub, model, t))
-    parts += _shared_parts(spec)
-    add("final_norm", spec.norm.type, spec.norm.config)
-    add("lm_head", "lm_head", {})
-    return Accounting(spec, t, convention, parts)
+    the_plan = the_plan or plan(spec)
+    active = shared_active(the_plan)
+    parts = [_shared_part(node, spec.model, active) if node.role == SHARED
+             else _part(node, spec.model, t, convention) for node in the_plan]
+    return Accounting(spec, t, convention, parts, the_plan)
 
 
-def shared_active(spec: ResolvedSpec) -> dict[str, int]:
-    """Per shared key: parameters used per token, summed over its users, capped at its size."""
+def _part(node: Node, model, seq_len: int, conv: FlopConvention) -> PartCost:
+    comp, cfg = node.component, node.instance.config
+    shapes = comp.param_shapes(cfg, model)
+    cost = Cost(params=numel(shapes), active_params=comp.active_param_count(cfg, model),
+                flops=comp.flops(cfg, model, seq_len, conv),
+                state_bytes=comp.state_bytes(cfg, model, seq_len),
+                activation_bytes=comp.activation_bytes(cfg, model, seq_len))
+    return PartCost(node, cost, shapes)
+
+
+def _shared_part(node: Node, model, active: dict[str, int]) -> PartCost:
+    """Shared weights, counted once each; their work is in the members that read them."""
+    inst = node.instance
+    shapes = dict(inst.component.shared_params(inst.config, model)[node.shared_key])
+    return PartCost(node, Cost(params=numel(shapes), active_params=active[node.shared_key]), shapes)
+
+
+def shared_active(the_plan: Plan) -> dict[str, int]:
+    """Per shared key: parameters used per token, summed over its readers, capped at its size."""
+    model = the_plan.spec.model
     used: dict[str, int] = {}
-    for sub in spec.sublayers:
-        for m in sub.members:
-            for key, shapes in m.component.shared_params(m.config, spec.model).items():
-                used[key] = min(numel(shapes), used.get(key, 0)
-                                + m.component.shared_active_param_count(key, m.config, spec.model))
+    for node in the_plan.with_role(MEMBER):
+        comp, cfg = node.component, node.instance.config
+        for key, shapes in comp.shared_params(cfg, model).items():
+            used[key] = min(numel(shapes), used.get(key, 0) + comp.shared_active_param_count(key, cfg, model))
     return used
-
-
-def shared_owners(spec: ResolvedSpec) -> dict[str, tuple]:
-    """Each shared-weight key -> (its first instance, the key's shapes), in layout order."""
-    owners: dict[str, tuple] = {}
-    for sub in spec.sublayers:
-        for m in sub.members:
-            for key, shapes in m.component.shared_params(m.config, spec.model).items():
-                owners.setdefault(key, (m, shapes))
-    return owners
-
-
-def _shared_parts(spec: ResolvedSpec) -> list[PartCost]:
-    """Shared weights, counted once each; their work is in the instances that use them."""
-    parts = []
-    active = shared_active(spec)
-    for key, (inst, shapes) in shared_owners(spec).items():
-        parts.append(PartCost(f"shared.{key}", inst.type, f"shared.{key}", None,
-                              Cost(params=numel(shapes), active_params=active[key]), dict(shapes)))
-    return parts
-
-
-def _residual_part(prefix: str, sub, model, seq_len: int) -> PartCost:
-    """The residual add, and for a parallel group its learned scalar gates [n_members]."""
-    n = len(sub.members)
-    elements = seq_len * model.d_model
-    other = elements * RESIDUAL_FLOPS_PER_ELEMENT
-    shapes: dict[str, tuple[int, ...]] = {}
-    activation = 0
-    if n > 1:
-        shapes = {"gates": (n,)}
-        other += elements * n * GATE_FLOPS_PER_ELEMENT - elements  # n products, n-1 sums
-        member_outputs = n * elements * model.dtype_bytes  # kept for each gate's gradient
-        # the members share their input h = norm(x): autograd saves it once, but each member's
-        # own estimate counts it, so n - 1 copies come off here
-        shared_input_recounted = (n - 1) * elements * model.dtype_bytes
-        activation = member_outputs - shared_input_recounted
-    cost = Cost(params=numel(shapes), active_params=numel(shapes), flops=Flops(other=other),
-                activation_bytes=activation)
-    return PartCost(f"{prefix}.residual", "residual", prefix, sub.index, cost, shapes)
 
 
 def training_flops_per_token(acc: Accounting) -> float:

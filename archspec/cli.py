@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--attention-flops", choices=["attended", "dense"], default="attended",
                    help="count causal attention's attended pairs (default) or all T^2 pairs")
     r.add_argument("--device", default="cpu", help="device whose backends the report shows")
+    r.add_argument("--backend", help="the backend `build --backend` would force, to show its choices")
 
     b = sub.add_parser("build", help="instantiate the model and run a smoke forward+backward")
     b.add_argument("spec", metavar="SPEC")
@@ -211,7 +212,10 @@ def cmd_report(args) -> int:
     _parse_device(args.device, must_exist=False)  # the report only asks what would run there
     spec = _load(args.spec)
     _check_seq_len(spec, args.seq_len)
-    rep = report(spec, args.seq_len, FlopConvention(args.attention_flops), args.device)
+    try:
+        rep = report(spec, args.seq_len, FlopConvention(args.attention_flops), args.device, args.backend)
+    except ValueError as e:  # a --backend no component has
+        raise UsageError(str(e)) from None
     sys.stdout.write(render(rep, args.format))
     return EXIT_OK
 
@@ -346,29 +350,31 @@ def cmd_build(args) -> int:
     return EXIT_OK
 
 
-def _symbol(node: str) -> str:
-    """A node's component symbol; every norm (sublayers.i.norm, final_norm) is model.norm."""
-    from .codegen.build import NORM_KEY
-    return NORM_KEY if node == "final_norm" or node.endswith(".norm") else node.rsplit(".", 1)[-1]
+def _backends_by_symbol(model):
+    """(symbol, backend) for each node the build chose a backend for; every norm's symbol is
+    model.norm (the plan says which node is which)."""
+    from .plan import plan
+    nodes = plan(model.spec)
+    return [(nodes[name].symbol, backend) for name, backend in model.backends.items()]
 
 
 def _backend_summary(model) -> dict[str, str]:
     """Backends by component symbol, '(fallback)' after one `auto` took because the kernels did
     not compile on the device (_fallbacks says why)."""
     by_symbol: dict[str, set] = {}
-    for node, backend in model.backends.items():
+    for symbol, backend in _backends_by_symbol(model):
         name = f"{backend} (fallback)" if getattr(backend, "fallback", None) else str(backend)
-        by_symbol.setdefault(_symbol(node), set()).add(name)
+        by_symbol.setdefault(symbol, set()).add(name)
     return {k: ",".join(sorted(v)) for k, v in by_symbol.items()}
 
 
 def _fallbacks(model) -> dict[str, str]:
     """Why each component symbol that fell back from its kernels did (the first reason)."""
     out: dict[str, str] = {}
-    for node, backend in model.backends.items():
+    for symbol, backend in _backends_by_symbol(model):
         reason = getattr(backend, "fallback", None)
         if reason:
-            out.setdefault(_symbol(node), f"the {backend} backend runs: {reason}")
+            out.setdefault(symbol, f"the {backend} backend runs: {reason}")
     return out
 
 

@@ -1,4 +1,4 @@
-"""Stage 3: the component graph. A networkx DiGraph, embedding -> sublayers -> final norm ->
+"""Stage 4: the component graph. A networkx DiGraph, embedding -> sublayers -> final norm ->
 head, whose nodes carry the resolved config and accounting; exported as JSON or Graphviz DOT.
 
 Each sublayer i is three kinds of node: `sublayers.i.norm`, one node per member
@@ -13,41 +13,47 @@ import json
 import networkx as nx
 
 from .accounting import Accounting, account
+from .plan import EMBEDDING, FINAL_NORM, HEAD, MEMBER, NORM, RESIDUAL, SHARED, Plan
 from .spec import ResolvedSpec
 
 
 def component_graph(spec: ResolvedSpec, acc: Accounting | None = None) -> nx.DiGraph:
+    """The model's nodes (the plan's, with their accounting) and the edges between them."""
     acc = acc or account(spec)
     g = nx.DiGraph(name=spec.name, seq_len=acc.seq_len, layout=spec.layout_text)
-    configs = {"embedding": {}, "lm_head": {"tied": spec.model.tie_embeddings},
-               "final_norm": spec.norm.config}
-    for sub in spec.sublayers:
-        configs[f"sublayers.{sub.index}.norm"] = spec.norm.config
-        for m in sub.members:
-            configs[f"sublayers.{sub.index}.{m.name}"] = {**m.config, "backend": m.backend}
-        configs[f"sublayers.{sub.index}.residual"] = {"gated": sub.parallel}
     for p in acc.parts:
-        g.add_node(p.name, type=p.type, sublayer=p.sublayer, config=configs.get(p.name, {}),
+        node = p.node
+        config = {**node.instance.config, "backend": node.instance.backend} if node.role == MEMBER \
+            else {"key": node.shared_key} if node.role == SHARED else dict(node.instance.config)
+        g.add_node(node.name, type=node.type, role=node.role, sublayer=node.sublayer, config=config,
                    params=p.cost.params, active_params=p.cost.active_params,
-                   flops_per_token=p.cost.flops.total / acc.seq_len,
-                   state_bytes=p.cost.state_bytes)
-    prev = "embedding"
-    for sub in spec.sublayers:
-        i = sub.index
-        norm, res = f"sublayers.{i}.norm", f"sublayers.{i}.residual"
-        g.add_edge(prev, norm, kind="data")
-        for m in sub.members:
-            g.add_edge(norm, f"sublayers.{i}.{m.name}", kind="data")
-            g.add_edge(f"sublayers.{i}.{m.name}", res, kind="data")
-        g.add_edge(prev, res, kind="residual")
-        prev = res
-    g.add_edge(prev, "final_norm", kind="data")
-    for sub in spec.sublayers:  # shared weights -> every sublayer member that reads them
-        for m in sub.members:
-            for key in m.component.shared_params(m.config, spec.model):
-                g.add_edge(f"shared.{key}", f"sublayers.{sub.index}.{m.name}", kind="shared")
-    g.add_edge("final_norm", "lm_head", kind="data")
+                   flops_per_token=p.cost.flops.total / acc.seq_len, state_bytes=p.cost.state_bytes)
+    for a, b, kind in _edges(acc.plan):
+        g.add_edge(a, b, kind=kind)
     return g
+
+
+def _edges(the_plan: Plan):
+    """(from, to, kind) in model order: the data path, each sublayer's skip connection, and the
+    shared weights to each member that reads them."""
+    prev = the_plan.with_role(EMBEDDING)[0].name
+    for sub in the_plan.spec.sublayers:
+        nodes = the_plan.of_sublayer(sub.index)
+        (norm,) = [n.name for n in nodes if n.role == NORM]
+        (res,) = [n.name for n in nodes if n.role == RESIDUAL]
+        yield prev, norm, "data"
+        for member in (n for n in nodes if n.role == MEMBER):
+            yield norm, member.name, "data"
+            yield member.name, res, "data"
+        yield prev, res, "residual"
+        prev = res
+    (final,) = the_plan.with_role(FINAL_NORM)
+    yield prev, final.name, "data"
+    shared = {n.shared_key: n.name for n in the_plan.with_role(SHARED)}
+    for member in the_plan.with_role(MEMBER):
+        for key in member.reads_shared:
+            yield shared[key], member.name, "shared"
+    yield final.name, the_plan.with_role(HEAD)[0].name, "data"
 
 
 def to_json(g: nx.DiGraph) -> str:
@@ -61,7 +67,7 @@ def to_dot(g: nx.DiGraph) -> str:
     for n, attrs in g.nodes(data=True):
         parts = [n, attrs["type"]] + ([f"{attrs['params']:,} params"] if attrs["params"] else [])
         label = "\\n".join(_esc(part) for part in parts)  # DOT's \n: a line break in the label
-        shape = "ellipse" if attrs["type"] == "residual" else "box"
+        shape = "ellipse" if attrs["role"] == RESIDUAL else "box"
         lines.append(f'  "{_esc(n)}" [label="{label}", shape={shape}];')
     for a, b, attrs in g.edges(data=True):
         style = {"residual": ' [style=dashed, label="residual"]',

@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from .spec import ResolvedSpec
+from .spec import NORM_NAME, ResolvedSpec
 
 # the kernel families whose `gate_launches()` give the extremes of their supported range
 FAMILIES = ("norm", "dispatch", "linear_attention")
@@ -66,7 +66,7 @@ def _instances(spec: ResolvedSpec):
 
 
 def _label(spec: ResolvedSpec, inst) -> str:
-    name = "model.norm" if inst is spec.norm else inst.name
+    name = NORM_NAME if inst is spec.norm else inst.name
     return f"{Path(spec.source).stem}:{name} ({inst.type})"
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 
-import torch
-
 from .accounting import TRAIN_FLOPS_FACTOR, Accounting, account
 from .components.base import FlopConvention
+from .backends import check_override, planned
+from .plan import MEMBER, Plan
 from .spec import ResolvedSpec
 from .units import human
 
@@ -29,8 +29,11 @@ CONVENTIONS = {
 
 
 def report(spec: ResolvedSpec, seq_len: int | None = None,
-           convention: FlopConvention = FlopConvention(), device: str = "cpu") -> dict:
-    """The report of a resolved spec as a JSON-ready dict (schema_version 1)."""
+           convention: FlopConvention = FlopConvention(), device: str = "cpu",
+           backend: str | dict | None = None) -> dict:
+    """The report of a resolved spec as a JSON-ready dict (schema_version 1). Backends are those
+    `build(spec, device, backend=backend)` would choose by rule (backends.planned)."""
+    check_override(spec, backend)
     acc = account(spec, seq_len, convention)
     t = acc.seq_len
     total = acc.total()
@@ -39,7 +42,7 @@ def report(spec: ResolvedSpec, seq_len: int | None = None,
         "attended pairs only: T(T+1)/2 query-key pairs per head for full causal attention, fewer "
         "with a window" if convention.causal_attention == "attended"
         else "dense: T^2 query-key pairs per head, as FlopCounterMode and fvcore count SDPA")
-    backends = _backends(spec, device)
+    backends = planned(acc.plan, device, backend)
     return {
         "schema_version": SCHEMA_VERSION,
         "spec": {
@@ -65,11 +68,11 @@ def report(spec: ResolvedSpec, seq_len: int | None = None,
             "inference_state_bytes_per_sequence": total.state_bytes,
             "activation_bytes_per_sequence": total.activation_bytes,
         },
-        "notes": _notes(spec),
+        "notes": _notes(acc.plan),
         "by_type": _by_type(acc),
-        "sublayers": [_sublayer_row(acc, sub) for sub in spec.sublayers],
+        "sublayers": [_sublayer_row(sub, cost, t) for sub, cost in zip(spec.sublayers, acc.sublayer_costs())],
         "components": [
-            {"name": p.name, "type": p.type, "sublayer": p.sublayer, "params": p.cost.params,
+            {"name": p.name, "type": p.type, "role": p.role, "sublayer": p.sublayer, "params": p.cost.params,
              "active_params": p.cost.active_params,
              "forward_flops_per_token": p.cost.flops.total / t,
              "forward_flops_by_kind": p.cost.flops.to_dict(),
@@ -80,35 +83,14 @@ def report(spec: ResolvedSpec, seq_len: int | None = None,
     }
 
 
-def _backends(spec: ResolvedSpec, device: str) -> dict[str, str]:
-    """The backend `auto` (or the spec's choice) resolves to on `device`, per component node
-    (sublayer members and the norms: each sublayer's and the final one)."""
-    def choice(inst) -> str:
-        try:
-            return inst.component.choose_backend(inst.backend, torch.device(device), inst.config,
-                                                  spec.model).name
-        except ValueError as e:
-            return f"unavailable: {e}"
-
-    out = {}
-    norm = choice(spec.norm)
-    for sub in spec.sublayers:
-        out[f"sublayers.{sub.index}.norm"] = norm
-        for m in sub.members:
-            out[f"sublayers.{sub.index}.{m.name}"] = choice(m)
-    out["final_norm"] = norm
-    return out
-
-
-def _notes(spec: ResolvedSpec) -> list[str]:
-    """Each component's notes, once per distinct text, prefixed by the component names."""
+def _notes(the_plan: Plan) -> list[str]:
+    """Each member's notes, once per distinct text, prefixed by the component names."""
     by_text: "OrderedDict[str, list[str]]" = OrderedDict()
-    for sub in spec.sublayers:
-        for m in sub.members:
-            for text in m.component.notes(m.config, spec.model):
-                names = by_text.setdefault(text, [])
-                if m.name not in names:
-                    names.append(m.name)
+    for node in the_plan.with_role(MEMBER):
+        for text in node.component.notes(node.instance.config, the_plan.spec.model):
+            names = by_text.setdefault(text, [])
+            if node.symbol not in names:
+                names.append(node.symbol)
     return [f"{', '.join(names)}: {text}" for text, names in by_text.items()]
 
 
@@ -125,11 +107,10 @@ def _by_type(acc: Accounting) -> list[dict]:
     return list(rows.values())
 
 
-def _sublayer_row(acc: Accounting, sub) -> dict:
-    cost = acc.sublayer_cost(sub.index)
+def _sublayer_row(sub, cost, seq_len: int) -> dict:
     return {"index": sub.index, "symbols": list(sub.symbols), "types": [m.type for m in sub.members],
             "overrides": {m.name: m.overrides for m in sub.members if m.overrides},
-            "params": cost.params, "forward_flops_per_token": cost.flops.total / acc.seq_len,
+            "params": cost.params, "forward_flops_per_token": cost.flops.total / seq_len,
             "state_bytes": cost.state_bytes, "activation_bytes": cost.activation_bytes}
 
 
@@ -177,17 +158,19 @@ def render(rep: dict, fmt: str = "table") -> str:
                 human(r["state_bytes"], "B")] for r in rep["by_type"]]
     lines += ["By component type" if not md else "### By component type", "",
               _table(["type", "count", "params", "fwd FLOPs/token", "state/seq"], by_type, md), ""]
-    comps = {c["name"]: c for c in rep["components"]}
+    members: dict[int, list[dict]] = {}
+    for c in rep["components"]:
+        if c.get("role") == "member":
+            members.setdefault(c["sublayer"], []).append(c)
     sub_rows = []
     for r in rep["sublayers"]:
-        names = [f"sublayers.{r['index']}.{sym}" for sym in r["symbols"]]
         what = " | ".join(f"{sym}:{typ}" for sym, typ in zip(r["symbols"], r["types"]))
         if r["overrides"]:
             what += "  (override " + "; ".join(
                 f"{sym}: " + ", ".join(f"{k}={v}" for k, v in changed.items()) if len(r["symbols"]) > 1
                 else ", ".join(f"{k}={v}" for k, v in changed.items())
                 for sym, changed in r["overrides"].items()) + ")"
-        backend = ",".join(sorted({comps[n].get("backend", "-") for n in names}))
+        backend = ",".join(sorted({c.get("backend", "-") for c in members.get(r["index"], [])}))
         sub_rows.append([str(r["index"]), what, f"{r['params']:,}", human(r["forward_flops_per_token"]),
                          human(r["state_bytes"], "B"), backend])
     lines += ["Per sublayer (norm + components + residual)" if not md else "### Per sublayer", "",

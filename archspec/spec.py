@@ -17,6 +17,8 @@ from .loader import Document, load_with_extends, parse
 from .schema import component_schema, strict_schema
 from .validate import dedupe, schema_problems
 
+NORM_NAME = "model.norm"  # the model's norm, as the spec names it (model: norm:) and as a
+                          # `backend` dict or the CLI names it
 MODEL_DEFAULTS = {"dtype": "float32", "tie_embeddings": False, "init_std": 0.02,
                   "norm": {"type": "rmsnorm"}}
 
@@ -85,6 +87,8 @@ def loads(text: str, name: str = "<string>") -> ResolvedSpec:
 
 
 def resolve_document(doc: Document, source: str) -> ResolvedSpec:
+    """Evaluate, validate and resolve. The layout is expanded before any component is
+    configured, so every config is derived once, knowing the model's depth."""
     data, problems, broken = resolve_references(doc)
     # a value whose expression failed is None: that error is reported, not "expected ..., got null"
     problems += [p for p in schema_problems(data, doc, strict_schema()) if p.path not in broken]
@@ -92,36 +96,39 @@ def resolve_document(doc: Document, source: str) -> ResolvedSpec:
     bad = {p[:2] for p in bad_paths}
     if any(p[:1] == ("model",) for p in bad_paths) or not isinstance(data.get("model"), dict):
         raise SpecError(problems)  # every component depends on the model's settings
-    model = _model_config(data, n_sublayers=1)
+    raw_components = data.get("components") or {}
+    sublayer_symbols, found = _expand(data.get("layout"), set(raw_components), problems, doc)
+    problems += found
+    # with a broken layout the depth is unknown: configure at depth 1 to report every problem
+    model = _model_config(data, n_sublayers=max(1, len(sublayer_symbols)))
     norm, norm_problems = _configure(data["model"].get("norm", MODEL_DEFAULTS["norm"]), "norm",
                                      model, doc, ("model", "norm"))
     problems += norm_problems
     defs: dict[str, ComponentInstance] = {}
-    for name, raw in (data.get("components") or {}).items():
+    for name, raw in raw_components.items():
         if ("components", name) in bad or not isinstance(raw, dict):
             defs[name] = None  # defined, but broken: usable as a layout symbol, not configured
             continue
         inst, found = _configure(raw, name, model, doc, ("components", name))
         defs[name] = inst
         problems += found
-    symbols = set(defs)
-    layout = data.get("layout")
-    sublayer_symbols: list[Symbols] = []
-    if layout is not None and ("layout",) not in {p.path[:1] for p in problems}:
-        sublayer_symbols, found = expand_layout(layout, symbols)
-        problems += [Problem(p.message, ("layout",) + p.path, doc.loc(("layout",) + p.path), p.hint)
-                     for p in found]
     if problems:
         raise SpecError(problems)
-    model = _model_config(data, n_sublayers=len(sublayer_symbols))
-    defs = {k: _reconfigure(v, model) for k, v in defs.items()}
-    norm = _reconfigure(norm, model)
     sublayers = [Sublayer(i, [defs[s] for s in syms]) for i, syms in enumerate(sublayer_symbols)]
     problems += _apply_overrides(sublayers, data.get("overrides") or [], model, doc)
     problems += _shared_weight_conflicts(sublayers, model, doc)
     if problems:
         raise SpecError(problems)
     return ResolvedSpec(source, doc.files, model, norm, defs, sublayers, data)
+
+
+def _expand(layout, symbols: set[str], problems: list[Problem], doc: Document) -> tuple[list[Symbols], list[Problem]]:
+    """The layout's sublayers (lists of symbols), unless the layout is already known bad."""
+    if layout is None or ("layout",) in {p.path[:1] for p in problems}:
+        return [], []
+    sublayers, found = expand_layout(layout, symbols)
+    return sublayers, [Problem(p.message, ("layout",) + p.path, doc.loc(("layout",) + p.path), p.hint)
+                       for p in found]
 
 
 def _shared_weight_conflicts(sublayers: list[Sublayer], model, doc: Document) -> list[Problem]:
@@ -154,8 +161,7 @@ def _model_config(data: dict, n_sublayers: int) -> C.base.ModelConfig:
     m = {**MODEL_DEFAULTS, **data["model"]}
     return C.base.ModelConfig(
         vocab_size=m["vocab_size"], d_model=m["d_model"], max_seq_len=m["max_seq_len"],
-        dtype=m["dtype"], tie_embeddings=m["tie_embeddings"], norm=dict(m["norm"]),
-        init_std=float(m["init_std"]), n_sublayers=n_sublayers,
+        dtype=m["dtype"], tie_embeddings=m["tie_embeddings"], init_std=float(m["init_std"]), n_sublayers=n_sublayers,
         name=m.get("name") or "model")
 
 
@@ -180,17 +186,6 @@ def _configure(raw: dict, name: str, model, doc: Document, path: Path,
     problems = [Problem(i.message, where(i.key), doc.loc(where(i.key)), i.hint)
                 for i in comp.check(cfg, model, written)]
     return inst, problems
-
-
-def _reconfigure(inst: ComponentInstance | None, model) -> ComponentInstance | None:
-    """Re-derive once the model's depth is known (derived defaults may depend on it)."""
-    if inst is None:
-        return None
-    raw = {"type": inst.type, "backend": inst.backend, **{k: inst.config[k] for k in inst.written}}
-    cfg = C.get(inst.type).derive(_fill_defaults(inst.type, raw), model)
-    cfg.pop("type", None)
-    cfg.pop("backend", None)
-    return ComponentInstance(inst.name, inst.type, cfg, inst.backend, inst.written, inst.overrides)
 
 
 def _apply_overrides(sublayers: list[Sublayer], overrides: list, model, doc: Document) -> list[Problem]:

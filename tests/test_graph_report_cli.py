@@ -61,7 +61,8 @@ def test_graph_nodes_and_edges():
     assert a["params"] == 4 * 32 * 32
     assert a["state_bytes"] == 2 * 4 * 8 * 8 * 4  # window 8 < seq_len 32
     assert g.nodes["sublayers.2.residual"]["params"] == 2  # the gates
-    assert g.nodes["sublayers.2.residual"]["config"] == {"gated": True}
+    assert g.nodes["sublayers.2.residual"]["config"] == {"gated": True, "members": 2}
+    assert g.nodes["sublayers.2.residual"]["role"] == "residual"
     assert g.nodes["sublayers.1.F"]["config"]["d_ff"] == 48
     acc = account(spec)
     assert sum(p for _, p in g.nodes(data="params")) == acc.total().params

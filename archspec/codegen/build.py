@@ -24,17 +24,17 @@ from pathlib import Path
 
 import torch
 
-from .. import components as C
-from ..accounting import account, shared_owners
+from ..accounting import account
+from ..backends import check_override, choose, requested
 from ..components.base import DTYPE_BYTES, DTYPE_NAMES, TORCH_DTYPES, Backend, Component
 from ..errors import BuildRefused, KernelFallbackWarning
 from ..ops import triton_support
-from ..spec import ComponentInstance, ResolvedSpec
+from ..plan import EMBEDDING, FINAL_NORM, HEAD, MEMBER, NORM, SHARED, Node, Plan, plan
+from ..spec import ResolvedSpec
 from ..units import human_bytes
 from .model import BackendChoice, Block, CausalLM
 
 MEMORY_HEADROOM = 0.8  # refuse builds needing more than this share of free memory
-NORM_KEY = "model.norm"  # the model's norm in a `backend` dict (as the spec names it: model: norm:)
 
 
 def build(spec: ResolvedSpec, device: str | torch.device = "cpu", dtype: str | None = None,
@@ -56,24 +56,12 @@ def build(spec: ResolvedSpec, device: str | torch.device = "cpu", dtype: str | N
         raise ValueError(f"unknown dtype '{dtype_name}' (use one of {', '.join(TORCH_DTYPES)})")
     if not meta and not force:
         check_memory(spec, device, dtype_name)
-    if isinstance(backend, dict):
-        unknown = sorted(set(backend) - set(spec.components) - {NORM_KEY})
-        if unknown:
-            raise ValueError(f"backend given for unknown component(s) {', '.join(map(repr, unknown))} "
-                             f"(the spec defines: {', '.join(sorted(spec.components))}; "
-                             f"'{NORM_KEY}' names the model's norm)")
-    elif isinstance(backend, str):
-        known = {name for inst in [spec.norm, *spec.components.values()] for name in inst.component.backends}
-        if backend != "auto" and backend not in known:
-            raise ValueError(f"no '{backend}' backend in any component of this spec "
-                             f"(they have: {', '.join(sorted(known))})")
-    elif backend is not None:
-        raise ValueError(f"backend must be a name or a dict of component name -> name, got {backend!r}")
+    check_override(spec, backend)
     # backends are chosen for where the model will run: a meta build of a model meant for
     # device X shows X's choices (the CPU's when no real device was named)
     target = requested if requested.type != "meta" else torch.device("cpu")
     with torch.device("meta"):
-        model = _construct(spec, backend, target, TORCH_DTYPES[dtype_name])
+        model = _construct(plan(spec), backend, target, TORCH_DTYPES[dtype_name])
     model = model.to(TORCH_DTYPES[dtype_name])
     if meta:
         return model
@@ -84,59 +72,62 @@ def build(spec: ResolvedSpec, device: str | torch.device = "cpu", dtype: str | N
     return model
 
 
-def _construct(spec: ResolvedSpec, backend, device: torch.device, dtype: torch.dtype) -> CausalLM:
+def _construct(the_plan: Plan, override, device: torch.device, dtype: torch.dtype) -> CausalLM:
+    spec = the_plan.spec
     # backends are chosen for the dtype the model is built in (kernels may take some only)
     model_cfg = replace(spec.model, dtype=DTYPE_NAMES[dtype])
-    choose = _Chooser(device, dtype, model_cfg)
-    norm_impl, norm_choice = choose(spec.norm, NORM_KEY, _requested_norm_backend(spec, backend))
-    norm = lambda: norm_impl.factory(spec.norm.config, model_cfg)  # noqa: E731
+    choose = _Chooser(device, dtype, model_cfg, override)
     chosen: dict[str, BackendChoice] = {}
+    modules = {}
+    for node in the_plan.configurable:
+        impl, chosen[node.name] = choose(node)
+        modules[node.name] = impl.factory(node.instance.config, model_cfg)
     blocks = []
     for sub in spec.sublayers:
-        chosen[f"sublayers.{sub.index}.norm"] = norm_choice
-        members = {}
-        for m in sub.members:
-            impl, choice = choose(m, m.name, _requested_backend(m, backend))
-            chosen[f"sublayers.{sub.index}.{m.name}"] = choice
-            members[m.name] = impl.factory(m.config, model_cfg)
-        blocks.append(Block(norm(), members))
-    shared = {key: inst.component.build_shared(key, inst.config, model_cfg)
-              for key, (inst, _) in shared_owners(spec).items()}
-    model = CausalLM(C.get("embedding").build({}, model_cfg, "reference"), blocks, norm(),
-                     C.get("lm_head").build({}, model_cfg, "reference"), model_cfg.tie_embeddings,
-                     shared)
-    chosen["final_norm"] = norm_choice
+        nodes = the_plan.of_sublayer(sub.index)
+        (norm,) = [n for n in nodes if n.role == NORM]
+        blocks.append(Block(modules[norm.name], {n.symbol: modules[n.name] for n in nodes if n.role == MEMBER}))
+    shared = {n.shared_key: n.component.build_shared(n.shared_key, n.instance.config, model_cfg)
+              for n in the_plan.with_role(SHARED)}
+    (embedding,), (final_norm,), (head,) = (the_plan.with_role(r) for r in (EMBEDDING, FINAL_NORM, HEAD))
+    model = CausalLM(_reference(embedding, model_cfg), blocks, modules[final_norm.name],
+                     _reference(head, model_cfg), model_cfg.tie_embeddings, shared)
     model.backends = chosen
     model.spec = spec
     return model
 
 
+def _reference(node: Node, model_cfg):
+    """A model part that has one implementation (the embedding, the head)."""
+    return node.component.build(node.instance.config, model_cfg, "reference")
+
+
 class _Chooser:
-    """Chooses each node's backend for one build: the component's rule (choose_backend), then,
-    for a `triton` backend, the check that its kernels compile on the device. The check runs once
-    per distinct (component type, config) of the build (compile results are also cached per
+    """Chooses each node's backend for one build: the rule (backends.choose), then, for a
+    `triton` backend, the check that its kernels compile on the device. The check runs once per
+    distinct (component type, config) of the build (compile results are also cached per
     process, in triton_support), and each component symbol warns once."""
 
-    def __init__(self, device: torch.device, dtype: torch.dtype, model_cfg):
-        self.device, self.dtype, self.model_cfg = device, dtype, model_cfg
+    def __init__(self, device: torch.device, dtype: torch.dtype, model_cfg, override):
+        self.device, self.dtype, self.model_cfg, self.override = device, dtype, model_cfg, override
         self.checked: dict[tuple, list] = {}
         self.warned: set[str] = set()
 
-    def __call__(self, inst: ComponentInstance, symbol: str, requested: str) -> tuple[Backend, BackendChoice]:
-        comp = inst.component
-        impl = comp.choose_backend(requested, self.device, inst.config, self.model_cfg)
+    def __call__(self, node: Node) -> tuple[Backend, BackendChoice]:
+        impl = choose(node, self.device, self.model_cfg, self.override)
         if impl.name != "triton":
             return impl, BackendChoice(impl.name)
-        failures = self._failures(comp, inst.config)
+        comp, cfg = node.component, node.instance.config
+        failures = self._failures(comp, cfg)
         if not failures:
             return impl, BackendChoice(impl.name)
-        if requested != "auto":
-            raise triton_support.KernelUnavailable(_forced_message(symbol, comp, self.device, failures))
-        fallback = self._fallback(comp, inst.config, symbol, failures)
-        if symbol not in self.warned:
-            self.warned.add(symbol)
-            warnings.warn(_fallback_message(symbol, comp, fallback.name, failures),
-                          KernelFallbackWarning, stacklevel=4)
+        if requested(node, self.override) != "auto":
+            raise triton_support.KernelUnavailable(_forced_message(node.symbol, comp, self.device, failures))
+        fallback = self._fallback(node, failures)
+        if node.symbol not in self.warned:
+            self.warned.add(node.symbol)
+            warnings.warn(_fallback_message(node.symbol, comp, fallback.name, failures),
+                          KernelFallbackWarning, stacklevel=5)
         return fallback, BackendChoice(fallback.name, tuple(failures))
 
     def _failures(self, comp: Component, cfg: dict) -> list:
@@ -146,13 +137,13 @@ class _Chooser:
                                                                self.device)
         return self.checked[key]
 
-    def _fallback(self, comp: Component, cfg: dict, symbol: str, failures: list) -> Backend:
+    def _fallback(self, node: Node, failures: list) -> Backend:
         """`auto`'s next choice without the kernels (the reference)."""
         try:
-            return comp.choose_backend("auto", self.device, cfg, self.model_cfg, exclude=frozenset({"triton"}))
+            return choose(node, self.device, self.model_cfg, "auto", exclude=frozenset({"triton"}))
         except ValueError as e:
             raise triton_support.KernelUnavailable(
-                f"{symbol} ({comp.type}): its kernel {failures[0]} and no other backend can run "
+                f"{node.symbol} ({node.type}): its kernel {failures[0]} and no other backend can run "
                 f"on {self.device}: {e}") from None
 
 
@@ -170,22 +161,6 @@ def _forced_message(symbol: str, comp: Component, device: torch.device, failures
     return (f"backend 'triton' of {symbol} ({comp.type}) cannot run on {device} ({first.target}): "
             f"kernel {first.kernel} [{first.config}] failed: {first.reason}{more}. "
             f"Use backend 'reference' for {symbol}, or 'auto' to fall back to it automatically.")
-
-
-def _requested_backend(member: ComponentInstance, backend) -> str:
-    if isinstance(backend, str) and (backend == "auto" or backend in member.component.backends):
-        return backend
-    if isinstance(backend, dict) and member.name in backend:
-        return backend[member.name]
-    return member.backend
-
-
-def _requested_norm_backend(spec: ResolvedSpec, backend) -> str:
-    if isinstance(backend, str) and (backend == "auto" or backend in spec.norm.component.backends):
-        return backend
-    if isinstance(backend, dict) and NORM_KEY in backend:
-        return backend[NORM_KEY]
-    return spec.norm.backend
 
 
 def weight_bytes(spec: ResolvedSpec, dtype: str | None = None) -> int:

@@ -29,7 +29,6 @@ class ModelConfig:
     max_seq_len: int
     dtype: str = "float32"
     tie_embeddings: bool = False
-    norm: dict = field(default_factory=lambda: {"type": "rmsnorm", "eps": 1e-5})
     init_std: float = 0.02
     n_sublayers: int = 1
     name: str = "model"
@@ -101,6 +100,9 @@ class Component:
     # norm, head) configured under `model:`.
     role: ClassVar[str] = "sublayer"
     summary: ClassVar[str] = ""
+    # False for a type whose parameters a model part owns (the residual's gates are the block's):
+    # it is accounted for here but has no module, so no backends
+    has_module: ClassVar[bool] = True
     # JSON Schema (Draft 2020-12) fragment for the component's hyperparameters: `properties`,
     # `required`, with reference defaults. `type` and `backend` are added by the registry.
     schema: ClassVar[dict] = {"properties": {}}

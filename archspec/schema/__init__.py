@@ -26,7 +26,7 @@ def component_schema(type_name: str) -> dict:
     comp = REGISTRY[type_name]
     fragment = copy.deepcopy(comp.schema)
     props = {"type": {"const": type_name, "description": comp.summary}}
-    if comp.role == "sublayer":
+    if comp.role in ("sublayer", "norm"):  # what a spec may configure, and so choose a backend for
         props["backend"] = {"enum": ["auto", *sorted(comp.backends)], "default": "auto",
                             "description": "kernel backend; auto picks the fastest one the device runs"}
     props.update(fragment.get("properties", {}))
