@@ -192,7 +192,7 @@ class Compatibility:
         """B's state-dict entries filled from A's: load with `load_state_dict(..., strict=False)`;
         the missing keys are exactly the new and reshaped tensors. Tensors are cast to B's dtype."""
         import torch
-        from .components.base import TORCH_DTYPES
+        from .components.modules import TORCH_DTYPES
         dtype = TORCH_DTYPES[self.dtype_b]
         out = {}
         for a, b in self.mapping().items():

@@ -73,7 +73,7 @@ def _label(spec: ResolvedSpec, inst) -> str:
 def spec_launches(spec: ResolvedSpec, dtypes: Iterable[torch.dtype] | None = None) -> list[tuple[object, str]]:
     """(launch, "spec:component (type)") of every component whose `triton` backend takes its
     config, for each dtype (default: the spec's own, the dtype it builds in)."""
-    from .components.base import DTYPE_NAMES, TORCH_DTYPES
+    from .components.modules import DTYPE_NAMES, TORCH_DTYPES
     dtypes = [TORCH_DTYPES[spec.model.dtype]] if dtypes is None else list(dtypes)
     found = []
     for inst in _instances(spec):

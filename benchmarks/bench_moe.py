@@ -12,9 +12,9 @@ Cases (same active work, k f = 2816, and same dense work, E f = 22528, per token
   * fine:   d_model 1024, 64 experts top-8, d_ff 352 (4x more, 4x smaller experts: more
     per-expert launches for the grouped path).
 Forms (archspec/components/moe.py, the same module and weights):
-  * grouped: module.form = "grouped" (stable sort by expert, one gate/up/down matmul chain per
+  * grouped: module.form = "fast" (stable sort by expert, one gate/up/down matmul chain per
     expert on its contiguous rows, weighted index_add_): 6 d f k T matmul FLOPs;
-  * dense:   module.form = "dense" (every expert on every token, multiplied by the dense
+  * dense:   module.form = "reference" (every expert on every token, multiplied by the dense
     combine matrix): 6 d f E T.
 Each form: one warm-up run, then --repeats timed runs of forward + backward (gradient of a fixed
 random tensor on the output; parameter and input gradients reset each run). Reported: median,
@@ -38,6 +38,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 import archspec  # noqa: E402
+
+FORMS = {"grouped": "fast", "dense": "reference"}  # this benchmark's names -> the module's forms
 from archspec import components as C  # noqa: E402
 from archspec.components.base import FlopConvention  # noqa: E402
 from archspec.flopcount import measure_flopcounter  # noqa: E402
@@ -76,7 +78,7 @@ def bench_case(name: str, cfg: dict, t: int, repeats: int) -> dict:
 
     def step(form):
         def run():
-            module.form = form
+            module.form = FORMS[form]
             for p in leaves:
                 p.grad = None
             y = module(x)
@@ -106,7 +108,7 @@ def bench_case(name: str, cfg: dict, t: int, repeats: int) -> dict:
     measured = {}
     with torch.no_grad():
         for form in ("grouped", "dense"):
-            module.form = form
+            module.form = FORMS[form]
             measured[form] = measure_flopcounter(module, x.detach())
     for form in forms:
         forms[form]["forward_matmul_flops"] = {"analytic": analytic[form], "flopcountermode": measured[form]}

@@ -12,7 +12,7 @@ Cases (fast path vs recurrent form, both forward + backward at the same T):
   * mamba2 layer, d_model 768 with the component's defaults (E 1536, 24 heads x 64, N 128,
     1 group, chunk 256): ssd_chunked vs ssd_recurrent, swapped the same way;
   * MoM layer, specs/mom-340m.yaml's `mom` (d 1024, gated_delta, 4 heads x 256, 4 memories
-    top-2 + shared) with module.form = "chunk" | "recurrent". The recurrent form's backward
+    top-2 + shared) with module.form = "fast" | "recurrent". The recurrent form's backward
     keeps ~3 copies of a 1 MiB state per packed row (3T rows), about 20 GB at T = 2048: it runs
     forward+backward at --mom-recurrent-seq-len (and the chunk form there too, for a same-T
     ratio), and forward only (no_grad) at T for both forms;
@@ -45,8 +45,10 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 import archspec  # noqa: E402
-import archspec.components.mamba as mamba_mod  # noqa: E402
-import archspec.components.mamba2 as mamba2_mod  # noqa: E402
+import archspec.components.mamba.module as mamba_mod  # noqa: E402
+
+FORMS = {"chunk": "fast", "recurrent": "reference"}  # this benchmark's names -> MoM's forms
+import archspec.components.mamba2.module as mamba2_mod  # noqa: E402
 from archspec import components as C  # noqa: E402
 from archspec.ops import linear_attention as LA  # noqa: E402
 from archspec.ops.ssm import selective_scan_recurrent, ssd_recurrent  # noqa: E402
@@ -181,17 +183,17 @@ def bench_mom(spec, t: int, args) -> dict:
                                                   "n_memories", "topk", "shared_memory",
                                                   "capacity", "chunk_size", "conv_size")},
            "parameters": sum(p.numel() for p in module.parameters()),
-           "fast_form": 'module.form = "chunk" (chunk_rule over the packed memories)',
+           "fast_form": 'module.form = "fast" (chunk_rule over the packed memories)',
            "recurrent_form": 'module.form = "recurrent" (recurrent_rule: a token loop per '
                              "(memory, sequence) group, 3T packed rows in all)"}
 
     def with_form(step, form):
         def run():
-            module.form = form
+            module.form = FORMS[form]
             try:
                 return step()
             finally:
-                module.form = "chunk"
+                module.form = "fast"
         return run
 
     print("[mom] forward+backward, chunk at T", flush=True)
@@ -229,12 +231,12 @@ def bench_mom(spec, t: int, args) -> dict:
 
     def fwd(form, inp):
         def run():
-            module.form = form
+            module.form = FORMS[form]
             try:
                 with torch.no_grad():
                     return module(inp)
             finally:
-                module.form = "chunk"
+                module.form = "fast"
         return run
 
     fwd("chunk", x)()

@@ -77,7 +77,7 @@ from _common import ROOT  # noqa: E402
 sys.path.insert(0, str(ROOT))
 import archspec  # noqa: E402
 from archspec import components as C  # noqa: E402
-from archspec.components.mom import plan_dispatch  # noqa: E402
+from archspec.components.mom.module import plan_dispatch  # noqa: E402
 from archspec.ops import norm as N  # noqa: E402
 from archspec.ops.dispatch import combine_rows, gather_rows, reference as dispatch_ref, row_map  # noqa: E402
 from archspec.ops.linear_attention import chunk_rule  # noqa: E402

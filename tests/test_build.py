@@ -334,7 +334,7 @@ def test_free_memory_respects_a_cgroup_limit(tmp_path, monkeypatch):
 
 def test_rope_tables_stay_float32_when_the_model_is_cast():
     """`model.to(bfloat16)` casts buffers; RoPE angles must still be computed in float32."""
-    from archspec.components.attention import rope_tables
+    from archspec.components.attention.module import rope_tables
     model = build(small(), seed=0).to(torch.bfloat16)
     attn = model.sublayers[0].members["A"]
     assert attn.rope_cos.dtype == torch.bfloat16  # what the cast did

@@ -24,7 +24,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from archspec.components.mom import plan_dispatch
+from archspec.components.mom.module import plan_dispatch
 from archspec.ops import dispatch
 from archspec.ops.dispatch import RowMap, combine_rows, gather_rows, row_map
 from archspec.ops.dispatch import reference

@@ -18,7 +18,7 @@ import torch
 
 import archspec
 from archspec.accounting import account
-from archspec.components.attention import sliding_window_mask
+from archspec.components.attention.module import sliding_window_mask
 from archspec.components.base import FlopConvention, causal_pairs
 from archspec.flopcount import (analytic_comparable, flopcounter_by_op, fvcore_analysis,
                                 measure_flopcounter, measure_fvcore)

@@ -11,7 +11,8 @@ from torch import nn
 import archspec
 from archspec import components as C
 from archspec.accounting import account
-from archspec.components.base import Component, ComponentModule, Flops, register
+from archspec.components.base import Component, Flops, register
+from archspec.components.modules import ComponentModule
 from archspec.errors import SpecError
 from archspec.graph import component_graph
 from archspec.schema import strict_schema
@@ -28,7 +29,7 @@ class ToyShared(Component):
         "group": {"type": "string", "default": "a", "description": "instances of a group share"}}}
     example = {"rows": 8}
 
-    def param_shapes(self, cfg, model):
+    def own_param_shapes(self, cfg, model):
         return {"proj.weight": (model.d_model, model.d_model)}
 
     def shared_params(self, cfg, model):
@@ -37,7 +38,7 @@ class ToyShared(Component):
     def build_shared(self, key, cfg, model):
         return ToyShared.Table(cfg["rows"], model.d_model)
 
-    def flops(self, cfg, model, seq_len, conv):
+    def own_flops(self, cfg, model, seq_len, conv, realized=None):
         return Flops(matmul=2 * seq_len * model.d_model ** 2)
 
     class Table(ComponentModule):

@@ -18,7 +18,7 @@ import archspec
 from archspec import components as C
 from archspec.accounting import account
 from archspec.components.base import FlopConvention
-from archspec.components.sparse_attention import kept_tokens
+from archspec.components.sparse_attention.spec import kept_tokens
 from archspec.flopcount import flopcounter_mapping, measure_flopcounter
 from archspec.ops import sparse_attention as SA
 from archspec.report import report
@@ -79,7 +79,7 @@ def test_fast_path_equals_dense_ground_truth(pattern, name, cfg, seq_len):
     x = torch.randn(2, seq_len, 32, dtype=torch.float64)
     module.form = "fast"
     fast = module(x)
-    module.form = "dense"
+    module.form = "reference"
     slow = module(x)
     assert (fast - slow).abs().max() <= 1e-12 * max(1.0, slow.abs().max())
 
@@ -91,13 +91,13 @@ def test_gradients_of_fast_and_dense_forms_agree(pattern, name, cfg):
     module, _, _ = module_of(config(pattern, **cfg))
     x0 = torch.randn(2, 41, 32)
     grads = {}
-    for form in ("fast", "dense"):
+    for form in ("fast", "reference"):
         module.zero_grad()
         module.form = form
         x = x0.clone().requires_grad_(True)
         module(x).pow(2).sum().backward()
         grads[form] = {"input": x.grad.clone(), **{n: p.grad.clone() for n, p in module.named_parameters()}}
-    for name_, g in grads["dense"].items():
+    for name_, g in grads["reference"].items():
         assert (grads["fast"][name_] - g).abs().max() <= 1e-4 * g.abs().max(), name_
 
 
@@ -206,7 +206,7 @@ def test_window_flops_equal_flopcountermode_exactly(name, seq_len):
 @pytest.mark.parametrize("name", list(TOPK_CASES))
 @pytest.mark.parametrize("seq_len", [3, 16, 45])
 def test_block_topk_flops_exact_for_the_selection_that_happened(name, seq_len):
-    """Per sequence (batch 1), FlopCounterMode equals flops_for_rows at the R the forward packed,
+    """Per sequence (batch 1), FlopCounterMode equals flops(realized=R) at the R the forward packed,
     and lies within flops_bounds."""
     module, cfg, model = module_of(config("block_topk", **TOPK_CASES[name]))
     comp = C.get("sparse_attention")
@@ -214,7 +214,7 @@ def test_block_topk_flops_exact_for_the_selection_that_happened(name, seq_len):
     for seed in range(3):
         x = torch.randn(1, seq_len, 32, generator=torch.Generator().manual_seed(seed))
         measured = measured_attention_flops(module, x)
-        f = comp.flops_for_rows(cfg, model, seq_len, module.last_padded_rows)
+        f = comp.flops(cfg, model, seq_len, DENSE, {"padded_rows": module.last_padded_rows})
         assert measured == f.matmul + f.attention
         assert lo <= measured <= hi
 
@@ -229,7 +229,7 @@ def test_the_fast_path_computes_far_fewer_pairs_than_dense_masked_attention():
     t, hd, h = 512, cfg["head_dim"], cfg["n_heads"]
     x = torch.randn(1, t, 32)
     proj = 2 * t * 32 * hd * (2 * h + 2 * cfg["n_kv_heads"])
-    module.form = "dense"
+    module.form = "reference"
     assert measured_attention_flops(module, x) == proj + 4 * hd * h * t * t
     module.form = "fast"
     plan = SA.plan_window(t, 16, 16, 1, 64, "prefix")
@@ -264,7 +264,7 @@ def test_sparse_tiny_spec_flops_within_bounds_and_report_notes():
     inst = spec.sublayers[2].members[0]
     assumed = comp.flops(inst.config, spec.model, t, DENSE)
     rows = model.sublayers[2].members["S"].last_padded_rows
-    actual = comp.flops_for_rows(inst.config, spec.model, t, rows)
+    actual = comp.flops(inst.config, spec.model, t, DENSE, {"padded_rows": rows})
     total = acc.total().flops
     assert measured == total.matmul + total.attention - assumed.attention + actual.attention
     notes = report(spec)["notes"]
@@ -350,7 +350,7 @@ def test_block_topk_activation_estimate_within_five_percent():
 # --- causality ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("pattern,name,cfg", all_cases(), ids=CASE_IDS)
-@pytest.mark.parametrize("form", ["fast", "dense"])
+@pytest.mark.parametrize("form", ["fast", "reference"])
 def test_causal_for_every_prefix(pattern, name, cfg, form):
     module, _, _ = module_of(config(pattern, **cfg))
     module.form = form

@@ -26,7 +26,8 @@ import torch
 
 from ..accounting import account
 from ..backends import check_override, choose, requested
-from ..components.base import DTYPE_BYTES, DTYPE_NAMES, TORCH_DTYPES, Backend, Component
+from ..components.base import DTYPE_BYTES, Backend, Component
+from ..components.modules import DTYPE_NAMES, TORCH_DTYPES
 from ..errors import BuildRefused, KernelFallbackWarning
 from ..ops import triton_support
 from ..plan import EMBEDDING, FINAL_NORM, HEAD, MEMBER, NORM, SHARED, Node, Plan, plan

@@ -7,8 +7,8 @@
 `labels` [B, T] are the targets of each position (already shifted; -100 is ignored). The
 output carries the LM loss, the sum of the components' auxiliary losses, and their total.
 
-Fused residual adds: when every norm module offers `forward_add(x, delta) -> (norm(x + delta),
-x + delta)` (the Triton RMSNorm), sublayer i returns its input x and its update delta unadded,
+Fused residual adds: when every norm module runs its kernels and offers `forward_add(x, delta)
+-> (norm(x + delta), x + delta)` (the RMSNorm with backend `triton`), sublayer i returns its input x and its update delta unadded,
 and the norm of sublayer i + 1 (or the final norm) adds them in its kernel:
 
     h_0 = embedding;  (y_i, h_i) = norm_i.forward_add(h_{i-1}, delta_{i-1});  delta_i = f_i(y_i)
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..components.base import ComponentModule, ForwardContext
+from ..components.modules import ComponentModule, ForwardContext
 
 
 class BackendChoice(str):
@@ -127,7 +127,7 @@ class CausalLM(nn.Module):
     @property
     def fused_residual_norms(self) -> bool:
         """Whether every norm fuses the residual add before it (see the module docstring)."""
-        return all(hasattr(n, "forward_add")
+        return all(hasattr(n, "forward_add") and n.backend == "triton"
                    for n in [self.final_norm, *(b.norm for b in self.sublayers)])
 
     @torch.no_grad()

@@ -1,23 +1,26 @@
-"""The component contract. A component type is one file in `archspec/components/` that defines a
-subclass of `Component` decorated with `@register`: its schema fragment, its semantic checks,
-its accounting (parameter shapes, forward FLOPs, inference state, activation memory) and its
-modules (one per kernel backend). Nothing else in the pipeline names a component type.
+"""The component contract, spec side. A component type is one package in `archspec/components/`:
+
+    <type>/spec.py     a `Component` subclass decorated with `@register`: schema fragment, derived
+                       defaults, checks, accounting (parameters, FLOPs, inference state,
+                       activation memory, notes), kernel support; imports no torch, so that
+                       validate, report, graph and diff stay instant
+    <type>/module.py   its nn.Module (components/modules.py has the module-side base), imported
+                       only when a model is built (`Component.module` names it)
+
+Nothing else in the pipeline names a component type. docs/components.md walks through adding one.
 """
 from __future__ import annotations
 
+import copy
+import importlib
 import math
-from dataclasses import dataclass, field, replace
-from typing import Callable, ClassVar
-
-import torch
-from torch import nn
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
 
 from ..costs import FlopConvention, Flops, causal_pairs  # noqa: F401  (part of the contract)
+from ..ops import triton_rule
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-                "float64": torch.float64}
-DTYPE_NAMES = {dtype: name for name, dtype in TORCH_DTYPES.items()}  # torch dtype -> spec name
 
 
 @dataclass(frozen=True)
@@ -38,27 +41,10 @@ class ModelConfig:
         return DTYPE_BYTES[self.dtype]
 
     @property
-    def torch_dtype(self) -> torch.dtype:
-        return TORCH_DTYPES[self.dtype]
-
-    @property
     def out_proj_std(self) -> float:
         """Std of projections that write into the residual stream (GPT-2 scaling), so the
         residual's variance does not grow with depth."""
         return self.init_std / math.sqrt(2 * max(1, self.n_sublayers))
-
-
-class ForwardContext:
-    """Carried through one forward pass: components add auxiliary losses here (MoE load
-    balancing, MoM routing); the model returns their sum next to the LM loss."""
-
-    def __init__(self, shared: dict | None = None):
-        self.aux_losses: dict[str, torch.Tensor] = {}
-        # weights shared across sublayers (Component.shared_params), by key: model.shared[key]
-        self.shared = shared if shared is not None else {}
-
-    def add_aux_loss(self, name: str, value: torch.Tensor) -> None:
-        self.aux_losses[name] = self.aux_losses[name] + value if name in self.aux_losses else value
 
 
 @dataclass(frozen=True)
@@ -72,16 +58,18 @@ class CheckIssue:
 
 @dataclass(frozen=True)
 class Backend:
-    """One implementation of a component's module. `available(device)` returns None when it can
-    run there, else the reason it cannot. `preferred(device)`: whether `auto` may pick it there
+    """One implementation of a component's module. `factory(cfg, model)` builds it (importing
+    torch and the module side only then). `available(device)` returns None when it can run
+    there, else the reason it cannot. `preferred(device)`: whether `auto` may pick it there
     (Triton kernels run on the CPU under TRITON_INTERPRET=1, for tests, but `auto` keeps the
-    reference there: the interpreter is for proving correctness, not for speed)."""
+    reference there: the interpreter is for proving correctness, not for speed). A device is a
+    torch.device or its name ('cuda:1')."""
 
     name: str
-    factory: Callable[[dict, ModelConfig], nn.Module]
+    factory: Callable[[dict, ModelConfig], Any]
     priority: int = 0
-    available: Callable[[torch.device], str | None] = lambda device: None
-    preferred: Callable[[torch.device], bool] = lambda device: True
+    available: Callable[[Any], str | None] = lambda device: None
+    preferred: Callable[[Any], bool] = lambda device: True
     # supports(cfg, model): None when it implements this resolved config in this model, else
     # why not (a kernel's chunk size; a norm's width, d_model, which only the model knows)
     supports: Callable[[dict, ModelConfig], str | None] = lambda cfg, model: None
@@ -100,6 +88,11 @@ class Component:
     # norm, head) configured under `model:`.
     role: ClassVar[str] = "sublayer"
     summary: ClassVar[str] = ""
+    # "package.module:Class": the nn.Module implementing it, imported when a model is built
+    module: ClassVar[str | None] = None
+    # whether it has a `triton` backend: its module runs Triton kernels when built with
+    # backend "triton" (kernels_unsupported, kernels_auto_skips and kernel_launches say where)
+    has_kernels: ClassVar[bool] = False
     # False for a type whose parameters a model part owns (the residual's gates are the block's):
     # it is accounted for here but has no module, so no backends
     has_module: ClassVar[bool] = True
@@ -124,14 +117,93 @@ class Component:
         return []
 
     # --- accounting ----------------------------------------------------------------------
-    def param_shapes(self, cfg: dict, model: ModelConfig) -> dict[str, tuple[int, ...]]:
-        """Every parameter tensor of the module, by its name in `named_parameters()`."""
+    # A type implements the own_* hooks: its own parameters and work. The public methods below
+    # add its children's (components it is built from, `children`); callers use those.
+    def own_param_shapes(self, cfg: dict, model: ModelConfig) -> dict[str, tuple[int, ...]]:
+        """Every parameter tensor of the module itself, by its name in `named_parameters()`."""
         return {}
 
-    def flops(self, cfg: dict, model: ModelConfig, seq_len: int, conv: FlopConvention) -> Flops:
-        """Forward FLOPs for one sequence of `seq_len` tokens."""
+    def own_flops(self, cfg: dict, model: ModelConfig, seq_len: int, conv: FlopConvention,
+                  realized: dict | None = None) -> Flops:
+        """Forward FLOPs for one sequence of `seq_len` tokens. `realized`: what the data made
+        happen, for a type whose work depends on it (routing: the kept assignments, the rows a
+        memory received; each type documents its keys); None: the report's assumption."""
         return Flops()
 
+    def own_flops_bounds(self, cfg: dict, model: ModelConfig, seq_len: int,
+                         conv: FlopConvention) -> tuple[int, int] | None:
+        """For types whose computed work depends on the data (routing that changes how much
+        padding a chunked kernel does): the least and the most matmul + attention FLOPs one
+        sequence can take. None (the default): `own_flops` is exact for every input."""
+        return None
+
+    def own_state_bytes(self, cfg: dict, model: ModelConfig, seq_len: int) -> int:
+        """Inference state carried per sequence after `seq_len` tokens (KV cache, SSM state)."""
+        return 0
+
+    def own_activation_bytes(self, cfg: dict, model: ModelConfig, seq_len: int) -> int:
+        """Estimate of the tensors the reference path saves for backward, per sequence."""
+        return 0
+
+    def own_notes(self, cfg: dict, model: ModelConfig) -> list[str]:
+        """What a reader of the report must know about this type's figures (assumptions behind
+        data-dependent FLOPs, non-causal options). Shown once per distinct note."""
+        return []
+
+    def own_active_param_count(self, cfg: dict, model: ModelConfig) -> int:
+        """Parameters used per token (differs from the total for routed components)."""
+        return numel(self.own_param_shapes(cfg, model))
+
+    def children(self, cfg: dict, model: ModelConfig) -> dict[str, "Child"]:
+        """Components this one is built from, by attribute name (MoE's shared experts: an mlp).
+        The framework prefixes their parameters (`<name>.`), adds their costs and notes, and
+        draws them in the graph; the module builds them with `modules.build_child`."""
+        return {}
+
+    def param_shapes(self, cfg: dict, model: ModelConfig) -> dict[str, tuple[int, ...]]:
+        """Every parameter of the module, its children's included, by its `named_parameters()` name."""
+        shapes = dict(self.own_param_shapes(cfg, model))
+        for name, child in self.children(cfg, model).items():
+            shapes.update({f"{name}.{k}": s for k, s in child.component.param_shapes(child.config, model).items()})
+        return shapes
+
+    def flops(self, cfg: dict, model: ModelConfig, seq_len: int, conv: FlopConvention,
+              realized: dict | None = None) -> Flops:
+        """Forward FLOPs of one sequence of `seq_len` tokens, children included (own_flops)."""
+        total = self.own_flops(cfg, model, seq_len, conv, realized)
+        for child in self.children(cfg, model).values():
+            total = total + child.component.flops(child.config, model, seq_len, conv)
+        return total
+
+    def flops_bounds(self, cfg: dict, model: ModelConfig, seq_len: int,
+                     conv: FlopConvention) -> tuple[int, int] | None:
+        """The least and most matmul + attention FLOPs (own_flops_bounds) with the children's."""
+        own = self.own_flops_bounds(cfg, model, seq_len, conv)
+        if own is None:
+            return None
+        exact = sum(f.matmul + f.attention for f in
+                    (c.component.flops(c.config, model, seq_len, conv) for c in self.children(cfg, model).values()))
+        return own[0] + exact, own[1] + exact
+
+    def state_bytes(self, cfg: dict, model: ModelConfig, seq_len: int) -> int:
+        return self.own_state_bytes(cfg, model, seq_len) + sum(
+            c.component.state_bytes(c.config, model, seq_len) for c in self.children(cfg, model).values())
+
+    def activation_bytes(self, cfg: dict, model: ModelConfig, seq_len: int) -> int:
+        return self.own_activation_bytes(cfg, model, seq_len) + sum(
+            c.component.activation_bytes(c.config, model, seq_len) for c in self.children(cfg, model).values())
+
+    def notes(self, cfg: dict, model: ModelConfig) -> list[str]:
+        out = list(self.own_notes(cfg, model))
+        for c in self.children(cfg, model).values():
+            out += [n for n in c.component.notes(c.config, model) if n not in out]
+        return out
+
+    def active_param_count(self, cfg: dict, model: ModelConfig) -> int:
+        return self.own_active_param_count(cfg, model) + sum(
+            c.component.active_param_count(c.config, model) for c in self.children(cfg, model).values())
+
+    # --- weights shared across sublayers ---------------------------------------------------
     def shared_params(self, cfg: dict, model: ModelConfig) -> dict[str, dict[str, tuple[int, ...]]]:
         """Weights shared by every instance that names the same key (PKM values shared across
         layers, a Zamba block): {key: {parameter name: shape}}. Each key is built once, by
@@ -146,33 +218,31 @@ class Component:
         size. Default: all of them."""
         return numel(self.shared_params(cfg, model)[key])
 
-    def build_shared(self, key: str, cfg: dict, model: ModelConfig) -> "ComponentModule":
+    def build_shared(self, key: str, cfg: dict, model: ModelConfig):
         """The module holding shared weights `key` (see shared_params)."""
         raise NotImplementedError(f"'{self.type}' declares shared weights but no build_shared")
 
-    def flops_bounds(self, cfg: dict, model: ModelConfig, seq_len: int,
-                     conv: FlopConvention) -> tuple[int, int] | None:
-        """For components whose computed work depends on the data (routing that changes how
-        much padding a chunked kernel does): the least and the most matmul + attention FLOPs one
-        sequence can take. None (the default): `flops` is exact for every input."""
+    # --- kernels ---------------------------------------------------------------------------
+    def kernels_unsupported(self, cfg: dict, model: ModelConfig) -> str | None:
+        """(has_kernels) None when the kernels implement this config in this model, else why
+        not (a chunk size; a width only the model knows): `auto` then keeps the reference, and
+        forcing `triton` is an error that says why."""
         return None
 
-    def state_bytes(self, cfg: dict, model: ModelConfig, seq_len: int) -> int:
-        """Inference state carried per sequence after `seq_len` tokens (KV cache, SSM state)."""
-        return 0
+    def kernels_auto_skips(self, cfg: dict, model: ModelConfig) -> str | None:
+        """(has_kernels) None when `auto` may pick the kernels for this config, else why it
+        keeps the reference though they run it right (they spill registers in this dtype: below
+        the bar `archspec kernels` holds them to); forcing `triton` still runs them."""
+        return None
 
-    def activation_bytes(self, cfg: dict, model: ModelConfig, seq_len: int) -> int:
-        """Estimate of the tensors the reference path saves for backward, per sequence."""
-        return 0
-
-    def notes(self, cfg: dict, model: ModelConfig) -> list[str]:
-        """What a reader of the report must know about this component's figures (assumptions
-        behind data-dependent FLOPs, non-causal options). Shown once per distinct note."""
+    def kernel_launches(self, cfg: dict, model: ModelConfig, dtype) -> list:
+        """(has_kernels) Every Triton kernel launch (archspec.ops.triton_support.KernelLaunch)
+        that this config's `triton` backend makes in a forward and backward pass with `dtype`
+        (a torch dtype) inputs: what `archspec kernels` compiles ahead of time, and what a build
+        compiles for its CUDA device before it gives the component its kernels
+        (codegen/build.py: a launch that does not compile makes `auto` fall back to the
+        reference)."""
         return []
-
-    def active_param_count(self, cfg: dict, model: ModelConfig) -> int:
-        """Parameters used per token (differs from the total for routed components)."""
-        return sum(math.prod(s) for s in self.param_shapes(cfg, model).values())
 
     # --- emission ------------------------------------------------------------------------
     def add_backend(self, name: str, factory, priority: int = 0, available=None, preferred=None,
@@ -181,7 +251,7 @@ class Component:
                                       preferred or (lambda device: True), supports or (lambda cfg, model: None),
                                       auto_skips or (lambda cfg, model: None))
 
-    def choose_backend(self, requested: str, device: torch.device, cfg: dict | None = None,
+    def choose_backend(self, requested: str, device, cfg: dict | None = None,
                        model: ModelConfig | None = None, exclude: frozenset[str] = frozenset()) -> Backend:
         """'auto' picks the highest-priority backend that can run on `device`, is preferred
         there and supports `cfg` in `model` (when given: both or neither), leaving out the
@@ -217,32 +287,68 @@ class Component:
             raise ValueError(f"backend '{requested}' of '{self.type}' does not support this config: {reason}")
         return backend
 
-    def kernel_launches(self, cfg: dict, model: ModelConfig, dtype: torch.dtype) -> list:
-        """Every Triton kernel launch (archspec.ops.triton_support.KernelLaunch) that this
-        config's `triton` backend makes in a forward and backward pass with `dtype` inputs:
-        what `archspec kernels` compiles ahead of time, and what a build compiles for its CUDA
-        device before it gives the component its kernels (codegen/build.py: a launch that does
-        not compile makes `auto` fall back to the reference). Components without kernels: []."""
-        return []
+    def build(self, cfg: dict, model: ModelConfig, backend: str = "auto", device="cpu"):
+        """This component's nn.Module for `cfg` in `model`, by `backend`'s rule on `device`."""
+        return self.choose_backend(backend, device, cfg, model).factory(cfg, model)
 
-    def build(self, cfg: dict, model: ModelConfig, backend: str = "auto",
-              device: torch.device | str = "cpu") -> nn.Module:
-        return self.choose_backend(backend, torch.device(device), cfg, model).factory(cfg, model)
+
+@dataclass(frozen=True)
+class Child:
+    """A component another is built from: its type and resolved config (make with `child`)."""
+
+    type: str
+    config: dict
+
+    @property
+    def component(self) -> Component:
+        return REGISTRY[self.type]
+
+
+def child(type_name: str, model: ModelConfig, **written) -> Child:
+    """A child of `type_name` configured as a spec would: `written` over the schema's defaults,
+    then derived."""
+    comp = REGISTRY[type_name]
+    cfg = {k: copy.deepcopy(p["default"]) for k, p in comp.schema.get("properties", {}).items() if "default" in p}
+    cfg.update(written)
+    return Child(type_name, comp.derive(cfg, model))
 
 
 REGISTRY: dict[str, Component] = {}
 
 
 def register(cls: type[Component]) -> type[Component]:
-    """Class decorator: make a component type available to specs. Its `reference` backend is
-    the class's `Module` attribute, built as `Module(cfg, model)`."""
+    """Class decorator: make a component type available to specs. Its `reference` backend builds
+    `cls.module` (or a `Module` class attribute, for a type defined in one file, as tests do);
+    with `has_kernels`, its `triton` backend builds the same module with its kernels on
+    (components/modules.py: with_kernels)."""
     if cls.type in REGISTRY:
         raise RuntimeError(f"component type '{cls.type}' registered twice")
     instance = cls()
-    if hasattr(cls, "Module"):
-        instance.add_backend("reference", lambda cfg, model, m=cls.Module: m(cfg, model), priority=0)
+    module_class = _inline_module(cls) if hasattr(cls, "Module") else _lazy_module(cls.module) if cls.module else None
+    if module_class is not None:
+        instance.add_backend("reference", lambda cfg, model: module_class()(cfg, model), priority=0)
+    if cls.has_kernels:
+        instance.add_backend("triton", lambda cfg, model: _with_kernels(module_class()(cfg, model)),
+                             priority=triton_rule.TRITON_PRIORITY, available=triton_rule.triton_unavailable,
+                             preferred=triton_rule.triton_preferred, supports=instance.kernels_unsupported,
+                             auto_skips=instance.kernels_auto_skips)
     REGISTRY[cls.type] = instance
     return cls
+
+
+def _inline_module(cls) -> Callable[[], type]:
+    return lambda: cls.Module
+
+
+def _lazy_module(path: str) -> Callable[[], type]:
+    """'package.module:Class' -> a loader of the class (importing torch only when called)."""
+    module_name, _, class_name = path.partition(":")
+    return lambda: getattr(importlib.import_module(module_name), class_name)
+
+
+def _with_kernels(module):
+    from .modules import with_kernels
+    return with_kernels(module)
 
 
 def get(type_name: str) -> Component:
@@ -255,20 +361,3 @@ def types_with_role(role: str) -> list[str]:
 
 def numel(shapes: dict[str, tuple[int, ...]]) -> int:
     return sum(math.prod(s) for s in shapes.values())
-
-
-@torch.no_grad()
-def init_dt_bias(bias: torch.Tensor, dt_min: float, dt_max: float, floor: float) -> None:
-    """bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max] and floored, so that
-    softplus(bias) starts at dt. softplus^-1(y) = y + log(1 - exp(-y)) = y + log(-expm1(-y))."""
-    u = torch.rand(bias.shape, device=bias.device, dtype=torch.float32)
-    dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
-    bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-
-
-class ComponentModule(nn.Module):
-    """Base of every component's module. Modules are first built on the meta device (free),
-    then materialised: `reset_parameters()` fills weights and recomputes buffers in place."""
-
-    def reset_parameters(self) -> None:  # pragma: no cover - every subclass overrides
-        raise NotImplementedError(f"{type(self).__name__} must define reset_parameters")

@@ -15,65 +15,22 @@ Conventions (every kernel follows them; see docs/kernels.md):
   `register_flops`: the formula is the component accounting's, counted from the op's shapes and
   integer arguments (never from tensor values, which fvcore's trace does not see).
 
-Backend rule: a `triton` backend is *available* where triton is installed and the device is CUDA,
-or the CPU under TRITON_INTERPRET=1; `auto` *prefers* it only on CUDA (the interpreter proves
-correctness; it is orders of magnitude slower than the reference).
+Backend rule (triton_rule.py, importable without torch): a `triton` backend is *available* where
+triton is installed and the device is CUDA, or the CPU under TRITON_INTERPRET=1; `auto`
+*prefers* it only on CUDA (the interpreter proves correctness; it is orders of magnitude slower
+than the reference).
 """
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
 
-TRITON_PRIORITY = 10  # outranks the reference (0) where `auto` may pick it
-
-
-def triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
-def interpreting() -> bool:
-    """TRITON_INTERPRET=1: kernels run on the CPU in triton's numpy interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "") == "1"
-
-
-def triton_unavailable(device: torch.device | str) -> str | None:
-    """None when Triton kernels can run on `device`, else why not and what to do."""
-    device = torch.device(device)
-    if not triton_installed():
-        return "triton is not installed (pip install 'archspec[triton]', or a CUDA build of torch)"
-    if device.type == "cuda":
-        return None
-    if device.type == "cpu":
-        if interpreting():
-            return None
-        return ("Triton kernels need a CUDA device; on the CPU they run only in triton's interpreter "
-                "(set TRITON_INTERPRET=1 before triton is imported; slow, for tests). "
-                "Use backend 'reference' or 'auto' here")
-    return f"Triton kernels do not run on '{device.type}' devices; use backend 'reference'"
-
-
-def triton_preferred(device: torch.device | str) -> bool:
-    return torch.device(device).type == "cuda"
-
-
-def add_triton_backend(component, factory, supports=None, auto_skips=None) -> None:
-    """Register `factory(cfg, model)` as `component`'s `triton` backend; `supports(cfg, model)`
-    returns None for configs the kernels implement in that model, else why not (`auto` then
-    keeps the reference; forcing `triton` is an error that says why). `auto_skips(cfg, model)`:
-    why `auto` should keep the reference for a config the kernels run right but below the bar
-    of `archspec kernels` (they spill registers); forcing `triton` runs them."""
-    def build(cfg, model):
-        install_flop_formulas()  # so a model is counted right before its kernels first run
-        return factory(cfg, model)
-
-    component.add_backend("triton", build, priority=TRITON_PRIORITY, available=triton_unavailable,
-                          preferred=triton_preferred, supports=supports, auto_skips=auto_skips)
+from .triton_rule import (TRITON_PRIORITY, interpreting, triton_installed,  # noqa: F401  (re-exported)
+                          triton_preferred, triton_unavailable)
 
 
 class KernelUnavailable(ValueError, RuntimeError):

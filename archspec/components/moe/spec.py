@@ -66,12 +66,9 @@ from __future__ import annotations
 
 import math
 
-import torch
-from torch import nn
-
-from ..ops import moe as O
-from .base import CheckIssue, Component, ComponentModule, Flops, ModelConfig, numel, register
-from .mlp import _TORCH_ACT, ACTIVATION_FLOPS
+from ...ops import moe as O
+from ..base import CheckIssue, Component, Flops, child, numel, register
+from ..mlp.spec import ACTIVATION_FLOPS
 
 GATED = {"swiglu": "silu", "geglu": "gelu"}
 SOFTMAX_FLOPS = 5  # per element: subtract max, exp, sum, divide (+ scale)
@@ -86,6 +83,7 @@ def default_d_ff(d_model: int, multiple_of: int) -> int:
 @register
 class MoE(Component):
     type = "moe"
+    module = "archspec.components.moe.module:MoEModule"
     summary = "mixture of experts: token / causal chunk / expert-choice routing, SwiGLU experts"
     schema = {
         "properties": {
@@ -169,18 +167,21 @@ class MoE(Component):
         return issues
 
     # --- accounting ----------------------------------------------------------------------
-    def param_shapes(self, cfg, model):
+    def own_param_shapes(self, cfg, model):
         d, e, f = model.d_model, cfg["n_experts"], cfg["d_ff"]
         shapes = {"router.weight": (e, d)}
         if cfg["router"] == "chunk":
             shapes["router_start"] = (d,)
         shapes.update({"experts.gate_proj": (e, f, d), "experts.up_proj": (e, f, d),
                        "experts.down_proj": (e, d, f)})
-        if cfg["n_shared_experts"]:
-            fs = cfg["n_shared_experts"] * cfg["shared_d_ff"]
-            shapes.update({"shared.gate_proj.weight": (fs, d), "shared.up_proj.weight": (fs, d),
-                           "shared.down_proj.weight": (d, fs)})
         return shapes
+
+    def children(self, cfg, model):
+        """The shared experts: one gated MLP of width n_s f_s, `shared.*`."""
+        if not cfg["n_shared_experts"]:
+            return {}
+        return {"shared": child("mlp", model, activation=cfg["activation"], bias=False,
+                                d_ff=cfg["n_shared_experts"] * cfg["shared_d_ff"])}
 
     def router_rows(self, cfg, seq_len: int) -> int:
         """Rows the router scores per sequence: tokens, or chunk summaries."""
@@ -198,26 +199,24 @@ class MoE(Component):
         base, extra = divmod(k * seq_len, e)
         return sum(min(base + (1 if j < extra else 0), limit) for j in range(e))
 
-    def flops_for_assignments(self, cfg, model, seq_len: int, assignments: int) -> Flops:
-        """FLOPs of one forward over `seq_len` tokens whose routing kept `assignments`."""
+    def own_flops(self, cfg, model, seq_len, conv, realized=None):
+        """realized: {"assignments": kept (token, expert) assignments of the sequence} (the
+        module's `last_assignments` after a forward); default: balanced_assignments."""
+        kept = self.balanced_assignments(cfg, seq_len) if realized is None else realized["assignments"]
         d, e, f, k = model.d_model, cfg["n_experts"], cfg["d_ff"], cfg["topk"]
-        fs = cfg["n_shared_experts"] * cfg["shared_d_ff"]
         act = ACTIVATION_FLOPS[GATED[cfg["activation"]]] + 1
         rows = self.router_rows(cfg, seq_len)
-        matmul = 2 * rows * d * e + 6 * d * f * assignments + 6 * d * fs * seq_len
-        other = rows * e * SOFTMAX_FLOPS + assignments * (f * act + 2 * d)
+        matmul = 2 * rows * d * e + 6 * d * f * kept
+        other = rows * e * SOFTMAX_FLOPS + kept * (f * act + 2 * d)
         if cfg["router"] != "expert_choice" and cfg["renormalize"]:
             other += rows * (2 * k - 1)
         if cfg["router"] == "chunk":
             other += (rows - 1) * cfg["chunk_size"] * d
-        if fs:
-            other += seq_len * (fs * act + d)
+        if cfg["n_shared_experts"]:
+            other += seq_len * d  # adding the shared experts' output (their own work: children)
         return Flops(matmul=matmul, other=other)
 
-    def flops(self, cfg, model, seq_len, conv):
-        return self.flops_for_assignments(cfg, model, seq_len, self.balanced_assignments(cfg, seq_len))
-
-    def flops_bounds(self, cfg, model, seq_len, conv):
+    def own_flops_bounds(self, cfg, model, seq_len, conv):
         """Only capacity under token/chunk routing makes the work depend on the routing: the
         fewest kept assignments when every token picks the same k experts (k min(T, L)), the
         most min(k T, E L)."""
@@ -226,10 +225,9 @@ class MoE(Component):
         e, k = cfg["n_experts"], cfg["topk"]
         limit = O.capacity_limit(cfg["capacity_factor"], k, seq_len, e)
         lo, hi = k * min(seq_len, limit), min(k * seq_len, e * limit)
-        f = self.flops_for_assignments
-        return f(cfg, model, seq_len, lo).matmul, f(cfg, model, seq_len, hi).matmul
+        return tuple(self.own_flops(cfg, model, seq_len, conv, {"assignments": n}).matmul for n in (lo, hi))
 
-    def notes(self, cfg, model):
+    def own_notes(self, cfg, model):
         notes = []
         if cfg["router"] == "expert_choice":
             notes.append("expert_choice routing is NOT causal: each expert picks its top-C tokens of the "
@@ -244,7 +242,7 @@ class MoE(Component):
                          "chunk c - 1 (chunk 0 by a learned vector), so routing stays causal")
         return notes
 
-    def state_bytes(self, cfg, model, seq_len):
+    def own_state_bytes(self, cfg, model, seq_len):
         counts = 8 * cfg["n_experts"] if cfg["capacity_factor"] is not None else 0
         if cfg["router"] == "token":
             return counts
@@ -252,20 +250,19 @@ class MoE(Component):
             return 4 * model.d_model + 12 * cfg["topk"] + counts
         return 0
 
-    def activation_bytes(self, cfg, model, seq_len):
+    def own_activation_bytes(self, cfg, model, seq_len):
         # Estimate for the grouped path: per token the input and the float32 router logits and
         # probabilities; per kept assignment the gathered input, gate pre- and post-activation,
-        # up projection, their product and the expert output (weighted afterwards); the shared
-        # experts as a gated MLP (input shared).
+        # up projection, their product and the expert output (weighted afterwards). The shared
+        # experts (a child mlp) count the input they share with the router: not twice.
         d, e, f, b = model.d_model, cfg["n_experts"], cfg["d_ff"], model.dtype_bytes
-        fs = cfg["n_shared_experts"] * cfg["shared_d_ff"]
         rows = self.router_rows(cfg, seq_len)
-        per_token = d * b + fs * 4 * b
+        per_token = 0 if cfg["n_shared_experts"] else d * b
         per_assignment = (2 * d + 4 * f) * b + 8 * 2
         return seq_len * per_token + rows * e * 8 + self.balanced_assignments(cfg, seq_len) * per_assignment
 
-    def active_param_count(self, cfg, model):
-        shapes = self.param_shapes(cfg, model)
+    def own_active_param_count(self, cfg, model):
+        shapes = self.own_param_shapes(cfg, model)
         per_expert = 3 * model.d_model * cfg["d_ff"]
         routed = numel({n: s for n, s in shapes.items() if n.startswith("experts.")})
         k, e = cfg["topk"], cfg["n_experts"]
@@ -274,156 +271,3 @@ class MoE(Component):
         else:
             used = k
         return numel(shapes) - routed + round(used * per_expert)
-
-    # --- module --------------------------------------------------------------------------
-    class Module(ComponentModule):
-        def __init__(self, cfg: dict, model: ModelConfig):
-            super().__init__()
-            d, e, f = model.d_model, cfg["n_experts"], cfg["d_ff"]
-            self.d, self.n_experts, self.topk = d, e, cfg["topk"]
-            self.router_kind, self.chunk_size = cfg["router"], cfg["chunk_size"]
-            self.renormalize, self.capacity_factor = cfg["renormalize"], cfg["capacity_factor"]
-            self.aux_scale, self.z_scale = float(cfg["aux_loss_scale"]), float(cfg["z_loss_scale"])
-            self.router_f32 = cfg["router_dtype"] == "float32"
-            self.act_name = GATED[cfg["activation"]]
-            self.act = _TORCH_ACT[self.act_name]
-            self.std, self.out_std = model.init_std, model.out_proj_std
-            self.form = "grouped"  # "dense": every expert on every token, masked (ground truth)
-            self.router = nn.Linear(d, e, bias=False)
-            if self.router_kind == "chunk":
-                self.router_start = nn.Parameter(torch.empty(d))
-            self.experts = nn.Module()
-            self.experts.gate_proj = nn.Parameter(torch.empty(e, f, d))
-            self.experts.up_proj = nn.Parameter(torch.empty(e, f, d))
-            self.experts.down_proj = nn.Parameter(torch.empty(e, d, f))
-            self.shared = None
-            if cfg["n_shared_experts"]:
-                from .base import REGISTRY
-                mlp_cfg = {"activation": cfg["activation"], "bias": False,
-                           "d_ff": cfg["n_shared_experts"] * cfg["shared_d_ff"]}
-                self.shared = REGISTRY["mlp"].build(mlp_cfg, model)
-
-        @torch.no_grad()
-        def reset_parameters(self):
-            nn.init.normal_(self.router.weight, std=self.std)
-            if self.router_kind == "chunk":
-                nn.init.normal_(self.router_start, std=self.std)
-            nn.init.normal_(self.experts.gate_proj, std=self.std)
-            nn.init.normal_(self.experts.up_proj, std=self.std)
-            nn.init.normal_(self.experts.down_proj, std=self.out_std)
-            if self.shared is not None:
-                self.shared.reset_parameters()
-
-        def _weights(self):
-            ex = self.experts
-            return ex.gate_proj, ex.up_proj, ex.down_proj
-
-        def _logits(self, r: torch.Tensor) -> torch.Tensor:
-            w = self.router.weight
-            if self.router_f32:
-                dtype = torch.promote_types(r.dtype, torch.float32)
-                r, w = r.to(dtype), w.to(dtype)
-            return nn.functional.linear(r, w)
-
-        def _limit(self, seq_len: int) -> int | None:
-            if self.capacity_factor is None or self.router_kind == "expert_choice":
-                return None
-            return O.capacity_limit(self.capacity_factor, self.topk, seq_len, self.n_experts)
-
-        def route(self, x: torch.Tensor) -> dict:
-            """Routing of x [B, T, d]: per-token logits and probabilities [B T, E] (a chunk's
-            values repeated for its tokens), and idx, weights [B T, k] (token and chunk routers)
-            or sel, vals [B, C, E] (expert choice)."""
-            b, t, d = x.shape
-            if self.router_kind == "chunk":
-                r = x.to(torch.promote_types(x.dtype, torch.float32)) if self.router_f32 else x
-                summaries = O.chunk_summaries(r, self.router_start, self.chunk_size)  # [B, n_c, d]
-                logits = self._logits(summaries)
-                probs, weights, idx = O.token_choice(logits, self.topk, self.renormalize)
-                out = {"logits": logits, "probs": probs, "weights": weights, "idx": idx}
-                return {key: O.expand_chunks(v, self.chunk_size, t).reshape(b * t, -1) for key, v in out.items()}
-            logits = self._logits(x).reshape(b * t, -1)
-            if self.router_kind == "token":
-                probs, weights, idx = O.token_choice(logits, self.topk, self.renormalize)
-                return {"logits": logits, "probs": probs, "weights": weights, "idx": idx}
-            probs = torch.softmax(logits, dim=-1)
-            cap = O.expert_choice_capacity(self.capacity_factor, self.topk, t, self.n_experts)
-            sel, vals = O.expert_choice(probs.view(b, t, -1), cap)
-            return {"logits": logits, "probs": probs, "sel": sel, "vals": vals}
-
-        def assignments(self, x: torch.Tensor, routing: dict | None = None) -> O.Assignments:
-            """The kept (token, expert, weight) assignments, sorted expert-major."""
-            b, t, _ = x.shape
-            routing = routing or self.route(x)
-            if self.router_kind == "expert_choice":
-                return O.expert_choice_assignments(routing["sel"], routing["vals"], t)
-            return O.sort_assignments(routing["idx"], routing["weights"], self.n_experts, b, t, self._limit(t))
-
-        def combine(self, x: torch.Tensor, routing: dict) -> torch.Tensor:
-            """The routing as a dense [B T, E] weight matrix (zero = not computed)."""
-            b, t, _ = x.shape
-            if self.router_kind == "expert_choice":
-                return O.dense_combine_expert_choice(routing["sel"], routing["vals"], t)
-            return O.dense_combine(routing["idx"], routing["weights"], b, t, self.n_experts, self._limit(t))
-
-        def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
-            b, t, d = x.shape
-            routing = self.route(x)
-            if ctx is not None:
-                self._aux_losses(routing, ctx, x.dtype)
-            flat = x.reshape(b * t, d)
-            if self.form == "dense":
-                y = O.dense_experts(flat, self.combine(x, routing), *self._weights(), self.act)
-            else:
-                y = O.grouped_experts(flat, self.assignments(x, routing), *self._weights(), self.act)
-            y = y.view(b, t, d)
-            if self.shared is not None:
-                y = y + self.shared(x)
-            return y
-
-        def _aux_losses(self, routing: dict, ctx, dtype) -> None:
-            if self.aux_scale and self.router_kind != "expert_choice":
-                lb = O.load_balancing_loss(routing["probs"], routing["idx"], self.n_experts)
-                ctx.add_aux_loss("moe_load_balance", (self.aux_scale * lb).to(dtype))
-            if self.z_scale:
-                ctx.add_aux_loss("moe_z_loss", (self.z_scale * O.z_loss(routing["logits"])).to(dtype))
-
-        # --- decoding: one token at a time (token and chunk routers) ------------------------
-        def init_cache(self, batch: int, seq_len: int, device=None) -> dict:
-            """Per-sequence decoding state. `seq_len` fixes the capacity limit (as in forward)."""
-            if self.router_kind == "expert_choice":
-                raise ValueError("expert_choice routing is not causal: it has no token-by-token form")
-            device = device or self.router.weight.device
-            # "sum": the current chunk's running sum, float32 (float64 for float64 inputs),
-            # created at the first step
-            return {"pos": 0, "sum": None,
-                    "idx": None, "weights": None, "limit": self._limit(seq_len),
-                    "taken": torch.zeros(batch, self.n_experts, dtype=torch.int64, device=device)}
-
-        def step(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:
-            """x_t [B, d] -> y_t [B, d]; updates `cache`. A chunk router decides at each chunk's
-            first token from the running sum of the previous chunk, then accumulates x_t."""
-            if self.router_kind == "chunk":
-                acc = torch.promote_types(x_t.dtype, torch.float32)
-                if cache["pos"] % self.chunk_size == 0:
-                    if cache["pos"] == 0:
-                        summary = self.router_start.expand(x_t.shape[0], -1)
-                    else:
-                        summary = cache["sum"] / self.chunk_size
-                    r = summary.to(acc if self.router_f32 else x_t.dtype)
-                    _, cache["weights"], cache["idx"] = O.token_choice(self._logits(r), self.topk, self.renormalize)
-                    cache["sum"] = torch.zeros(x_t.shape, dtype=acc, device=x_t.device)
-                cache["sum"] = cache["sum"] + x_t.to(acc)
-                weights, idx = cache["weights"], cache["idx"]
-            else:
-                _, weights, idx = O.token_choice(self._logits(x_t), self.topk, self.renormalize)
-            cache["pos"] += 1
-            chosen = torch.zeros_like(cache["taken"], dtype=torch.bool).scatter_(1, idx, True)
-            if cache["limit"] is not None:
-                chosen &= cache["taken"] < cache["limit"]
-            cache["taken"] += chosen.long()
-            combine = torch.zeros(chosen.shape, dtype=weights.dtype, device=x_t.device).scatter_(1, idx, weights)
-            y = O.dense_experts(x_t, combine * chosen, *self._weights(), self.act)
-            if self.shared is not None:
-                y = y + self.shared(x_t)
-            return y

@@ -13,7 +13,7 @@ less the n - 1 extra copies of the shared input h that the members' own estimate
 """
 from __future__ import annotations
 
-from .base import Component, Flops, register
+from ..base import Component, Flops, register
 
 GATE_FLOPS_PER_ELEMENT = 2  # g_i * f_i(x), then the sum over members
 RESIDUAL_FLOPS_PER_ELEMENT = 1
@@ -27,17 +27,17 @@ class Residual(Component):
     schema = {"properties": {}}
     has_module = False
 
-    def param_shapes(self, cfg, model):
+    def own_param_shapes(self, cfg, model):
         return {"gates": (cfg["members"],)} if cfg["gated"] else {}
 
-    def flops(self, cfg, model, seq_len, conv):
+    def own_flops(self, cfg, model, seq_len, conv, realized=None):
         elements = seq_len * model.d_model
         other = elements * RESIDUAL_FLOPS_PER_ELEMENT
         if cfg["gated"]:
             other += elements * cfg["members"] * GATE_FLOPS_PER_ELEMENT - elements  # n products, n-1 sums
         return Flops(other=other)
 
-    def activation_bytes(self, cfg, model, seq_len):
+    def own_activation_bytes(self, cfg, model, seq_len):
         if not cfg["gated"]:
             return 0
         n, elements = cfg["members"], seq_len * model.d_model

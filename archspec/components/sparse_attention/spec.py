@@ -41,7 +41,7 @@ FlopConvention:
             selection rows: H S selections plus the padding of each (head, block) group of
             queries to a multiple of max(16, b) rows, which depends on the data. `flops`
             assumes half a tile per head and block; flops_bounds gives the range;
-            `flops_for_rows` the exact count for the R a forward reports.
+            `flops(..., realized={"padded_rows": R})` the exact count for the R a forward reports.
   attended  the pairs the mask keeps: window `attended_pairs` (exact), block_topk
             sum over blocks of L(L+1)/2 plus b S (S selections per head), and the gate over the
             candidate blocks only.
@@ -57,12 +57,9 @@ from __future__ import annotations
 
 import math
 
-import torch
-from torch import nn
-
-from ..ops import sparse_attention as SA
-from .attention import HEADS_SCHEMA, AttentionProjections, check_heads, derive_heads, projection_shapes
-from .base import CheckIssue, Component, Flops, ModelConfig, register
+from ...ops import sparse_attention as SA
+from ..attention.spec import HEADS_SCHEMA, check_heads, derive_heads, projection_shapes
+from ..base import CheckIssue, Component, Flops, register
 
 SOFTMAX_FLOPS_PER_PAIR = 5  # scale, subtract max, exp, sum, divide
 ROPE_FLOPS_PER_ELEMENT = 3  # x*cos + rotate(x)*sin
@@ -95,6 +92,7 @@ def kept_tokens(cfg, seq_len: int) -> int:
 @register
 class SparseAttention(Component):
     type = "sparse_attention"
+    module = "archspec.components.sparse_attention.module:SparseAttentionModule"
     summary = "causal sparse attention: sliding window + global tokens, or block top-k; GQA, RoPE"
     schema = {
         "properties": {
@@ -168,7 +166,7 @@ class SparseAttention(Component):
                                          f"use topk below {earlier}, or type `attention`"))
         return issues
 
-    def param_shapes(self, cfg, model):
+    def own_param_shapes(self, cfg, model):
         return projection_shapes(cfg, model)
 
     # --- FLOPs ---------------------------------------------------------------------------
@@ -187,7 +185,7 @@ class SparseAttention(Component):
         n_b = math.ceil(seq_len / b)
         return b, n_b
 
-    def flops_for_rows(self, cfg, model, seq_len: int, padded_rows: int) -> Flops:
+    def _flops_for_rows(self, cfg, model, seq_len: int, padded_rows: int) -> Flops:
         """block_topk under the dense convention for one sequence whose selected-block part
         packed `padded_rows` R rows (all heads; a forward of one sequence reports its R as
         `module.last_padded_rows`)."""
@@ -213,8 +211,13 @@ class SparseAttention(Component):
         pooled = cfg["n_kv_heads"] * cfg["head_dim"] * (n_b - 1) * (b + 1)
         return SOFTMAX_FLOPS_PER_PAIR * pairs + pooled + 2 * cfg["head_dim"] * rows
 
-    def flops(self, cfg, model, seq_len, conv):
+    def own_flops(self, cfg, model, seq_len, conv, realized=None):
+        """realized (block_topk): {"padded_rows": R the forward packed (one sequence's:
+        `module.last_padded_rows` after a forward of batch 1)}: the work that ran, counted as
+        the dense convention counts."""
         hd, h = cfg["head_dim"], cfg["n_heads"]
+        if realized is not None and cfg["pattern"] == "block_topk":
+            return self._flops_for_rows(cfg, model, seq_len, realized["padded_rows"])
         if cfg["pattern"] == "window":
             if conv.causal_attention == "dense":
                 pairs = _window_plan(cfg, seq_len).computed_pairs()
@@ -227,7 +230,7 @@ class SparseAttention(Component):
             return flops
         s = h * SA.selections_per_head(seq_len, cfg["block_size"], cfg["topk"])
         if conv.causal_attention == "dense":
-            return self.flops_for_rows(cfg, model, seq_len, self.expected_rows(cfg, seq_len))
+            return self._flops_for_rows(cfg, model, seq_len, self.expected_rows(cfg, seq_len))
         b, n_b = self._blocks(cfg, seq_len)
         lengths = [min(seq_len, (m + 1) * b) - m * b for m in range(n_b)]
         own_pairs = h * sum(n * (n + 1) // 2 for n in lengths)
@@ -237,7 +240,7 @@ class SparseAttention(Component):
         flops.other += self._topk_other(cfg, seq_len, own_pairs + b * s, s)
         return flops
 
-    def flops_bounds(self, cfg, model, seq_len, conv):
+    def own_flops_bounds(self, cfg, model, seq_len, conv):
         if cfg["pattern"] == "window":
             return None
         if conv.causal_attention != "dense":
@@ -246,11 +249,11 @@ class SparseAttention(Component):
         h, tile = cfg["n_heads"], SA.tile_rows(cfg["block_size"])
         per_head = SA.selections_per_head(seq_len, cfg["block_size"], cfg["topk"])
         _, n_b = self._blocks(cfg, seq_len)
-        least = self.flops_for_rows(cfg, model, seq_len, h * tile * math.ceil(per_head / tile))
-        most = self.flops_for_rows(cfg, model, seq_len, h * (per_head + (n_b - 1) * (tile - 1)))
+        least = self._flops_for_rows(cfg, model, seq_len, h * tile * math.ceil(per_head / tile))
+        most = self._flops_for_rows(cfg, model, seq_len, h * (per_head + (n_b - 1) * (tile - 1)))
         return least.matmul + least.attention, most.matmul + most.attention
 
-    def notes(self, cfg, model):
+    def own_notes(self, cfg, model):
         if cfg["pattern"] == "block_topk":
             tile = SA.tile_rows(cfg["block_size"])
             return [f"block_topk: a forward pads each (head, key block) group of selecting queries to "
@@ -266,10 +269,10 @@ class SparseAttention(Component):
         return notes
 
     # --- memory --------------------------------------------------------------------------
-    def state_bytes(self, cfg, model, seq_len):
+    def own_state_bytes(self, cfg, model, seq_len):
         return 2 * cfg["n_kv_heads"] * cfg["head_dim"] * kept_tokens(cfg, seq_len) * model.dtype_bytes
 
-    def activation_bytes(self, cfg, model, seq_len):
+    def own_activation_bytes(self, cfg, model, seq_len):
         """What the fast path saves for backward per sequence, item by item (checked against
         saved_tensors_hooks in tests/test_sparse_attention.py). Both: the input x and the
         attention output (o_proj's input). window: the chunks of query blocks are checkpointed,
@@ -313,86 +316,3 @@ class SparseAttention(Component):
         sums = (2 * rows * hd + rows + 2 * rows * chunks) * soft if r else 0
         small = 9 * r + 8 * tiles + b * b  # row and tile indices, row validity, causal mask
         return elems * e + probs + sums + small
-
-    # --- module --------------------------------------------------------------------------
-    class Module(AttentionProjections):
-        def __init__(self, cfg: dict, model: ModelConfig):
-            super().__init__(cfg, model)
-            self.cfg = dict(cfg)
-            self.pattern = cfg["pattern"]
-            self.form = "fast"  # "dense": the ground truth over the explicit [T, T] mask (tests)
-            self.last_padded_rows = 0  # block_topk: R of the latest fast forward (all sequences)
-
-        def mask(self, q, k, t: int) -> torch.Tensor:
-            """The definition's mask: [T, T] (window) or [B, H, T, T] (block_topk)."""
-            c = self.cfg
-            if self.pattern == "window":
-                return SA.window_mask(t, c["window"], c["global_first"], c["global_every"], c["global_reads"],
-                                      device=q.device)
-            sel = SA.select_blocks(q, k, c["block_size"], c["topk"])
-            return SA.block_topk_mask(sel, t, c["block_size"], (q.shape[0], self.n_heads)).to(q.device)
-
-        def attend(self, q, k, v) -> torch.Tensor:
-            c, t = self.cfg, q.shape[2]
-            if self.form == "dense":
-                return SA.dense_masked_attention(q, k, v, self.mask(q, k, t))
-            if self.pattern == "window":
-                return SA.window_attention(q, k, v, _window_plan(c, t))
-            o, self.last_padded_rows = SA.block_topk_attention(q, k, v, c["block_size"], c["topk"])
-            return o
-
-        def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
-            b, t, _ = x.shape
-            o = self.attend(*self.qkv(x))
-            return self.o_proj(o.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
-
-        # --- decoding: one position at a time against the kept KV ---------------------------
-        def init_cache(self, batch: int, device=None, dtype=None) -> dict:
-            w = self.q_proj.weight
-            device, dtype = device or w.device, dtype or w.dtype
-            empty = torch.zeros(batch, self.n_kv_heads, 0, self.head_dim, device=device, dtype=dtype)
-            return {"k": empty, "v": empty.clone(), "pos": torch.zeros(0, dtype=torch.long, device=device),
-                    "t": 0}
-
-        @staticmethod
-        def cache_bytes(cache: dict) -> int:
-            """Bytes of K and V the cache holds, per sequence."""
-            return (cache["k"][0].numel() + cache["v"][0].numel()) * cache["k"].element_size()
-
-        def step(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:
-            """x_t [B, d] at position cache['t'] -> y_t [B, d]; appends this position's K/V and
-            drops those no later position can read (see kept_tokens)."""
-            c, p = self.cfg, cache["t"]
-            q, k, v = self.qkv(x_t[:, None], start=p)
-            keys = torch.cat([cache["k"], k], 2)
-            vals = torch.cat([cache["v"], v], 2)
-            pos = torch.cat([cache["pos"], torch.tensor([p], device=x_t.device)])
-            if self.pattern == "window":
-                glob = SA.is_global(p + 1, c["global_first"], c["global_every"], x_t.device)
-                reads = (p - pos < c["window"]) | glob[pos]
-                if c["global_reads"] == "prefix" and bool(glob[p]):
-                    reads = torch.ones_like(reads)
-                keep = (pos >= p + 2 - c["window"]) | glob[pos] | _keeps_everything(c)
-            else:
-                reads = self._topk_reads(q[:, :, 0], keys, pos, p)
-                keep = torch.ones_like(pos, dtype=torch.bool)
-            o = SA.attend_one(q[:, :, 0], keys, vals, reads)
-            cache.update(k=keys[:, :, keep], v=vals[:, :, keep], pos=pos[keep], t=p + 1)
-            return self.o_proj(o.reshape(x_t.shape[0], -1))
-
-        def _topk_reads(self, q_t, keys, pos, p):
-            """[B, H, n] keys position p reads: its own block up to p and its top-k earlier
-            blocks (the cache holds every position in order here)."""
-            bsz, h, d = q_t.shape
-            b = self.cfg["block_size"]
-            own = pos // b == p // b
-            n_sel = p // b
-            if n_sel == 0:
-                return own.expand(bsz, h, -1)
-            dtype = torch.promote_types(q_t.dtype, torch.float32)
-            kbar = keys[:, :, : n_sel * b].to(dtype).view(bsz, self.n_kv_heads, n_sel, b, d).mean(-2)
-            gate = (q_t.to(dtype).view(bsz, self.n_kv_heads, h // self.n_kv_heads, d)
-                    @ kbar.transpose(-1, -2)).view(bsz, h, n_sel)
-            idx = gate.topk(min(self.cfg["topk"], n_sel), dim=-1).indices
-            chosen = torch.zeros(bsz, h, n_sel + 1, dtype=torch.bool, device=q_t.device).scatter_(-1, idx, True)
-            return own | chosen.gather(-1, torch.clamp(pos // b, max=n_sel).expand(bsz, h, -1))

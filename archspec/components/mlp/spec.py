@@ -13,22 +13,19 @@ from __future__ import annotations
 
 import math
 
-import torch
-from torch import nn
-
-from .base import CheckIssue, Component, ComponentModule, Flops, ModelConfig, register
+from ..base import CheckIssue, Component, Flops, register
 
 # FLOPs per element: silu = x * 1/(1+exp(-x)) (negate+exp, add, divide, multiply);
 # gelu = 0.5 x (1 + erf(x / sqrt 2)) (scale, erf, add, two multiplies); relu a compare.
 ACTIVATION_FLOPS = {"silu": 4, "gelu": 5, "relu": 1}
 ACTIVATIONS = {"swiglu": ("silu", True), "geglu": ("gelu", True),
                "silu": ("silu", False), "gelu": ("gelu", False), "relu": ("relu", False)}
-_TORCH_ACT = {"silu": nn.functional.silu, "gelu": nn.functional.gelu, "relu": nn.functional.relu}
 
 
 @register
 class MLP(Component):
     type = "mlp"
+    module = "archspec.components.mlp.module:MLPModule"
     summary = "feed-forward network (SwiGLU / GeGLU / GeLU / ReLU / SiLU)"
     schema = {
         "properties": {
@@ -59,7 +56,7 @@ class MLP(Component):
                                "did you mean a multiplier, e.g. `${d_model} * 4`?")]
         return []
 
-    def param_shapes(self, cfg, model):
+    def own_param_shapes(self, cfg, model):
         d, f = model.d_model, cfg["d_ff"]
         names = ["gate_proj", "up_proj"] if ACTIVATIONS[cfg["activation"]][1] else ["up_proj"]
         shapes = {f"{n}.weight": (f, d) for n in names}
@@ -69,7 +66,7 @@ class MLP(Component):
             shapes["down_proj.bias"] = (d,)
         return shapes
 
-    def flops(self, cfg, model, seq_len, conv):
+    def own_flops(self, cfg, model, seq_len, conv, realized=None):
         d, f = model.d_model, cfg["d_ff"]
         act, gated = ACTIVATIONS[cfg["activation"]]
         n_proj = 3 if gated else 2
@@ -78,33 +75,8 @@ class MLP(Component):
             other += (n_proj - 1) * f + d
         return Flops(matmul=seq_len * 2 * d * f * n_proj, other=seq_len * other)
 
-    def activation_bytes(self, cfg, model, seq_len):
+    def own_activation_bytes(self, cfg, model, seq_len):
         d, f = model.d_model, cfg["d_ff"]
         gated = ACTIVATIONS[cfg["activation"]][1]
         # input x; gated: gate pre-activation, act(gate), up, product; plain: pre- and post-activation
         return seq_len * model.dtype_bytes * (d + (4 if gated else 2) * f)
-
-    class Module(ComponentModule):
-        def __init__(self, cfg: dict, model: ModelConfig):
-            super().__init__()
-            d, f = model.d_model, cfg["d_ff"]
-            act, self.gated = ACTIVATIONS[cfg["activation"]]
-            self.act = _TORCH_ACT[act]
-            self.std, self.out_std = model.init_std, model.out_proj_std
-            if self.gated:
-                self.gate_proj = nn.Linear(d, f, bias=cfg["bias"])
-            self.up_proj = nn.Linear(d, f, bias=cfg["bias"])
-            self.down_proj = nn.Linear(f, d, bias=cfg["bias"])
-
-        def reset_parameters(self):
-            for lin in ([self.gate_proj] if self.gated else []) + [self.up_proj]:
-                nn.init.normal_(lin.weight, std=self.std)
-            nn.init.normal_(self.down_proj.weight, std=self.out_std)
-            for lin in self.children():
-                if lin.bias is not None:
-                    nn.init.zeros_(lin.bias)
-
-        def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
-            if self.gated:
-                return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
-            return self.down_proj(self.act(self.up_proj(x)))

@@ -35,16 +35,12 @@ dtype, and h, H P N in float32.
 """
 from __future__ import annotations
 
-import torch
-from torch import nn
-
-from ..ops.conv import conv_flops_per_token, causal_conv1d, causal_conv1d_step
-from ..ops.norm import dtype_unsupported, gated_rmsnorm, gated_rmsnorm_flops, width_unsupported
-from ..ops.ssm.ssd import ssd_chunked, ssd_flops, ssd_step
-from ..ops.triton_support import add_triton_backend
-from .base import REGISTRY, CheckIssue, Component, ComponentModule, Flops, ModelConfig, register
-from .mamba import (CONV_SCHEMA, DT_INIT_SCHEMA, SOFTPLUS_FLOPS, check_dt_range, check_inner_width,
-                    init_dt_bias, inner_width)
+from ...ops.conv import conv_flops_per_token
+from ...ops.norm import dtype_unsupported, gated_rmsnorm_flops, width_unsupported
+from ...ops.ssm.ssd import ssd_flops
+from ..base import CheckIssue, Component, Flops, register
+from ..mamba.spec import (CONV_SCHEMA, DT_INIT_SCHEMA, SOFTPLUS_FLOPS, check_dt_range, check_inner_width,
+                          inner_width)
 
 
 def _near_divisors(n: int, target: int, count: int = 3) -> str:
@@ -55,6 +51,8 @@ def _near_divisors(n: int, target: int, count: int = 3) -> str:
 @register
 class Mamba2(Component):
     type = "mamba2"
+    module = "archspec.components.mamba2.module:Mamba2Module"
+    has_kernels = True
     summary = "Mamba2 SSD mixer (chunked state space duality, gated RMSNorm)"
     schema = {
         "properties": {
@@ -115,7 +113,7 @@ class Mamba2(Component):
         e, p = inner_width(cfg, model), cfg["headdim"]
         return model.d_model, e, e // p, p, cfg["ngroups"], cfg["d_state"], cfg["d_conv"]
 
-    def param_shapes(self, cfg, model):
+    def own_param_shapes(self, cfg, model):
         d, e, h, _, g, n, k = self._dims(cfg, model)
         conv_dim = e + 2 * g * n
         shapes = {"in_proj.weight": (2 * e + 2 * g * n + h, d)}
@@ -130,7 +128,7 @@ class Mamba2(Component):
             shapes["out_proj.bias"] = (d,)
         return shapes
 
-    def flops(self, cfg, model, seq_len, conv):
+    def own_flops(self, cfg, model, seq_len, conv, realized=None):
         d, e, h, p, g, n, k = self._dims(cfg, model)
         t = seq_len
         ssd_matmul, ssd_other = ssd_flops(t, h, p, g, n, cfg["chunk_size"], has_d=True)
@@ -142,15 +140,15 @@ class Mamba2(Component):
             other += t * (2 * e + 2 * g * n + h + d)
         return Flops(matmul=matmul, other=other)
 
-    def notes(self, cfg, model):
+    def own_notes(self, cfg, model):
         return [f"SSD FLOPs count what the chunked form computes: T padded to a multiple of "
                 f"min(chunk_size={cfg['chunk_size']}, T), and every entry of each diagonal block"]
 
-    def state_bytes(self, cfg, model, seq_len):
+    def own_state_bytes(self, cfg, model, seq_len):
         _, e, h, p, g, n, k = self._dims(cfg, model)
         return (k - 1) * (e + 2 * g * n) * model.dtype_bytes + h * p * n * 4
 
-    def activation_bytes(self, cfg, model, seq_len):
+    def own_activation_bytes(self, cfg, model, seq_len):
         d, e, h, p, g, n, k = self._dims(cfg, model)
         t, nb = seq_len, model.dtype_bytes
         q = min(cfg["chunk_size"], t)
@@ -180,12 +178,23 @@ class Mamba2(Component):
         # boolean causal masks [Q, Q] and [c+1, c+1].
         return t * per_token * nb + 4 * f32
 
+    def kernels_unsupported(self, cfg, model):
+        """The gated norm's kernel normalises rows of the inner width E = expand * d_model in
+        groups of E / ngroups: E up to ops.norm's MAX_WIDTH."""
+        e = inner_width(cfg, model)
+        reason = width_unsupported(e, e // cfg["ngroups"])
+        if reason is not None:
+            return f"the gated norm over the inner width {e}: {reason}"
+        return dtype_unsupported(model.dtype)
+
     def kernel_launches(self, cfg, model, dtype):
         """The gated RMSNorm's kernels, as Module.forward calls it: y (SSD's output, float32 or
         float64) gated by z (the model dtype) with the weight in the model dtype, E columns in
         ngroups groups; over a training batch's rows (forward and backward) and one decoded
         token's (`step`: forward only)."""
-        from ..ops.norm.fused import TRAIN_ROWS, kernel_launches
+        import torch
+
+        from ...ops.norm.fused import TRAIN_ROWS, kernel_launches
         e, g = inner_width(cfg, model), cfg["ngroups"]
         y_dtype = torch.promote_types(dtype, torch.float32)
         return [launch for rows in (TRAIN_ROWS, 1)
@@ -194,117 +203,3 @@ class Mamba2(Component):
                                               group_size=e // g, z_dtype=dtype, weight_dtype=dtype,
                                               backward=rows > 1)]
 
-    class Module(ComponentModule):
-        def __init__(self, cfg: dict, model: ModelConfig):
-            super().__init__()
-            d, e, h, p, g, n, k = Mamba2._dims(cfg, model)
-            self.inner, self.heads, self.headdim, self.groups, self.d_state, self.d_conv = e, h, p, g, n, k
-            self.cfg = dict(cfg)
-            self.std, self.out_std = model.init_std, model.out_proj_std
-            self.in_proj = nn.Linear(d, 2 * e + 2 * g * n + h, bias=cfg["bias"])
-            # only holds conv1d.weight [E + 2GN, 1, k] and conv1d.bias under the reference's names;
-            # the convolution itself is archspec.ops.conv.causal_conv1d
-            self.conv1d = nn.Conv1d(e + 2 * g * n, e + 2 * g * n, k, groups=e + 2 * g * n,
-                                    bias=cfg["conv_bias"])
-            self.dt_bias = nn.Parameter(torch.empty(h))
-            self.A_log = nn.Parameter(torch.empty(h))
-            self.D = nn.Parameter(torch.empty(h))
-            self.norm = GatedRMSNorm(e, float(cfg["norm_eps"]), cfg["norm_before_gate"], e // g)
-            self.out_proj = nn.Linear(e, d, bias=cfg["bias"])
-
-        @torch.no_grad()
-        def reset_parameters(self):
-            cfg = self.cfg
-            nn.init.normal_(self.in_proj.weight, std=self.std)
-            nn.init.normal_(self.out_proj.weight, std=self.out_std)
-            for lin in (self.in_proj, self.out_proj):
-                if lin.bias is not None:
-                    nn.init.zeros_(lin.bias)
-            self.conv1d.reset_parameters()
-            init_dt_bias(self.dt_bias, cfg["dt_min"], cfg["dt_max"], cfg["dt_init_floor"])
-            lo, hi = cfg["A_init_range"]
-            a = torch.empty(self.heads, dtype=torch.float32, device=self.A_log.device).uniform_(lo, hi)
-            self.A_log.copy_(torch.log(a))
-            nn.init.ones_(self.D)
-            nn.init.ones_(self.norm.weight)
-
-        def _split(self, zxbcdt: torch.Tensor):
-            e, gn = self.inner, self.groups * self.d_state
-            return zxbcdt.split([e, e + 2 * gn, self.heads], dim=-1)
-
-        def _dt(self, dt0: torch.Tensor) -> torch.Tensor:
-            dt = nn.functional.softplus(dt0.float() + self.dt_bias.float())
-            limit = self.cfg["dt_limit"]
-            return dt if limit is None else dt.clamp(float(limit[0]), float(limit[1]))
-
-        def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
-            b, t, _ = x.shape
-            e, gn = self.inner, self.groups * self.d_state
-            z, xbc, dt0 = self._split(self.in_proj(x))
-            xbc = causal_conv1d(xbc, self.conv1d.weight, self.conv1d.bias, activation="silu")
-            u, bm, cm = xbc.split([e, gn, gn], dim=-1)
-            y, _ = ssd_chunked(u.reshape(b, t, self.heads, self.headdim), self._dt(dt0),
-                               -torch.exp(self.A_log.float()),
-                               bm.reshape(b, t, self.groups, self.d_state),
-                               cm.reshape(b, t, self.groups, self.d_state),
-                               self.cfg["chunk_size"], self.D)
-            return self.out_proj(self.norm(y.reshape(b, t, e), z).to(x.dtype))
-
-        # --- decoding ------------------------------------------------------------------------
-        def initial_state(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-            """(conv state [B, E + 2GN, k-1] in the model dtype, SSM state [B, H, P, N] float32)."""
-            w = self.in_proj.weight
-            conv_dim = self.inner + 2 * self.groups * self.d_state
-            return (torch.zeros(batch, conv_dim, self.d_conv - 1, dtype=w.dtype, device=w.device),
-                    torch.zeros(batch, self.heads, self.headdim, self.d_state, dtype=torch.float32,
-                                device=w.device))
-
-        def step(self, x_t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
-            """One token: x_t [B, d] -> (out [B, d], new state); the recurrent form."""
-            b = x_t.shape[0]
-            e, gn = self.inner, self.groups * self.d_state
-            conv_state, ssm_state = state
-            z, xbc, dt0 = self._split(self.in_proj(x_t))
-            xbc, conv_state = causal_conv1d_step(xbc, conv_state, self.conv1d.weight, self.conv1d.bias, "silu")
-            u, bm, cm = xbc.split([e, gn, gn], dim=-1)
-            y, ssm_state = ssd_step(ssm_state, u.reshape(b, self.heads, self.headdim), self._dt(dt0),
-                                    -torch.exp(self.A_log.float()),
-                                    bm.reshape(b, self.groups, self.d_state),
-                                    cm.reshape(b, self.groups, self.d_state), self.D)
-            out = self.out_proj(self.norm(y.reshape(b, e), z).to(x_t.dtype))
-            return out, (conv_state, ssm_state)
-
-
-class GatedRMSNorm(nn.Module):
-    """Holds `norm.weight` [E] (init 1) under the reference's name; archspec.ops.norm computes."""
-
-    def __init__(self, width: int, eps: float, norm_before_gate: bool, group_size: int):
-        super().__init__()
-        self.eps, self.norm_before_gate, self.group_size = eps, norm_before_gate, group_size
-        self.weight = nn.Parameter(torch.empty(width))
-        self.backend = "reference"  # "triton": the fused kernel (Mamba2's triton backend)
-
-    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return gated_rmsnorm(y, z, self.weight, self.eps, self.norm_before_gate, self.group_size,
-                             backend=self.backend)
-
-
-def _triton_module(cfg: dict, model: ModelConfig) -> Mamba2.Module:
-    """The `triton` backend: the same module, whose gated RMSNorm runs as the fused Triton
-    kernel (archspec/ops/norm); the SSD scan stays the chunked PyTorch form for now."""
-    module = Mamba2.Module(cfg, model)
-    module.norm.backend = "triton"
-    return module
-
-
-def _triton_supports(cfg: dict, model: ModelConfig) -> str | None:
-    """The gated norm's kernel normalises rows of the inner width E = expand * d_model in
-    groups of E / ngroups: E up to ops.norm's MAX_WIDTH."""
-    e = inner_width(cfg, model)
-    reason = width_unsupported(e, e // cfg["ngroups"])
-    if reason is not None:
-        return f"the gated norm over the inner width {e}: {reason}"
-    return dtype_unsupported(model.dtype)
-
-
-add_triton_backend(REGISTRY["mamba2"], _triton_module, supports=_triton_supports)

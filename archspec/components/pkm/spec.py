@@ -60,11 +60,8 @@ from __future__ import annotations
 
 import math
 
-import torch
-from torch import nn
-
-from ..ops import pkm as PK
-from .base import CheckIssue, Component, ComponentModule, Flops, ModelConfig, register
+from ...ops import pkm as PK
+from ..base import CheckIssue, Component, Flops, register
 
 SOFTMAX_FLOPS = 5       # per element: subtract max, exp, sum, divide (+ scale)
 BATCHNORM_FLOPS = 4     # per element at inference: subtract mean, scale by 1/std, weight, bias
@@ -78,22 +75,10 @@ def values_key(cfg: dict) -> str | None:
     return None if group is None else f"pkm_values_{group}"
 
 
-class ValueTable(ComponentModule):
-    """The value rows [n^2, v] one group of PKM layers shares (model.shared[key])."""
-
-    def __init__(self, rows: int, v_dim: int):
-        super().__init__()
-        self.v_dim = v_dim
-        self.weight = nn.Parameter(torch.empty(rows, v_dim))
-
-    @torch.no_grad()
-    def reset_parameters(self):
-        nn.init.normal_(self.weight, mean=0.0, std=self.v_dim ** -0.5)
-
-
 @register
 class PKM(Component):
     type = "pkm"
+    module = "archspec.components.pkm.module:PKMModule"
     summary = "product-key memory: top-k over n_keys^2 value slots via two sub-key halves"
     schema = {
         "properties": {
@@ -145,7 +130,7 @@ class PKM(Component):
         return issues
 
     # --- accounting ----------------------------------------------------------------------
-    def param_shapes(self, cfg, model):
+    def own_param_shapes(self, cfg, model):
         d, h, k, n, v = model.d_model, cfg["n_heads"], cfg["k_dim"], cfg["n_keys"], cfg["v_dim"]
         shapes = {"query_proj.weight": (h * k, d)}
         if cfg["query_bias"]:
@@ -169,9 +154,10 @@ class PKM(Component):
         return {} if key is None else {key: {"weight": (cfg["n_keys"] ** 2, cfg["v_dim"])}}
 
     def build_shared(self, key, cfg, model):
+        from .module import ValueTable
         return ValueTable(cfg["n_keys"] ** 2, cfg["v_dim"])
 
-    def flops(self, cfg, model, seq_len, conv):
+    def own_flops(self, cfg, model, seq_len, conv, realized=None):
         d, h, k, n, knn, v = (model.d_model, cfg["n_heads"], cfg["k_dim"], cfg["n_keys"],
                               cfg["knn"], cfg["v_dim"])
         t = seq_len
@@ -189,7 +175,7 @@ class PKM(Component):
             per_token += d
         return Flops(matmul=matmul, other=t * per_token)
 
-    def notes(self, cfg, model):
+    def own_notes(self, cfg, model):
         notes = ["the value read (an embedding bag, H knn v multiply-adds per token) is counted "
                  "in 'other': FlopCounterMode has no formula for embedding_bag"]
         if cfg["query_batchnorm"]:
@@ -198,10 +184,10 @@ class PKM(Component):
                          "in training); inference uses running statistics and is causal")
         return notes
 
-    def state_bytes(self, cfg, model, seq_len):
+    def own_state_bytes(self, cfg, model, seq_len):
         return 0  # no per-sequence state: each token reads the memory on its own
 
-    def activation_bytes(self, cfg, model, seq_len):
+    def own_activation_bytes(self, cfg, model, seq_len):
         # What autograd saves per token (checked in tests/test_pkm.py): the input and the query
         # halves for the two matmuls (and the query before the batchnorm); int64 indices of the
         # halves' top-knn (2 H knn), of the candidates' top-knn (H knn) and the bag's slots
@@ -223,76 +209,10 @@ class PKM(Component):
         # the value rows one token reads: knn per head
         return min(cfg["n_heads"] * cfg["knn"], cfg["n_keys"] ** 2) * cfg["v_dim"]
 
-    def active_param_count(self, cfg, model):
+    def own_active_param_count(self, cfg, model):
         shapes = self.param_shapes(cfg, model)
         total = sum(math.prod(s) for s in shapes.values())
         if "values.weight" not in shapes:
             return total  # shared values: the table is counted in its own row
         rows = min(cfg["n_heads"] * cfg["knn"], cfg["n_keys"] ** 2)
         return total - math.prod(shapes["values.weight"]) + rows * cfg["v_dim"]
-
-    # --- module --------------------------------------------------------------------------
-    class Module(ComponentModule):
-        def __init__(self, cfg: dict, model: ModelConfig):
-            super().__init__()
-            d = model.d_model
-            self.h, self.k, self.n = cfg["n_heads"], cfg["k_dim"], cfg["n_keys"]
-            self.knn, self.v, self.d = cfg["knn"], cfg["v_dim"], d
-            self.form = "product"  # "full": score all n^2 slots, index the values (ground truth)
-            self.query_proj = nn.Linear(d, self.h * self.k, bias=cfg["query_bias"])
-            self.query_bn = nn.BatchNorm1d(self.h * self.k) if cfg["query_batchnorm"] else None
-            self.keys = nn.Parameter(torch.empty(self.h, 2, self.n, self.k // 2))
-            self.shared_key = values_key(cfg)
-            # XLM's EmbeddingBag(n^2, v, mode='sum'); given its (empty) weight so the constructor
-            # does not initialise it (reset_parameters does; a normal_ over a large table is slow
-            # even on the meta device)
-            self.values = (nn.EmbeddingBag(self.n ** 2, self.v, mode="sum",
-                                           _weight=torch.empty(self.n ** 2, self.v))
-                           if self.shared_key is None else None)
-            self.gate_proj = nn.Linear(d, self.v) if cfg["output_gate"] else None
-            self.out_proj = nn.Linear(self.v, d) if cfg["out_proj"] else None
-
-        @torch.no_grad()
-        def reset_parameters(self):
-            self.query_proj.reset_parameters()  # nn.Linear's: U(+-1/sqrt(d)), as XLM
-            if self.query_bn is not None:
-                self.query_bn.reset_parameters()
-            bound = (self.k // 2) ** -0.5
-            nn.init.uniform_(self.keys, -bound, bound)
-            if self.values is not None:
-                nn.init.normal_(self.values.weight, mean=0.0, std=self.v ** -0.5)
-            for lin in (self.gate_proj, self.out_proj):
-                if lin is not None:
-                    lin.reset_parameters()
-                    nn.init.normal_(lin.weight, mean=0.0, std=self.d ** -0.5)
-
-        def value_table(self, ctx) -> torch.Tensor:
-            if self.shared_key is None:
-                return self.values.weight
-            if ctx is None or self.shared_key not in ctx.shared:
-                raise RuntimeError(f"this PKM layer reads the shared value table '{self.shared_key}'; "
-                                   "call it with the model's ForwardContext (ctx.shared)")
-            return ctx.shared[self.shared_key].weight
-
-        def lookup(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            """x [N, d] -> (scores [N, H, knn], slots int64 [N, H, knn]) by the module's form."""
-            q = self.query_proj(x)
-            if self.query_bn is not None:
-                q = self.query_bn(q)
-            q = q.view(x.shape[0], self.h, self.k)
-            select = PK.product_topk if self.form == "product" else PK.full_topk
-            return select(q, self.keys, self.knn)
-
-        def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
-            b, t, d = x.shape
-            flat = x.reshape(b * t, d)
-            scores, slots = self.lookup(flat)
-            weights = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1)
-            read = PK.read_values if self.form == "product" else PK.read_values_plain
-            m = read(slots.reshape(b * t, -1), weights.reshape(b * t, -1), self.value_table(ctx))
-            m = m.to(x.dtype)
-            if self.gate_proj is not None:
-                m = m * nn.functional.silu(self.gate_proj(flat))
-            if self.out_proj is not None:
-                m = self.out_proj(m)
-            return m.view(b, t, -1)

@@ -1,0 +1,2 @@
+"""The attention component: spec.py (schema, checks, accounting; no torch) and module.py (its nn.Module)."""
+from .spec import Attention  # noqa: F401  (registers the type)

@@ -1,0 +1,104 @@
+"""The attention module (the math, shapes and accounting: spec.py)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..base import ModelConfig
+from ..modules import ComponentModule
+
+
+class AttentionProjections(ComponentModule):
+    """The q/k/v/o projections and RoPE tables of the attention components (attention,
+    sparse_attention): q = x W_q^T [B, H, T, hd]; k = x W_k^T, v = x W_v^T [B, H_kv, T, hd];
+    RoPE rotates q and k at their absolute positions; out = o W_o^T with o [B, T, H hd].
+    Initialisation: W_q, W_k, W_v ~ N(0, init_std), W_o ~ N(0, out_proj_std), biases 0."""
+
+    def __init__(self, cfg: dict, model: ModelConfig):
+        super().__init__()
+        d, hd = model.d_model, cfg["head_dim"]
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg["n_heads"], cfg["n_kv_heads"], hd
+        self.use_rope, self.theta = cfg["rope"], float(cfg["rope_theta"])
+        self.max_seq_len = model.max_seq_len
+        self.std, self.out_std = model.init_std, model.out_proj_std
+        self.q_proj = nn.Linear(d, self.n_heads * hd, bias=cfg["bias"])
+        self.k_proj = nn.Linear(d, self.n_kv_heads * hd, bias=cfg["bias"])
+        self.v_proj = nn.Linear(d, self.n_kv_heads * hd, bias=cfg["bias"])
+        self.o_proj = nn.Linear(self.n_heads * hd, d, bias=cfg["bias"])
+        self.register_buffer("rope_cos", torch.empty(0), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(0), persistent=False)
+
+    def reset_parameters(self):
+        for lin in (self.q_proj, self.k_proj, self.v_proj):
+            nn.init.normal_(lin.weight, std=self.std)
+        nn.init.normal_(self.o_proj.weight, std=self.out_std)
+        for lin in (self.q_proj, self.k_proj, self.v_proj, self.o_proj):
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
+        self.rope_cos, self.rope_sin = rope_tables(self.max_seq_len, self.head_dim, self.theta,
+                                                   self.q_proj.weight.device)
+
+    def rope_tables_for(self, device, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [>= t, hd], rebuilt when stale: float32 on the input's device, since
+        `model.to(torch.bfloat16)` casts buffers too and bf16 angles (8-bit mantissa) are
+        visibly wrong at positions in the thousands."""
+        cos = self.rope_cos
+        if not (cos.dtype == torch.float32 and cos.device == device and cos.shape[0] >= t):
+            self.rope_cos, self.rope_sin = rope_tables(max(self.max_seq_len, t), self.head_dim,
+                                                       self.theta, device)
+        return self.rope_cos, self.rope_sin
+
+    def qkv(self, x: torch.Tensor, start: int = 0):
+        """q [B, H, T, hd], k, v [B, H_kv, T, hd] for positions start .. start + T - 1."""
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.use_rope:
+            cos, sin = self.rope_tables_for(x.device, start + t)
+            cos, sin = cos[start:start + t], sin[start:start + t]
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return q, k, v
+
+
+def rope_tables(max_len: int, head_dim: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables [max_len, head_dim] (float32) for the rotate-half RoPE form."""
+    if str(device) == "meta":
+        empty = torch.empty(max_len, head_dim, device=device)
+        return empty, empty
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(max_len, device=device, dtype=torch.float64), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, H, T, hd] -> x cos + rotate_half(x) sin, positions 0..T-1."""
+    t = x.shape[-2]
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos[:t].to(x.dtype) + rotated * sin[:t].to(x.dtype))
+
+
+def sliding_window_mask(t: int, window: int, device) -> torch.Tensor:
+    """[T, T] bool: query i sees keys j with i - window < j <= i."""
+    i = torch.arange(t, device=device)[:, None]
+    j = torch.arange(t, device=device)[None, :]
+    return (j <= i) & (j > i - window)
+
+
+class AttentionModule(AttentionProjections):
+    def __init__(self, cfg: dict, model: ModelConfig):
+        super().__init__(cfg, model)
+        self.window = cfg["window"]
+
+    def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x)
+        gqa = self.n_kv_heads != self.n_heads
+        if self.window is None or self.window >= t:
+            o = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        else:
+            o = nn.functional.scaled_dot_product_attention(
+                q, k, v, attn_mask=sliding_window_mask(t, self.window, x.device), enable_gqa=gqa)
+        return self.o_proj(o.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))

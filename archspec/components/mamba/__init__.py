@@ -1,0 +1,2 @@
+"""The mamba component: spec.py (schema, checks, accounting; no torch) and module.py (its nn.Module)."""
+from .spec import Mamba  # noqa: F401  (registers the type)

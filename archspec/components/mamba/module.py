@@ -1,0 +1,102 @@
+"""The mamba module (the math, shapes and accounting: spec.py)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...ops.conv import causal_conv1d, causal_conv1d_step
+from ...ops.ssm.selective_scan import selective_scan, selective_scan_step
+from ..base import ModelConfig
+from ..modules import ComponentModule, init_dt_bias
+from .spec import Mamba
+
+
+class _ScaleOnly(nn.Module):
+    """Holds one RMSNorm weight under the name Jamba's checkpoints use ('<name>.weight')."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(size))
+
+
+class MambaModule(ComponentModule):
+    def __init__(self, cfg: dict, model: ModelConfig):
+        super().__init__()
+        d, e, n, r, k = Mamba._dims(cfg, model)
+        self.inner, self.d_state, self.dt_rank, self.d_conv = e, n, r, k
+        self.cfg = dict(cfg)
+        self.std, self.out_std = model.init_std, model.out_proj_std
+        self.in_proj = nn.Linear(d, 2 * e, bias=cfg["bias"])
+        # only holds conv1d.weight [E, 1, k] and conv1d.bias as the reference names them;
+        # the convolution itself is archspec.ops.conv.causal_conv1d
+        self.conv1d = nn.Conv1d(e, e, k, groups=e, bias=cfg["conv_bias"])
+        self.x_proj = nn.Linear(e, r + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(r, e, bias=True)
+        self.A_log = nn.Parameter(torch.empty(e, n))
+        self.D = nn.Parameter(torch.empty(e))
+        self.out_proj = nn.Linear(e, d, bias=cfg["bias"])
+        self.inner_norm_eps = float(cfg["inner_norm_eps"]) if cfg["inner_norms"] else None
+        if cfg["inner_norms"]:
+            self.dt_layernorm = _ScaleOnly(r)
+            self.b_layernorm = _ScaleOnly(n)
+            self.c_layernorm = _ScaleOnly(n)
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        cfg = self.cfg
+        nn.init.normal_(self.in_proj.weight, std=self.std)
+        nn.init.normal_(self.x_proj.weight, std=self.std)
+        nn.init.normal_(self.out_proj.weight, std=self.out_std)
+        for lin in (self.in_proj, self.out_proj):
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
+        self.conv1d.reset_parameters()
+        dt_std = cfg["dt_scale"] * self.dt_rank ** -0.5
+        if cfg["dt_init"] == "constant":
+            nn.init.constant_(self.dt_proj.weight, dt_std)
+        else:
+            nn.init.uniform_(self.dt_proj.weight, -dt_std, dt_std)
+        init_dt_bias(self.dt_proj.bias, cfg["dt_min"], cfg["dt_max"], cfg["dt_init_floor"])
+        a = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device)
+        self.A_log.copy_(torch.log(a).expand(self.inner, -1))
+        nn.init.ones_(self.D)
+        if self.inner_norm_eps is not None:
+            for norm in (self.dt_layernorm, self.b_layernorm, self.c_layernorm):
+                nn.init.ones_(norm.weight)
+
+    def _inner_norm(self, v: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+        # float32 as archspec's RMSNorm (Jamba's casts back before the scale: same to rounding)
+        y = nn.functional.rms_norm(v.float(), (v.shape[-1],), norm.weight.float(), self.inner_norm_eps)
+        return y.to(v.dtype)
+
+    def _ssm_inputs(self, u: torch.Tensor):
+        dt0, b, c = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        if self.inner_norm_eps is not None:
+            dt0 = self._inner_norm(dt0, self.dt_layernorm)
+            b = self._inner_norm(b, self.b_layernorm)
+            c = self._inner_norm(c, self.c_layernorm)
+        dt = nn.functional.softplus(self.dt_proj(dt0).float())
+        return dt, -torch.exp(self.A_log.float()), b, c
+
+    def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
+        u, z = self.in_proj(x).split(self.inner, dim=-1)
+        u = causal_conv1d(u, self.conv1d.weight, self.conv1d.bias, activation="silu")
+        dt, a, b, c = self._ssm_inputs(u)
+        y, _ = selective_scan(u, dt, a, b, c, self.D)
+        return self.out_proj(y.to(x.dtype) * nn.functional.silu(z))
+
+    # --- decoding ------------------------------------------------------------------------
+    def initial_state(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(conv state [B, E, k-1] in the model dtype, SSM state [B, E, N] float32), zeros."""
+        w = self.in_proj.weight
+        return (torch.zeros(batch, self.inner, self.d_conv - 1, dtype=w.dtype, device=w.device),
+                torch.zeros(batch, self.inner, self.d_state, dtype=torch.float32, device=w.device))
+
+    def step(self, x_t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+        """One token: x_t [B, d] -> (out [B, d], new state); the recurrent form."""
+        conv_state, ssm_state = state
+        u, z = self.in_proj(x_t).split(self.inner, dim=-1)
+        u, conv_state = causal_conv1d_step(u, conv_state, self.conv1d.weight, self.conv1d.bias, "silu")
+        dt, a, b, c = self._ssm_inputs(u)
+        y, ssm_state = selective_scan_step(ssm_state, u, dt, a, b, c, self.D)
+        return self.out_proj(y.to(x_t.dtype) * nn.functional.silu(z)), (conv_state, ssm_state)

@@ -1,0 +1,110 @@
+"""The mamba2 module (the math, shapes and accounting: spec.py)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...ops.conv import causal_conv1d, causal_conv1d_step
+from ...ops.norm import gated_rmsnorm
+from ...ops.ssm.ssd import ssd_chunked, ssd_step
+from ..base import ModelConfig
+from ..modules import ComponentModule, init_dt_bias
+from .spec import Mamba2
+
+
+class GatedRMSNorm(nn.Module):
+    """Holds `norm.weight` [E] (init 1) under the reference's name; archspec.ops.norm computes."""
+
+    def __init__(self, width: int, eps: float, norm_before_gate: bool, group_size: int):
+        super().__init__()
+        self.eps, self.norm_before_gate, self.group_size = eps, norm_before_gate, group_size
+        self.weight = nn.Parameter(torch.empty(width))
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor, backend: str = "reference") -> torch.Tensor:
+        return gated_rmsnorm(y, z, self.weight, self.eps, self.norm_before_gate, self.group_size,
+                             backend=backend)
+
+
+class Mamba2Module(ComponentModule):
+    # with `triton`, the gated RMSNorm runs as the fused kernel (archspec/ops/norm); the SSD
+    # scan stays the chunked PyTorch form for now
+    backends = ("reference", "triton")
+
+    def __init__(self, cfg: dict, model: ModelConfig):
+        super().__init__()
+        d, e, h, p, g, n, k = Mamba2._dims(cfg, model)
+        self.inner, self.heads, self.headdim, self.groups, self.d_state, self.d_conv = e, h, p, g, n, k
+        self.cfg = dict(cfg)
+        self.std, self.out_std = model.init_std, model.out_proj_std
+        self.in_proj = nn.Linear(d, 2 * e + 2 * g * n + h, bias=cfg["bias"])
+        # only holds conv1d.weight [E + 2GN, 1, k] and conv1d.bias under the reference's names;
+        # the convolution itself is archspec.ops.conv.causal_conv1d
+        self.conv1d = nn.Conv1d(e + 2 * g * n, e + 2 * g * n, k, groups=e + 2 * g * n,
+                                bias=cfg["conv_bias"])
+        self.dt_bias = nn.Parameter(torch.empty(h))
+        self.A_log = nn.Parameter(torch.empty(h))
+        self.D = nn.Parameter(torch.empty(h))
+        self.norm = GatedRMSNorm(e, float(cfg["norm_eps"]), cfg["norm_before_gate"], e // g)
+        self.out_proj = nn.Linear(e, d, bias=cfg["bias"])
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        cfg = self.cfg
+        nn.init.normal_(self.in_proj.weight, std=self.std)
+        nn.init.normal_(self.out_proj.weight, std=self.out_std)
+        for lin in (self.in_proj, self.out_proj):
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
+        self.conv1d.reset_parameters()
+        init_dt_bias(self.dt_bias, cfg["dt_min"], cfg["dt_max"], cfg["dt_init_floor"])
+        lo, hi = cfg["A_init_range"]
+        a = torch.empty(self.heads, dtype=torch.float32, device=self.A_log.device).uniform_(lo, hi)
+        self.A_log.copy_(torch.log(a))
+        nn.init.ones_(self.D)
+        nn.init.ones_(self.norm.weight)
+
+    def _split(self, zxbcdt: torch.Tensor):
+        e, gn = self.inner, self.groups * self.d_state
+        return zxbcdt.split([e, e + 2 * gn, self.heads], dim=-1)
+
+    def _dt(self, dt0: torch.Tensor) -> torch.Tensor:
+        dt = nn.functional.softplus(dt0.float() + self.dt_bias.float())
+        limit = self.cfg["dt_limit"]
+        return dt if limit is None else dt.clamp(float(limit[0]), float(limit[1]))
+
+    def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
+        b, t, _ = x.shape
+        e, gn = self.inner, self.groups * self.d_state
+        z, xbc, dt0 = self._split(self.in_proj(x))
+        xbc = causal_conv1d(xbc, self.conv1d.weight, self.conv1d.bias, activation="silu")
+        u, bm, cm = xbc.split([e, gn, gn], dim=-1)
+        y, _ = ssd_chunked(u.reshape(b, t, self.heads, self.headdim), self._dt(dt0),
+                           -torch.exp(self.A_log.float()),
+                           bm.reshape(b, t, self.groups, self.d_state),
+                           cm.reshape(b, t, self.groups, self.d_state),
+                           self.cfg["chunk_size"], self.D)
+        return self.out_proj(self.norm(y.reshape(b, t, e), z, self.backend).to(x.dtype))
+
+    # --- decoding ------------------------------------------------------------------------
+    def initial_state(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(conv state [B, E + 2GN, k-1] in the model dtype, SSM state [B, H, P, N] float32)."""
+        w = self.in_proj.weight
+        conv_dim = self.inner + 2 * self.groups * self.d_state
+        return (torch.zeros(batch, conv_dim, self.d_conv - 1, dtype=w.dtype, device=w.device),
+                torch.zeros(batch, self.heads, self.headdim, self.d_state, dtype=torch.float32,
+                            device=w.device))
+
+    def step(self, x_t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+        """One token: x_t [B, d] -> (out [B, d], new state); the recurrent form."""
+        b = x_t.shape[0]
+        e, gn = self.inner, self.groups * self.d_state
+        conv_state, ssm_state = state
+        z, xbc, dt0 = self._split(self.in_proj(x_t))
+        xbc, conv_state = causal_conv1d_step(xbc, conv_state, self.conv1d.weight, self.conv1d.bias, "silu")
+        u, bm, cm = xbc.split([e, gn, gn], dim=-1)
+        y, ssm_state = ssd_step(ssm_state, u.reshape(b, self.heads, self.headdim), self._dt(dt0),
+                                -torch.exp(self.A_log.float()),
+                                bm.reshape(b, self.groups, self.d_state),
+                                cm.reshape(b, self.groups, self.d_state), self.D)
+        out = self.out_proj(self.norm(y.reshape(b, e), z, self.backend).to(x_t.dtype))
+        return out, (conv_state, ssm_state)

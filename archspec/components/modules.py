@@ -1,0 +1,101 @@
+"""The component contract, module side: what every component's nn.Module shares (imported only
+when a model is built; the spec side, components/base.py, imports no torch).
+
+    module(x [B, T, d], ctx) -> y [B, T, d]      a sublayer member; ctx: ForwardContext
+    module.reset_parameters()                    fill weights after a meta-device build
+    module.form      "fast" (default) or, where a type has one, "reference": the plain,
+                     slow ground truth the fast form is tested against (the same parameters)
+    module.backend   "reference" or "triton": whether its Triton kernels run (set once, by
+                     the `triton` backend of a type with has_kernels; same parameters, same math)
+"""
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..ops.triton_support import install_flop_formulas
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                "float64": torch.float64}
+DTYPE_NAMES = {dtype: name for name, dtype in TORCH_DTYPES.items()}  # torch dtype -> spec name
+
+
+class ForwardContext:
+    """Carried through one forward pass: components add auxiliary losses here (MoE load
+    balancing, MoM routing); the model returns their sum next to the LM loss."""
+
+    def __init__(self, shared: dict | None = None):
+        self.aux_losses: dict[str, torch.Tensor] = {}
+        # weights shared across sublayers (Component.shared_params), by key: model.shared[key]
+        self.shared = shared if shared is not None else {}
+
+    def add_aux_loss(self, name: str, value: torch.Tensor) -> None:
+        self.aux_losses[name] = self.aux_losses[name] + value if name in self.aux_losses else value
+
+
+class ComponentModule(nn.Module):
+    """Base of every component's module. Modules are first built on the meta device (free),
+    then materialised: `reset_parameters()` fills weights and recomputes buffers in place."""
+
+    # the forms this type computes in: the fast one first, then "reference" where it has a
+    # separate ground truth (tests and benchmarks switch `form`; training never does)
+    forms: ClassVar[tuple[str, ...]] = ("fast",)
+    backends: ClassVar[tuple[str, ...]] = ("reference",)
+
+    def __init__(self):
+        super().__init__()
+        self._form = self.forms[0]
+        self._backend = "reference"
+
+    @property
+    def form(self) -> str:
+        return self._form
+
+    @form.setter
+    def form(self, value: str) -> None:
+        if value not in self.forms:
+            raise ValueError(f"{type(self).__name__} computes in the forms {', '.join(self.forms)}; got {value!r}")
+        self._form = value
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value not in self.backends:
+            raise ValueError(f"{type(self).__name__} has the backends {', '.join(self.backends)}; got {value!r}")
+        self._backend = value
+
+    def reset_parameters(self) -> None:  # pragma: no cover - every subclass overrides
+        raise NotImplementedError(f"{type(self).__name__} must define reset_parameters")
+
+
+def with_kernels(module: ComponentModule) -> ComponentModule:
+    """The `triton` backend: `module` with its Triton kernels on."""
+    install_flop_formulas()  # so a model is counted right before its kernels first run
+    module.backend = "triton"
+    return module
+
+
+def build_child(child, model) -> ComponentModule | None:
+    """The module of a child component (Component.children), or None for an absent one. The
+    parent keeps it as the attribute the child is named by, so the parameter names are the
+    ones the spec side prefixes."""
+    return None if child is None else child.component.build(child.config, model, "reference")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return TORCH_DTYPES[name]
+
+
+@torch.no_grad()
+def init_dt_bias(bias: torch.Tensor, dt_min: float, dt_max: float, floor: float) -> None:
+    """bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max] and floored, so that
+    softplus(bias) starts at dt. softplus^-1(y) = y + log(1 - exp(-y)) = y + log(-expm1(-y))."""
+    u = torch.rand(bias.shape, device=bias.device, dtype=torch.float32)
+    dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
+    bias.copy_(dt + torch.log(-torch.expm1(-dt)))

@@ -1,0 +1,302 @@
+"""The mom module (the math, shapes and accounting: spec.py)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ...ops import linear_attention as LA
+from ...ops.conv import causal_conv1d, causal_conv1d_step
+from ...ops.dispatch import combine_rows, gather_rows, row_map
+from ...ops.linear_attention.fused_chunk import triton_chunk_rule
+from ...ops.norm import gated_rmsnorm
+from ..base import ModelConfig
+from ..modules import ComponentModule, init_dt_bias
+from .spec import GLA_GATE_NORMALIZER
+
+
+@dataclass
+class Dispatch:
+    """Where each packed row comes from. Rows are grouped by memory (shared last), then by
+    sequence, then in time order: `cu_seqlens` [n_b B + 1] marks the (memory, sequence) groups."""
+
+    token: torch.Tensor        # int64 [P]: flat token index b T + t of each packed row
+    weight: torch.Tensor       # [P]: routing weight of the row (1 for the shared memory)
+    cu_seqlens: torch.Tensor   # int64 [n_b B + 1]
+    memory_rows: list[int]     # rows per memory (host ints), length n_b
+
+    def segment_lengths(self) -> list[int]:
+        return (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).tolist()
+
+
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def route(logits: torch.Tensor, topk: int):
+    """softmax in float32, top-k, renormalised. Returns (probs [N, M], weights [N, k], idx [N, k])."""
+    probs = torch.softmax(at_least_float32(logits), dim=-1)
+    weights, idx = probs.topk(topk, dim=-1)
+    return probs, weights / weights.sum(-1, keepdim=True), idx
+
+
+def load_balancing_loss(probs: torch.Tensor, idx: torch.Tensor, n_memories: int) -> torch.Tensor:
+    """M sum_j f_j P_j; f_j = fraction of tokens with j in their top-k, P_j = mean prob of j."""
+    chosen = torch.zeros_like(probs).scatter_(-1, idx, 1.0)
+    return n_memories * (chosen.mean(0) * probs.mean(0)).sum()
+
+
+def plan_dispatch(idx: torch.Tensor, weights: torch.Tensor, batch: int, seq_len: int,
+                  n_memories: int, shared: bool, capacity: float | None,
+                  capacity_len: int | None = None) -> Dispatch:
+    """Sort the (token, memory) assignments into packed groups, dropping over-capacity ones.
+    The capacity counts `capacity_len` tokens (default seq_len; a prompt's prefill counts the
+    whole length it will be decoded to)."""
+    n, k = idx.shape
+    device = idx.device
+    token = torch.arange(n, device=device).repeat_interleave(k)
+    memory, weight = idx.reshape(-1), weights.reshape(-1)
+    if capacity is not None:
+        limit = math.ceil(capacity * k * (capacity_len or seq_len) / n_memories)
+        one_hot = torch.zeros(batch, seq_len, n_memories, dtype=torch.int64, device=device)
+        one_hot.scatter_add_(-1, idx.view(batch, seq_len, k), torch.ones_like(idx.view(batch, seq_len, k)))
+        # rank of each assignment among its memory's assignments so far in its sequence
+        before = (one_hot.cumsum(1) - one_hot).view(n, n_memories).gather(1, idx).reshape(-1)
+        keep = before < limit
+        token, memory, weight = token[keep], memory[keep], weight[keep]
+    order = torch.argsort(memory * n + token)  # memory-major, then b, then t
+    token, memory, weight = token[order], memory[order], weight[order]
+    group = memory * batch + token // seq_len
+    counts = torch.bincount(group, minlength=n_memories * batch)
+    if shared:
+        all_tokens = torch.arange(n, device=device)
+        token = torch.cat([token, all_tokens])
+        weight = torch.cat([weight, torch.ones(n, dtype=weight.dtype, device=device)])
+        counts = torch.cat([counts, torch.full((batch,), seq_len, dtype=counts.dtype, device=device)])
+    cu = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=device)
+    cu[1:] = counts.cumsum(0)
+    per_memory = counts.view(-1, batch).sum(1).tolist()
+    return Dispatch(token, weight, cu, per_memory)
+
+
+def l2_normalise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
+
+
+class MoMModule(ComponentModule):
+    # "fast": the chunked rule over the packed memories; "reference": the token-by-token
+    # recurrence (the ground truth). With `triton`, the dispatch (archspec/ops/dispatch), the
+    # chunked rule (ops/linear_attention) and the gated output norm (ops/norm) run as Triton
+    # kernels; the projections and short convolutions stay PyTorch (cuBLAS / cuDNN run them well)
+    forms = ("fast", "reference")
+    backends = ("reference", "triton")
+
+    def __init__(self, cfg: dict, model: ModelConfig):
+        super().__init__()
+        d = model.d_model
+        self.rule, self.h, self.dk, self.dv = cfg["rule"], cfg["n_heads"], cfg["head_dim"], cfg["head_v_dim"]
+        kd, vd, m = cfg["key_dim"], cfg["value_dim"], cfg["n_memories"]
+        self.n_memories, self.topk, self.shared = m, cfg["topk"], cfg["shared_memory"]
+        self.capacity, self.aux_scale = cfg["capacity"], float(cfg["aux_loss_scale"])
+        self.chunk_size, self.eps = cfg["chunk_size"], float(cfg["norm_eps"])
+        self.std, self.out_std = model.init_std, model.out_proj_std
+        self.q_proj = nn.Linear(d, kd, bias=False)
+        self.router = nn.Linear(d, m, bias=False)
+        self.kinds = {"k": kd, "v": vd}
+        if self.rule in ("gated_delta", "delta"):
+            self.kinds["b"] = self.h
+        if self.rule in ("gated_delta", "gla"):
+            self.kinds["a"] = self.h if self.rule == "gated_delta" else kd
+        for kind, rows in self.kinds.items():
+            setattr(self, f"{kind}_proj", nn.ModuleList(nn.Linear(d, rows, bias=False) for _ in range(m)))
+            if self.shared:
+                setattr(self, f"shared_{kind}", nn.Linear(d, rows, bias=False))
+        if self.rule == "gated_delta":
+            self.A_log = nn.Parameter(torch.empty(self.h))
+            self.dt_bias = nn.Parameter(torch.empty(self.h))
+        c = cfg["conv_size"]
+        self.q_conv1d = nn.Conv1d(kd, kd, c, groups=kd, bias=False)
+        self.k_conv1d = nn.Conv1d(kd, kd, c, groups=kd, bias=False)
+        self.v_conv1d = nn.Conv1d(vd, vd, c, groups=vd, bias=False)
+        self.g_proj = nn.Linear(d, vd, bias=False) if cfg["output_gate"] else None
+        self.o_norm = nn.Module()
+        self.o_norm.weight = nn.Parameter(torch.empty(self.dv))
+        self.o_proj = nn.Linear(vd, d, bias=False)
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        for lin in self._projections():
+            nn.init.normal_(lin.weight, std=self.std)
+        nn.init.normal_(self.o_proj.weight, std=self.out_std)
+        for conv in (self.q_conv1d, self.k_conv1d, self.v_conv1d):
+            bound = 1 / math.sqrt(conv.weight.shape[-1])
+            nn.init.uniform_(conv.weight, -bound, bound)
+        nn.init.ones_(self.o_norm.weight)
+        if self.rule == "gated_delta":
+            self.A_log.copy_(torch.empty_like(self.A_log).uniform_(0, 16).clamp_min(1e-4).log())
+            init_dt_bias(self.dt_bias, dt_min=1e-3, dt_max=0.1, floor=1e-4)  # fla's fixed range
+
+    def _projections(self):
+        yield self.q_proj
+        yield self.router
+        if self.g_proj is not None:
+            yield self.g_proj
+        for kind in self.kinds:
+            yield from getattr(self, f"{kind}_proj")
+            if self.shared:
+                yield getattr(self, f"shared_{kind}")
+
+    def bank(self, kind: str, j: int) -> nn.Linear:
+        """Projection `kind` of memory j (j = n_memories is the shared memory)."""
+        return getattr(self, f"shared_{kind}") if j == self.n_memories else getattr(self, f"{kind}_proj")[j]
+
+    def plan(self, x: torch.Tensor, capacity_len: int | None = None):
+        """Route the tokens of x [B, T, d]: (probs, weights, idx, Dispatch)."""
+        b, t, d = x.shape
+        probs, weights, idx = route(self.router(x).reshape(b * t, -1), self.topk)
+        dispatch = plan_dispatch(idx, weights, b, t, self.n_memories, self.shared, self.capacity,
+                                 capacity_len)
+        return probs, weights, idx, dispatch
+
+    def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
+        return self._run(x, ctx)[0]
+
+    def prefill(self, x: torch.Tensor, seq_len: int | None = None) -> tuple[torch.Tensor, dict]:
+        """Prompts x [B, T, d] in the training form (the chunk kernels with `triton`):
+        (y [B, T, d], the decoding cache after them, as `init_cache(B, seq_len)` followed by
+        T `step` calls would leave it). seq_len (default T) is the total length, which the
+        capacity counts."""
+        t = x.shape[1]
+        if seq_len is not None and seq_len < t:
+            raise ValueError(f"seq_len {seq_len} is shorter than the prompt ({t} tokens)")
+        return self._run(x, None, seq_len or t)
+
+    def _run(self, x: torch.Tensor, ctx, cache_len: int | None = None):
+        b, t, d = x.shape
+        probs, _, idx, plan = self.plan(x, cache_len)
+        if ctx is not None:
+            ctx.add_aux_loss("mom_load_balance",
+                             self.aux_scale * load_balancing_loss(probs, idx, self.n_memories).to(x.dtype))
+        flat = x.reshape(b * t, d)
+        fused = self.backend == "triton"
+        if fused:  # one map token -> packed rows serves the gathers and the combine
+            rows = row_map(plan.token, b * t)
+            packed = gather_rows(flat, rows, backend="triton")
+            q = gather_rows(self.q_proj(flat), rows, backend="triton")
+        else:
+            packed = flat[plan.token]                              # [P, d]
+            q = self.q_proj(flat)[plan.token]                      # one q per token, gathered
+        k, v, beta, g = self._memory_projections(packed, plan.memory_rows)
+        cu = plan.cu_seqlens
+        conv_inputs = None if cache_len is None else torch.cat([q, k, v], -1)
+        q = causal_conv1d(q[None], self.q_conv1d.weight, None, "silu", cu)[0]
+        k = causal_conv1d(k[None], self.k_conv1d.weight, None, "silu", cu)[0]
+        v = causal_conv1d(v[None], self.v_conv1d.weight, None, "silu", cu)[0]
+        p = q.shape[0]
+        q = l2_normalise(q.view(p, self.h, self.dk))
+        k = l2_normalise(k.view(p, self.h, self.dk))
+        v = v.view(p, self.h, self.dv)
+        if self.form == "reference":
+            run, kwargs = LA.recurrent_rule, {}
+        else:
+            run, kwargs = (triton_chunk_rule if fused else LA.chunk_rule), {"chunk_size": self.chunk_size}
+        o, final = run(self.rule, q[None], k[None], v[None], g=None if g is None else g[None],
+                       beta=None if beta is None else beta[None], cu_seqlens=cu,
+                       output_final_state=cache_len is not None, **kwargs)
+        if fused:
+            out = combine_rows(o[0].reshape(p, -1), plan.weight.to(o.dtype), rows, backend="triton")
+        else:
+            o = o[0] * plan.weight.to(o.dtype)[:, None, None]
+            out = torch.zeros(b * t, self.h, self.dv, dtype=o.dtype, device=o.device).index_add_(0, plan.token, o)
+        y = self._output(out.view(b, t, self.h, self.dv), x)
+        if cache_len is None:
+            return y, None
+        return y, self._cache_after(plan, conv_inputs, final, b, cache_len, x.dtype)
+
+    def _cache_after(self, plan: Dispatch, conv_inputs: torch.Tensor, final: torch.Tensor,
+                     batch: int, seq_len: int, dtype) -> dict:
+        """The decoding cache after the prompt: every (memory, sequence) group's final state,
+        its last c - 1 convolution inputs [q | k | v] (oldest first, zeros before the group's
+        first token) and its token count."""
+        cache = self.init_cache(batch, seq_len, device=conv_inputs.device, dtype=dtype)
+        banks, _, width, window = cache["conv"].shape
+        starts, ends = plan.cu_seqlens[:-1], plan.cu_seqlens[1:]
+        pos = ends[:, None] - window + torch.arange(window, device=ends.device)  # [G, c - 1]
+        pos = torch.where(pos >= starts[:, None], pos, conv_inputs.shape[0])  # the zero row
+        rows = torch.cat([conv_inputs, conv_inputs.new_zeros(1, width)])
+        cache["conv"] = rows[pos].transpose(1, 2).reshape(banks, batch, width, window).to(dtype)
+        cache["state"] = final.reshape(cache["state"].shape).to(cache["state"].dtype)
+        cache["taken"] = (ends - starts).view(banks, batch)[: self.n_memories].T.contiguous()
+        return cache
+
+    def _memory_projections(self, packed: torch.Tensor, rows: list[int]):
+        """k, v, beta, log-decay of every packed row, each memory's rows by its own weights."""
+        parts = {kind: [] for kind in self.kinds}
+        for j, chunk in enumerate(packed.split(rows)):
+            for kind in self.kinds:
+                parts[kind].append(self.bank(kind, j)(chunk))
+        cat = {kind: torch.cat(p) for kind, p in parts.items()}
+        f32 = at_least_float32
+        beta = f32(cat["b"]).sigmoid() if "b" in cat else None
+        g = None
+        if self.rule == "gated_delta":
+            g = -f32(self.A_log).exp() * nn.functional.softplus(f32(cat["a"]) + f32(self.dt_bias))
+        elif self.rule == "gla":
+            g = (nn.functional.logsigmoid(f32(cat["a"])) / GLA_GATE_NORMALIZER).view(-1, self.h, self.dk)
+        return cat["k"], cat["v"], beta, g
+
+    def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        b, t = x.shape[:2]
+        if self.g_proj is not None:
+            gate = self.g_proj(x).view(b, t, self.h, self.dv)
+            o = gated_rmsnorm(o, gate, self.o_norm.weight, self.eps, norm_before_gate=True,
+                              backend=self.backend)
+        else:
+            f32 = at_least_float32
+            o = nn.functional.rms_norm(f32(o), (self.dv,), f32(self.o_norm.weight), self.eps).to(o.dtype)
+        return self.o_proj(o.reshape(b, t, -1).to(x.dtype))
+
+    # --- decoding: the token-by-token ground truth --------------------------------------
+    def init_cache(self, batch: int, seq_len: int, device=None, dtype=None) -> dict:
+        """Per-sequence decoding state: every memory's conv window and recurrent state, and
+        (with a capacity) how many tokens each memory took. `seq_len` fixes the capacity."""
+        w = self.q_proj.weight
+        device, dtype = device or w.device, dtype or w.dtype
+        banks = self.n_memories + (1 if self.shared else 0)
+        width = 2 * self.h * self.dk + self.h * self.dv
+        state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        limit = None if self.capacity is None else math.ceil(self.capacity * self.topk * seq_len / self.n_memories)
+        return {"conv": torch.zeros(banks, batch, width, self.q_conv1d.weight.shape[-1] - 1, dtype=dtype, device=device),
+                "state": torch.zeros(banks, batch, self.h, self.dk, self.dv, dtype=state_dtype, device=device),
+                "taken": torch.zeros(batch, self.n_memories, dtype=torch.int64, device=device),
+                "limit": limit}
+
+    def step(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:
+        """One token per sequence: x_t [B, d] -> y_t [B, d]; updates `cache` in place. Each
+        memory's recurrence advances only on the tokens routed to it."""
+        b = x_t.shape[0]
+        _, weights, idx = route(self.router(x_t), self.topk)
+        chosen = torch.zeros(b, self.n_memories, dtype=torch.bool, device=x_t.device).scatter_(1, idx, True)
+        weight = torch.zeros(b, self.n_memories, dtype=weights.dtype, device=x_t.device).scatter_(1, idx, weights)
+        if cache["limit"] is not None:
+            chosen &= cache["taken"] < cache["limit"]
+        cache["taken"] += chosen.long()
+        conv_w = torch.cat([self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight])
+        q = self.q_proj(x_t)
+        kd = self.h * self.dk
+        out = torch.zeros(b, self.h, self.dv, dtype=cache["state"].dtype, device=x_t.device)
+        for j in range(cache["conv"].shape[0]):
+            k, v, beta, g = self._memory_projections(x_t, [0] * j + [b])
+            mixed, conv = causal_conv1d_step(torch.cat([q, k, v], -1), cache["conv"][j], conv_w, None, "silu")
+            qj = l2_normalise(mixed[:, :kd].view(b, self.h, self.dk))
+            kj = l2_normalise(mixed[:, kd:2 * kd].view(b, self.h, self.dk))
+            vj = mixed[:, 2 * kd:].view(b, self.h, self.dv)
+            o, state = LA.recurrent_step(self.rule, qj, kj, vj, cache["state"][j], g_t=g, beta_t=beta)
+            take = chosen[:, j] if j < self.n_memories else torch.ones(b, dtype=torch.bool, device=x_t.device)
+            cache["conv"][j] = torch.where(take[:, None, None], conv, cache["conv"][j])
+            cache["state"][j] = torch.where(take[:, None, None, None], state, cache["state"][j])
+            w = weight[:, j] * take if j < self.n_memories else take.to(weight.dtype)
+            out = out + w[:, None, None].to(out.dtype) * o.to(out.dtype)
+        return self._output(out[:, None].to(x_t.dtype), x_t[:, None])[:, 0]

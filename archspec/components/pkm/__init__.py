@@ -1,0 +1,2 @@
+"""The pkm component: spec.py (schema, checks, accounting; no torch) and module.py (its nn.Module)."""
+from .spec import PKM  # noqa: F401  (registers the type)
