@@ -9,14 +9,25 @@
     k = archspec.kernels_report([spec], targets=[TARGETS["sm_90"]])  # the kernel gate (ops/aot.py)
 """
 from .accounting import account
-from .codegen.build import build, load_saved
 from .components.base import FlopConvention
 from .diff import diff
 from .errors import BuildRefused, KernelFallbackWarning, SpecError
 from .graph import component_graph
-from .kernels import kernels_report
 from .report import report
 from .spec import ResolvedSpec, load, loads
+
+# what needs torch loads on first use, so that `import archspec` (validate, report, graph, diff)
+# stays free of it
+_LAZY = {"build": ".codegen.build", "load_saved": ".codegen.build", "kernels_report": ".kernels"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'archspec' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 __all__ = ["load", "loads", "report", "account", "component_graph", "build", "load_saved", "diff",

@@ -11,6 +11,7 @@ import argparse
 import difflib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -195,6 +196,19 @@ def _check_seq_len(spec, seq_len):
         raise UsageError(f"--seq-len {seq_len} exceeds the model's max_seq_len {spec.model.max_seq_len}")
 
 
+# torch's device types, to check --device where only its name matters (report: which backends
+# would run there) without importing torch
+DEVICE_TYPES = ("cpu", "cuda", "meta", "mps", "xpu", "hip", "xla", "mtia", "ipu", "hpu", "ve", "fpga",
+                "maia", "lazy", "vulkan", "privateuseone")
+DEVICE_NAME = re.compile(rf"({'|'.join(DEVICE_TYPES)})(:\d+)?")
+
+
+def _check_device_name(text: str) -> str:
+    if not DEVICE_NAME.fullmatch(text):
+        raise UsageError(f"unknown device '{text}' (e.g. cpu, cuda, cuda:1, meta)")
+    return text
+
+
 def _parse_device(text: str, must_exist: bool = True):
     import torch
     try:
@@ -209,7 +223,7 @@ def _parse_device(text: str, must_exist: bool = True):
 def cmd_report(args) -> int:
     from .components.base import FlopConvention
     from .report import render, report
-    _parse_device(args.device, must_exist=False)  # the report only asks what would run there
+    _check_device_name(args.device)  # the report only asks what would run there
     spec = _load(args.spec)
     _check_seq_len(spec, args.seq_len)
     try:
