@@ -4,21 +4,25 @@
     rep = archspec.report(spec, seq_len=2048)    # accounting as a JSON-ready dict
     g = archspec.component_graph(spec)           # networkx DiGraph
     model = archspec.build(spec)                 # trainable causal LM (meta=True: free structural build)
-    model, spec = archspec.load_saved("out/")    # what `archspec build --save out/` wrote
+    archspec.save(model, "out/")                 # weights (safetensors) + the resolved spec, atomically
+    model, spec = archspec.load_saved("out/")    # rebuilt from the saved configs, weights loaded strictly
     d = archspec.diff(spec_a, spec_b)            # structural diff, cost deltas, checkpoint reuse
     k = archspec.kernels_report([spec], targets=[TARGETS["sm_90"]])  # the kernel gate (ops/aot.py)
 """
+__version__ = "0.1.0"  # before the imports: archspec.json records it
+
 from .accounting import account
-from .codegen.build import build, load_saved
+from .checkpoint import load_saved, save
+from .codegen.build import build
 from .components.base import FlopConvention
 from .diff import diff
-from .errors import BuildRefused, KernelFallbackWarning, SpecError
+from .errors import BuildRefused, CheckpointError, KernelFallbackWarning, SpecError
 from .graph import component_graph
 from .kernels import kernels_report
 from .report import report
 from .spec import ResolvedSpec, load, loads
 
-__version__ = "0.1.0"
-__all__ = ["load", "loads", "report", "account", "component_graph", "build", "load_saved", "diff",
-           "kernels_report", "FlopConvention", "SpecError", "BuildRefused", "KernelFallbackWarning",
+__all__ = ["load", "loads", "report", "account", "component_graph", "build", "save", "load_saved",
+           "diff", "kernels_report", "FlopConvention", "SpecError", "BuildRefused", "CheckpointError",
+           "KernelFallbackWarning",
            "ResolvedSpec", "__version__"]
