@@ -4,21 +4,25 @@
     rep = archspec.report(spec, seq_len=2048)    # accounting as a JSON-ready dict
     g = archspec.component_graph(spec)           # networkx DiGraph
     model = archspec.build(spec)                 # trainable causal LM (meta=True: free structural build)
-    model, spec = archspec.load_saved("out/")    # what `archspec build --save out/` wrote
+    archspec.save(model, "out/")                 # weights (safetensors) + the resolved spec, atomically
+    model, spec = archspec.load_saved("out/")    # rebuilt from the saved configs, weights loaded strictly
     d = archspec.diff(spec_a, spec_b)            # structural diff, cost deltas, checkpoint reuse
     k = archspec.kernels_report([spec], targets=[TARGETS["sm_90"]])  # the kernel gate (ops/aot.py)
 """
+__version__ = "0.1.0"  # before the imports: archspec.json records it
+
 from .accounting import account
 from .components.base import FlopConvention
 from .diff import diff
-from .errors import BuildRefused, KernelFallbackWarning, SpecError
+from .errors import BuildRefused, CheckpointError, KernelFallbackWarning, SpecError
 from .graph import component_graph
 from .report import report
 from .spec import ResolvedSpec, load, loads
 
 # what needs torch loads on first use, so that `import archspec` (validate, report, graph, diff)
 # stays free of it
-_LAZY = {"build": ".codegen.build", "load_saved": ".codegen.build", "kernels_report": ".kernels"}
+_LAZY = {"build": ".codegen.build", "save": ".checkpoint", "load_saved": ".checkpoint",
+         "kernels_report": ".kernels"}
 
 
 def __getattr__(name: str):
@@ -29,7 +33,8 @@ def __getattr__(name: str):
         return value
     raise AttributeError(f"module 'archspec' has no attribute {name!r}")
 
-__version__ = "0.1.0"
-__all__ = ["load", "loads", "report", "account", "component_graph", "build", "load_saved", "diff",
-           "kernels_report", "FlopConvention", "SpecError", "BuildRefused", "KernelFallbackWarning",
+
+__all__ = ["load", "loads", "report", "account", "component_graph", "build", "save", "load_saved",
+           "diff", "kernels_report", "FlopConvention", "SpecError", "BuildRefused", "CheckpointError",
+           "KernelFallbackWarning",
            "ResolvedSpec", "__version__"]

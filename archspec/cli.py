@@ -1,7 +1,8 @@
 """The `archspec` command: a thin layer over the Python API.
 
 Exit codes: 0 success; 1 an invalid spec (every error printed) or a refused build;
-2 a usage error or a file that cannot be read; 3 an internal error (a bug: please report it).
+2 a usage error, a file that cannot be read or a --save directory refused; 3 an internal error
+(a bug: please report it).
 `archspec diff` follows diff(1): 0 no difference, 1 different, 2 trouble (an invalid spec
 included), 3 internal error, 4 a budget (--max-params-delta, --max-flops-delta) crossed.
 """
@@ -12,14 +13,12 @@ import difflib
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 from . import __version__
-from .errors import BuildRefused, FileProblem, KernelFallbackWarning, SpecError
+from .errors import BuildRefused, CheckpointError, FileProblem, KernelFallbackWarning, SpecError
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -63,7 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     b.add_argument("--meta", action="store_true", help="structural build on the meta device (no memory), "
                    "with the backends chosen for --device")
-    b.add_argument("--save", metavar="DIR", help="write weights (model.pt) and the resolved spec to DIR")
+    b.add_argument("--save", metavar="DIR", help="save the model to DIR: weights (model.safetensors) "
+                   "and the resolved spec (archspec.json); archspec.load_saved(DIR) loads it")
+    b.add_argument("--overwrite", action="store_true",
+                   help="with --save: replace the saved model already in DIR")
     b.add_argument("--force", action="store_true", help="build even if the weights may not fit in memory")
     b.add_argument("--backend",
                    help="force one kernel backend for every component and the norm (e.g. reference)")
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     except BuildRefused as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
-    except UsageError as e:
+    except (UsageError, CheckpointError) as e:
         print(f"archspec: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -298,6 +300,7 @@ def cmd_build(args) -> int:
     import torch
 
     from .accounting import account
+    from .checkpoint import check_target, save
     from .codegen.build import build, check_memory, weight_bytes
     from .smoke import smoke_run
     from .units import human_bytes
@@ -309,7 +312,7 @@ def cmd_build(args) -> int:
     if args.save:  # refuse before spending time on a build whose result could not be saved
         if meta:
             raise UsageError("--save needs real weights; drop --meta")
-        _check_save_dir(Path(args.save).resolve())
+        check_target(args.save, args.overwrite)
     smoke_seq = args.seq_len or min(64, spec.model.max_seq_len)
     if not meta and not args.force and not args.no_smoke:
         # the smoke step also holds gradients (one per weight) and the batch's activations
@@ -359,7 +362,7 @@ def cmd_build(args) -> int:
         if not res.grads_finite:
             return EXIT_INTERNAL
     if args.save:
-        saved = save_model(model, spec, Path(args.save))
+        saved = save(model, args.save, overwrite=args.overwrite)
         print(f"saved weights and resolved spec to {saved}")
     return EXIT_OK
 
@@ -390,63 +393,6 @@ def _fallbacks(model) -> dict[str, str]:
         if reason:
             out.setdefault(symbol, f"the {backend} backend runs: {reason}")
     return out
-
-
-def save_model(model, spec, directory: Path) -> Path:
-    """Write model.pt (the state dict) and spec.resolved.json into `directory`, all or nothing."""
-    import torch
-    directory = directory.resolve()
-    _check_save_dir(directory)
-    try:
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".archspec-save-", dir=directory.parent))
-    except OSError as e:
-        raise UsageError(f"cannot write to --save directory '{directory}': {e.strerror or e}") from None
-    try:
-        torch.save(model.state_dict(), tmp / "model.pt")
-        resolved = resolved_spec_json(spec)
-        first = next(model.parameters(), None)  # how these weights were built, to load them back
-        resolved["build"] = {"dtype": str(first.dtype).removeprefix("torch.") if first is not None else None,
-                             "backends": {k: str(v) for k, v in model.backends.items()},
-                             **_saved_fallbacks(model),
-                             "params": sum(p.numel() for p in model.parameters())}
-        (tmp / "spec.resolved.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n")
-        if directory.exists():
-            directory.rmdir()
-        tmp.rename(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
-
-
-def _saved_fallbacks(model) -> dict:
-    """{"fallbacks": {node: why}} for the nodes whose kernels did not compile, else nothing."""
-    why = {k: v.fallback for k, v in model.backends.items() if getattr(v, "fallback", None)}
-    return {"fallbacks": why} if why else {}
-
-
-def _check_save_dir(directory: Path) -> None:
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-        what = "is not empty" if directory.is_dir() else "is a file"
-        raise UsageError(f"--save directory '{directory}' exists and {what}; choose a new one")
-
-
-def resolved_spec_json(spec) -> dict:
-    """The spec as the build used it: every default filled and every override applied."""
-    from dataclasses import asdict
-
-    def inst(m):
-        return {"type": m.type, "backend": m.backend, "config": m.config,
-                **({"overrides": m.overrides} if m.overrides else {})}
-    return {
-        "archspec_version": __version__, "source": spec.source, "files": spec.files,
-        "layout": spec.layout_text, "model": asdict(spec.model), "norm": inst(spec.norm),
-        "components": {k: inst(v) for k, v in spec.components.items()},
-        "sublayers": [{"index": sub.index, "members": {m.name: inst(m) for m in sub.members}}
-                      for sub in spec.sublayers],
-        "spec": spec.data,
-    }
 
 
 def _write_atomic(path: Path, text: str) -> None:

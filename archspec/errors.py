@@ -73,6 +73,16 @@ class FileProblem(SpecError):
     """The file itself could not be read (missing, a directory, no permission): a usage error."""
 
 
+class CheckpointError(ValueError):
+    """A saved-model directory that cannot be written or read back (missing, damaged, from a
+    newer archspec): the message names the directory or file, the entry (a tensor, a key of
+    archspec.json, with its line and column) and how to fix it."""
+
+    def __init__(self, message: str, problems: Sequence[Problem] = ()):
+        self.problems = list(problems)
+        super().__init__("\n".join([message, *(p.format() for p in self.problems)]))
+
+
 class BuildRefused(Exception):
     """Building was refused (e.g. it would exhaust memory); the message says why and how to force it."""
 

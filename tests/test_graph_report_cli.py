@@ -7,6 +7,7 @@ from pathlib import Path
 
 import networkx as nx
 import pytest
+import safetensors.torch
 import torch
 
 from archspec.accounting import account
@@ -245,9 +246,9 @@ def test_cli_build_save_and_load_back(tmp_path, capsys):
     target = tmp_path / "saved"
     assert main(["build", TINY, "--no-smoke", "--seed", "7", "--save", str(target)]) == 0
     assert "saved weights" in capsys.readouterr().out
-    assert sorted(p.name for p in target.iterdir()) == ["model.pt", "spec.resolved.json"]
+    assert sorted(p.name for p in target.iterdir()) == ["archspec.json", "model.safetensors"]
     assert [p.name for p in tmp_path.iterdir()] == ["saved"]  # the temporary directory is gone
-    state = torch.load(target / "model.pt", weights_only=True)
+    state = safetensors.torch.load_file(target / "model.safetensors")
     fresh = build(load(TINY), seed=123)
     fresh.load_state_dict(state, strict=True)
     for name, tensor in fresh.state_dict().items():
@@ -255,7 +256,7 @@ def test_cli_build_save_and_load_back(tmp_path, capsys):
     # the saved weights are the seeded build's, not the fresh one's
     same_seed = build(load(TINY), seed=7)
     assert all(torch.equal(t, state[n]) for n, t in same_seed.state_dict().items())
-    resolved = json.loads((target / "spec.resolved.json").read_text())
+    resolved = json.loads((target / "archspec.json").read_text())
     assert resolved["layout"] == "(A F) x 2"
     assert resolved["components"]["A"]["config"]["head_dim"] == 16  # defaults are filled
     assert resolved["model"]["d_model"] == 64
@@ -271,9 +272,9 @@ def test_cli_build_save_bfloat16(tmp_path, capsys):
     target = tmp_path / "bf16"
     assert main(["build", TINY, "--dtype", "bfloat16", "--seq-len", "8", "--save", str(target)]) == 0
     assert "torch.bfloat16" in capsys.readouterr().out
-    state = torch.load(target / "model.pt", weights_only=True)
+    state = safetensors.torch.load_file(target / "model.safetensors")
     assert {t.dtype for t in state.values()} == {torch.bfloat16}
-    assert json.loads((target / "spec.resolved.json").read_text())["build"]["dtype"] == "bfloat16"
+    assert json.loads((target / "archspec.json").read_text())["build"]["dtype"] == "bfloat16"
     build(load(TINY), dtype="bfloat16").load_state_dict(state, strict=True)
 
 
@@ -284,7 +285,7 @@ def test_load_saved_rebuilds_spec_dtype_overrides_and_weights(tmp_path, capsys):
     assert main(["build", rules, "--no-smoke", "--dtype", "bfloat16", "--save", str(target)]) == 0
     capsys.readouterr()
     model, spec = archspec.load_saved(target)
-    state = torch.load(target / "model.pt", weights_only=True)
+    state = safetensors.torch.load_file(target / "model.safetensors")
     assert model.state_dict().keys() == state.keys()
     assert all(torch.equal(t, state[n]) for n, t in model.state_dict().items())
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
@@ -296,9 +297,9 @@ def test_load_saved_rebuilds_spec_dtype_overrides_and_weights(tmp_path, capsys):
     assert torch.equal(model(tokens).logits, original(tokens).logits)
     # a checkpoint recording a backend this machine lacks (say, saved on a GPU) still loads:
     # backends are chosen for the loading device
-    meta = json.loads((target / "spec.resolved.json").read_text())
+    meta = json.loads((target / "archspec.json").read_text())
     meta["build"]["backends"] = {k: "triton" for k in meta["build"]["backends"]}
-    (target / "spec.resolved.json").write_text(json.dumps(meta))
+    (target / "archspec.json").write_text(json.dumps(meta))
     reloaded, _ = archspec.load_saved(target)
     assert set(reloaded.backends.values()) == {"reference"}
     assert torch.equal(reloaded(tokens).logits, model(tokens).logits)
@@ -324,7 +325,7 @@ def test_cli_build_save_into_empty_dir(tmp_path, capsys):
     target = tmp_path / "empty"
     target.mkdir()
     assert main(["build", TINY, "--no-smoke", "--save", str(target)]) == 0
-    assert (target / "model.pt").is_file() and (target / "spec.resolved.json").is_file()
+    assert (target / "model.safetensors").is_file() and (target / "archspec.json").is_file()
 
 
 def test_cli_build_cuda_unavailable(capsys, monkeypatch):

@@ -274,12 +274,12 @@ def test_a_compiler_that_raises_is_a_failure_to_compile(gpu, monkeypatch):
 
 
 def test_saved_build_records_the_fallbacks(gpu):
-    from archspec.cli import _saved_fallbacks
+    from archspec.checkpoint_json import build_record  # archspec.json's "build" entry
     gpu.fail(STATE, CompileResult(compiled=False, error="boom"), BT=32)
     model, _ = build_for_cuda(archspec.loads(SPEC))
-    saved = _saved_fallbacks(model)["fallbacks"]
+    saved = build_record(model)["fallbacks"]
     assert sorted(saved) == ["sublayers.1.M2", "sublayers.3.M2"] and "boom" in saved["sublayers.1.M2"]
-    assert _saved_fallbacks(build_for_cuda(archspec.loads(SPEC.replace("32}", "16}")))[0]) == {}
+    assert "fallbacks" not in build_record(build_for_cuda(archspec.loads(SPEC.replace("32}", "16}")))[0])
 
 
 def test_a_device_whose_target_is_unknown_is_not_checked(monkeypatch, caplog):

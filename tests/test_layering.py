@@ -10,7 +10,7 @@ import archspec
 
 PACKAGE = Path(archspec.__file__).parent
 ABOVE_OPS = ("components", "codegen", "cli", "report", "accounting", "graph", "diff", "kernels",
-             "spec", "validate")
+             "spec", "validate", "checkpoint")
 
 
 def imported_modules(path: Path) -> list[tuple[int, str]]:

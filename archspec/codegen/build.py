@@ -237,23 +237,3 @@ def check_memory(spec: ResolvedSpec, device: torch.device, dtype: str, extra_byt
             f"building '{spec.name}' needs {what}, but {device} has {human_bytes(free)} free; "
             "refusing (it would exhaust memory). Use `--meta` (or meta=True) for a free structural "
             "build, `archspec report` for the numbers, or `--force` (force=True) to build anyway.")
-
-
-def load_saved(directory: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild a model written by `archspec build --save DIR`: its resolved spec and dtype, with
-    the saved weights loaded strictly. Backends are chosen for `device` as the spec asks (weights
-    do not depend on the backend that produced them). Returns (model, resolved spec)."""
-    import json
-
-    import yaml
-
-    from ..spec import loads
-    directory = Path(directory)
-    meta = json.loads((directory / "spec.resolved.json").read_text())
-    spec = loads(yaml.safe_dump(meta["spec"], sort_keys=False), str(directory / "spec.resolved.json"))
-    model = build(spec, device=device, dtype=meta.get("build", {}).get("dtype"), meta=True)
-    state = torch.load(directory / "model.pt", map_location=device, weights_only=True)
-    model = model.to_empty(device=device)
-    model.reset_parameters()  # to_empty leaves non-persistent buffers (RoPE tables) uninitialised
-    model.load_state_dict(state, strict=True)
-    return model, spec

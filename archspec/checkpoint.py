@@ -1,0 +1,391 @@
+"""Saving a built model and loading it back.
+
+    archspec.save(model, "out/")                  # or `archspec build SPEC --save out/`
+    model, spec = archspec.load_saved("out/")     # same weights, same configs, any device
+
+A saved model is a directory of two files:
+
+    model.safetensors   every distinct weight tensor once (safetensors: no pickle, so loading
+                        runs no code; memory-mapped). Names sharing one tensor are stored once
+                        and listed as aliases in archspec.json.
+    archspec.json       the format version, the resolved spec (every default filled, overrides
+                        applied, per sublayer), the build (dtype, backends chosen, parameter
+                        count) and the aliases: see checkpoint_json.py.
+
+`load_saved` rebuilds the model from the saved configs themselves, not from the YAML with today's
+defaults, so a default changed after the save does not change the model it loads. Every way a
+directory can be damaged (missing, incomplete, edited, truncated, from a newer archspec, weights
+that do not fit the spec or hold NaN) is a CheckpointError naming the file, the entry and the fix.
+Directories written before this format (`model.pt` + `spec.resolved.json`) load too.
+
+Saving is all or nothing: both files are written into a temporary directory beside the target,
+which is renamed into place only when complete; on any error it is removed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from .checkpoint_json import SavedRecord, format_version, read_record, record, upgrade_format_0
+from .codegen.build import build, check_memory
+from .errors import CheckpointError
+
+SPEC_FILE, WEIGHTS_FILE = "archspec.json", "model.safetensors"
+OLD_SPEC_FILE, OLD_WEIGHTS_FILE = "spec.resolved.json", "model.pt"  # format 0
+_LISTED = 5  # tensor names an error message shows before "and N more"
+
+
+# --- saving ---------------------------------------------------------------------------------------
+def save(model, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write `model` (built by archspec.build) to `directory`: model.safetensors and
+    archspec.json, all or nothing. The directory must not exist or be empty; `overwrite=True`
+    replaces a directory that holds a saved model (and nothing else is ever replaced).
+    Returns the directory's absolute path."""
+    if getattr(model, "spec", None) is None:
+        raise CheckpointError("archspec.save needs a model built by archspec.build (it carries the "
+                              "resolved spec it was built from); this one has no `.spec`")
+    target = check_target(directory, overwrite)
+    tensors, aliases = distinct_tensors(model.state_dict())
+    try:
+        text = json.dumps(record(model, aliases), indent=2, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot save '{model.spec.name}': its resolved spec does not fit in "
+                              f"JSON ({e}); a component config holds a value JSON cannot write") from None
+    with _writing(target) as tmp:
+        _write_weights(tmp / WEIGHTS_FILE, tensors)
+        _write_text(tmp / SPEC_FILE, text)
+    return target
+
+
+def check_target(directory: str | os.PathLike, overwrite: bool = False) -> Path:
+    """The absolute target path, or a CheckpointError when saving there must be refused: a
+    file, a non-empty directory (unless `overwrite` and it holds a saved model)."""
+    target = Path(directory).expanduser().resolve()
+    if target.exists() and not target.is_dir():
+        raise CheckpointError(f"cannot save to '{target}': it is a file; choose a directory path")
+    if not target.is_dir() or not any(target.iterdir()):
+        return target
+    if not overwrite:
+        raise CheckpointError(f"cannot save to '{target}': the directory exists and is not empty; "
+                              "choose a new one, or replace a saved model there with overwrite=True "
+                              "(`archspec build --overwrite`)")
+    if not (target / SPEC_FILE).is_file() and not (target / OLD_SPEC_FILE).is_file():
+        raise CheckpointError(f"cannot overwrite '{target}': it does not hold a saved model (no "
+                              f"{SPEC_FILE}), and overwrite replaces only saved models; choose "
+                              "another directory")
+    return target
+
+
+def distinct_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The state dict as safetensors accepts it, and its aliases. safetensors refuses tensors
+    that share memory: a name that is the very same tensor as an earlier one (a tied weight) is
+    stored once and recorded as an alias; tensors that overlap otherwise get their own copies."""
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for name, t in state.items():
+        if t.device.type == "meta":
+            raise CheckpointError(f"cannot save: tensor '{name}' has no data (a meta build); build "
+                                  "the model with real weights (meta=False) first")
+        view = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if t.numel() and view in seen:
+            aliases[name] = seen[view]
+            continue
+        seen.setdefault(view, name)
+        tensors[name] = t.detach()
+    return _unshared(tensors), aliases
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each tensor contiguous and on the CPU, with a copy for any that shares its storage."""
+    owners: dict[int, int] = {}
+    for t in tensors.values():
+        ptr = t.untyped_storage().data_ptr()
+        owners[ptr] = owners.get(ptr, 0) + 1
+    out = {}
+    for name, t in tensors.items():
+        shared = bool(t.numel()) and owners[t.untyped_storage().data_ptr()] > 1
+        out[name] = t.to("cpu", memory_format=torch.contiguous_format, copy=shared)
+    return out
+
+
+def _write_weights(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    import safetensors.torch
+    safetensors.torch.save_file(tensors, str(path), metadata={"format": "pt"})
+    _fsync(path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text)
+    _fsync(path)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file (or a directory's entries) to disk, so a rename publishes complete files."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # a directory cannot be opened on some systems: nothing to flush there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _writing(target: Path):
+    """A temporary directory beside `target`, renamed to it when the block completes; removed
+    (and the target left as it was) when anything fails, interrupts included."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
+    except OSError as e:
+        raise CheckpointError(f"cannot save to '{target}': {e.strerror or e}") from None
+    try:
+        yield tmp
+        _publishable(tmp)
+        _fsync(tmp)
+        _move_into_place(tmp, target)
+        _fsync(target.parent)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise CheckpointError(f"cannot save to '{target}': {e.strerror or e}") from None
+        raise
+
+
+def _publishable(tmp: Path) -> None:
+    """The permissions a plain mkdir and open would have given (umask applied): mkdtemp makes
+    the directory private, and a saved model is usually meant to be shared."""
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
+    for f in tmp.iterdir():
+        f.chmod(0o666 & ~umask)
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    """Rename the complete `tmp` to `target`; an existing saved model there (overwrite, already
+    checked) is set aside first and restored if the rename fails."""
+    if target.is_dir() and not any(target.iterdir()):
+        target.rmdir()
+    if not target.exists():
+        tmp.rename(target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.replaced-", dir=target.parent))
+    old.rmdir()
+    target.rename(old)
+    try:
+        tmp.rename(target)
+    except BaseException:
+        old.rename(target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# --- loading --------------------------------------------------------------------------------------
+def load_saved(directory: str | os.PathLike, device: str | torch.device = "cpu", *,
+               allow_nonfinite: bool = False, backend: str | dict | None = None,
+               force: bool = False):
+    """Rebuild a model written by `archspec.save` (or `archspec build --save`): the saved
+    resolved configs, in the saved dtype, with the saved weights loaded strictly. Returns
+    (model, ResolvedSpec). Backends are chosen for `device` as the saved spec asks (weights do
+    not depend on the backend that produced them); `backend` forces one as in `build`.
+    Weights holding NaN or infinite values are refused unless `allow_nonfinite`; `force` builds
+    even when the weights may not fit in memory. Raises CheckpointError for a damaged directory."""
+    saved, weights_path = read_directory(Path(directory))
+    try:
+        model = build(saved.spec, device=device, dtype=saved.dtype, meta=True, backend=backend)
+    except ValueError as e:  # e.g. a backend the saved spec forces that cannot run on `device`
+        raise CheckpointError(f"cannot rebuild the model saved in '{directory}' on {device}: {e}") from None
+    state = read_weights(weights_path, saved, model.state_dict(), allow_nonfinite)
+    if not force:
+        check_memory(saved.spec, torch.device(device), saved.dtype)
+    model = model.to_empty(device=device)
+    model.reset_parameters()  # to_empty leaves non-persistent buffers (RoPE tables) uninitialised
+    model.load_state_dict(state, strict=True)
+    return model, saved.spec
+
+
+def read_directory(directory: Path) -> tuple[SavedRecord, Path]:
+    """The saved record and the weights file of a saved-model directory, either format."""
+    if not directory.exists():
+        raise CheckpointError(f"no saved model at '{directory}': it does not exist")
+    if not directory.is_dir():
+        raise CheckpointError(f"no saved model at '{directory}': it is a file; give the directory "
+                              "that archspec.save wrote")
+    if (directory / SPEC_FILE).is_file():
+        spec_file, weights, legacy = directory / SPEC_FILE, directory / WEIGHTS_FILE, False
+    elif (directory / OLD_SPEC_FILE).is_file():
+        spec_file, weights, legacy = directory / OLD_SPEC_FILE, directory / OLD_WEIGHTS_FILE, True
+    else:
+        raise CheckpointError(f"no saved model in '{directory}': it has no {SPEC_FILE} (nor the "
+                              f"older {OLD_SPEC_FILE}); give the directory that archspec.save wrote")
+    text, data = _read_json(spec_file)
+    data = upgrade_format_0(data) if legacy else data
+    if not legacy:
+        format_version(data, str(spec_file))
+    saved = read_record(data, str(spec_file), text)
+    if not weights.is_file():
+        raise CheckpointError(f"'{directory}' has {spec_file.name} but no {weights.name}: the save "
+                              "did not complete or the file was removed; save the model again")
+    return saved, weights
+
+
+def _read_json(path: Path) -> tuple[str, object]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read '{path}': {getattr(e, 'strerror', None) or e}") from None
+    try:
+        return text, json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}); the file is "
+                              "damaged: restore it, or save the model again") from None
+
+
+def read_weights(path: Path, saved: SavedRecord, expected: dict[str, torch.Tensor],
+                 allow_nonfinite: bool = False) -> dict[str, torch.Tensor]:
+    """The weights of `path` as a state dict for a model whose (meta) state dict is `expected`:
+    names and shapes checked (from the file's header, before any data is read), aliases
+    expanded, then the dtype and, unless `allow_nonfinite`, that every value is finite."""
+    with _weights_file(path) as file:
+        _check_names(path, set(file.names()), saved.aliases, expected)
+        _check_shapes(path, file, saved.aliases, expected)
+        state = {name: file.tensor(name) for name in file.names()}
+    state.update({alias: state[target] for alias, target in saved.aliases.items()})
+    _check_dtypes(path, state, saved.dtype)
+    if not allow_nonfinite:
+        _check_finite(path, state)
+    return state
+
+
+class _Safetensors:
+    """A safetensors file: names and shapes from its header, tensors read one by one."""
+
+    def __init__(self, handle, path: Path):
+        self.handle, self.path = handle, path
+
+    def names(self) -> list[str]:
+        return list(self.handle.keys())
+
+    def shape(self, name: str) -> tuple:
+        return tuple(self.handle.get_slice(name).get_shape())
+
+    def tensor(self, name: str) -> torch.Tensor:
+        try:
+            return self.handle.get_tensor(name)
+        except Exception as e:  # noqa: BLE001 - safetensors' own error type; say which tensor
+            raise CheckpointError(f"{self.path}: cannot read tensor '{name}' ({e}); the file is "
+                                  "damaged: save the model again") from None
+
+
+class _TorchFile:
+    """A format-0 model.pt: a state dict torch.load read with weights_only (no code runs)."""
+
+    def __init__(self, state: dict):
+        self.state = state
+
+    def names(self) -> list[str]:
+        return list(self.state)
+
+    def shape(self, name: str) -> tuple:
+        return tuple(self.state[name].shape)
+
+    def tensor(self, name: str) -> torch.Tensor:
+        return self.state[name]
+
+
+@contextmanager
+def _weights_file(path: Path):
+    if path.name == OLD_WEIGHTS_FILE:
+        yield _TorchFile(_torch_load(path))
+        return
+    import safetensors
+    try:
+        handle = safetensors.safe_open(str(path), framework="pt", device="cpu")
+    except Exception as e:  # noqa: BLE001 - SafetensorError or an OSError: a clear error either way
+        raise CheckpointError(f"{path}: cannot read the weights ({e}); the file is damaged or "
+                              "truncated: save the model again") from None
+    with handle:
+        yield _Safetensors(handle, path)
+
+
+def _torch_load(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: cannot read the weights ({first}); the file is damaged "
+                              "or truncated: save the model again") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise CheckpointError(f"{path}: not a state dict of named tensors; give the directory "
+                              "that `archspec build --save` wrote")
+    return state
+
+
+def _names_text(names) -> str:
+    names = sorted(names)
+    shown = ", ".join(f"'{n}'" for n in names[:_LISTED])
+    return shown + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
+
+
+def _check_names(path: Path, stored: set[str], aliases: dict[str, str], expected: dict) -> None:
+    """The file's tensors plus the aliases are exactly the model's state dict."""
+    bad_aliases = {a for a, t in aliases.items() if t not in stored or a in stored}
+    if bad_aliases:
+        raise CheckpointError(f"{path.parent / SPEC_FILE}: weights.aliases {_names_text(bad_aliases)} "
+                              f"must each name a tensor that {path.name} stores under another name; "
+                              "the files do not belong together: save the model again")
+    present = stored | set(aliases)
+    missing, unexpected = set(expected) - present, present - set(expected)
+    if missing or unexpected:
+        parts = ([f"lacks {len(missing)} tensor(s) the model needs: {_names_text(missing)}"] if missing else []) + \
+                ([f"holds {len(unexpected)} tensor(s) the model does not have: {_names_text(unexpected)}"]
+                 if unexpected else [])
+        raise CheckpointError(f"{path}: {'; '.join(parts)}. The weights do not belong to the "
+                              f"saved spec (or a file was replaced); save the model again")
+
+
+def _check_shapes(path: Path, file, aliases: dict[str, str], expected: dict) -> None:
+    wrong = []
+    for name, t in expected.items():
+        shape = file.shape(aliases.get(name, name))
+        if shape != tuple(t.shape):
+            wrong.append(f"tensor '{name}' is {list(shape)} in the file, but the model built from "
+                         f"the saved spec needs {list(t.shape)}")
+    if wrong:
+        raise CheckpointError(f"{path}: {len(wrong)} tensor(s) have the wrong shape: "
+                              + "; ".join(wrong[:_LISTED]) + (f"; and {len(wrong) - _LISTED} more"
+                                                               if len(wrong) > _LISTED else "")
+                              + ". The weights do not belong to the saved spec; save the model again")
+
+
+def _check_dtypes(path: Path, state: dict[str, torch.Tensor], dtype: str) -> None:
+    from .components.modules import TORCH_DTYPES
+    wrong = {n for n, t in state.items() if t.is_floating_point() and t.dtype != TORCH_DTYPES[dtype]}
+    if wrong:
+        name = sorted(wrong)[0]
+        raise CheckpointError(f"{path}: {len(wrong)} tensor(s) are not {dtype}, the dtype the saved "
+                              f"spec records (build.dtype): {_names_text(wrong)} ('{name}' is "
+                              f"{str(state[name].dtype).removeprefix('torch.')}); save the model again")
+
+
+def _check_finite(path: Path, state: dict[str, torch.Tensor]) -> None:
+    bad = {n: int((~torch.isfinite(t)).sum()) for n, t in state.items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())}
+    if bad:
+        listed = ", ".join(f"'{n}' ({bad[n]:,} of {state[n].numel():,} values)" for n in sorted(bad)[:_LISTED])
+        more = f" and {len(bad) - _LISTED} more" if len(bad) > _LISTED else ""
+        raise CheckpointError(f"{path}: {len(bad)} tensor(s) hold NaN or infinite values: {listed}"
+                              f"{more}. The weights are broken (a diverged run?); "
+                              "load_saved(..., allow_nonfinite=True) loads them anyway")
