@@ -16,7 +16,7 @@ The pipeline (`compare.diff`), one module per stage:
     checkpoint_map.py  which of A's tensors load into B, under which names
     budgets.py         --max-params-delta / --max-flops-delta
     render.py, as_json.py, text.py   table and markdown; JSON; how values are written
-    names.py           the only place that writes or parses module and parameter names
+    names.py           how groups of parameter names are shown (the names come from the plan)
 
 Alignment (docs/diff.md, "Alignment rule"): sublayers are compared by identity, not by index.
 A sublayer's key is the tuple of (type, symbol) of its members, with A's symbols mapped through

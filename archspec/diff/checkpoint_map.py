@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from ..accounting import Accounting
-from . import names
+from ..plan import MEMBER, NORM, RESIDUAL, Node, Plan
 
 COMPAT_KINDS = ("unchanged", "renamed", "reshaped", "new", "removed")
 _SHAPE_COLUMN = {"unchanged": 1, "renamed": 2, "reshaped": 3, "new": 1, "removed": 1}  # B's shape
@@ -31,6 +31,7 @@ class Compatibility:
     removed: list[tuple[str, tuple]]  # in A only: dropped
     dtype_a: str
     dtype_b: str
+    owners: dict[str, str]  # every tensor's name (A's and B's) -> the module holding it
 
     def mapping(self) -> dict[str, str]:
         """A's name -> B's name for every tensor that loads unchanged (same shape)."""
@@ -73,20 +74,22 @@ class Compatibility:
 
 
 def compatibility(acc_a: Accounting, acc_b: Accounting, pairs, member_pairs) -> Compatibility:
-    """Map each of A's parts to the part of B in the same role (model parts by name; a matched
-    sublayer's norm, gates and same-type members through the alignment), then compare shapes."""
+    """Map each of A's nodes to the node of B in the same role (model parts by name; a matched
+    sublayer's norm, residual gates and same-type members through the alignment), then compare
+    the shapes of their parameters."""
     b_of_a = dict(pairs)
-    targets = _module_targets(member_pairs)
+    targets = _node_targets(acc_a.plan, acc_b.plan, member_pairs)
     sorting = _Sorting(acc_b.param_shapes())
     for part in acc_a.parts:
         if part.sublayer is None:
-            to = part.module_path
+            to = acc_b.plan.by_name.get(part.name)
         else:
-            to = targets.get(part.module_path) if part.sublayer in b_of_a else None
+            to = targets.get(part.name) if part.sublayer in b_of_a else None
         for key, shape in part.param_shapes.items():
-            sorting.add(names.parameter(part.module_path, key),
-                        names.parameter(to, key) if to is not None else None, tuple(shape))
-    return sorting.result(acc_a.spec.model.dtype, acc_b.spec.model.dtype)
+            sorting.add(part.node.param_name(key), to.param_name(key) if to is not None else None, tuple(shape))
+    owners = {p.node.param_name(k): p.module_path for acc in (acc_a, acc_b) for p in acc.parts
+              for k in p.param_shapes}
+    return sorting.result(acc_a.spec.model.dtype, acc_b.spec.model.dtype, owners)
 
 
 class _Sorting:
@@ -110,7 +113,7 @@ class _Sorting:
         else:
             self.renamed.append((name, new_name, b_shape))
 
-    def result(self, dtype_a: str, dtype_b: str) -> Compatibility:
+    def result(self, dtype_a: str, dtype_b: str, owners: dict[str, str]) -> Compatibility:
         """The kinds in B's parameter order (the built module's); B's untaken tensors are new."""
         new = [(n, tuple(s)) for n, s in self.shapes_b.items() if n not in self.taken]
         order = {n: k for k, n in enumerate(self.shapes_b)}
@@ -118,16 +121,21 @@ class _Sorting:
         self.reshaped.sort(key=lambda r: order[r[1]])
         self.unchanged.sort(key=lambda r: order[r[0]])
         return Compatibility(self.unchanged, self.renamed, self.reshaped, new, self.removed,
-                             dtype_a, dtype_b)
+                             dtype_a, dtype_b, owners)
 
 
-def _module_targets(member_pairs: dict) -> dict[str, str]:
-    """A's module name -> B's, for the modules of every matched sublayer."""
-    targets: dict[str, str] = {}
+def _node_targets(plan_a: Plan, plan_b: Plan, member_pairs: dict) -> dict[str, Node]:
+    """A's node name -> B's node, for the nodes of every matched sublayer: its norm and residual
+    (the gates), and each member paired with one of the same type."""
+    targets: dict[str, Node] = {}
     for (i, j), mps in member_pairs.items():
-        targets[names.sublayer_norm(i)] = names.sublayer_norm(j)
-        targets[names.sublayer(i)] = names.sublayer(j)  # the residual's gates
-        for ma, mb in mps:
-            if ma is not None and mb is not None and ma.type == mb.type:
-                targets[names.member(i, ma.name)] = names.member(j, mb.name)
+        a_nodes, b_nodes = plan_a.of_sublayer(i), plan_b.of_sublayer(j)
+        for role in (NORM, RESIDUAL):
+            (a,), (b,) = ([n for n in nodes if n.role == role] for nodes in (a_nodes, b_nodes))
+            targets[a.name] = b
+        b_members = {n.symbol: n for n in b_nodes if n.role == MEMBER}
+        for a in (n for n in a_nodes if n.role == MEMBER):
+            for ma, mb in mps:
+                if ma is not None and mb is not None and ma.name == a.symbol and ma.type == mb.type:
+                    targets[a.name] = b_members[mb.name]
     return targets

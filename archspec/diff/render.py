@@ -279,11 +279,11 @@ def _renamed_modules(c: Compatibility) -> dict[tuple[str, str], int]:
     return out
 
 
-def _by_owner(tensors: list[str], code: Callable[[str], str]) -> list[str]:
+def _by_owner(tensors: list[str], owners: dict[str, str], code: Callable[[str], str]) -> list[str]:
     """Names grouped by owning module: 'sublayers.2.members.M.* (9)'; single tensors in full."""
     groups: dict[str, list[str]] = {}
     for n in tensors:
-        groups.setdefault(names.owner(n), []).append(n)
+        groups.setdefault(owners[n], []).append(n)
     return [code(ns[0]) if len(ns) == 1 else f"{code(names.everything_under(owner))} ({len(ns)})"
             for owner, ns in groups.items()]
 
@@ -313,8 +313,8 @@ def _compat_examples(c: Compatibility, arrow: str, code) -> dict[str, list[str]]
         "renamed": [f"{code(under(pa))} {arrow} {code(under(pb))} ({n})"
                     for (pa, pb), n in _renamed_modules(c).items()],
         "reshaped": [f"{code(a)} {list(sa)} {arrow} {list(sb)}" for a, b, sa, sb in c.reshaped],
-        "new": _by_owner([n for n, _ in c.new], code),
-        "removed": _by_owner([n for n, _ in c.removed], code),
+        "new": _by_owner([n for n, _ in c.new], c.owners, code),
+        "removed": _by_owner([n for n, _ in c.removed], c.owners, code),
     }
 
 
