@@ -3,17 +3,20 @@ head, whose nodes carry the resolved config and accounting; exported as JSON or 
 
 Each sublayer i is three kinds of node: `sublayers.i.norm`, one node per member
 (`sublayers.i.A`) and `sublayers.i.residual` (the add, with the gates of a parallel group).
-Edges have kind 'data', 'residual' (the skip connection around the sublayer) or 'shared' (from
-a `shared.<key>` node, weights stored once, to each member that reads them).
+Edges have kind 'data', 'residual' (the skip connection around the sublayer), 'shared' (from
+a `shared.<key>` node, weights stored once, to each member that reads them) or 'child' (from a
+member to a component it is built from, e.g. MoE's shared experts `sublayers.i.E.shared`; such a
+node is `included_in` its parent, whose figures already hold it: sum only nodes without it).
 """
 from __future__ import annotations
 
 import json
+import math
 
 import networkx as nx
 
 from .accounting import Accounting, account
-from .plan import EMBEDDING, FINAL_NORM, HEAD, MEMBER, NORM, RESIDUAL, SHARED, Plan
+from .plan import EMBEDDING, FINAL_NORM, HEAD, MEMBER, NORM, RESIDUAL, SHARED, Node, Plan
 from .spec import ResolvedSpec
 
 
@@ -30,7 +33,23 @@ def component_graph(spec: ResolvedSpec, acc: Accounting | None = None) -> nx.DiG
                    flops_per_token=p.cost.flops.total / acc.seq_len, state_bytes=p.cost.state_bytes)
     for a, b, kind in _edges(acc.plan):
         g.add_edge(a, b, kind=kind)
+    for node in acc.plan.with_role(MEMBER):
+        _add_children(g, node, spec.model, acc)
     return g
+
+
+def _add_children(g: nx.DiGraph, parent: Node, model, acc: Accounting) -> None:
+    """Each component a node is built from, as a node `included_in` it (its parameters and
+    FLOPs are already in the parent's figures) with a 'child' edge from the parent."""
+    for node in parent.children:
+        comp, cfg = node.component, node.instance.config
+        g.add_node(node.name, type=node.type, role=node.role, sublayer=node.sublayer, config=dict(cfg),
+                   params=sum(math.prod(s) for s in comp.param_shapes(cfg, model).values()),
+                   active_params=comp.active_param_count(cfg, model),
+                   flops_per_token=comp.flops(cfg, model, acc.seq_len, acc.convention).total / acc.seq_len,
+                   state_bytes=comp.state_bytes(cfg, model, acc.seq_len), included_in=parent.name)
+        g.add_edge(parent.name, node.name, kind="child")
+        _add_children(g, node, model, acc)
 
 
 def _edges(the_plan: Plan):
@@ -71,7 +90,8 @@ def to_dot(g: nx.DiGraph) -> str:
         lines.append(f'  "{_esc(n)}" [label="{label}", shape={shape}];')
     for a, b, attrs in g.edges(data=True):
         style = {"residual": ' [style=dashed, label="residual"]',
-                 "shared": ' [style=dotted, label="shared"]'}.get(attrs.get("kind"), "")
+                 "shared": ' [style=dotted, label="shared"]',
+                 "child": ' [style=dotted, arrowhead=diamond, label="part of"]'}.get(attrs.get("kind"), "")
         lines.append(f'  "{_esc(a)}" -> "{_esc(b)}"{style};')
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from .components import REGISTRY
 from .spec import NORM_NAME, ComponentInstance, ResolvedSpec
 
-EMBEDDING, NORM, MEMBER, RESIDUAL, SHARED, FINAL_NORM, HEAD = (
-    "embedding", "norm", "member", "residual", "shared", "final_norm", "head")
-ROLES = (EMBEDDING, NORM, MEMBER, RESIDUAL, SHARED, FINAL_NORM, HEAD)
+EMBEDDING, NORM, MEMBER, RESIDUAL, SHARED, FINAL_NORM, HEAD, CHILD = (
+    "embedding", "norm", "member", "residual", "shared", "final_norm", "head", "child")
+ROLES = (EMBEDDING, NORM, MEMBER, RESIDUAL, SHARED, FINAL_NORM, HEAD)  # the plan's own nodes
 CONFIGURABLE = (NORM, MEMBER, FINAL_NORM)  # nodes whose backend the spec or the caller chooses
 
 
@@ -42,6 +42,9 @@ class Node:
     symbol: str | None = None  # the spec's name for it ('A', 'model.norm'); None: not the user's
     shared_key: str | None = None  # role 'shared': the key of the weights it holds
     reads_shared: tuple[str, ...] = ()  # keys of the shared weights a member reads
+    # components this one is built from (Component.children), role 'child': their parameters
+    # and costs are part of this node's; the graph draws them
+    children: tuple["Node", ...] = ()
 
     @property
     def type(self) -> str:
@@ -98,8 +101,9 @@ def plan(spec: ResolvedSpec) -> Plan:
             keys = tuple(m.component.shared_params(m.config, model))
             for key in keys:
                 owners.setdefault(key, m)
-            nodes.append(Node(f"{prefix}.{m.name}", MEMBER, m, member_path(sub.index, m.name),
-                              sub.index, m.name, reads_shared=keys))
+            name, path = f"{prefix}.{m.name}", member_path(sub.index, m.name)
+            nodes.append(Node(name, MEMBER, m, path, sub.index, m.name, reads_shared=keys,
+                              children=_children(m, model, name, path, sub.index)))
         residual = _model_part("residual", {"gated": sub.parallel, "members": len(sub.members)})
         nodes.append(Node(f"{prefix}.residual", RESIDUAL, residual, prefix, sub.index))
     nodes += [Node(shared_path(key), SHARED, inst, shared_path(key), shared_key=key)
@@ -107,6 +111,17 @@ def plan(spec: ResolvedSpec) -> Plan:
     nodes.append(Node("final_norm", FINAL_NORM, spec.norm, "final_norm", symbol=NORM_NAME))
     nodes.append(Node("lm_head", HEAD, _model_part("head", {"tied": model.tie_embeddings}), "lm_head"))
     return Plan(spec, nodes)
+
+
+def _children(inst: ComponentInstance, model, name: str, path: str, sublayer: int) -> tuple[Node, ...]:
+    """The child nodes of an instance (and theirs), named and placed under it."""
+    out = []
+    for key, c in inst.component.children(inst.config, model).items():
+        child_inst = ComponentInstance(key, c.type, c.config, "reference")
+        child_name, child_path = f"{name}.{key}", f"{path}.{key}"
+        out.append(Node(child_name, CHILD, child_inst, child_path, sublayer,
+                        children=_children(child_inst, model, child_name, child_path, sublayer)))
+    return tuple(out)
 
 
 def _model_part(role: str, config: dict) -> ComponentInstance:
