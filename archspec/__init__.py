@@ -15,14 +15,13 @@ from .accounting import account
 from .components.base import FlopConvention
 from .diff import diff
 from .errors import BuildRefused, CheckpointError, KernelFallbackWarning, SpecError
-from .graph import component_graph
 from .report import report
 from .spec import ResolvedSpec, load, loads
 
-# what needs torch loads on first use, so that `import archspec` (validate, report, graph, diff)
-# stays free of it
+# what needs torch (or networkx) loads on first use, so that `import archspec` and the commands
+# that only read specs (validate, report, diff) stay free of them
 _LAZY = {"build": ".codegen.build", "save": ".checkpoint", "load_saved": ".checkpoint",
-         "kernels_report": ".kernels"}
+         "kernels_report": ".kernels", "component_graph": ".graph"}
 
 
 def __getattr__(name: str):

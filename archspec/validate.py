@@ -65,8 +65,10 @@ def _translate(error: jsonschema.ValidationError, doc: Document, base: Path, loc
     if v == "additionalProperties":
         allowed = sorted(schema.get("properties", {}))
         extra = [k for k in inst if k not in schema.get("properties", {})]
+        renamed = _renamed_keys(schema)
         return [Problem(f"unknown key '{k}'", path + (k,), key_where(path + (k,)),
-                        did_you_mean(k, allowed) or f"allowed keys here: {', '.join(allowed)}")
+                        (f"'{k}' was renamed to '{renamed[k]}'" if k in renamed else None)
+                        or did_you_mean(k, allowed) or f"allowed keys here: {', '.join(allowed)}")
                 for k in extra]
     if v == "required":
         missing = re.match(r"'([^']+)'", error.message)
@@ -110,6 +112,12 @@ def _translate(error: jsonschema.ValidationError, doc: Document, base: Path, loc
         hint = EMPTY_HINTS.get(path[-1] if path else None)
         return [Problem("must not be empty", path, where(path), hint)]
     return [Problem(error.message, path, where(path))]
+
+
+def _renamed_keys(schema: dict) -> dict[str, str]:
+    """A component schema's old key spellings (Component.renamed), by its `type` constant."""
+    type_name = schema.get("properties", {}).get("type", {}).get("const")
+    return REGISTRY[type_name].renamed if type_name in REGISTRY else {}
 
 
 # common spellings that are not close enough for difflib

@@ -102,6 +102,9 @@ class Component:
     # A small valid config (d_model 64) for docs and for the contract tests every component
     # gets automatically (tests/test_contract.py).
     example: ClassVar[dict] = {}
+    # old spellings of keys, {old: new}: a spec that uses one gets a located error naming the
+    # new key (one name per concept across types; docs/components.md)
+    renamed: ClassVar[dict[str, str]] = {}
 
     def __init__(self):
         self.backends: dict[str, Backend] = {}
