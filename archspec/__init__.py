@@ -7,18 +7,26 @@
     model, spec = archspec.load_saved("out/")    # what `archspec build --save out/` wrote
     d = archspec.diff(spec_a, spec_b)            # structural diff, cost deltas, checkpoint reuse
     k = archspec.kernels_report([spec], targets=[TARGETS["sm_90"]])  # the kernel gate (ops/aot.py)
+
+Importing archspec imports no stage: each name loads its module on first use (archspec/lazy.py),
+so a torch-free module (archspec.costs, the costs of archspec.ops) stays torch-free when
+imported.
 """
-from .accounting import account
-from .codegen.build import build, load_saved
-from .components.base import FlopConvention
-from .diff import diff
+from .costs import FlopConvention
 from .errors import BuildRefused, KernelFallbackWarning, SpecError
-from .graph import component_graph
-from .kernels import kernels_report
-from .report import report
-from .spec import ResolvedSpec, load, loads
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
+_LAZY = {
+    ".accounting": ["account"],
+    ".codegen.build": ["build", "load_saved"],
+    ".diff": ["diff"],
+    ".graph": ["component_graph"],
+    ".kernels": ["kernels_report"],
+    ".report": ["report"],
+    ".spec": ["ResolvedSpec", "load", "loads"],
+}
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 __all__ = ["load", "loads", "report", "account", "component_graph", "build", "load_saved", "diff",
            "kernels_report", "FlopConvention", "SpecError", "BuildRefused", "KernelFallbackWarning",
            "ResolvedSpec", "__version__"]

@@ -21,10 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..costs import ROPE_FLOPS_PER_ELEMENT, SOFTMAX_FLOPS_PER_ELEMENT
 from .base import CheckIssue, Component, ComponentModule, Flops, ModelConfig, register
-
-SOFTMAX_FLOPS_PER_PAIR = 5  # scale, subtract max, exp, sum, divide
-ROPE_FLOPS_PER_ELEMENT = 3  # x*cos + rotate(x)*sin
 
 
 HEADS_SCHEMA = {
@@ -166,7 +164,7 @@ class Attention(Component):
     def flops(self, cfg, model, seq_len, conv):
         d, hd, h, hkv = model.d_model, cfg["head_dim"], cfg["n_heads"], cfg["n_kv_heads"]
         pairs = conv.pairs(seq_len, cfg["window"])
-        other = SOFTMAX_FLOPS_PER_PAIR * h * pairs
+        other = SOFTMAX_FLOPS_PER_ELEMENT * h * pairs
         if cfg["rope"]:
             other += ROPE_FLOPS_PER_ELEMENT * seq_len * (h + hkv) * hd
         if cfg["bias"]:

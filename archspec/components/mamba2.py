@@ -26,7 +26,7 @@ FLOPs for one sequence (1 FLOP = one multiply or one add; exp, log = 1 each):
   matmul: T (2 d (2E + 2GN + H) + 2 E d) for the projections, plus SSD's five contractions
           on the padded length (ssd_flops; Q = min(chunk_size, T), c = ceil(T / Q)):
           2 c G Q^2 N + 2 c H Q^2 P + 4 c H Q P N + 2 H (c+1)^2 P N;
-  other:  the conv, conv_flops_per_token(E + 2GN, k, bias, silu) per token; dt: 1 (bias) +
+  other:  the conv, conv_flops(T, E + 2GN, k, bias, silu); dt: 1 (bias) +
           3 (softplus) per head and token, 2 more with dt_limit; A: 2H once; SSD's elementwise
           work (ssd_flops: decays, masks, the padding included); the gated norm,
           gated_rmsnorm_flops(T E, T G) (archspec/ops/norm); linear biases when enabled.
@@ -38,12 +38,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops.conv import conv_flops_per_token, causal_conv1d, causal_conv1d_step
+from ..costs import SOFTPLUS_FLOPS_PER_ELEMENT
+from ..ops.conv import causal_conv1d, causal_conv1d_step, conv_flops
 from ..ops.norm import dtype_unsupported, gated_rmsnorm, gated_rmsnorm_flops, width_unsupported
-from ..ops.ssm.ssd import ssd_chunked, ssd_flops, ssd_step
+from ..ops.ssm import ssd_chunked, ssd_flops, ssd_step
 from ..ops.triton_support import add_triton_backend
 from .base import REGISTRY, CheckIssue, Component, ComponentModule, Flops, ModelConfig, register
-from .mamba import (CONV_SCHEMA, DT_INIT_SCHEMA, SOFTPLUS_FLOPS, check_dt_range, check_inner_width,
+from .mamba import (CONV_SCHEMA, DT_INIT_SCHEMA, check_dt_range, check_inner_width,
                     init_dt_bias, inner_width)
 
 
@@ -133,11 +134,11 @@ class Mamba2(Component):
     def flops(self, cfg, model, seq_len, conv):
         d, e, h, p, g, n, k = self._dims(cfg, model)
         t = seq_len
-        ssd_matmul, ssd_other = ssd_flops(t, h, p, g, n, cfg["chunk_size"], has_d=True)
-        matmul = t * (2 * d * (2 * e + 2 * g * n + h) + 2 * e * d) + ssd_matmul
-        dt = 1 + SOFTPLUS_FLOPS + (2 if cfg["dt_limit"] is not None else 0)
-        other = (t * conv_flops_per_token(e + 2 * g * n, k, cfg["conv_bias"], "silu")
-                 + t * h * dt + 2 * h + ssd_other + gated_rmsnorm_flops(t * e, t * g))
+        ssd = ssd_flops(t, h, p, g, n, cfg["chunk_size"], has_d=True)
+        matmul = t * (2 * d * (2 * e + 2 * g * n + h) + 2 * e * d) + ssd.matmul
+        dt = 1 + SOFTPLUS_FLOPS_PER_ELEMENT + (2 if cfg["dt_limit"] is not None else 0)
+        other = (conv_flops(t, e + 2 * g * n, k, cfg["conv_bias"], "silu").other
+                 + t * h * dt + 2 * h + ssd.other + gated_rmsnorm_flops(t * e, t * g).other)
         if cfg["bias"]:
             other += t * (2 * e + 2 * g * n + h + d)
         return Flops(matmul=matmul, other=other)
@@ -185,7 +186,7 @@ class Mamba2(Component):
         float64) gated by z (the model dtype) with the weight in the model dtype, E columns in
         ngroups groups; over a training batch's rows (forward and backward) and one decoded
         token's (`step`: forward only)."""
-        from ..ops.norm.fused import TRAIN_ROWS, kernel_launches
+        from ..ops.norm import TRAIN_ROWS, kernel_launches
         e, g = inner_width(cfg, model), cfg["ngroups"]
         y_dtype = torch.promote_types(dtype, torch.float32)
         return [launch for rows in (TRAIN_ROWS, 1)

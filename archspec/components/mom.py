@@ -52,22 +52,22 @@ A_log = log U(0, 16); dt_bias = softplus^-1 of dt, log-uniform in [1e-3, 1e-1] f
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..costs import SOFTMAX_FLOPS_PER_ELEMENT
 from ..ops import linear_attention as LA
-from ..ops.conv import causal_conv1d, causal_conv1d_step, conv_flops_per_token
-from ..ops.dispatch import combine_rows, gather_rows, row_map
-from ..ops.linear_attention.fused_chunk import (GATE_DTYPE_NAMES, KERNEL_DTYPE_NAMES, kernels_unsupported,
-                                                triton_chunk_rule)
-from ..ops.norm import gated_rmsnorm, gated_rmsnorm_flops
+from ..ops.conv import causal_conv1d, causal_conv1d_step, conv_flops
+from ..ops.dispatch import Dispatch, combine_rows, gather_rows, plan_dispatch, row_map
+from ..ops.linear_attention import (GATE_DTYPE_NAMES, KERNEL_DTYPE_NAMES, kernels_unsupported,
+                                    triton_chunk_rule)
+from ..ops.moe import load_balancing_loss, token_choice
+from ..ops.norm import gated_rmsnorm, gated_rmsnorm_flops, l2_normalise
 from ..ops.triton_support import add_triton_backend
 from .base import (REGISTRY, CheckIssue, Component, ComponentModule, Flops, ModelConfig, init_dt_bias,
                    register)
 
-SOFTMAX_FLOPS = 5       # per element: subtract max, exp, sum, divide (+ scale)
 L2NORM_FLOPS = 3        # per element: square, sum, scale
 GLA_GATE_NORMALIZER = 16.0  # GLA's gate_logit_normalizer
 # per head-step: sigmoid (4) for beta; softplus (3), add, exp(A) multiply, negate for the decay
@@ -79,72 +79,8 @@ def extra_rows(rule: str, h: int, k: int) -> int:
     return {"gated_delta": 2 * h, "delta": h, "gla": k, "linear": 0}[rule]
 
 
-@dataclass
-class Dispatch:
-    """Where each packed row comes from. Rows are grouped by memory (shared last), then by
-    sequence, then in time order: `cu_seqlens` [n_b B + 1] marks the (memory, sequence) groups."""
-
-    token: torch.Tensor        # int64 [P]: flat token index b T + t of each packed row
-    weight: torch.Tensor       # [P]: routing weight of the row (1 for the shared memory)
-    cu_seqlens: torch.Tensor   # int64 [n_b B + 1]
-    memory_rows: list[int]     # rows per memory (host ints), length n_b
-
-    def segment_lengths(self) -> list[int]:
-        return (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).tolist()
-
-
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-def route(logits: torch.Tensor, topk: int):
-    """softmax in float32, top-k, renormalised. Returns (probs [N, M], weights [N, k], idx [N, k])."""
-    probs = torch.softmax(at_least_float32(logits), dim=-1)
-    weights, idx = probs.topk(topk, dim=-1)
-    return probs, weights / weights.sum(-1, keepdim=True), idx
-
-
-def load_balancing_loss(probs: torch.Tensor, idx: torch.Tensor, n_memories: int) -> torch.Tensor:
-    """M sum_j f_j P_j; f_j = fraction of tokens with j in their top-k, P_j = mean prob of j."""
-    chosen = torch.zeros_like(probs).scatter_(-1, idx, 1.0)
-    return n_memories * (chosen.mean(0) * probs.mean(0)).sum()
-
-
-def plan_dispatch(idx: torch.Tensor, weights: torch.Tensor, batch: int, seq_len: int,
-                  n_memories: int, shared: bool, capacity: float | None,
-                  capacity_len: int | None = None) -> Dispatch:
-    """Sort the (token, memory) assignments into packed groups, dropping over-capacity ones.
-    The capacity counts `capacity_len` tokens (default seq_len; a prompt's prefill counts the
-    whole length it will be decoded to)."""
-    n, k = idx.shape
-    device = idx.device
-    token = torch.arange(n, device=device).repeat_interleave(k)
-    memory, weight = idx.reshape(-1), weights.reshape(-1)
-    if capacity is not None:
-        limit = math.ceil(capacity * k * (capacity_len or seq_len) / n_memories)
-        one_hot = torch.zeros(batch, seq_len, n_memories, dtype=torch.int64, device=device)
-        one_hot.scatter_add_(-1, idx.view(batch, seq_len, k), torch.ones_like(idx.view(batch, seq_len, k)))
-        # rank of each assignment among its memory's assignments so far in its sequence
-        before = (one_hot.cumsum(1) - one_hot).view(n, n_memories).gather(1, idx).reshape(-1)
-        keep = before < limit
-        token, memory, weight = token[keep], memory[keep], weight[keep]
-    order = torch.argsort(memory * n + token)  # memory-major, then b, then t
-    token, memory, weight = token[order], memory[order], weight[order]
-    group = memory * batch + token // seq_len
-    counts = torch.bincount(group, minlength=n_memories * batch)
-    if shared:
-        all_tokens = torch.arange(n, device=device)
-        token = torch.cat([token, all_tokens])
-        weight = torch.cat([weight, torch.ones(n, dtype=weight.dtype, device=device)])
-        counts = torch.cat([counts, torch.full((batch,), seq_len, dtype=counts.dtype, device=device)])
-    cu = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=device)
-    cu[1:] = counts.cumsum(0)
-    per_memory = counts.view(-1, batch).sum(1).tolist()
-    return Dispatch(token, weight, cu, per_memory)
-
-
-def l2_normalise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
 
 
 @register
@@ -256,8 +192,8 @@ class MoM(Component):
         gate = vd if cfg["output_gate"] else 0
         matmul = 2 * t * d * (kd + m + gate + vd) + 2 * rows * d * (kd + vd + extra_rows(rule, h, kd))
         core = LA.chunk_flops(rule, lengths, h, cfg["head_dim"], cfg["head_v_dim"], cfg["chunk_size"])
-        other = t * m * SOFTMAX_FLOPS
-        other += rows * conv_flops_per_token(2 * kd + vd, cfg["conv_size"], False, "silu")
+        other = t * m * SOFTMAX_FLOPS_PER_ELEMENT
+        other += conv_flops(rows, 2 * kd + vd, cfg["conv_size"], False, "silu").other
         other += rows * L2NORM_FLOPS * 2 * kd
         if rule in ("gated_delta", "delta"):
             other += rows * h * BETA_FLOPS
@@ -266,7 +202,7 @@ class MoM(Component):
         if rule == "gla":
             other += rows * kd * GLA_GATE_FLOPS
         other += 2 * rows * vd  # weight each memory's output and add it into the token's sum
-        other += gated_rmsnorm_flops(t * vd, t * h) if cfg["output_gate"] else t * (4 * vd + 2 * h)
+        other += gated_rmsnorm_flops(t * vd, t * h).other if cfg["output_gate"] else t * (4 * vd + 2 * h)
         return Flops(matmul=matmul + core.matmul, other=other + core.other)
 
     def flops(self, cfg, model, seq_len, conv):
@@ -328,9 +264,9 @@ class MoM(Component):
         tokens into k (+1 shared) packed rows each, and the weighted combine of the memories'
         outputs (value_dim); the chunked rule (training, and prefill's final states); the gated
         output norm over heads of head_v_dim (a batch's rows and one decoded token's heads)."""
-        from ..ops.dispatch.fused import kernel_launches as dispatch_launches
-        from ..ops.linear_attention.fused_chunk import kernel_launches as rule_launches
-        from ..ops.norm.fused import TRAIN_ROWS, kernel_launches as norm_launches
+        from ..ops.dispatch import kernel_launches as dispatch_launches
+        from ..ops.linear_attention import kernel_launches as rule_launches
+        from ..ops.norm import TRAIN_ROWS, kernel_launches as norm_launches
         h, dk, dv = cfg["n_heads"], cfg["head_dim"], cfg["head_v_dim"]
         tokens = TRAIN_ROWS
         rows = tokens * (cfg["topk"] + (1 if cfg["shared_memory"] else 0))
@@ -412,7 +348,8 @@ class MoM(Component):
         def plan(self, x: torch.Tensor, capacity_len: int | None = None):
             """Route the tokens of x [B, T, d]: (probs, weights, idx, Dispatch)."""
             b, t, d = x.shape
-            probs, weights, idx = route(self.router(x).reshape(b * t, -1), self.topk)
+            logits = at_least_float32(self.router(x).reshape(b * t, -1))
+            probs, weights, idx = token_choice(logits, self.topk, renormalize=True)
             dispatch = plan_dispatch(idx, weights, b, t, self.n_memories, self.shared, self.capacity,
                                      capacity_len)
             return probs, weights, idx, dispatch
@@ -435,7 +372,8 @@ class MoM(Component):
             probs, _, idx, plan = self.plan(x, cache_len)
             if ctx is not None:
                 ctx.add_aux_loss("mom_load_balance",
-                                 self.aux_scale * load_balancing_loss(probs, idx, self.n_memories).to(x.dtype))
+                                 self.aux_scale * load_balancing_loss(probs, idx, self.n_memories,
+                                                                      fraction_of="tokens").to(x.dtype))
             flat = x.reshape(b * t, d)
             fused = self.kernels == "triton"
             if fused:  # one map token -> packed rows serves the gathers and the combine
@@ -534,7 +472,7 @@ class MoM(Component):
             """One token per sequence: x_t [B, d] -> y_t [B, d]; updates `cache` in place. Each
             memory's recurrence advances only on the tokens routed to it."""
             b = x_t.shape[0]
-            _, weights, idx = route(self.router(x_t), self.topk)
+            _, weights, idx = token_choice(at_least_float32(self.router(x_t)), self.topk, renormalize=True)
             chosen = torch.zeros(b, self.n_memories, dtype=torch.bool, device=x_t.device).scatter_(1, idx, True)
             weight = torch.zeros(b, self.n_memories, dtype=weights.dtype, device=x_t.device).scatter_(1, idx, weights)
             if cache["limit"] is not None:
@@ -580,7 +518,7 @@ def _triton_auto_skips(cfg: dict, model: ModelConfig) -> str | None:
 
 def _triton_module(cfg: dict, model: ModelConfig) -> MoM.Module:
     """The `triton` backend: the same module (same parameters, same math), whose dispatch
-    (archspec/ops/dispatch), chunked rule (ops/linear_attention/fused_chunk.py) and gated
+    (archspec/ops/dispatch), chunked rule (ops/linear_attention/triton_chunk.py) and gated
     output norm (ops/norm) run as Triton kernels; the projections and short convolutions stay
     PyTorch (cuBLAS / cuDNN already run them well)."""
     module = MoM.Module(cfg, model)
