@@ -21,5 +21,5 @@ Each family's `__init__.py` names its public API and imports neither torch nor t
 costs load with it, every other name on first use (PEP 562, archspec/lazy.py). So the front
 end's accounting can import the costs without torch. aot.py (the ahead-of-time kernel gate) and
 triton_support.py (what every kernel shares) serve all families. Nothing here imports a stage
-above it (components, codegen, the CLI: tests/test_layering.py).
+above it (components, codegen, the CLI: an import-linter contract in pyproject.toml).
 """
