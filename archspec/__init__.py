@@ -8,6 +8,10 @@
     model, spec = archspec.load_saved("out/")    # rebuilt from the saved configs, weights loaded strictly
     d = archspec.diff(spec_a, spec_b)            # structural diff, cost deltas, checkpoint reuse
     k = archspec.kernels_report([spec], targets=[TARGETS["sm_90"]])  # the kernel gate (ops/aot.py)
+
+Importing archspec loads the front end (load, validate, report, diff: no torch, no triton); what
+needs torch (build, save, load_saved, kernels_report) or networkx (component_graph) loads on
+first use.
 """
 __version__ = "0.1.0"  # before the imports: archspec.json records it
 

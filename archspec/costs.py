@@ -1,8 +1,22 @@
-"""FLOP accounting types shared by the ops and the components (a neutral module: ops never
-import components). 1 FLOP = one multiply or one add; a multiply-accumulate is 2 FLOPs."""
+"""FLOP accounting shared by the ops and the components (a neutral module: ops never import
+components; it imports nothing heavy): the types, and the elementwise costs every formula
+counts with. 1 FLOP = one multiply or one add; a multiply-accumulate is 2 FLOPs; an exp, log,
+erf or compare is 1."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# per element, stated once: components and ops import these rather than restating them
+SOFTMAX_FLOPS_PER_ELEMENT = 5   # scale, subtract the row max, exp, sum, divide
+ROPE_FLOPS_PER_ELEMENT = 3      # x cos + rotate(x) sin: two multiplies, an add
+# silu = x / (1 + exp(-x)): negate+exp, add, divide, multiply; gelu = 0.5 x (1 + erf(x / sqrt 2)):
+# scale, erf, add, two multiplies; relu: a compare
+ACTIVATION_FLOPS = {"silu": 4, "gelu": 5, "relu": 1}
+SOFTPLUS_FLOPS_PER_ELEMENT = 3  # exp, add, log
+# RMSNorm, y = x / sqrt(mean(x^2) + eps) * w: square, sum, scale and weight per element, and the
+# mean's division and the eps add once per normalised group (row)
+RMSNORM_FLOPS_PER_ELEMENT = 4
+RMSNORM_FLOPS_PER_GROUP = 2
 
 
 @dataclass(frozen=True)

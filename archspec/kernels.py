@@ -98,22 +98,9 @@ def _runs_kernels(backend, inst, model) -> bool:
 
 
 def extreme_launches() -> list:
-    """Every family's `gate_launches()` (the package's, else its fused module's); a family
-    without one yet is left out."""
-    found = []
-    for family in FAMILIES:
-        gate = None
-        for module in (f"archspec.ops.{family}", f"archspec.ops.{family}.fused",
-                       f"archspec.ops.{family}.fused_chunk"):
-            try:
-                gate = getattr(importlib.import_module(module), "gate_launches", None)
-            except ModuleNotFoundError:
-                continue
-            if gate is not None:
-                break
-        if gate is not None:
-            found += gate()
-    return found
+    """Every family's `gate_launches()` (each family package exports it)."""
+    return [launch for family in FAMILIES
+            for launch in importlib.import_module(f"archspec.ops.{family}").gate_launches()]
 
 
 def collect_launches(specs: Iterable[ResolvedSpec], dtypes: Iterable[torch.dtype] | None = None,

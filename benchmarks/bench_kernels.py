@@ -51,8 +51,7 @@ from gpu_env import versions  # noqa: E402
 sys.path.insert(0, str(ROOT))
 import archspec  # noqa: E402
 from archspec import components as C  # noqa: E402
-from archspec.ops.linear_attention import chunk_flops, chunk_rule  # noqa: E402
-from archspec.ops.linear_attention.fused_chunk import KERNEL_RULES, triton_chunk_rule  # noqa: E402
+from archspec.ops.linear_attention import KERNEL_RULES, chunk_flops, chunk_rule, triton_chunk_rule  # noqa: E402
 
 F = torch.nn.functional
 MOM_340M = {"type": "mom", "n_heads": 4, "head_dim": 256, "n_memories": 4, "topk": 2,

@@ -77,11 +77,9 @@ from _common import ROOT  # noqa: E402
 sys.path.insert(0, str(ROOT))
 import archspec  # noqa: E402
 from archspec import components as C  # noqa: E402
-from archspec.components.mom.module import plan_dispatch  # noqa: E402
 from archspec.ops import norm as N  # noqa: E402
-from archspec.ops.dispatch import combine_rows, gather_rows, reference as dispatch_ref, row_map  # noqa: E402
-from archspec.ops.linear_attention import chunk_rule  # noqa: E402
-from archspec.ops.linear_attention.fused_chunk import triton_chunk_rule  # noqa: E402
+from archspec.ops.dispatch import combine_rows, gather_rows, naive as dispatch_naive, plan_dispatch, row_map  # noqa: E402
+from archspec.ops.linear_attention import chunk_rule, triton_chunk_rule  # noqa: E402
 from gpu_env import versions  # noqa: E402
 
 F = torch.nn.functional
@@ -255,8 +253,8 @@ def check_dispatch(dtype, s, device, seed=0):
     do, dw = torch.autograd.grad(out, (o, w), dout)
     x64 = x.detach().double().requires_grad_()
     o64, w64 = o.detach().double().requires_grad_(), w.detach().double().requires_grad_()
-    dx64, = torch.autograd.grad(dispatch_ref.gather_rows(x64, token), x64, dpacked.double())
-    out64 = dispatch_ref.combine_rows(o64, w64, token, n)
+    dx64, = torch.autograd.grad(dispatch_naive.gather_rows(x64, token), x64, dpacked.double())
+    out64 = dispatch_naive.combine_rows(o64, w64, token, n)
     do64, dw64 = torch.autograd.grad(out64, (o64, w64), dout.double())
     errors = {"gather": rel_err(packed, x64[token]), "gather_dx": rel_err(dx, dx64),
               "combine": rel_err(out, out64), "combine_do": rel_err(do, do64), "combine_dweight": rel_err(dw, dw64)}
@@ -375,7 +373,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     s = SIZES["smoke" if args.smoke else "gpu"]
     # fp32 references in exact fp32 (no TF32); the kernels' own precision: 'ieee' for fp32 inputs,
-    # tf32 products for bf16 inputs (fused_chunk._precision)
+    # tf32 products for bf16 inputs (triton_chunk._precision)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.use_deterministic_algorithms(True, warn_only=True)

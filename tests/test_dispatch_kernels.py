@@ -24,10 +24,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from archspec.components.mom.module import plan_dispatch
 from archspec.ops import dispatch
-from archspec.ops.dispatch import RowMap, combine_rows, gather_rows, row_map
-from archspec.ops.dispatch import reference
+from archspec.ops.dispatch import RowMap, combine_rows, gather_rows, naive, plan_dispatch, row_map
 
 F64 = torch.float64
 
@@ -104,10 +102,10 @@ def _max_rows(token, n_tokens) -> int:
 def test_reference_by_hand():
     """The ground truth on numbers worked out by hand: token 1 gets two rows, 0 one, 2 none."""
     o = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
-    out = reference.combine_rows(o, torch.tensor([0.5, 2.0, 1.0]), torch.tensor([1, 1, 0]), 3)
+    out = naive.combine_rows(o, torch.tensor([0.5, 2.0, 1.0]), torch.tensor([1, 1, 0]), 3)
     assert torch.equal(out, torch.tensor([[5.0, 6.0], [6.5, 9.0], [0.0, 0.0]]))
     x = torch.tensor([[1.0], [2.0], [3.0]])
-    assert torch.equal(reference.gather_rows(x, torch.tensor([2, 2, 0])), torch.tensor([[3.0], [3.0], [1.0]]))
+    assert torch.equal(naive.gather_rows(x, torch.tensor([2, 2, 0])), torch.tensor([[3.0], [3.0], [1.0]]))
 
 
 # --- against the reference -------------------------------------------------------------------------
@@ -124,13 +122,13 @@ def test_gather_matches_reference(case, dtype, kernel_device):
     packed = gather_rows(x, token, backend="triton")
     dx, = torch.autograd.grad(packed, x, dp)
     x64 = x.detach().to(F64).requires_grad_()
-    exact = reference.gather_rows(x64, token)
+    exact = naive.gather_rows(x64, token)
     dx64, = torch.autograd.grad(exact, x64, dp.to(F64))
     assert packed.dtype == dt and packed.shape == (token.shape[0], D)
     assert torch.equal(packed.to(F64), exact)  # a copy is exact
     assert dx.dtype == dt and dx.shape == (n, D)
     ones = torch.ones(token.shape[0], dtype=F64, device=kernel_device)
-    dx_abs = reference.combine_rows(dp.to(F64).abs(), ones, token, n)
+    dx_abs = naive.combine_rows(dp.to(F64).abs(), ones, token, n)
     _assert_bound(dx, dx64, dx_abs, _max_rows(token, n), "dx")
     assert dx[torch.bincount(token, minlength=n) == 0].eq(0).all()  # tokens without rows: exactly 0
 
@@ -149,11 +147,11 @@ def test_combine_matches_reference(case, dtype, kernel_device):
     out = combine_rows(o, w, token, n, backend="triton")
     do, dw = torch.autograd.grad(out, (o, w), dout)
     o64, w64 = o.detach().to(F64).requires_grad_(), w.detach().to(F64).requires_grad_()
-    exact = reference.combine_rows(o64, w64, token, n)
+    exact = naive.combine_rows(o64, w64, token, n)
     do64, dw64 = torch.autograd.grad(exact, (o64, w64), dout.to(F64))
     assert (out.dtype, do.dtype, dw.dtype) == (dt, dt, wdt)
     assert out.shape == (n, D) and do.shape == (p, D) and dw.shape == (p,)
-    out_abs = reference.combine_rows(o64.detach().abs(), w64.detach().abs(), token, n)
+    out_abs = naive.combine_rows(o64.detach().abs(), w64.detach().abs(), token, n)
     _assert_bound(out, exact, out_abs, _max_rows(token, n), "out")
     _assert_bound(do, do64, do64.abs(), 1, "do")  # one product per element
     dw_abs = (o64.detach() * dout.to(F64)[token]).abs().sum(-1)
@@ -175,8 +173,8 @@ def test_wide_rows(op, kernel_device):
         packed = gather_rows(x, token, backend="triton")
         dx, = torch.autograd.grad(packed, x, dp)
         assert torch.equal(packed, x.detach()[token])
-        exact = reference.combine_rows(dp.to(F64), torch.ones(p, dtype=F64, device=kernel_device), token, n)
-        abs_terms = reference.combine_rows(dp.to(F64).abs(), torch.ones(p, dtype=F64, device=kernel_device), token, n)
+        exact = naive.combine_rows(dp.to(F64), torch.ones(p, dtype=F64, device=kernel_device), token, n)
+        abs_terms = naive.combine_rows(dp.to(F64).abs(), torch.ones(p, dtype=F64, device=kernel_device), token, n)
         _assert_bound(dx, exact, abs_terms, 3, "dx")
     else:
         o = torch.randn(p, d, generator=g).to(kernel_device).requires_grad_()
@@ -185,9 +183,9 @@ def test_wide_rows(op, kernel_device):
         out = combine_rows(o, w, token, n, backend="triton")
         do, dw = torch.autograd.grad(out, (o, w), dout)
         o64, w64 = o.detach().to(F64).requires_grad_(), w.detach().to(F64).requires_grad_()
-        exact = reference.combine_rows(o64, w64, token, n)
+        exact = naive.combine_rows(o64, w64, token, n)
         do64, dw64 = torch.autograd.grad(exact, (o64, w64), dout.to(F64))
-        _assert_bound(out, exact, reference.combine_rows(o64.detach().abs(), w64.detach(), token, n), 3, "out")
+        _assert_bound(out, exact, naive.combine_rows(o64.detach().abs(), w64.detach(), token, n), 3, "out")
         _assert_bound(do, do64, do64.abs(), 1, "do")
         _assert_bound(dw, dw64, (o64.detach() * dout.to(F64)[token]).abs().sum(-1), d, "dweight")
 
@@ -413,5 +411,6 @@ def test_device_triton_cannot_run_on(monkeypatch):
 
 
 def test_exports():
-    assert set(dispatch.__all__) == {"RowMap", "row_map", "gather_rows", "combine_rows"}
+    assert set(dispatch.__all__) == {"Dispatch", "RowMap", "plan_dispatch", "row_map", "gather_rows",
+                                     "combine_rows", "gate_launches", "kernel_launches"}
     assert "out[t] = sum_{r : token[r] = t} weight[r] o[r]" in dispatch.__doc__

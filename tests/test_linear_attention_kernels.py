@@ -1,5 +1,5 @@
 """The Triton chunk kernels of the linear-attention rules (archspec/ops/linear_attention/
-fused_chunk.py) against the reference chunk form (chunk.py, itself tested against the token
+triton_chunk.py) against the reference chunk form (chunk.py, itself tested against the token
 loop): forward, every gradient, final states, fp32 and bf16, packed sequences against a
 per-sequence loop, ragged shapes; the custom ops under torch.compile, on the meta device and in
 both FLOP counters. Without a GPU the kernels run in triton's interpreter (tests/conftest.py).
@@ -18,8 +18,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from archspec.ops.linear_attention import chunk_flops, chunk_rule
-from archspec.ops.linear_attention.fused_chunk import KERNEL_RULES, triton_chunk_rule
+from archspec.ops.linear_attention import KERNEL_RULES, chunk_flops, chunk_rule, triton_chunk_rule
 
 TOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2}
 

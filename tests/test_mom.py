@@ -200,12 +200,14 @@ def test_aux_loss_is_returned_scaled_summed_over_layers_and_differentiable():
 
 
 def test_load_balancing_loss_is_topk_when_balanced_and_larger_when_not():
-    from archspec.components.mom.module import load_balancing_loss
+    """MoM counts f_j per token (fla's form): k when balanced; MoE's Switch form gives 1."""
+    from archspec.ops.moe import load_balancing_loss
     probs = torch.full((8, 4), 0.25)
     idx = torch.tensor([[0, 1], [2, 3]] * 4)
-    assert load_balancing_loss(probs, idx, 4).item() == pytest.approx(2.0)
+    assert load_balancing_loss(probs, idx, 4, fraction_of="tokens").item() == pytest.approx(2.0)
+    assert load_balancing_loss(probs, idx, 4).item() == pytest.approx(1.0)
     skewed = torch.tensor([[0.7, 0.3, 0.0, 0.0]] * 8)
-    assert load_balancing_loss(skewed, torch.tensor([[0, 1]] * 8), 4).item() > 2.0
+    assert load_balancing_loss(skewed, torch.tensor([[0, 1]] * 8), 4, fraction_of="tokens").item() > 2.0
 
 
 # --- FLOPs -------------------------------------------------------------------------------------

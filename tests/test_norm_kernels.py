@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from archspec import build, load, loads
 from archspec.flopcount import analytic_comparable, fvcore_analysis, measure_flopcounter
 from archspec.ops import norm as N
-from archspec.ops.norm import fused
+from archspec.ops.norm import triton_rmsnorm
 from archspec.ops import triton_support
 from archspec.ops.triton_support import FLOP_FORMULAS
 
@@ -183,13 +183,13 @@ SMALL_BLOCKS = dict(FWD_COLUMNS=16, BWD_COLUMNS=8, TILE=16, BWD_PROGRAMS_CPU=12)
 @pytest.fixture
 def small_blocks(monkeypatch):
     for name, value in SMALL_BLOCKS.items():
-        monkeypatch.setattr(fused, name, value)
+        monkeypatch.setattr(triton_rmsnorm, name, value)
 
 
 def _paths(shape, **kwargs) -> dict[str, set]:
     """kernel -> the SPLIT flags of its launches (None for the stats kernels), as recorded."""
     found: dict[str, set] = {}
-    for launch in fused.kernel_launches(shape[-1], torch.float32, rows=math.prod(shape[:-1]), **kwargs):
+    for launch in triton_rmsnorm.kernel_launches(shape[-1], torch.float32, rows=math.prod(shape[:-1]), **kwargs):
         found.setdefault(launch.kernel.split(".")[1], set()).add(dict(launch.constexprs).get("SPLIT"))
     return found
 
@@ -258,7 +258,7 @@ def test_chunked_dw_is_deterministic(kernel_device):
 def test_real_column_blocks_match_reference(kernel_device, dtype):
     """At the shipped block sizes: a row of FWD_COLUMNS + 8 columns is chunked in both
     directions (8192 + 8 forward, 4096 + 4096 + 8 backward), with the residual add."""
-    n = fused.FWD_COLUMNS + 8
+    n = triton_rmsnorm.FWD_COLUMNS + 8
     assert _paths((3, n), residual=True) == {**STATS, "norm_fwd_kernel": {True}, "norm_bwd_kernel": {True}}
     t = inputs((3, n), dtype, kernel_device, ["x", "r"])
     g = torch.Generator().manual_seed(1)
@@ -277,24 +277,24 @@ def test_blocks_stay_within_their_limits_up_to_max_width():
     """Every launch up to MAX_WIDTH (plain, gated, many small groups) holds at most
     FWD_COLUMNS (forward) or BWD_COLUMNS (backward, stats) columns of a row: what the gate
     measured to fit in registers without spills."""
-    limits = {"norm_fwd_kernel": fused.FWD_COLUMNS, "norm_bwd_kernel": fused.BWD_COLUMNS,
-              "norm_fwd_stats_kernel": fused.BWD_COLUMNS, "norm_bwd_stats_kernel": fused.BWD_COLUMNS}
+    limits = {"norm_fwd_kernel": triton_rmsnorm.FWD_COLUMNS, "norm_bwd_kernel": triton_rmsnorm.BWD_COLUMNS,
+              "norm_fwd_stats_kernel": triton_rmsnorm.BWD_COLUMNS, "norm_bwd_stats_kernel": triton_rmsnorm.BWD_COLUMNS}
     for kwargs in (dict(), dict(gate=True, norm_before_gate=False), dict(gate=True, group_size=16)):
-        for launch in fused.kernel_launches(fused.MAX_WIDTH, torch.bfloat16, **kwargs):
+        for launch in triton_rmsnorm.kernel_launches(N.MAX_WIDTH, torch.bfloat16, **kwargs):
             c = dict(launch.constexprs)
             assert c.get("BLOCK_NG", 1) * c["BLOCK_G"] <= limits[launch.kernel.split(".")[1]], launch.config
             assert launch.num_warps <= 16
 
 
 def test_rows_wider_than_max_width_are_a_clear_value_error():
-    n = fused.MAX_WIDTH + 1
+    n = N.MAX_WIDTH + 1
     x = torch.empty(2, n, device="meta")
     with pytest.raises(ValueError, match=rf"fused RMSNorm: rows of {n} columns are wider than the "
-                                         rf"Triton norm kernels take \({fused.MAX_WIDTH}\); use "
+                                         rf"Triton norm kernels take \({N.MAX_WIDTH}\); use "
                                          "backend 'reference'"):
         N.rmsnorm(x, torch.empty(n, device="meta"), EPS, backend="triton")
-    assert N.width_unsupported(fused.MAX_WIDTH) is None
-    assert N.width_unsupported(fused.MAX_WIDTH, 16) is None
+    assert N.width_unsupported(N.MAX_WIDTH) is None
+    assert N.width_unsupported(N.MAX_WIDTH, 16) is None
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -335,9 +335,9 @@ def test_cpu_without_the_interpreter_is_a_clear_value_error(monkeypatch):
 # --- custom ops: compile, meta, FLOP counters ----------------------------------------------------
 
 def _all_ops(x, r, z, w):
-    y, h = fused.fused_add_rmsnorm(x, r, w, EPS)
-    a = fused.fused_rmsnorm(y, w, EPS)
-    b = fused.fused_gated_rmsnorm(h, z, w, EPS, False, 8)
+    y, h = triton_rmsnorm.fused_add_rmsnorm(x, r, w, EPS)
+    a = triton_rmsnorm.fused_rmsnorm(y, w, EPS)
+    b = triton_rmsnorm.fused_gated_rmsnorm(h, z, w, EPS, False, 8)
     return a + b
 
 

@@ -3,7 +3,8 @@ the registration of its custom ops' FLOP formulas with torch's FlopCounterMode a
 
 Conventions (every kernel follows them; see docs/kernels.md):
 
-* A kernel sits beside its reference, in the same `archspec/ops/<algorithm>/` package: the
+* A kernel sits beside its reference, in the same `archspec/ops/<family>/` package
+  (`triton_<op>.py` and `triton_kernels.py` beside `naive.py`; archspec/ops/__init__.py): the
   reference (plain PyTorch) is the ground truth every kernel test compares against.
 * Each kernel is a torch custom op `archspec::<name>` (torch.library.custom_op) with a fake
   implementation, so that torch.compile, the meta device and FlopCounterMode see one opaque op;

@@ -18,10 +18,8 @@ after RoPE, v; the attention output) plus a float32 log-sum-exp per head.
 """
 from __future__ import annotations
 
+from ...costs import ROPE_FLOPS_PER_ELEMENT, SOFTMAX_FLOPS_PER_ELEMENT
 from ..base import CheckIssue, Component, Flops, ModelConfig, register
-
-SOFTMAX_FLOPS_PER_PAIR = 5  # scale, subtract max, exp, sum, divide
-ROPE_FLOPS_PER_ELEMENT = 3  # x*cos + rotate(x)*sin
 
 
 HEADS_SCHEMA = {
@@ -111,7 +109,7 @@ class Attention(Component):
     def own_flops(self, cfg, model, seq_len, conv, realized=None):
         d, hd, h, hkv = model.d_model, cfg["head_dim"], cfg["n_heads"], cfg["n_kv_heads"]
         pairs = conv.pairs(seq_len, cfg["window"])
-        other = SOFTMAX_FLOPS_PER_PAIR * h * pairs
+        other = SOFTMAX_FLOPS_PER_ELEMENT * h * pairs
         if cfg["rope"]:
             other += ROPE_FLOPS_PER_ELEMENT * seq_len * (h + hkv) * hd
         if cfg["bias"]:

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ...ops.conv import causal_conv1d, causal_conv1d_step
-from ...ops.ssm.selective_scan import selective_scan, selective_scan_step
+from ...ops.ssm import selective_scan, selective_scan_step
 from ..base import ModelConfig
 from ..modules import ComponentModule, init_dt_bias
 from .spec import Mamba

@@ -26,7 +26,7 @@ autograd function whose backward is the reverse scan); `step` is the decoding fo
 FLOPs for one sequence (1 FLOP = one multiply or one add; exp, log = 1 each):
   matmul: T (4 d E + 2 E (R + 2N) + 2 R E + 2 E d) for the projections, plus 2 T E N for the
           scan's contraction with Cm (a batched matmul);
-  other:  the conv, conv_flops_per_token(E, k, bias, silu) per token (archspec/ops/conv.py);
+  other:  the conv, conv_flops(T, E, k, bias, silu) (archspec/ops/conv);
           dt: 1 (bias) + 3 (softplus: exp, add, log) per channel and token; A: 2 E N once;
           the scan, selective_scan_flops (~8 per token, channel and state: see that module,
           and how it compares with the authors' 9 B L E N); the gate y silu(z): 5 per channel
@@ -39,13 +39,12 @@ from __future__ import annotations
 
 import math
 
-from ...ops.conv import conv_flops_per_token
-from ...ops.ssm.selective_scan import SCAN_CHUNK, selective_scan_flops
+from ...costs import ACTIVATION_FLOPS, RMSNORM_FLOPS_PER_GROUP, SOFTPLUS_FLOPS_PER_ELEMENT
+from ...ops.conv import conv_flops
+from ...ops.ssm import SCAN_CHUNK, selective_scan_flops
 from ..base import CheckIssue, Component, Flops, ModelConfig, register
 
-SOFTPLUS_FLOPS = 3  # exp, add, log
-GATE_FLOPS = 5  # silu (4) and the product
-NORM_FLOPS_PER_ROW = 2  # an RMSNorm's mean division and eps add, once per normalised vector
+GATE_FLOPS = ACTIVATION_FLOPS["silu"] + 1  # silu and the product
 
 DT_INIT_SCHEMA = {
     "dt_min": {"type": "number", "exclusiveMinimum": 0, "default": 0.001,
@@ -147,14 +146,14 @@ class Mamba(Component):
     def own_flops(self, cfg, model, seq_len, conv, realized=None):
         d, e, n, r, k = self._dims(cfg, model)
         t = seq_len
-        scan_matmul, scan_other = selective_scan_flops(t, e, n, has_d=True, chunk=SCAN_CHUNK)
-        matmul = t * (2 * d * 2 * e + 2 * e * (r + 2 * n) + 2 * r * e + 2 * e * d) + scan_matmul
-        other = (t * conv_flops_per_token(e, k, cfg["conv_bias"], "silu")
-                 + t * e * (1 + SOFTPLUS_FLOPS) + 2 * e * n + scan_other + t * e * GATE_FLOPS)
+        scan = selective_scan_flops(t, e, n, has_d=True, chunk=SCAN_CHUNK)
+        matmul = t * (2 * d * 2 * e + 2 * e * (r + 2 * n) + 2 * r * e + 2 * e * d) + scan.matmul
+        other = (conv_flops(t, e, k, cfg["conv_bias"], "silu").other
+                 + t * e * (1 + SOFTPLUS_FLOPS_PER_ELEMENT) + 2 * e * n + scan.other + t * e * GATE_FLOPS)
         if cfg["bias"]:
             other += t * (2 * e + d)
         if cfg["inner_norms"]:
-            other += t * (4 * (r + 2 * n) + 3 * NORM_FLOPS_PER_ROW)
+            other += t * (4 * (r + 2 * n) + 3 * RMSNORM_FLOPS_PER_GROUP)
         return Flops(matmul=matmul, other=other)
 
     def own_notes(self, cfg, model):

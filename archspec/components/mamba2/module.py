@@ -6,7 +6,7 @@ from torch import nn
 
 from ...ops.conv import causal_conv1d, causal_conv1d_step
 from ...ops.norm import gated_rmsnorm
-from ...ops.ssm.ssd import ssd_chunked, ssd_step
+from ...ops.ssm import ssd_chunked, ssd_step
 from ..base import ModelConfig
 from ..modules import ComponentModule, init_dt_bias
 from .spec import Mamba2

@@ -26,7 +26,7 @@ FLOPs for one sequence (1 FLOP = one multiply or one add; exp, log = 1 each):
   matmul: T (2 d (2E + 2GN + H) + 2 E d) for the projections, plus SSD's five contractions
           on the padded length (ssd_flops; Q = min(chunk_size, T), c = ceil(T / Q)):
           2 c G Q^2 N + 2 c H Q^2 P + 4 c H Q P N + 2 H (c+1)^2 P N;
-  other:  the conv, conv_flops_per_token(E + 2GN, k, bias, silu) per token; dt: 1 (bias) +
+  other:  the conv, conv_flops(T, E + 2GN, k, bias, silu); dt: 1 (bias) +
           3 (softplus) per head and token, 2 more with dt_limit; A: 2H once; SSD's elementwise
           work (ssd_flops: decays, masks, the padding included); the gated norm,
           gated_rmsnorm_flops(T E, T G) (archspec/ops/norm); linear biases when enabled.
@@ -35,12 +35,12 @@ dtype, and h, H P N in float32.
 """
 from __future__ import annotations
 
-from ...ops.conv import conv_flops_per_token
+from ...costs import SOFTPLUS_FLOPS_PER_ELEMENT
+from ...ops.conv import conv_flops
 from ...ops.norm import dtype_unsupported, gated_rmsnorm_flops, width_unsupported
-from ...ops.ssm.ssd import ssd_flops
+from ...ops.ssm import ssd_flops
 from ..base import CheckIssue, Component, Flops, register
-from ..mamba.spec import (CONV_SCHEMA, DT_INIT_SCHEMA, SOFTPLUS_FLOPS, check_dt_range, check_inner_width,
-                          inner_width)
+from ..mamba.spec import CONV_SCHEMA, DT_INIT_SCHEMA, check_dt_range, check_inner_width, inner_width
 
 
 def _near_divisors(n: int, target: int, count: int = 3) -> str:
@@ -131,11 +131,11 @@ class Mamba2(Component):
     def own_flops(self, cfg, model, seq_len, conv, realized=None):
         d, e, h, p, g, n, k = self._dims(cfg, model)
         t = seq_len
-        ssd_matmul, ssd_other = ssd_flops(t, h, p, g, n, cfg["chunk_size"], has_d=True)
-        matmul = t * (2 * d * (2 * e + 2 * g * n + h) + 2 * e * d) + ssd_matmul
-        dt = 1 + SOFTPLUS_FLOPS + (2 if cfg["dt_limit"] is not None else 0)
-        other = (t * conv_flops_per_token(e + 2 * g * n, k, cfg["conv_bias"], "silu")
-                 + t * h * dt + 2 * h + ssd_other + gated_rmsnorm_flops(t * e, t * g))
+        ssd = ssd_flops(t, h, p, g, n, cfg["chunk_size"], has_d=True)
+        matmul = t * (2 * d * (2 * e + 2 * g * n + h) + 2 * e * d) + ssd.matmul
+        dt = 1 + SOFTPLUS_FLOPS_PER_ELEMENT + (2 if cfg["dt_limit"] is not None else 0)
+        other = (conv_flops(t, e + 2 * g * n, k, cfg["conv_bias"], "silu").other
+                 + t * h * dt + 2 * h + ssd.other + gated_rmsnorm_flops(t * e, t * g).other)
         if cfg["bias"]:
             other += t * (2 * e + 2 * g * n + h + d)
         return Flops(matmul=matmul, other=other)
@@ -194,7 +194,7 @@ class Mamba2(Component):
         token's (`step`: forward only)."""
         import torch
 
-        from ...ops.norm.fused import TRAIN_ROWS, kernel_launches
+        from ...ops.norm import TRAIN_ROWS, kernel_launches
         e, g = inner_width(cfg, model), cfg["ngroups"]
         y_dtype = torch.promote_types(dtype, torch.float32)
         return [launch for rows in (TRAIN_ROWS, 1)

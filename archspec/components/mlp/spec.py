@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import math
 
+from ...costs import ACTIVATION_FLOPS
 from ..base import CheckIssue, Component, Flops, register
 
-# FLOPs per element: silu = x * 1/(1+exp(-x)) (negate+exp, add, divide, multiply);
-# gelu = 0.5 x (1 + erf(x / sqrt 2)) (scale, erf, add, two multiplies); relu a compare.
-ACTIVATION_FLOPS = {"silu": 4, "gelu": 5, "relu": 1}
 ACTIVATIONS = {"swiglu": ("silu", True), "geglu": ("gelu", True),
                "silu": ("silu", False), "gelu": ("gelu", False), "relu": ("relu", False)}
 

@@ -32,7 +32,7 @@ Reference path (`form = "grouped"`): the (token, expert) assignments are sorted 
 its contiguous slice of gathered rows, the results are weighted and index_add_-ed back. No
 expert ever sees a token not routed to it. Ground truth (`form = "dense"`, tests and the
 benchmark baseline only): every expert on every token, multiplied by a dense [B T, E] combine
-matrix built by a separate code path (archspec/ops/moe/routing.py: dense_combine).
+matrix built by a separate code path (archspec/ops/moe/naive.py: dense_combine).
 
 Auxiliary losses (ctx.add_aux_loss, summed over layers; from the routing before capacity):
   moe_load_balance = aux_loss_scale * E sum_e f_e P_e   (Switch form; f_e = fraction of the
@@ -66,12 +66,11 @@ from __future__ import annotations
 
 import math
 
+from ...costs import ACTIVATION_FLOPS, SOFTMAX_FLOPS_PER_ELEMENT
 from ...ops import moe as O
 from ..base import CheckIssue, Component, Flops, child, numel, register
-from ..mlp.spec import ACTIVATION_FLOPS
 
 GATED = {"swiglu": "silu", "geglu": "gelu"}
-SOFTMAX_FLOPS = 5  # per element: subtract max, exp, sum, divide (+ scale)
 ROUTERS = ("token", "chunk", "expert_choice")
 
 
@@ -207,7 +206,7 @@ class MoE(Component):
         act = ACTIVATION_FLOPS[GATED[cfg["activation"]]] + 1
         rows = self.router_rows(cfg, seq_len)
         matmul = 2 * rows * d * e + 6 * d * f * kept
-        other = rows * e * SOFTMAX_FLOPS + kept * (f * act + 2 * d)
+        other = rows * e * SOFTMAX_FLOPS_PER_ELEMENT + kept * (f * act + 2 * d)
         if cfg["router"] != "expert_choice" and cfg["renormalize"]:
             other += rows * (2 * k - 1)
         if cfg["router"] == "chunk":

@@ -2,87 +2,23 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ...ops import linear_attention as LA
 from ...ops.conv import causal_conv1d, causal_conv1d_step
-from ...ops.dispatch import combine_rows, gather_rows, row_map
-from ...ops.linear_attention.fused_chunk import triton_chunk_rule
-from ...ops.norm import gated_rmsnorm
+from ...ops.dispatch import Dispatch, combine_rows, gather_rows, plan_dispatch, row_map
+from ...ops.linear_attention import triton_chunk_rule
+from ...ops.moe import load_balancing_loss, token_choice
+from ...ops.norm import gated_rmsnorm, l2_normalise
 from ..base import ModelConfig
 from ..modules import ComponentModule, init_dt_bias
 from .spec import GLA_GATE_NORMALIZER
 
 
-@dataclass
-class Dispatch:
-    """Where each packed row comes from. Rows are grouped by memory (shared last), then by
-    sequence, then in time order: `cu_seqlens` [n_b B + 1] marks the (memory, sequence) groups."""
-
-    token: torch.Tensor        # int64 [P]: flat token index b T + t of each packed row
-    weight: torch.Tensor       # [P]: routing weight of the row (1 for the shared memory)
-    cu_seqlens: torch.Tensor   # int64 [n_b B + 1]
-    memory_rows: list[int]     # rows per memory (host ints), length n_b
-
-    def segment_lengths(self) -> list[int]:
-        return (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).tolist()
-
-
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-def route(logits: torch.Tensor, topk: int):
-    """softmax in float32, top-k, renormalised. Returns (probs [N, M], weights [N, k], idx [N, k])."""
-    probs = torch.softmax(at_least_float32(logits), dim=-1)
-    weights, idx = probs.topk(topk, dim=-1)
-    return probs, weights / weights.sum(-1, keepdim=True), idx
-
-
-def load_balancing_loss(probs: torch.Tensor, idx: torch.Tensor, n_memories: int) -> torch.Tensor:
-    """M sum_j f_j P_j; f_j = fraction of tokens with j in their top-k, P_j = mean prob of j."""
-    chosen = torch.zeros_like(probs).scatter_(-1, idx, 1.0)
-    return n_memories * (chosen.mean(0) * probs.mean(0)).sum()
-
-
-def plan_dispatch(idx: torch.Tensor, weights: torch.Tensor, batch: int, seq_len: int,
-                  n_memories: int, shared: bool, capacity: float | None,
-                  capacity_len: int | None = None) -> Dispatch:
-    """Sort the (token, memory) assignments into packed groups, dropping over-capacity ones.
-    The capacity counts `capacity_len` tokens (default seq_len; a prompt's prefill counts the
-    whole length it will be decoded to)."""
-    n, k = idx.shape
-    device = idx.device
-    token = torch.arange(n, device=device).repeat_interleave(k)
-    memory, weight = idx.reshape(-1), weights.reshape(-1)
-    if capacity is not None:
-        limit = math.ceil(capacity * k * (capacity_len or seq_len) / n_memories)
-        one_hot = torch.zeros(batch, seq_len, n_memories, dtype=torch.int64, device=device)
-        one_hot.scatter_add_(-1, idx.view(batch, seq_len, k), torch.ones_like(idx.view(batch, seq_len, k)))
-        # rank of each assignment among its memory's assignments so far in its sequence
-        before = (one_hot.cumsum(1) - one_hot).view(n, n_memories).gather(1, idx).reshape(-1)
-        keep = before < limit
-        token, memory, weight = token[keep], memory[keep], weight[keep]
-    order = torch.argsort(memory * n + token)  # memory-major, then b, then t
-    token, memory, weight = token[order], memory[order], weight[order]
-    group = memory * batch + token // seq_len
-    counts = torch.bincount(group, minlength=n_memories * batch)
-    if shared:
-        all_tokens = torch.arange(n, device=device)
-        token = torch.cat([token, all_tokens])
-        weight = torch.cat([weight, torch.ones(n, dtype=weight.dtype, device=device)])
-        counts = torch.cat([counts, torch.full((batch,), seq_len, dtype=counts.dtype, device=device)])
-    cu = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=device)
-    cu[1:] = counts.cumsum(0)
-    per_memory = counts.view(-1, batch).sum(1).tolist()
-    return Dispatch(token, weight, cu, per_memory)
-
-
-def l2_normalise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
 
 
 class MoMModule(ComponentModule):
@@ -155,7 +91,8 @@ class MoMModule(ComponentModule):
     def plan(self, x: torch.Tensor, capacity_len: int | None = None):
         """Route the tokens of x [B, T, d]: (probs, weights, idx, Dispatch)."""
         b, t, d = x.shape
-        probs, weights, idx = route(self.router(x).reshape(b * t, -1), self.topk)
+        logits = at_least_float32(self.router(x).reshape(b * t, -1))
+        probs, weights, idx = token_choice(logits, self.topk, renormalize=True)
         dispatch = plan_dispatch(idx, weights, b, t, self.n_memories, self.shared, self.capacity,
                                  capacity_len)
         return probs, weights, idx, dispatch
@@ -178,7 +115,8 @@ class MoMModule(ComponentModule):
         probs, _, idx, plan = self.plan(x, cache_len)
         if ctx is not None:
             ctx.add_aux_loss("mom_load_balance",
-                             self.aux_scale * load_balancing_loss(probs, idx, self.n_memories).to(x.dtype))
+                             self.aux_scale * load_balancing_loss(probs, idx, self.n_memories,
+                                                                  fraction_of="tokens").to(x.dtype))
         flat = x.reshape(b * t, d)
         fused = self.backend == "triton"
         if fused:  # one map token -> packed rows serves the gathers and the combine
@@ -277,7 +215,7 @@ class MoMModule(ComponentModule):
         """One token per sequence: x_t [B, d] -> y_t [B, d]; updates `cache` in place. Each
         memory's recurrence advances only on the tokens routed to it."""
         b = x_t.shape[0]
-        _, weights, idx = route(self.router(x_t), self.topk)
+        _, weights, idx = token_choice(at_least_float32(self.router(x_t)), self.topk, renormalize=True)
         chosen = torch.zeros(b, self.n_memories, dtype=torch.bool, device=x_t.device).scatter_(1, idx, True)
         weight = torch.zeros(b, self.n_memories, dtype=weights.dtype, device=x_t.device).scatter_(1, idx, weights)
         if cache["limit"] is not None:

@@ -53,13 +53,13 @@ from __future__ import annotations
 
 import math
 
+from ...costs import SOFTMAX_FLOPS_PER_ELEMENT
 from ...ops import linear_attention as LA
-from ...ops.conv import conv_flops_per_token
-from ...ops.linear_attention.fused_chunk import GATE_DTYPE_NAMES, KERNEL_DTYPE_NAMES, kernels_unsupported
+from ...ops.conv import conv_flops
+from ...ops.linear_attention import GATE_DTYPE_NAMES, KERNEL_DTYPE_NAMES, kernels_unsupported
 from ...ops.norm import gated_rmsnorm_flops
 from ..base import CheckIssue, Component, Flops, register
 
-SOFTMAX_FLOPS = 5       # per element: subtract max, exp, sum, divide (+ scale)
 L2NORM_FLOPS = 3        # per element: square, sum, scale
 GLA_GATE_NORMALIZER = 16.0  # GLA's gate_logit_normalizer
 # per head-step: sigmoid (4) for beta; softplus (3), add, exp(A) multiply, negate for the decay
@@ -182,8 +182,8 @@ class MoM(Component):
         gate = vd if cfg["output_gate"] else 0
         matmul = 2 * t * d * (kd + m + gate + vd) + 2 * rows * d * (kd + vd + extra_rows(rule, h, kd))
         core = LA.chunk_flops(rule, lengths, h, cfg["head_dim"], cfg["head_v_dim"], cfg["chunk_size"])
-        other = t * m * SOFTMAX_FLOPS
-        other += rows * conv_flops_per_token(2 * kd + vd, cfg["conv_size"], False, "silu")
+        other = t * m * SOFTMAX_FLOPS_PER_ELEMENT
+        other += conv_flops(rows, 2 * kd + vd, cfg["conv_size"], False, "silu").other
         other += rows * L2NORM_FLOPS * 2 * kd
         if rule in ("gated_delta", "delta"):
             other += rows * h * BETA_FLOPS
@@ -192,7 +192,7 @@ class MoM(Component):
         if rule == "gla":
             other += rows * kd * GLA_GATE_FLOPS
         other += 2 * rows * vd  # weight each memory's output and add it into the token's sum
-        other += gated_rmsnorm_flops(t * vd, t * h) if cfg["output_gate"] else t * (4 * vd + 2 * h)
+        other += gated_rmsnorm_flops(t * vd, t * h).other if cfg["output_gate"] else t * (4 * vd + 2 * h)
         return Flops(matmul=matmul + core.matmul, other=other + core.other)
 
     def own_flops(self, cfg, model, seq_len, conv, realized=None):
@@ -276,9 +276,9 @@ class MoM(Component):
         tokens into k (+1 shared) packed rows each, and the weighted combine of the memories'
         outputs (value_dim); the chunked rule (training, and prefill's final states); the gated
         output norm over heads of head_v_dim (a batch's rows and one decoded token's heads)."""
-        from ...ops.dispatch.fused import kernel_launches as dispatch_launches
-        from ...ops.linear_attention.fused_chunk import kernel_launches as rule_launches
-        from ...ops.norm.fused import TRAIN_ROWS, kernel_launches as norm_launches
+        from ...ops.dispatch import kernel_launches as dispatch_launches
+        from ...ops.linear_attention import kernel_launches as rule_launches
+        from ...ops.norm import TRAIN_ROWS, kernel_launches as norm_launches
         h, dk, dv = cfg["n_heads"], cfg["head_dim"], cfg["head_v_dim"]
         tokens = TRAIN_ROWS
         rows = tokens * (cfg["topk"] + (1 if cfg["shared_memory"] else 0))

@@ -60,12 +60,11 @@ from __future__ import annotations
 
 import math
 
+from ...costs import ACTIVATION_FLOPS, SOFTMAX_FLOPS_PER_ELEMENT
 from ...ops import pkm as PK
 from ..base import CheckIssue, Component, Flops, register
 
-SOFTMAX_FLOPS = 5       # per element: subtract max, exp, sum, divide (+ scale)
 BATCHNORM_FLOPS = 4     # per element at inference: subtract mean, scale by 1/std, weight, bias
-SILU_FLOPS = 4          # as archspec/components/mlp.py
 GROUP_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
@@ -161,15 +160,16 @@ class PKM(Component):
         d, h, k, n, knn, v = (model.d_model, cfg["n_heads"], cfg["k_dim"], cfg["n_keys"],
                               cfg["knn"], cfg["v_dim"])
         t = seq_len
-        matmul = 2 * t * d * h * k + 2 * t * h * n * k
-        per_token = PK.lookup_other_flops(h, n, knn, v) + SOFTMAX_FLOPS * h * knn
+        lookup = PK.lookup_flops(h, n, k, knn, v)
+        matmul = 2 * t * d * h * k + t * lookup.matmul
+        per_token = lookup.other + SOFTMAX_FLOPS_PER_ELEMENT * h * knn
         if cfg["query_bias"]:
             per_token += h * k
         if cfg["query_batchnorm"]:
             per_token += BATCHNORM_FLOPS * h * k
         if cfg["output_gate"]:
             matmul += 2 * t * d * v
-            per_token += v + SILU_FLOPS * v + v
+            per_token += v + ACTIVATION_FLOPS["silu"] * v + v
         if cfg["out_proj"]:
             matmul += 2 * t * v * d
             per_token += d

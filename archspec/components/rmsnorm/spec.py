@@ -6,7 +6,7 @@ Computed in float32 and cast back. FLOPs per token: 4d + 2 (square, sum, scale, 
 mean's division and the eps add). Activation memory per token: 8d + 4 bytes (float32 input,
 float32 x / rms, float32 1/rms).
 
-Backends: `reference` (archspec.ops.norm.reference) and `triton` (the fused kernel of
+Backends: `reference` (archspec.ops.norm.naive) and `triton` (the fused kernel of
 archspec/ops/norm; CUDA, or the CPU under TRITON_INTERPRET=1; d_model up to its MAX_WIDTH, else `auto`
 keeps the reference). The module also offers `forward_add(x, delta) -> (norm(x + delta),
 x + delta)`, one kernel with `triton`, which the pre-norm block uses to fuse each residual add
@@ -54,7 +54,7 @@ class RMSNorm(Component):
         and the fused residual add + norm of the others (backward with and without the
         stream's gradient), over a training batch's rows; and forward only over a single decoded
         token (a smaller tile: another block size and warp count)."""
-        from ...ops.norm.fused import kernel_launches
+        from ...ops.norm import kernel_launches
         return [launch for rows, backward in ((None, True), (1, False)) for residual in (False, True)
                 for launch in kernel_launches(model.d_model, dtype, residual=residual, backward=backward,
                                               **({"rows": rows} if rows else {}))]

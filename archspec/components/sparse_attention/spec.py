@@ -36,7 +36,7 @@ attention 4 D H P for P query-key pairs per head (q k^T and p v), where P depend
 FlopConvention:
   dense     the pairs the fast path computes, masked slack included, which is what
             FlopCounterMode measures (never T^2: that is the point of the component).
-            window: n_b b (b + w - 1) + n_b b n_gk + n_gq (g_last + 1)  (see ops/window.py);
+            window: n_b b (b + w - 1) + n_b b n_gk + n_gq (g_last + 1)  (ops/sparse_attention/window.py);
             block_topk: n_b b^2 + b R / H, plus the gate 2 D H (T - b)(n_b - 1), R the padded
             selection rows: H S selections plus the padding of each (head, block) group of
             queries to a multiple of max(16, b) rows, which depends on the data. `flops`
@@ -57,12 +57,10 @@ from __future__ import annotations
 
 import math
 
+from ...costs import ROPE_FLOPS_PER_ELEMENT, SOFTMAX_FLOPS_PER_ELEMENT
 from ...ops import sparse_attention as SA
 from ..attention.spec import HEADS_SCHEMA, check_heads, derive_heads, projection_shapes
 from ..base import CheckIssue, Component, Flops, register
-
-SOFTMAX_FLOPS_PER_PAIR = 5  # scale, subtract max, exp, sum, divide
-ROPE_FLOPS_PER_ELEMENT = 3  # x*cos + rotate(x)*sin
 WINDOW_KEYS = ("window", "global_first", "global_every", "global_reads")
 TOPK_KEYS = ("topk",)
 
@@ -209,7 +207,7 @@ class SparseAttention(Component):
     def _topk_other(self, cfg, seq_len, pairs, rows):
         b, n_b = self._blocks(cfg, seq_len)
         pooled = cfg["n_kv_heads"] * cfg["head_dim"] * (n_b - 1) * (b + 1)
-        return SOFTMAX_FLOPS_PER_PAIR * pairs + pooled + 2 * cfg["head_dim"] * rows
+        return SOFTMAX_FLOPS_PER_ELEMENT * pairs + pooled + 2 * cfg["head_dim"] * rows
 
     def own_flops(self, cfg, model, seq_len, conv, realized=None):
         """realized (block_topk): {"padded_rows": R the forward packed (one sequence's:
@@ -226,7 +224,7 @@ class SparseAttention(Component):
                                           cfg["global_reads"])
             flops = self._common(cfg, model, seq_len)
             flops.attention = 4 * hd * h * pairs
-            flops.other += SOFTMAX_FLOPS_PER_PAIR * h * pairs
+            flops.other += SOFTMAX_FLOPS_PER_ELEMENT * h * pairs
             return flops
         s = h * SA.selections_per_head(seq_len, cfg["block_size"], cfg["topk"])
         if conv.causal_attention == "dense":

@@ -11,11 +11,16 @@ with capacity drops), so a token has 0, 1 or several rows and a memory may recei
 Outputs keep the dtype of x / o (dweight: weight's); sums accumulate in float32 (float64 for
 float64 inputs). float32, bfloat16 and float16 are supported.
 
-backend="reference" (reference.py, plain PyTorch, the ground truth) or "triton" (fused.py:
-custom ops `archspec::dispatch_*` running triton_kernels.py, on CUDA or under TRITON_INTERPRET=1).
-The Triton kernels are deterministic and atomics-free: the inverse map token -> rows, in CSR form
-(`RowMap`: a stable argsort of token and per-token offsets), turns every scatter-add into a
-segmented row sum in a fixed order. Build it once per dispatch and pass it to both ops:
+plan.py plans the rows: `plan_dispatch` sorts top-k routing (N tokens, k memories each, plus
+a shared memory) into packed groups per (memory, sequence), with an optional capacity, as a
+`Dispatch` (token and weight of each row, the groups' varlen offsets `cu_seqlens`).
+
+backends.py runs the gather and the combine: backend="reference" (naive.py, plain PyTorch, the
+ground truth) or "triton" (triton_dispatch.py: custom ops `archspec::dispatch_*` running
+triton_kernels.py, on CUDA or under TRITON_INTERPRET=1). The Triton kernels are deterministic
+and atomics-free: the inverse map token -> rows, in CSR form (plan.py's `RowMap`: a stable
+argsort of token and per-token offsets), turns every scatter-add into a segmented row sum in a
+fixed order. Build it once per dispatch and pass it to both ops:
 
     rows = row_map(token, n_tokens)                  # RowMap(token, order, offsets, n_tokens)
     packed = gather_rows(x, rows, backend="triton")  # x: [n_tokens, D]
@@ -26,10 +31,17 @@ segmented row sum in a fixed order. Build it once per dispatch and pass it to bo
 ops register 0 FLOPs.
 
 Index range checks (values in [0, N) / [0, n_tokens)) run in eager mode only (a device sync);
-under torch.compile and on the meta device they are skipped.
+under torch.compile and on the meta device they are skipped. Importing this package imports
+neither torch nor triton: every name loads on first use.
 """
 from __future__ import annotations
 
-from .fused import RowMap, combine_rows, gate_launches, gather_rows, kernel_launches, row_map
+from ...lazy import lazy_exports
 
-__all__ = ["RowMap", "row_map", "gather_rows", "combine_rows"]
+_LAZY = {
+    ".plan": ["Dispatch", "RowMap", "plan_dispatch", "row_map"],
+    ".backends": ["combine_rows", "gather_rows"],
+    ".triton_dispatch": ["gate_launches", "kernel_launches"],
+}
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
+__all__ = [name for names in _LAZY.values() for name in names]

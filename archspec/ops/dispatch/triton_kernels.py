@@ -1,6 +1,6 @@
 """Triton kernels of MoM's dispatch (the only module of archspec.ops.dispatch importing triton;
-fused.py imports it when a kernel first runs). All are deterministic and atomics-free: every
-output element is written by exactly one program, and every sum runs in a fixed order.
+triton_dispatch.py imports it when a kernel first runs). All are deterministic and atomics-free:
+every output element is written by exactly one program, and every sum runs in a fixed order.
 
 Tensors are contiguous and row-major ([rows, D]); indices are int64, so row offsets never
 overflow int32. Accumulation is in `ACC` (float32, float64 for float64 inputs).

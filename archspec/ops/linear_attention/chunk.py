@@ -34,7 +34,7 @@ steps, step j updating states[:count_j] from one contiguous slice of chunks. It 
 tokens. The fixed-length path needs no host values (torch.compile fullgraph); the packed path
 reads the offsets on the host.
 
-FLOPs: see `chunk_flops` in __init__.py (per chunk and head: 2C^2(K+V) + 4CKV additive;
+FLOPs: `chunk_flops` in costs.py (per chunk and head: 2C^2(K+V) + 4CKV additive;
 4C^2 K + 2C^2 V + C(C-1)(K+V) + 6CKV delta).
 """
 from __future__ import annotations
@@ -44,12 +44,8 @@ import math
 import torch
 from torch import nn
 
-from .common import (WITH_BETA, check_chunk_size, check_inputs, check_offsets, compute_dtype,
-                     resolve_scale)
-
-# gla's sub-chunk c. Elementwise work per chunk and head ~ (6c + 3C/c) C K (pairwise diagonal
-# blocks vs per-block key factors): least near c = sqrt(C), so 8 for C = 64 or 128.
-SUB_CHUNK = 8
+from .common import check_chunk_size, check_inputs, check_offsets, compute_dtype, resolve_scale
+from .costs import SUB_CHUNK, WITH_BETA
 
 
 class _Layout:

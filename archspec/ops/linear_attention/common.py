@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import torch
 
-RULES = ("gated_delta", "delta", "gla", "linear")
-DECAYED = ("gated_delta", "gla")  # rules that take the log-space decay g
-WITH_BETA = ("delta", "gated_delta")  # rules that take the write strength beta
+from .costs import DECAYED, WITH_BETA, check_rule
 
 
 def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
@@ -25,8 +23,7 @@ def resolve_scale(scale: float | None, k_dim: int) -> float:
 
 def check_rule_arguments(rule: str, g, beta) -> None:
     """The rule exists and gets exactly the optional arguments it uses."""
-    if rule not in RULES:
-        raise ValueError(f"unknown linear-attention rule {rule!r}; expected one of {RULES}")
+    check_rule(rule)
     if rule in DECAYED and g is None:
         what = "one per head" if rule == "gated_delta" else "one per key channel"
         raise ValueError(f"rule {rule!r} needs the log-space decay g ({what})")

@@ -1,5 +1,5 @@
 """Triton kernels of the chunked linear-attention rules (linear, gla, delta, gated_delta); the
-only module here that imports triton. The math is chunk.py's (the reference); fused_chunk.py
+only module here that imports triton. The math is chunk.py's (the reference); triton_chunk.py
 wraps these kernels in custom ops and chooses their block sizes. Notation per chunk of C = BT
 rows (t, s), sequences packed:
 

@@ -1,11 +1,10 @@
-"""Expert execution: the grouped (sorted) reference path and the dense ground truth.
+"""Expert execution, the fast form: every kept assignment through its expert, grouped by expert
+(the dense ground truth is naive.dense_experts).
 
     grouped_experts(x [N, d], a: Assignments, w_gate, w_up, w_down, act) -> [N, d]
         rows = x[a.token] (expert-major), for each expert e with n_e > 0 rows:
             y_e = gated_expert(rows_e, W_gate,e, W_up,e, W_down,e)          [n_e, d]
         out = zeros [N, d].index_add_(0, a.token, y * a.weight)
-    dense_experts(x [N, d], combine [N, E], ...) -> [N, d]
-        out = sum_e combine[:, e] * gated_expert(x, W_gate,e, W_up,e, W_down,e)
 
 The stacked weights are split with unbind (one view per expert): its backward stacks the
 per-expert gradients once, where indexing w[e] in a loop would materialise a full-size zero
@@ -43,14 +42,3 @@ def grouped_experts(x: torch.Tensor, a: Assignments, w_gate: torch.Tensor, w_up:
     y = torch.cat(outs) if outs else rows.new_zeros(0, x.shape[-1])
     y = y * a.weight.to(y.dtype)[:, None]
     return torch.zeros_like(x).index_add_(0, a.token, y)
-
-
-def dense_experts(x: torch.Tensor, combine: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,
-                  w_down: torch.Tensor, act) -> torch.Tensor:
-    """Every expert on every token, masked by the combine weights [N, E] (zero where a token is
-    not assigned). The plain ground truth: E/k times the work of grouped_experts."""
-    out = torch.zeros_like(x)
-    gates, ups, downs = w_gate.unbind(0), w_up.unbind(0), w_down.unbind(0)
-    for e in range(combine.shape[-1]):
-        out = out + combine[:, e, None].to(x.dtype) * gated_expert(x, gates[e], ups[e], downs[e], act)
-    return out

@@ -1,4 +1,5 @@
-"""MoE routing: which tokens go to which experts, with what weight.
+"""Routing of mixtures (MoE's experts, MoM's memories): which tokens go to which experts, with
+what weight.
 
     logits: [N, E] (float32 or wider), N = B T tokens in row order n = b T + t
     token_choice:     p = softmax(logits);  (w, idx) = top-k(p) [N, k];  w <- w / sum_k w (optional)
@@ -10,12 +11,14 @@
                       of each sequence, the earliest in time (first come, first served), so
                       whether a token is kept depends only on the tokens before it
     losses:           load balance E sum_e f_e P_e (f_e: fraction of the N k assignments made to
-                      e before capacity, P_e: mean of p[:, e]; 1 when balanced, E when collapsed),
-                      z-loss mean_n logsumexp(logits_n)^2
+                      e before capacity, P_e: mean of p[:, e]; 1 when balanced, E when collapsed;
+                      MoM's form counts f_e per token: k when balanced), z-loss
+                      mean_n logsumexp(logits_n)^2
+The capacity limits are in costs.py; the dense views of the routing (the ground truth's) in
+naive.py.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -30,18 +33,6 @@ class Assignments:
     expert: torch.Tensor   # int64 [P]
     weight: torch.Tensor   # [P]
     counts: list[int]
-
-
-def capacity_limit(capacity_factor: float, topk: int, seq_len: int, n_experts: int) -> int:
-    """Most assignments one expert keeps per sequence under token choice: ceil(cf k T / E)."""
-    return math.ceil(capacity_factor * topk * seq_len / n_experts)
-
-
-def expert_choice_capacity(capacity_factor: float | None, topk: int, seq_len: int, n_experts: int) -> int:
-    """Tokens each expert takes per sequence under expert choice: min(T, ceil(cf k T / E)),
-    cf = 1 when null (so the average token is processed by k experts)."""
-    cf = 1.0 if capacity_factor is None else capacity_factor
-    return min(seq_len, math.ceil(cf * topk * seq_len / n_experts))
 
 
 def token_choice(logits: torch.Tensor, topk: int, renormalize: bool):
@@ -104,32 +95,20 @@ def expert_choice_assignments(sel: torch.Tensor, vals: torch.Tensor, seq_len: in
     return Assignments(token, expert, weight, [b * c] * e)
 
 
-def dense_combine(idx: torch.Tensor, weights: torch.Tensor, batch: int, seq_len: int,
-                  n_experts: int, limit: int | None) -> torch.Tensor:
-    """Token-choice routing as a dense [B T, E] matrix of weights, zero where a token does not
-    use an expert; capacity by a running count over time (written independently of
-    sort_assignments, for the ground truth)."""
-    combine = torch.zeros(batch, seq_len, n_experts, dtype=weights.dtype, device=weights.device)
-    combine.scatter_(-1, idx.view(batch, seq_len, -1), weights.view(batch, seq_len, -1))
-    if limit is not None:
-        chosen = torch.zeros_like(combine, dtype=torch.int64)
-        chosen.scatter_(-1, idx.view(batch, seq_len, -1), 1)
-        seen = chosen.cumsum(1)                  # assignments to e up to and including t
-        combine = combine * ((chosen == 1) & (seen <= limit))
-    return combine.reshape(batch * seq_len, n_experts)
-
-
-def dense_combine_expert_choice(sel: torch.Tensor, vals: torch.Tensor, seq_len: int) -> torch.Tensor:
-    b, _, e = sel.shape
-    combine = torch.zeros(b, seq_len, e, dtype=vals.dtype, device=vals.device)
-    return combine.scatter_(1, sel, vals).reshape(b * seq_len, e)
-
-
-def load_balancing_loss(probs: torch.Tensor, idx: torch.Tensor, n_experts: int) -> torch.Tensor:
-    """E sum_e f_e P_e, f_e = fraction of the N k assignments made to e, P_e = mean p[:, e]."""
+def load_balancing_loss(probs: torch.Tensor, idx: torch.Tensor, n_experts: int,
+                        fraction_of: str = "assignments") -> torch.Tensor:
+    """E sum_e f_e P_e over probs [N, E] and top-k choices idx [N, k] (distinct in each row):
+    P_e = mean p[:, e], and f_e the count of e in idx over
+        fraction_of="assignments" (Switch; MoE): the N k assignments, so sum_e f_e = 1: balanced
+            routing gives 1, routing collapsed onto one expert E;
+        fraction_of="tokens" (MoM, as fla): the N tokens (the fraction whose top-k holds e), so
+            sum_e f_e = k: balanced routing gives k."""
+    if fraction_of not in ("assignments", "tokens"):
+        raise ValueError(f"fraction_of must be 'assignments' or 'tokens', got {fraction_of!r}")
     counts = torch.zeros(n_experts, dtype=probs.dtype, device=probs.device)
     counts.index_add_(0, idx.reshape(-1), torch.ones(idx.numel(), dtype=probs.dtype, device=probs.device))
-    return n_experts * (counts / idx.numel() * probs.mean(0)).sum()
+    total = idx.shape[0] if fraction_of == "tokens" else idx.numel()
+    return n_experts * (counts / total * probs.mean(0)).sum()
 
 
 def z_loss(logits: torch.Tensor) -> torch.Tensor:

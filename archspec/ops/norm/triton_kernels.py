@@ -1,5 +1,5 @@
-"""Triton kernels of the RMSNorms in reference.py; the only module of this package that imports
-triton (fused.py wraps them in custom ops and chooses their tiles). Two apply kernels (forward,
+"""Triton kernels of the RMSNorms in naive.py; the only module of this package that imports
+triton (triton_rmsnorm.py wraps them in custom ops and chooses their tiles). Two apply kernels (forward,
 backward) serve every variant, chosen by constexpr flags: a residual add before the norm
 (HAS_RESIDUAL), a SiLU gate (HAS_GATE, NORM_BEFORE_GATE), groups normalised separately; two
 stats kernels serve groups too wide for one program (SPLIT).

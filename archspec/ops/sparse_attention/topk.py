@@ -40,25 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .window import CHUNK_ELEMENTS
-
-MIN_TILE_ROWS = 16
-
-
-def tile_rows(block_size: int) -> int:
-    """Query rows per tile of the selected-block part: max(16, b). Each tile gathers its block's
-    b keys and values once, so per packed row that is 2 b D / tile elements: 2D at tile = b
-    (a smaller tile would gather more keys than queries); padding is < tile rows per head and
-    block."""
-    return max(MIN_TILE_ROWS, block_size)
-
-
-def selections_per_head(seq_len: int, block_size: int, topk: int) -> int:
-    """S: (query, earlier block) selections one head makes over a sequence (deterministic)."""
-    b = min(block_size, seq_len)
-    n_b = math.ceil(seq_len / b)
-    # queries of block m (m >= 1) select min(k, m) blocks each
-    return sum(min(topk, m) * (min(seq_len, (m + 1) * b) - m * b) for m in range(1, n_b))
+from .costs import CHUNK_ELEMENTS, tile_rows
 
 
 @torch.no_grad()
@@ -205,22 +187,3 @@ def block_topk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bloc
         m = m_new
     o = (num / den[:, None]).to(v.dtype)
     return o.view(bsz, h, tp, d)[:, :, :t], plan.rows
-
-
-def block_topk_mask(selection, seq_len: int, block_size: int, shape: tuple[int, int]) -> torch.Tensor:
-    """bool [B, H, T, T], the definition: query i reads j iff (blk(j) = blk(i) and j <= i) or blk(j)
-    is one of i's selected blocks. `shape` = (B, H); `selection` from select_blocks (or None)."""
-    bsz, h = shape
-    b = min(block_size, seq_len)
-    i = torch.arange(seq_len)[:, None]
-    j = torch.arange(seq_len)[None, :]
-    own = (j // b == i // b) & (j <= i)
-    mask = own.expand(bsz, h, seq_len, seq_len).clone()
-    if selection is not None:
-        idx, valid = selection
-        n_b = math.ceil(seq_len / b)
-        chosen = torch.zeros(bsz, h, seq_len, n_b + 1, dtype=torch.bool, device=idx.device)
-        # invalid slots point at the dummy column n_b
-        chosen[:, :, b:].scatter_(-1, idx.masked_fill(~valid, n_b), True)
-        mask = mask.to(idx.device) | chosen[..., :n_b].gather(-1, (j // b).expand(bsz, h, seq_len, seq_len).to(idx.device))
-    return mask

@@ -20,111 +20,19 @@ tokens read their prefix). The fast form never builds a [T, T] array:
            the band's rows for those positions. [B, H_kv, G n_gq, g_last + 1].
 
 Work computed per query head (each a q k^T and a p v matmul, 2 D FLOPs per pair each):
-    n_b b L  +  n_b b n_gk  +  n_gq (g_last + 1)    pairs   (`WindowPlan.computed_pairs`)
+    n_b b L  +  n_b b n_gk  +  n_gq (g_last + 1)    pairs   (costs.py: `WindowPlan.computed_pairs`)
 which includes the masked slack of the band (the triangle corners, the w - 1 padded columns of
 the first block, the rows padding T to n_b b) and the global-query rows the band also computed.
 With w' = min(w, T) and b' = min(b, T) in place of w and b, a short sequence costs no more
-than its length allows. `attended_pairs` counts the pairs the mask keeps, exactly.
+than its length allows. `attended_pairs` (costs.py) counts the pairs the mask keeps, exactly.
 """
 from __future__ import annotations
-
-import bisect
-import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-CHUNK_ELEMENTS = 1 << 22  # score elements per chunk of query blocks (16 MiB in float32)
-
-
-def global_positions(seq_len: int, first: int = 0, every: int | None = None) -> list[int]:
-    """Sorted global positions < seq_len: the first `first` positions (attention sinks) and, with
-    `every` = N, the positions N - 1, 2N - 1, ... (every N-th token, counting from one)."""
-    sinks = set(range(min(first, seq_len)))
-    if every:
-        sinks.update(range(every - 1, seq_len, every))
-    return sorted(sinks)
-
-
-def is_global(seq_len: int, first: int = 0, every: int | None = None, device=None) -> torch.Tensor:
-    """bool [T]: which positions are global (same definition as global_positions)."""
-    p = torch.arange(seq_len, device=device)
-    out = p < first
-    if every:
-        out = out | (p % every == every - 1)
-    return out
-
-
-@dataclass(frozen=True)
-class WindowPlan:
-    """What the banded form computes for one sequence length (shapes only, no data), shared by
-    the forward and the FLOP count so that the two cannot drift apart."""
-
-    seq_len: int
-    window: int                         # w' = min(window, T)
-    block: int                          # b' = min(block_size, T)
-    n_blocks: int                       # ceil(T / b')
-    global_keys: tuple[int, ...]        # global g with g + w' <= T - 1
-    global_queries: tuple[int, ...]     # prefix mode: global g with g >= w'
-
-    @property
-    def band(self) -> int:
-        return self.block + self.window - 1
-
-    @property
-    def query_key_len(self) -> int:
-        """Keys the global queries are scored against: [0, last global query]."""
-        return self.global_queries[-1] + 1 if self.global_queries else 0
-
-    def computed_pairs(self) -> int:
-        """(query, key) pairs scored per query head, masked ones and padding included."""
-        rows = self.n_blocks * self.block
-        return rows * (self.band + len(self.global_keys)) + len(self.global_queries) * self.query_key_len
-
-
-def plan_window(seq_len: int, window: int, block_size: int, global_first: int = 0,
-                global_every: int | None = None, global_reads: str = "prefix") -> WindowPlan:
-    if seq_len < 1 or window < 1 or block_size < 1:
-        raise ValueError(f"seq_len, window and block_size must be >= 1, got {seq_len}, {window}, {block_size}")
-    if global_reads not in ("prefix", "window"):
-        raise ValueError(f"global_reads must be 'prefix' or 'window', got {global_reads!r}")
-    w, b = min(window, seq_len), min(block_size, seq_len)
-    glob = global_positions(seq_len, global_first, global_every)
-    keys = tuple(g for g in glob if g + w <= seq_len - 1)
-    queries = tuple(g for g in glob if g >= w) if global_reads == "prefix" else ()
-    return WindowPlan(seq_len, w, b, math.ceil(seq_len / b), keys, queries)
-
-
-def attended_pairs(seq_len: int, window: int, global_first: int = 0, global_every: int | None = None,
-                   global_reads: str = "prefix") -> int:
-    """Pairs (i, j) the mask keeps, exactly (the count of `window_mask(...)`), in O(n_global log):
-    the causal window, plus each global key's readers beyond the window, plus (prefix mode) each
-    global query's non-global keys beyond the window (global ones are already counted)."""
-    w = min(window, seq_len)
-    pairs = w * (w + 1) // 2 + (seq_len - w) * w
-    glob = global_positions(seq_len, global_first, global_every)
-    pairs += sum(max(0, seq_len - g - w) for g in glob)
-    if global_reads == "prefix":
-        for g in glob:
-            if g >= w:
-                span = g - w + 1  # keys 0 .. g - w
-                pairs += span - bisect.bisect_right(glob, g - w)
-    return pairs
-
-
-def window_mask(seq_len: int, window: int, global_first: int = 0, global_every: int | None = None,
-                global_reads: str = "prefix", device=None) -> torch.Tensor:
-    """bool [T, T], the definition: query i reads key j iff j <= i and (i - j < window or j is
-    global or (i is global and global_reads == 'prefix'))."""
-    i = torch.arange(seq_len, device=device)[:, None]
-    j = torch.arange(seq_len, device=device)[None, :]
-    g = is_global(seq_len, global_first, global_every, device)
-    reads = (i - j < window) | g[None, :]
-    if global_reads == "prefix":
-        reads = reads | g[:, None]
-    return (j <= i) & reads
+from .costs import CHUNK_ELEMENTS, WindowPlan
 
 
 def _block_mask(plan: WindowPlan, device) -> torch.Tensor:

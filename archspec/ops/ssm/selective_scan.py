@@ -10,8 +10,8 @@
 Returns y [B, T, E] and the final state h_{T-1}. Computed in float32 (float64 stays float64).
 
 Forms:
-  * `selective_scan_recurrent`: a Python loop of `selective_scan_step` over time. The ground
-    truth in tests, and (one step at a time) the decoding form.
+  * `selective_scan_recurrent` (naive.py): a Python loop of `selective_scan_step` over time.
+    The ground truth in tests, and (one step at a time) the decoding form.
   * `selective_scan`: the training path. The per-(channel, state) decays do not factor into
     matmuls, so h_t = a_t h_{t-1} + b_t is solved by a parallel linear scan: the sequence is cut
     into chunks of `chunk` tokens (the state crosses chunk boundaries, so working memory is
@@ -25,61 +25,15 @@ Forms:
     states from the saved chunk-entry states: the saved tensors are the inputs plus one
     [B, E, N] state per chunk, never the [B, T, E, N] states.
 
-FLOPs per sequence (1 FLOP = one multiply or one add; exp = 1), `selective_scan_flops`:
-  matmul: the contraction y_t = h_t Cm_t is a batched matmul, 2 T E N;
-  other:  per (token, channel, state): 2 for a_t (dt*A, exp) + 1 for b_t (dt u times Bm), plus
-          `linear_scan_flops(L)` per chunk of L tokens (~5 per token) and 2 per chunk to feed
-          the entering state in; per (token, channel): 1 for dt*u, 2 for D u + y.
-  That is ~8 elementwise + 2 matmul = ~10 per (token, channel, state), against the authors'
-  estimate of 9 B L E N for their fused sequential CUDA scan (which does the recurrence in 2
-  per element where the parallel scan here does ~5). The decoding step costs
-  2 (a_t) + 1 (b_t) + 2 (update) + 2 (contraction) = 7 per (channel, state), plus 3 per
-  channel (dt u, D u + y).
+FLOPs: `selective_scan_flops` (costs.py).
 """
 from __future__ import annotations
 
 import torch
 
-SCAN_CHUNK = 128  # tokens per chunk of the parallel scan (memory and speed only; same result)
+from .common import compute_dtype
+from .costs import SCAN_CHUNK, scan_chunks
 
-
-def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    dtype = torch.float32
-    for t in tensors:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
-
-
-# --- the recurrent form ----------------------------------------------------------------------
-
-def selective_scan_step(state, u_t, dt_t, A, B_t, C_t, D=None):
-    """One token. state [B, E, N]; u_t, dt_t [B, E]; A [E, N]; B_t, C_t [B, N]; D [E] or None.
-    Returns (y_t [B, E], new state), both in the state's dtype (float32 in decoding)."""
-    dtype = state.dtype
-    u_t, dt_t, A, B_t, C_t = (t.to(dtype) for t in (u_t, dt_t, A, B_t, C_t))
-    decay = torch.exp(dt_t[:, :, None] * A)
-    state = decay * state + (dt_t * u_t)[:, :, None] * B_t[:, None, :]
-    y = (state * C_t[:, None, :]).sum(-1)
-    if D is not None:
-        y = y + D.to(dtype) * u_t
-    return y, state
-
-
-def selective_scan_recurrent(u, dt, A, B, C, D=None, initial_state=None):
-    """The plain loop over time (the ground truth). Shapes as in the module docstring.
-    Returns (y [B, T, E], final state [B, E, N]) in float32 (float64 for float64 inputs)."""
-    dtype = _compute_dtype(u, dt, A, B, C)
-    b, t, e = u.shape
-    state = (torch.zeros(b, e, A.shape[-1], dtype=dtype, device=u.device) if initial_state is None
-             else initial_state.to(dtype))
-    ys = []
-    for i in range(t):
-        y, state = selective_scan_step(state, u[:, i], dt[:, i], A, B[:, i], C[:, i], D)
-        ys.append(y)
-    return torch.stack(ys, dim=1), state
-
-
-# --- the parallel scan -----------------------------------------------------------------------
 
 def linear_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """h_t = a_t h_{t-1} + b_t along dim 1 with h_{-1} = 0 (fold a nonzero start into b_0).
@@ -102,31 +56,6 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return h
 
 
-def linear_scan_flops(n: int) -> int:
-    """FLOPs of `linear_scan` on length n, per trailing element (mirrors the code)."""
-    if n <= 1:
-        return 0
-    m = n // 2
-    return 3 * m + 2 * (m - 1) + 2 * (n % 2) + linear_scan_flops(m)
-
-
-def _chunks(t: int, chunk: int) -> list[tuple[int, int]]:
-    return [(s, min(s + chunk, t)) for s in range(0, t, chunk)]
-
-
-def selective_scan_flops(seq_len: int, channels: int, d_state: int, has_d: bool,
-                         chunk: int = SCAN_CHUNK) -> tuple[int, int]:
-    """(matmul, other) FLOPs of `selective_scan` on one sequence (see the module docstring)."""
-    t, e, n = seq_len, channels, d_state
-    other = 0
-    for s, stop in _chunks(t, chunk):
-        length = stop - s
-        other += e * n * (3 * length + 2 + linear_scan_flops(length)) + e * length
-    if has_d:
-        other += 2 * t * e
-    return 2 * t * e * n, other
-
-
 def _chunk_inputs(u, dt, A, B, start, stop):
     """Decays a [B, L, E, N] and inputs b = (dt u) Bm [B, L, E, N] of tokens start..stop-1."""
     dt_c = dt[:, start:stop]
@@ -143,7 +72,7 @@ class _SelectiveScan(torch.autograd.Function):
         t = u.shape[1]
         h = h0
         entering, ys = [], []
-        for start, stop in _chunks(t, chunk):
+        for start, stop in scan_chunks(t, chunk):
             entering.append(h)
             decay, drive = _chunk_inputs(u, dt, A, B, start, stop)
             drive[:, 0] += decay[:, 0] * h
@@ -158,7 +87,7 @@ class _SelectiveScan(torch.autograd.Function):
     def backward(ctx, grad_y, grad_h):
         u, dt, A, B, C, entering = ctx.saved_tensors
         t = u.shape[1]
-        spans = _chunks(t, ctx.chunk)
+        spans = scan_chunks(t, ctx.chunk)
         du, ddt, dB, dC = [], [], [], []
         dA = torch.zeros_like(A)
         carry = grad_h  # dL/d(state leaving the chunk), through everything after it
@@ -191,7 +120,7 @@ class _SelectiveScan(torch.autograd.Function):
 def selective_scan(u, dt, A, B, C, D=None, initial_state=None, chunk: int = SCAN_CHUNK):
     """The training path (see the module docstring): y [B, T, E], final state [B, E, N], in
     float32 (float64 for float64 inputs). Differentiable in every tensor argument."""
-    dtype = _compute_dtype(u, dt, A, B, C)
+    dtype = compute_dtype(u, dt, A, B, C)
     b, _, e = u.shape
     h0 = (torch.zeros(b, e, A.shape[-1], dtype=dtype, device=u.device) if initial_state is None
           else initial_state.to(dtype))

@@ -10,8 +10,8 @@
 Returns y and the final state. Computed in float32 (float64 stays float64).
 
 Forms:
-  * `ssd_recurrent`: a Python loop of `ssd_step` over time: the ground truth in tests and, one
-    step at a time, the decoding form.
+  * `ssd_recurrent` (naive.py): a Python loop of `ssd_step` over time: the ground truth in
+    tests and, one step at a time, the decoding form.
   * `ssd_chunked`: the training path, the chunked form of the SSD paper. T is padded with zeros
     to c chunks of Q tokens (Q = min(chunk_size, T)); padded steps have dt = 0, so they neither
     decay the state nor add to it. With log-decays l_t = dt_t A and their running sum s within
@@ -30,16 +30,7 @@ Forms:
     hundreds within a 256-token chunk of a strongly decaying head (measured: 7.6e-6 relative
     error against 2e-7 for the recurrent form; with float64 sums, 2e-7 as well).
 
-FLOPs per sequence (1 FLOP = one multiply or one add; exp = 1), `ssd_flops`, with the padded
-length Tp = c Q:
-  matmul: 2 c G Q^2 N (Cm Bm^T) + 2 c H Q^2 P (diagonal blocks) + 2 c H Q P N (chunk states)
-          + 2 H (c+1)^2 P N (state passing) + 2 c H Q N P (state -> output);
-  other:  dt x: Tp H P;  l = dt A: Tp H;  running sums: c H (Q-1) + H (c-1);
-          segment decays: 2 c H Q^2 (subtract, exp) and 2 H (c+1)^2;  the mask product: c H Q^2;
-          decay to the chunk end: 2 c H Q, applied: c H Q P;  decay from the chunk start:
-          c H Q (exp), applied: c H Q P;  Y_diag + Y_off: c H Q P;  D x + y: 2 T H P.
-The decoding step costs 5 per (head, P, N) element (decay product, dt x Bm outer, update,
-contraction with Cm: multiply and sum), 3 per (head, P) (dt x, D x + y) and 2 per head.
+FLOPs: `ssd_flops` (costs.py).
 """
 from __future__ import annotations
 
@@ -48,49 +39,9 @@ import math
 import torch
 from torch import nn
 
-
-def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    dtype = torch.float32
-    for t in tensors:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
-
-
-def _per_head(t: torch.Tensor, heads: int) -> torch.Tensor:
-    """[B, G, N] -> [B, H, N]: head h reads group h // (H / G)."""
-    return t.repeat_interleave(heads // t.shape[1], dim=1)
-
+from .common import compute_dtype
 
 # --- the recurrent form ----------------------------------------------------------------------
-
-def ssd_step(state, x_t, dt_t, A, B_t, C_t, D=None):
-    """One token. state [B, H, P, N]; x_t [B, H, P]; dt_t [B, H]; A [H]; B_t, C_t [B, G, N];
-    D [H] or None. Returns (y_t [B, H, P], new state) in the state's dtype."""
-    dtype = state.dtype
-    heads = state.shape[1]
-    x_t, dt_t, A = x_t.to(dtype), dt_t.to(dtype), A.to(dtype)
-    b_h, c_h = _per_head(B_t.to(dtype), heads), _per_head(C_t.to(dtype), heads)
-    decay = torch.exp(dt_t * A)[:, :, None, None]
-    state = decay * state + (dt_t[:, :, None] * x_t)[..., None] * b_h[:, :, None, :]
-    y = (state * c_h[:, :, None, :]).sum(-1)
-    if D is not None:
-        y = y + D.to(dtype)[:, None] * x_t
-    return y, state
-
-
-def ssd_recurrent(x, dt, A, B, C, D=None, initial_state=None):
-    """The plain loop over time (the ground truth). Returns (y [B, T, H, P], final state
-    [B, H, P, N]) in float32 (float64 for float64 inputs)."""
-    dtype = _compute_dtype(x, dt, A, B, C)
-    b, t, h, p = x.shape
-    state = (torch.zeros(b, h, p, B.shape[-1], dtype=dtype, device=x.device)
-             if initial_state is None else initial_state.to(dtype))
-    ys = []
-    for i in range(t):
-        y, state = ssd_step(state, x[:, i], dt[:, i], A, B[:, i], C[:, i], D)
-        ys.append(y)
-    return torch.stack(ys, dim=1), state
-
 
 # --- the chunked form ------------------------------------------------------------------------
 
@@ -109,7 +60,7 @@ def _segment_decays(running: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def ssd_chunked(x, dt, A, B, C, chunk_size: int, D=None, initial_state=None):
     """The training path (see the module docstring). Returns (y [B, T, H, P], final state
     [B, H, P, N]) in float32 (float64 for float64 inputs); differentiable in every tensor."""
-    dtype = _compute_dtype(x, dt, A, B, C)
+    dtype = compute_dtype(x, dt, A, B, C)
     x, dt, A, B, C = (t.to(dtype) for t in (x, dt, A, B, C))
     b, t, h, p = x.shape
     g, n = B.shape[-2:]
@@ -160,24 +111,3 @@ def ssd_chunked(x, dt, A, B, C, chunk_size: int, D=None, initial_state=None):
     if D is not None:
         y = y + x_in * D.to(dtype)[:, None]
     return y, final
-
-
-def ssd_flops(seq_len: int, heads: int, headdim: int, groups: int, d_state: int,
-              chunk_size: int, has_d: bool = True) -> tuple[int, int]:
-    """(matmul, other) FLOPs of `ssd_chunked` on one sequence (see the module docstring)."""
-    t, h, p, g, n = seq_len, heads, headdim, groups, d_state
-    q = min(chunk_size, t)
-    c = -(-t // q)
-    tp = c * q
-    matmul = (2 * c * g * q * q * n + 2 * c * h * q * q * p + 2 * c * h * q * p * n
-              + 2 * h * (c + 1) ** 2 * p * n + 2 * c * h * q * n * p)
-    other = (tp * h * p + tp * h                      # dt x, dt A
-             + c * h * (q - 1) + h * (c - 1)          # running sums
-             + 2 * c * h * q * q + 2 * h * (c + 1) ** 2  # segment decays: subtract, exp
-             + c * h * q * q                          # Lmat o Cm Bm^T
-             + 2 * c * h * q + c * h * q * p          # decay to the chunk end, applied
-             + c * h * q + c * h * q * p              # decay from the chunk start, applied
-             + c * h * q * p)                         # Y_diag + Y_off
-    if has_d:
-        other += 2 * t * h * p
-    return matmul, other

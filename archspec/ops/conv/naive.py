@@ -1,27 +1,10 @@
-"""Short causal depthwise convolution over time (Mamba, MoM, GatedDeltaNet's "short conv").
-
-    x: [B, T, C] (channels last);  w: [C, 1, c] (nn.Conv1d's depthwise layout);  b: [C] or None
-    y[:, t] = act( b + sum_{j=0}^{c-1} w[:, 0, j] * x[:, t - (c - 1) + j] ),  x[:, <0] = 0
-
-With `cu_seqlens` (int64 [S + 1], offsets of S sequences packed along T, B = 1) each sequence
-starts from zeros: positions before a sequence's first token are never read, so packed
-sequences do not leak into each other.
-
-Computed as c shifted multiply-adds (elementwise: no im2col, and the same code handles packed
-sequences). FLOPs per token and channel: c multiplies + (c - 1) adds, +1 with a bias, plus the
-activation (SiLU: 4). The decoding form keeps the last c - 1 inputs per channel as its state.
-"""
+"""The short causal depthwise convolution in plain PyTorch (the package docstring gives the
+math): c shifted multiply-adds over the sequence, or over packed sequences that never read each
+other's tokens, and the decoding step over a window of the last c - 1 inputs."""
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-SILU_FLOPS = 4  # negate+exp, add, divide, multiply
-
-
-def conv_flops_per_token(channels: int, kernel: int, bias: bool, activation: str | None) -> int:
-    per_channel = 2 * kernel - 1 + (1 if bias else 0) + (SILU_FLOPS if activation == "silu" else 0)
-    return channels * per_channel
 
 
 def positions_in_sequence(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:

@@ -6,76 +6,20 @@ implementations, autograd and FLOP formulas (conventions: archspec/ops/triton_su
     archspec::dispatch_combine(o, weight, token, order, offsets)     -> out           [n_tokens, D]
     archspec::dispatch_combine_backward(grad, o, weight, token)      -> (do, dweight)
 
-`order` and `offsets` are the inverse map token -> packed rows in CSR form (`RowMap`): the
-backward of the gather and the forward of the combine read, for each token, its rows
+`order` and `offsets` are the inverse map token -> packed rows in CSR form (plan.py's `RowMap`):
+the backward of the gather and the forward of the combine read, for each token, its rows
 order[offsets[t]:offsets[t+1]] and sum them in that fixed order; no atomics, so every result is
 bitwise reproducible. N (gather) and n_tokens (combine) are offsets.numel() - 1.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-from ..triton_support import check_runnable, install_flop_formulas, launch, register_flops
+from ..triton_support import check_runnable, launch, register_flops
 
 BLOCK_ROWS = 16   # packed rows per program (gather, combine backward)
 MAX_BLOCK_D = 128  # columns per program: the next power of two of D, at most this
-
-
-@dataclass(frozen=True)
-class RowMap:
-    """Packed rows <-> tokens: `token` [P] (int64, the token of each packed row) and its inverse
-    in CSR form: the rows of token t are order[offsets[t]:offsets[t+1]], ascending. Build it once
-    per dispatch with `row_map` and pass it to both `gather_rows` and `combine_rows`."""
-
-    token: Tensor    # int64 [P]
-    order: Tensor    # int64 [P]: packed rows sorted by token (stable argsort)
-    offsets: Tensor  # int64 [n_tokens + 1]
-    n_tokens: int
-
-    @property
-    def n_rows(self) -> int:
-        return self.token.shape[0]
-
-
-def _check_token(token: Tensor, what: str = "token") -> None:
-    if not isinstance(token, Tensor):
-        raise ValueError(f"{what} must be a torch.Tensor of int64 token indices, got {type(token).__name__}")
-    if token.dim() != 1:
-        raise ValueError(f"{what} must be 1-D [P] (one token index per packed row), got shape "
-                         f"{tuple(token.shape)}; flatten it with {what}.reshape(-1)")
-    if token.dtype != torch.int64:
-        raise ValueError(f"{what} must be int64, got {token.dtype}; convert it with {what}.long()")
-
-
-def _check_range(token: Tensor, n_tokens: int, what: str) -> None:
-    """Every index in [0, n_tokens). A value check (a device sync): eager mode only, skipped
-    under torch.compile and on the meta device, where values are unknown."""
-    if token.numel() == 0 or token.device.type == "meta" or torch.compiler.is_compiling():
-        return
-    lo, hi = int(token.min()), int(token.max())
-    if lo < 0 or hi >= n_tokens:
-        bad = lo if lo < 0 else hi
-        raise ValueError(f"token index {bad} is out of range for {what} with {n_tokens} tokens; "
-                         f"every index must lie in [0, {n_tokens})")
-
-
-def row_map(token: Tensor, n_tokens: int) -> RowMap:
-    """The CSR inverse of `token` (int64 [P], values in [0, n_tokens)): computed in torch on
-    token's device, with static shapes (torch.compile, the meta device): a stable sort, then
-    offsets[t] = number of rows whose token is below t (searchsorted, which unlike bincount has
-    an output shape independent of the values)."""
-    _check_token(token)
-    n_tokens = int(n_tokens)
-    if n_tokens < 0:
-        raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
-    _check_range(token, n_tokens, "row_map")
-    sorted_token, order = torch.sort(token, stable=True)
-    bounds = torch.arange(n_tokens + 1, dtype=torch.int64, device=token.device)
-    offsets = torch.searchsorted(sorted_token, bounds)
-    return RowMap(token, order, offsets, n_tokens)
 
 
 # --- launching ---------------------------------------------------------------------------------
@@ -230,99 +174,6 @@ def _no_matmul_flops(*args) -> int:
 
 for _op in (dispatch_gather, dispatch_gather_backward, dispatch_combine, dispatch_combine_backward):
     register_flops(_op, _no_matmul_flops)
-
-
-# --- entry points ------------------------------------------------------------------------------
-
-def _check_2d(t: Tensor, name: str, shape: str) -> None:
-    if not isinstance(t, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor {shape}, got {type(t).__name__}")
-    if t.dim() != 2:
-        raise ValueError(f"{name} must be 2-D {shape}, got shape {tuple(t.shape)}; reshape it to "
-                         f"2-D first (e.g. {name}.reshape({name}.shape[0], -1))")
-    if not t.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor (float32, bfloat16, float16), got {t.dtype}")
-
-
-def _check_device(*tensors: Tensor) -> None:
-    devices = {t.device for t in tensors}
-    if len(devices) > 1:
-        raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devices))}; move them "
-                         "with .to(device)")
-
-
-def _check_backend(backend: str) -> None:
-    if backend not in ("reference", "triton"):
-        raise ValueError(f"unknown dispatch backend {backend!r}; use 'reference' or 'triton'")
-
-
-def _as_row_map(token: Tensor | RowMap, n_tokens: int, what: str) -> RowMap:
-    if isinstance(token, RowMap):
-        if token.n_tokens != n_tokens:
-            raise ValueError(f"{what}: the RowMap was built for {token.n_tokens} tokens but {n_tokens} "
-                             f"are needed; build it with row_map(token, {n_tokens})")
-        return token
-    return row_map(token, n_tokens)
-
-
-def _token_of(token: Tensor | RowMap) -> Tensor:
-    t = token.token if isinstance(token, RowMap) else token
-    _check_token(t)
-    return t
-
-
-def gather_rows(x: Tensor, token: Tensor | RowMap, backend: str = "reference") -> Tensor:
-    """x [N, D] -> x[token] [P, D] (x's dtype). `token`: int64 [P] with values in [0, N), or a
-    `RowMap` of N tokens (row_map(token, N)), reused across ops. Differentiable in x."""
-    from . import reference
-    _check_backend(backend)
-    _check_2d(x, "x", "[N, D]")
-    t = _token_of(token)
-    _check_device(x, t)
-    if backend == "reference":
-        _check_range(t, x.shape[0], "gather_rows of x")
-        return reference.gather_rows(x, t)
-    rows = _as_row_map(token, x.shape[0], "gather_rows")
-    install_flop_formulas()  # so a FlopCounterMode created before the first call counts the ops
-    if x.device.type != "meta":
-        check_runnable(x)
-    return dispatch_gather(x, rows.token, rows.order, rows.offsets)
-
-
-def combine_rows(o: Tensor, weight: Tensor, token: Tensor | RowMap, n_tokens: int | None = None,
-                 backend: str = "reference") -> Tensor:
-    """o [P, D], weight [P], token int64 [P] (values in [0, n_tokens)) -> out [n_tokens, D]
-    (o's dtype), out[t] = sum over rows r with token[r] == t of weight[r] o[r], accumulated in
-    float32. `token` may be a `RowMap` (then n_tokens defaults to its own). Differentiable in o
-    and weight."""
-    from . import reference
-    _check_backend(backend)
-    _check_2d(o, "o", "[P, D]")
-    t = _token_of(token)
-    if n_tokens is None:
-        if not isinstance(token, RowMap):
-            raise ValueError("combine_rows needs n_tokens (the number of output rows) with a token tensor; "
-                             "pass n_tokens=..., or a RowMap from row_map(token, n_tokens)")
-        n_tokens = token.n_tokens
-    n_tokens = int(n_tokens)
-    if not isinstance(weight, Tensor) or weight.dim() != 1 or not weight.is_floating_point():
-        got = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
-        raise ValueError(f"weight must be a 1-D floating-point tensor [P] (one weight per packed row), "
-                         f"got {got}")
-    if not (o.shape[0] == weight.shape[0] == t.shape[0]):
-        raise ValueError(f"o, weight and token must have one entry per packed row: got o {tuple(o.shape)}, "
-                         f"weight {tuple(weight.shape)}, token {tuple(t.shape)}")
-    _check_device(o, weight, t)
-    if backend == "reference":
-        if n_tokens < 0:
-            raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
-        _check_range(t, n_tokens, "combine_rows")
-        return reference.combine_rows(o, weight, t, n_tokens)
-    rows = _as_row_map(token, n_tokens, "combine_rows")
-    install_flop_formulas()
-    if o.device.type != "meta":
-        check_runnable(o)
-    return dispatch_combine(o, weight, rows.token, rows.order, rows.offsets)
 
 
 # --- launches for the ahead-of-time gate (`archspec kernels`) ----------------------------------

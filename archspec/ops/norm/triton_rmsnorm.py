@@ -1,5 +1,5 @@
 """The Triton RMSNorms as torch custom ops (`archspec::*`), with fake implementations, autograd
-and FLOP formulas, and their Python entry points. The math is reference.py's; the kernels are in
+and FLOP formulas, and their Python entry points. The math is naive.py's; the kernels are in
 triton_kernels.py (imported only when a kernel runs).
 
     fused_rmsnorm(x, w, eps)                  x: [..., n], w: [n]  ->  y = x / rms(x) * w
@@ -15,10 +15,10 @@ input's dtype. Backward ops: `rmsnorm_backward` gives (dx, dw) from dy and dh (t
 h; dx is also the residual's gradient), `gated_rmsnorm_backward` gives (dx, dz, dw). dw is
 summed per program in the kernel and across programs in torch: deterministic, no atomics.
 
-Rows of up to MAX_WIDTH columns. A program holds one column block of at most FWD_COLUMNS
-(forward) or BWD_COLUMNS (backward) columns; a group wider than that is split into chunks, and
-a stats kernel run first gives its rstd (and the backward's c = mean(gh * uhat)) per row, so
-each op is one or two launches per direction (triton_kernels.py).
+Rows of up to MAX_WIDTH columns (costs.py). A program holds one column block of at most
+FWD_COLUMNS (forward) or BWD_COLUMNS (backward) columns; a group wider than that is split into
+chunks, and a stats kernel run first gives its rstd (and the backward's c = mean(gh * uhat)) per
+row, so each op is one or two launches per direction (triton_kernels.py).
 """
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ import torch
 
 from ..triton_support import (check_runnable, install_flop_formulas, interpreting, launch, register_flops,
                               triton_unavailable)
+from .costs import DTYPE_NAMES, MAX_WIDTH, width_unsupported
 
-DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+DTYPES = tuple(getattr(torch, name) for name in DTYPE_NAMES)
 TILE = 4096  # elements of a narrow rows' tile, [BLOCK_M rows, column block]: rows per program
 # The widest column block one program holds (padded columns): at 16 warps, 16 float32 per
 # thread per tensor in the forward, 8 in the backward and the stats kernels, which hold more
@@ -36,38 +37,9 @@ TILE = 4096  # elements of a narrow rows' tile, [BLOCK_M rows, column block]: ro
 # wider than its direction's block is split into column chunks (SPLIT, triton_kernels.py).
 FWD_COLUMNS = 8192
 BWD_COLUMNS = 4096
-# The widest row the kernels take (columns). No program holds more than a column block of a row,
-# so wider rows cost loop trips and programs, not registers; this is the widest the gate compiles
-# and the tests state (`gate_launches`): above Mamba2's inner width at d_model 16384 (expand 2:
-# 32768) and every published dense model's d_model (Llama-3-405B 16384, PaLM-540B 18432).
-MAX_WIDTH = 65536
 BWD_PROGRAMS_PER_SM = 4  # backward programs per CUDA multiprocessor (each loops over row blocks)
 BWD_PROGRAMS_CPU = 4  # ... under the interpreter
 
-
-DTYPE_NAMES = ("float32", "bfloat16", "float16")  # the model dtypes of DTYPES
-
-
-def dtype_unsupported(dtype_name: str) -> str | None:
-    """None when the kernels take a model built in `dtype_name`, else why not."""
-    if dtype_name in DTYPE_NAMES:
-        return None
-    return (f"the Triton norm kernels take {', '.join(DTYPE_NAMES)} models, got {dtype_name}; "
-            "use backend 'reference'")
-
-
-def width_unsupported(n: int, group_size: int | None = None) -> str | None:
-    """None when the kernels take rows of `n` columns normalised in groups of `group_size`
-    (None: the whole row), else why not and what to do: the one statement of their range, for
-    `_check` and the components' `triton` backends (`supports`)."""
-    group = group_size or n
-    if group < 1 or n % group:
-        return (f"group_size {group_size} does not divide the normalised size {n}; use a divisor "
-                f"of {n} (or None for the whole row)")
-    if n > MAX_WIDTH:
-        return (f"rows of {n} columns are wider than the Triton norm kernels take ({MAX_WIDTH}); "
-                "use backend 'reference'")
-    return None
 
 
 # --- checks (ValueError: what is wrong and what to do) -----------------------------------------
@@ -366,7 +338,7 @@ def fused_add_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, weight: to
 
 def fused_gated_rmsnorm(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float,
                         norm_before_gate: bool, group_size: int | None = None) -> torch.Tensor:
-    """reference.gated_rmsnorm by the Triton kernel (see the module docstring)."""
+    """naive.gated_rmsnorm by the Triton kernel (see the module docstring)."""
     group = _check(x, weight, {"z": z}, group_size)
     return gated_rmsnorm_op(x, z, weight, float(eps), bool(norm_before_gate), group)
 

@@ -7,27 +7,23 @@ Gated RMSNorm, the output norm of Mamba2 and of MoM / GatedDeltaNet:
     norm_before_gate=False (Mamba2 RMSNormGated):          y = u / rms(u) * w,  u = x * silu(z)
 
 `group_size` splits the last dimension into groups normalised separately (Mamba2 with
-ngroups > 1); default the whole dimension. Computed in float32 (float64 stays float64) and cast back to x's dtype.
-FLOPs per element: 4 for the norm (square, sum, scale, weight) + 4 for SiLU + 1 for the gate's
-multiply = 9, plus 2 per group (the mean's division and the eps add).
+ngroups > 1); default the whole dimension. Computed in float32 (float64 stays float64) and cast
+back to x's dtype. FLOPs: `gated_rmsnorm_flops` (costs.py).
 
 Residual add + RMSNorm, the pre-norm block's norm (the `rmsnorm` component computes `rmsnorm`):
 
     x, r: [..., n];  w: [n]
     h = x + r (in x's dtype: the residual stream as the model stores it; h = x without r)
     y = h / sqrt(mean(h^2) + eps) * w     (float32, cast back to h's dtype);  returns (y, h)
+
+L2 norm, what the delta rules' callers apply to q and k per head (MoM, GatedDeltaNet; no kernel):
+
+    y = x / sqrt(sum(x^2) + eps)   over the last dimension, in x's dtype
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-GATED_NORM_FLOPS_PER_ELEMENT = 9
-NORM_FLOPS_PER_GROUP = 2
-
-
-def gated_rmsnorm_flops(n_elements: int, n_groups: int) -> int:
-    return GATED_NORM_FLOPS_PER_ELEMENT * n_elements + NORM_FLOPS_PER_GROUP * n_groups
 
 
 def gated_rmsnorm(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float,
@@ -60,3 +56,8 @@ def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Te
     """(rmsnorm(h), h) with h = x + residual (x itself without a residual)."""
     h = x if residual is None else x + residual
     return rmsnorm(h, weight, eps), h
+
+
+def l2_normalise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """x / sqrt(sum(x^2) + eps) over the last dimension, in x's dtype."""
+    return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)

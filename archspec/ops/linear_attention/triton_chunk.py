@@ -34,21 +34,16 @@ from dataclasses import dataclass
 import torch
 
 from ..triton_support import check_runnable, install_flop_formulas, interpreting, launch, register_flops
-from .common import WITH_BETA, check_chunk_size, check_inputs, check_offsets, resolve_scale
+from .common import check_chunk_size, check_inputs, check_offsets, resolve_scale
+from .costs import KERNEL_DTYPE_NAMES, WITH_BETA, chunk_flops, kernels_unsupported
 
-KERNEL_RULES = ("linear", "gla", "delta", "gated_delta")
 GLA_SUB_CHUNK = 16  # gla's sub-chunk (triton_kernels.py); tl.dot needs >= 16
-CHUNK_SIZES = (16, 32, 64)  # tl.dot needs >= 16 rows; a [C, C] fp32 tile of C = 64 is the most
-                            # the WY and backward programs hold beside their key blocks
-MAX_HEAD_DIM = 256  # keys in at most 4 blocks of 64 (the state passes hold one tile per block)
 BLOCK_K = 64  # key columns per block
 BLOCK_V = 64  # value columns per program outside the state passes
 BLOCK_K_STATE = 128  # key rows per state tile in the state passes (MAX_HEAD_DIM / 128 = 2 tiles)
 STATE_TILE = 4096  # fp32 elements of state one state-pass program holds (NK * BK * BV)
 BLOCK_BWD = 32  # key and value columns per block in the backward's per-chunk kernels
-KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-KERNEL_DTYPE_NAMES = ("float32", "bfloat16", "float16")  # model dtypes the kernels take
-GATE_DTYPE_NAMES = ("bfloat16", "float16")  # model dtypes `auto` takes the kernels for (GATE_DTYPES)
+KERNEL_DTYPES = tuple(getattr(torch, name) for name in KERNEL_DTYPE_NAMES)
 # (warps, pipeline stages) per kernel, checked by `archspec kernels --compile` for sm_80 and
 # sm_90: 4 warps hold a few [64, 64] fp32 tiles per thread in registers; the programs that hold
 # many (the state passes: NK state tiles; the backward's accumulators) take 8 warps, twice the
@@ -316,7 +311,6 @@ la_chunk_fwd.register_autograd(_backward, setup_context=_setup)
 # --- FLOPs ----------------------------------------------------------------------------------------
 
 def _forward_matmul_flops(rule: str, n_chunks: int, h: int, k_dim: int, v_dim: int, c: int) -> int:
-    from . import chunk_flops
     # chunk_flops counts per chunk; one sequence of n_chunks full chunks has the same count
     return chunk_flops(rule, [n_chunks * c], h, k_dim, v_dim, c).matmul
 
@@ -364,22 +358,6 @@ def fixed_layout(batch: int, length: int, chunk_size: int, device):
     return cu, torch.stack([seq, idx], 1), offsets, batch * per
 
 
-def kernels_unsupported(rule: str, k_dim: int, v_dim: int, chunk_size: int) -> str | None:
-    """None when the kernels take this rule, head sizes and chunk size, else why not and what
-    to do: the one statement of their range (check_kernel_arguments and MoM's `supports`; the
-    input dtypes are KERNEL_DTYPES)."""
-    if rule not in KERNEL_RULES:
-        return (f"rule {rule!r} has no Triton kernel yet (kernels: {', '.join(KERNEL_RULES)}); "
-                "use backend 'reference'")
-    if max(k_dim, v_dim) > MAX_HEAD_DIM:
-        return (f"the Triton kernels take key and value head sizes up to {MAX_HEAD_DIM}, got "
-                f"K={k_dim}, V={v_dim}; use backend 'reference'")
-    if chunk_size not in CHUNK_SIZES:
-        return (f"the Triton kernels take chunk_size in {CHUNK_SIZES}, got {chunk_size}; "
-                "set chunk_size to one of them or use backend 'reference'")
-    return None
-
-
 def check_kernel_arguments(rule: str, chunk_size: int, *tensors) -> None:
     """What the kernels cannot take, as clear errors (the reference takes all of it)."""
     q, _, v = tensors
@@ -395,7 +373,7 @@ def check_kernel_arguments(rule: str, chunk_size: int, *tensors) -> None:
 def triton_chunk_rule(rule: str, q, k, v, *, g=None, beta=None, scale=None, initial_state=None,
                       output_final_state=False, cu_seqlens=None, chunk_size=64):
     """chunk_rule's API and results, with the Triton kernels (see the module docstring)."""
-    n = check_inputs(rule, q, k, v, g, beta, initial_state, cu_seqlens)
+    check_inputs(rule, q, k, v, g, beta, initial_state, cu_seqlens)
     check_chunk_size(chunk_size)
     check_kernel_arguments(rule, chunk_size, q, k, v)
     check_runnable(q)
