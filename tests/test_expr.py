@@ -7,6 +7,8 @@ from archspec.expr import ExprError, evaluate_arithmetic, resolve_references
 from archspec.loader import parse
 from archspec.spec import loads
 
+from helpers import assert_located
+
 
 def resolve(text):
     doc = parse(text, "s.yaml")
@@ -76,9 +78,8 @@ layout: "(A F) x ${n_layers}"
 
 def test_undefined_reference_has_did_you_mean_and_location():
     _, problems = resolve("model: {d_model: 64}\nF: {d_ff: \"${d_modle} * 4\"}\n")
-    [p] = problems
-    assert "'${d_modle}' is undefined" in p.message and p.hint == "did you mean 'd_model'?"
-    assert p.path == ("F", "d_ff") and (p.loc.line, p.loc.col) == (2, 11)
+    assert_located(problems, path=("F", "d_ff"), at=(2, 11), words="'${d_modle}' is undefined",
+                   hint="did you mean 'd_model'?")
     _, problems = resolve("model: {d_model: 64}\nF: \"${model.d_modle}\"\n")
     assert problems[0].hint == "did you mean 'd_model'?" and "'model.d_modle' does not exist" in problems[0].message
 
@@ -104,8 +105,7 @@ def test_error_in_a_referenced_value_is_reported_at_the_cause_only():
 ])
 def test_failed_expressions_are_located_problems(expr, words):
     _, problems = resolve(f"model: {{d_model: 64}}\ncomponents: {{A: {{x: 1}}}}\nF: {{d_ff: \"{expr}\"}}\n")
-    [p] = problems
-    assert words in p.message and p.path == ("F", "d_ff") and p.loc.line == 3
+    assert_located(problems, path=("F", "d_ff"), at=3, words=words)
 
 
 def test_expression_that_is_not_arithmetic_is_never_evaluated(problems, capfd):

@@ -10,7 +10,6 @@ forward (saved_tensors_hooks), deduplicated by storage.
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,8 @@ from archspec.components.base import FlopConvention, causal_pairs
 from archspec.flopcount import (analytic_comparable, flopcounter_by_op, fvcore_analysis,
                                 measure_flopcounter, measure_fvcore)
 from torch.utils.flop_counter import FlopCounterMode
+
+from helpers import saved_bytes_by
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 2
@@ -169,22 +170,9 @@ def test_attended_pairs_against_brute_force_masks():
 # --- activation memory -----------------------------------------------------------------------
 
 def _saved_bytes(model, tokens) -> dict[str, int]:
-    """Bytes of every distinct storage autograd saves in one training forward (with the loss),
-    by the top-level node that first saved it; parameters and buffers are weights, not
-    activations, and are left out."""
-    weights = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    seen: set[int] = set()
+    """helpers.saved_bytes_by for one training forward (with the loss), by the top-level node
+    running when each storage was first saved."""
     where = ["embedding"]
-    out: dict[str, int] = defaultdict(int)
-
-    def pack(t):
-        storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in weights and ptr not in seen:
-            seen.add(ptr)
-            out[where[0]] += storage.nbytes()
-        return t
-
     handles = []
     for name, module in model.named_modules():
         parts = name.split(".")
@@ -195,12 +183,10 @@ def _saved_bytes(model, tokens) -> dict[str, int]:
             handles.append(module.register_forward_pre_hook(
                 lambda m, a, label=label: where.__setitem__(0, label)))
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(tokens, labels=tokens)
+        return saved_bytes_by(lambda: model(tokens, labels=tokens), model, tag=lambda: where[0])
     finally:
         for h in handles:
             h.remove()
-    return dict(out)
 
 
 def test_activation_estimate_matches_saved_tensors_per_part(built):

@@ -19,6 +19,8 @@ from archspec import components as C
 from archspec.codegen.build import build
 from archspec.flopcount import analytic_comparable, fvcore_analysis, measure_flopcounter
 
+from helpers import assert_decodes_like_forward, in_place
+
 
 def rel_err(a, b) -> float:
     a, b = a.detach().double(), b.detach().double()
@@ -182,14 +184,12 @@ def test_prefill_then_decode_continues_the_sequence(backend, cfg, kernel_device)
     mod = both_backends(spec)[backend]
     x = torch.randn(2, 30, 32, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
-        full = mod(x)
         prompt, cache = mod.prefill(x[:, :21], seq_len=30)
-        steps = torch.stack([mod.step(x[:, t], cache) for t in range(21, 30)], dim=1)
     # fp32, 1e-5 of the largest output: the chunked and the token-by-token forms agree to that
-    # (tests/test_mom.py), and the cache carries fp32 states
-    scale = full.abs().max()
-    assert (prompt - full[:, :21]).abs().max() <= 1e-5 * scale
-    assert (steps - full[:, 21:]).abs().max() <= 1e-5 * scale
+    # (tests/test_mom.py, tests/test_contract.py), and the cache carries fp32 states
+    full, _ = assert_decodes_like_forward(mod, x, init=lambda: cache, step=in_place(mod.step), start=21,
+                                          tol=1e-5)
+    assert (prompt - full[:, :21]).abs().max() <= 1e-5 * full.abs().max()
     with pytest.raises(ValueError, match="shorter than the prompt"):
         mod.prefill(x, seq_len=10)
 

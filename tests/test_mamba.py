@@ -18,7 +18,6 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-import archspec
 from archspec.accounting import account
 from archspec.codegen.build import build
 from archspec.components import get
@@ -26,6 +25,8 @@ from archspec.ops.ssm import (linear_scan, selective_scan, selective_scan_flops,
                               ssd_chunked, ssd_flops, ssd_recurrent)
 from archspec.report import report
 from archspec.spec import load, loads
+
+from helpers import assert_located, saved_tensors
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 TOL = 1e-5
@@ -231,9 +232,7 @@ def test_selective_scan_saves_no_per_token_state():
     [B, T, E, N] states (that is what makes T = 2048, d = 768 fit)."""
     b, t, e, n, chunk = 1, 512, 32, 16, 128
     inputs = [v.requires_grad_() for v in mamba1_inputs(b, t, e, n)]
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x.numel()) or x, lambda x: x):
-        selective_scan(*inputs, chunk=chunk)
+    saved = [x.numel() for _, x in saved_tensors(lambda: selective_scan(*inputs, chunk=chunk))]
     assert max(saved) == t * e  # u or dt; the chunk-entry states are (T / chunk) E N
     assert (t // chunk) * e * n in saved
 
@@ -292,7 +291,7 @@ def test_mamba2_tiny_matmul_flops_with_padding(seq_len):
     assert measure_flopcounter(model, tokens) == analytic_comparable(spec, seq_len, batch=2)
 
 
-# --- decoding ----------------------------------------------------------------------------------
+# --- causality across chunks (decoding: tests/test_contract.py) ------------------------------
 
 def _one_mixer_spec(type_name: str, config: str):
     return loads("model: {vocab_size: 97, d_model: 32, max_seq_len: 64}\n"
@@ -301,31 +300,6 @@ def _one_mixer_spec(type_name: str, config: str):
 
 def _mixer(type_name: str, config: str):
     return build(_one_mixer_spec(type_name, config), seed=0).sublayers[0].members["M"].eval()
-
-
-@pytest.mark.parametrize("type_name, config", [
-    ("mamba", "d_state: 8"),
-    ("mamba", "d_state: 8, inner_norms: true"),
-    ("mamba2", "d_state: 16, headdim: 16, ngroups: 2, chunk_size: 16"),
-])
-def test_decoding_steps_reproduce_the_full_sequence(type_name, config):
-    """The recurrent form, token by token with conv + SSM state, gives the module's output (40
-    tokens: for mamba2 two full chunks and a padded one)."""
-    mixer = _mixer(type_name, config)
-    x = torch.randn(2, 40, 32)
-    with torch.no_grad():
-        full = mixer(x)
-        state = mixer.initial_state(2)
-        steps = []
-        for i in range(x.shape[1]):
-            out, state = mixer.step(x[:, i], state)
-            steps.append(out)
-    assert rel(torch.stack(steps, 1), full) < TOL
-    conv_state, ssm_state = state
-    assert conv_state.dtype == torch.float32 and ssm_state.dtype == torch.float32
-    spec = _one_mixer_spec(type_name, config)
-    figure = get(type_name).state_bytes(spec.sublayers[0].members[0].config, spec.model, 40)
-    assert figure == 4 * (conv_state[0].numel() + ssm_state[0].numel())
 
 
 @pytest.mark.parametrize("change_at", [8, 12, 21])
@@ -383,73 +357,18 @@ def test_the_mamba_spec_is_valid(write):
 ])
 def test_semantic_errors_are_located_with_hints(problems, old, new, key, message, hint):
     text = SPEC.replace(old, new)
-    (p,) = problems(text)
     symbol = "S" if old == "d_state: 8" else "M"
     line = 7 if symbol == "S" else 6
     row = text.splitlines()[line - 1]
-    assert p.path == ("components", symbol, key)
-    assert (p.loc.line, p.loc.col) == (line, row.index(f" {key}: ") + len(key) + 4)  # at the value
-    assert p.message == message and p.hint == hint
+    assert_located(problems(text), path=("components", symbol, key),
+                   at=(line, row.index(f" {key}: ") + len(key) + 4),  # at the value
+                   message=message, hint=hint)
 
 
 def test_bad_headdim_in_an_override_points_at_the_override(problems):
     text = SPEC + "overrides:\n  - at: 2\n    set: {headdim: 24}\n"
-    (p,) = problems(text)
-    assert p.path == ("overrides", 0, "set", "headdim") and p.loc.line == 11
+    p = assert_located(problems(text), path=("overrides", 0, "set", "headdim"), at=11)
     assert p.message.startswith("sublayer 2 (M) with this override: headdim=24 does not divide")
-
-
-# --- memory estimates ------------------------------------------------------------------------
-
-def _saved_bytes(module, x):
-    weights = {t.untyped_storage().data_ptr() for t in module.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in weights:
-            seen.setdefault(storage.data_ptr(), storage.nbytes())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(x)
-    return sum(seen.values())
-
-
-@pytest.mark.parametrize("type_name, config, seq_len", [
-    ("mamba", "d_state: 8", 40), ("mamba", "d_state: 8, d_conv: 3", 2),
-    ("mamba", "d_state: 8, inner_norms: true", 40), ("mamba", "d_state: 8, inner_norms: true", 2),
-    ("mamba2", "d_state: 16, headdim: 16, ngroups: 2, chunk_size: 16", 40),  # padded
-    ("mamba2", "d_state: 16, headdim: 16, ngroups: 2, chunk_size: 16", 32),  # exact chunks
-    ("mamba2", "d_state: 16, headdim: 16, chunk_size: 16, dt_limit: [0.001, 1]", 7),  # one chunk
-])
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_activation_estimate_against_saved_tensors(type_name, config, seq_len, dtype):
-    """Exact (mamba2 in low precision: within the stated 10%), once the tensors saved once per
-    forward, not per sequence, are added: A = -exp(A_log) and its exp (2 x [E, N] or 2 x [H]
-    float32), in low precision D's float32 copy, and for mamba2 the boolean causal masks
-    [Q, Q] and [c+1, c+1]."""
-    text = (f"model: {{vocab_size: 97, d_model: 32, max_seq_len: 64, dtype: {dtype}}}\n"
-            f"components:\n  M: {{type: {type_name}, {config}}}\nlayout: M\n")
-    spec = loads(text)
-    inst = spec.sublayers[0].members[0]
-    module = build(spec, seed=0).sublayers[0].members["M"]
-    measured = _saved_bytes(module, torch.randn(2, seq_len, 32, dtype=module.in_proj.weight.dtype))
-    estimate = 2 * get(type_name).activation_bytes(inst.config, spec.model, seq_len)
-    if type_name == "mamba":
-        per_forward = 2 * 4 * module.A_log.numel()
-    else:
-        q = min(inst.config["chunk_size"], seq_len)
-        c = -(-seq_len // q)
-        per_forward = 2 * 4 * module.heads + q * q + (c + 1) ** 2
-    if dtype == "bfloat16":
-        per_forward += 4 * module.D.numel()  # the SSM's float32 copy of D
-        if inst.config.get("inner_norms"):  # the inner norms' float32 weights
-            per_forward += 4 * (module.dt_rank + 2 * module.d_state)
-    if dtype == "float32" or type_name == "mamba":
-        assert measured == estimate + per_forward
-    else:  # mamba2 in bfloat16 measured 2-4% above: the float32 copies of u, Bm, Cm, z
-        assert 1 <= (measured - per_forward) / estimate < 1.1
 
 
 # --- tracing ---------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """MoE (archspec/components/moe.py): exact parameters, FLOPs against FlopCounterMode for the
 routing that happened, the grouped reference path against the dense ground truth and a plain
-per-token loop (forward and gradients), the decoding step, causality of the token and chunk
-routers (and the documented non-causality of expert choice), capacity, the routing losses,
-experts that receive no token, validation, and a tiny model that learns."""
+per-token loop (forward and gradients), causality of the token and chunk routers (and the
+documented non-causality of expert choice, which has no decoding step), capacity, the routing
+losses, experts that receive no token, validation, and a tiny model that learns. Decoding
+against the forward (both causal routers, with and without capacity) and the semantic errors:
+tests/test_contract.py."""
 from __future__ import annotations
 
 import json
@@ -20,6 +22,8 @@ from archspec.components.base import FlopConvention
 from archspec.flopcount import measure_flopcounter
 from archspec.ops import moe as O
 from archspec.report import report
+
+from helpers import decoding
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 ROUTERS = ["token", "chunk", "expert_choice"]
@@ -176,22 +180,11 @@ def test_gradcheck_through_the_layer():
     assert torch.autograd.gradcheck(lambda inp: module(inp), (x,), eps=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("router", CAUSAL)
-@pytest.mark.parametrize("cf", [None, 0.7])
-def test_decoding_steps_reproduce_the_full_forward(router, cf):
-    module, _, _ = moe_module(torch.float64, router=router, capacity_factor=cf, n_shared_experts=1)
-    x = torch.randn(2, 27, 16, dtype=torch.float64)
-    with torch.no_grad():
-        full = module(x)
-        cache = module.init_cache(2, 27)
-        steps = torch.stack([module.step(x[:, t], cache) for t in range(27)], dim=1)
-    assert (steps - full).abs().max() <= 1e-12 * full.abs().max()
-
-
 def test_expert_choice_has_no_decoding_step():
     module, _, _ = moe_module(router="expert_choice")
+    init, _ = decoding(module, batch=1, seq_len=8)
     with pytest.raises(ValueError, match="not causal"):
-        module.init_cache(1, 8)
+        init()
 
 
 # --- routing ---------------------------------------------------------------------------------
@@ -399,27 +392,7 @@ def test_flop_formula_by_hand():
                        + 2 * 45 * (48 * 5 + 2 * 32) + 45 * (24 * 5 + 32))  # experts, shared
 
 
-# --- validation ------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("config,key,hint", [
-    ("{type: moe, n_experts: 2, topk: 3}", "topk", "n_experts"),
-    ("{type: moe, n_experts: 4, topk: 1}", "topk", "renormalize: false"),
-    ("{type: moe, n_experts: 4, topk: 1, renormalize: true}", "renormalize", "renormalize: false"),
-    ("{type: moe, chunk_size: 16}", "chunk_size", "router: chunk"),
-    ("{type: moe, router: chunk, chunk_size: 64}", "chunk_size", "below"),
-    ("{type: moe, router: expert_choice, n_experts: 4, topk: 2, capacity_factor: 3}", "capacity_factor", "<="),
-    ("{type: moe, shared_d_ff: 64}", "shared_d_ff", "n_shared_experts"),
-])
-def test_semantic_errors_are_located(problems, config, key, hint):
-    found = problems(f"""\
-        model: {{vocab_size: 50, d_model: 32, max_seq_len: 64}}
-        components:
-          X: {config}
-        layout: X
-        """)
-    (p,) = [p for p in found if p.path and p.path[-1] == key]
-    assert p.loc.line == 3 and hint in p.hint
-
+# --- validation (the located errors: tests/test_contract.py) ---------------------------------
 
 def test_topk_one_without_renormalisation_is_valid():
     spec = moe_spec(topk=1, renormalize=False)

@@ -1,6 +1,8 @@
 """MoM (archspec/components/mom.py): exact parameters against fla's formula, chunked form vs
-the recurrent ground truth, the decoding step, unpadded dispatch, capacity, the auxiliary loss,
-memories that receive no token, and FLOPs at the routing that actually happened."""
+the recurrent ground truth, unpadded dispatch, capacity, the auxiliary loss, memories that
+receive no token, and FLOPs at the routing that actually happened. The decoding step against
+the forward (every rule, with and without capacity) and the located topk error:
+tests/test_contract.py."""
 from __future__ import annotations
 
 import json
@@ -110,18 +112,6 @@ def test_float64_gradcheck_through_the_layer():
     module, _, _ = mom_module(torch.float64, rule="gated_delta", n_heads=1, head_dim=4, n_memories=3, chunk_size=4)
     x = torch.randn(1, 9, 32, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda inp: module(inp), (x,), eps=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("capacity", [None, 0.75])
-def test_decoding_steps_reproduce_the_full_forward(rule, capacity):
-    module, _, _ = mom_module(rule=rule, capacity=capacity)
-    x = torch.randn(2, 19, 32)
-    with torch.no_grad():
-        full = module(x)
-        cache = module.init_cache(2, 19)
-        steps = torch.stack([module.step(x[:, t], cache) for t in range(19)], dim=1)
-    assert (steps - full).abs().max() <= 1e-5 * full.abs().max()
 
 
 # --- dispatch ----------------------------------------------------------------------------------
@@ -240,18 +230,7 @@ def test_balanced_flops_lie_within_the_bounds():
         assert lo <= comp.flops(inst.config, spec.model, t, FlopConvention()).matmul <= hi
 
 
-# --- validation --------------------------------------------------------------------------------
-
-def test_topk_above_n_memories_is_a_located_error(problems):
-    found = problems("""\
-        model: {vocab_size: 50, d_model: 32, max_seq_len: 64}
-        components:
-          X: {type: mom, n_heads: 2, head_dim: 8, n_memories: 2, topk: 3}
-        layout: X
-        """)
-    (p,) = [p for p in found if "topk" in p.message]
-    assert p.loc.line == 3 and p.path[-1] == "topk" and "n_memories" in p.hint
-
+# --- dtypes and the report ---------------------------------------------------------------------
 
 def test_bfloat16_forward_backward():
     spec = archspec.load(SPECS / "mom-tiny.yaml")

@@ -2,12 +2,11 @@
 shared values (counted once, saved once, trained by every user), the product-key lookup against
 scoring every slot (same slots, same output, same gradients), causality (and the batchnorm
 option's leak in training), slots no token reads, FLOPs against FlopCounterMode (and what a flat
-memory would cost), activation bytes against what autograd saves, validation, and learning."""
+memory would cost), validation of shared tables, and learning. The activation estimate against
+what autograd saves and the semantic errors: tests/test_contract.py."""
 from __future__ import annotations
 
 import json
-import math
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -17,11 +16,12 @@ import archspec
 from archspec.components.pkm.module import PKMModule
 from archspec import components as C
 from archspec.accounting import account
-from archspec.errors import SpecError
 from archspec.flopcount import analytic_comparable, flopcounter_by_op, measure_flopcounter
 from archspec.ops import pkm as PK
 from archspec.report import report
 from torch.utils.flop_counter import FlopCounterMode
+
+from helpers import assert_located
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 D = 32
@@ -156,9 +156,8 @@ def test_instances_sharing_values_must_agree_on_the_table(problems):
           Q: {type: pkm, n_keys: 8, knn: 4, k_dim: 16, share_values: g}
         layout: P Q
         """)
-    (p,) = found
-    assert p.path == ("components", "Q") and p.loc.line == 4
-    assert "pkm_values_g" in p.message and p.hint
+    p = assert_located(found, path=("components", "Q"), at=4, words="pkm_values_g")
+    assert p.hint
 
 
 def test_shared_group_name_must_be_a_module_name(problems):
@@ -168,25 +167,7 @@ def test_shared_group_name_must_be_a_module_name(problems):
           P: {type: pkm, n_keys: 16, knn: 4, k_dim: 16, share_values: "a.b"}
         layout: P
         """)
-    assert any(p.path[-1] == "share_values" and p.loc.line == 3 for p in found)
-
-
-# --- validation --------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("fragment,key,hint", [
-    ("k_dim: 15, knn: 4", "k_dim", "even"),
-    ("knn: 20", "knn", "knn <= n_keys"),
-    ("knn: 1", "knn", "knn >= 2"),
-])
-def test_semantic_errors_are_located(problems, fragment, key, hint):
-    found = problems(f"""\
-        model: {{vocab_size: 50, d_model: 32, max_seq_len: 64}}
-        components:
-          P: {{type: pkm, n_keys: 16, {fragment}}}
-        layout: P
-        """)
-    (p,) = [p for p in found if p.path[-1] == key]
-    assert p.loc.line == 3 and hint in p.hint
+    assert_located(found, key="share_values", at=3)
 
 
 # --- the lookup: product keys against every slot -----------------------------------------------
@@ -375,29 +356,7 @@ def test_other_flops_count_the_lookup_and_the_read():
     assert f.matmul == 10 * (2 * d * h * k + 2 * h * n * k + 4 * d * v)
 
 
-# --- memory figures ----------------------------------------------------------------------------
-
-@pytest.mark.parametrize("cfg", [{}, {"output_gate": True}, {"v_dim": 24}, {"query_batchnorm": True}])
-def test_activation_estimate_equals_what_autograd_saves(cfg):
-    """Storages autograd saves in one training forward of the layer, deduplicated (parameters
-    left out); the batchnorm's per-channel mean and 1/std (per batch, not per token) are the only
-    bytes not in the estimate."""
-    module, inst, model = pkm_module(**cfg)
-    weights = {t.untyped_storage().data_ptr() for t in [*module.parameters(), *module.buffers()]}
-    saved: dict[int, int] = defaultdict(int)
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in weights:
-            saved[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    b, t = 2, 40
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-        module(torch.randn(b, t, D, requires_grad=True))
-    per_batch = 2 * 4 * inst["n_heads"] * inst["k_dim"] if inst["query_batchnorm"] else 0
-    assert sum(saved.values()) == b * C.get("pkm").activation_bytes(inst, model, t) + per_batch
-
+# --- memory figures (the activation estimate: tests/test_contract.py) -----------------------
 
 def test_no_inference_state():
     _, inst, model = pkm_module()

@@ -17,6 +17,8 @@ from archspec.errors import SpecError
 from archspec.graph import component_graph
 from archspec.schema import strict_schema
 
+from helpers import assert_located
+
 
 class ToyShared(Component):
     """y = x W^T + mean_rows(T)  with a table T [rows, d] shared by every instance of a group.
@@ -119,9 +121,8 @@ def test_graph_links_the_shared_weights_to_each_user():
 def test_instances_disagreeing_on_a_shared_shape_is_a_located_error():
     with pytest.raises(SpecError) as err:
         archspec.loads(SPEC.replace("Q: {type: toy_shared, rows: 8}", "Q: {type: toy_shared, rows: 6}"))
-    (problem,) = err.value.problems
-    assert problem.path == ("components", "Q") and problem.loc.line == 4
-    assert "toy_a" in problem.message and "'P'" in problem.message and problem.hint
+    p = assert_located(err.value.problems, path=("components", "Q"), at=4, words="toy_a")
+    assert "'P'" in p.message and p.hint
 
 
 def test_save_and_reload_keep_one_copy(tmp_path):

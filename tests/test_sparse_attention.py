@@ -1,8 +1,10 @@
 """sparse_attention (archspec/components/sparse_attention.py, archspec/ops/sparse_attention):
 fast paths against the dense ground truth over the definition's mask (forward, gradients,
 gradcheck), the block selection against a loop, FLOPs against FlopCounterMode exactly (and why
-they are not T^2), memory linear in T, causality with global tokens, decoding with the bounded
-cache, exact parameters, state and activation figures, validation, and learning."""
+they are not T^2), memory linear in T, causality with global tokens, the bounded decoding state,
+exact parameters, validation, and learning. Decoding against the forward (and the cache against
+the state figure at every step), the activation estimate against what autograd saves and the
+semantic errors: tests/test_contract.py, with the configs named here."""
 from __future__ import annotations
 
 import itertools
@@ -24,10 +26,13 @@ from archspec.ops import sparse_attention as SA
 from archspec.report import report
 from torch.utils.flop_counter import FlopCounterMode
 
+from helpers import saved_tensors
+
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 DENSE = FlopConvention("dense")
 
-WINDOW_CASES = {  # name: config (d_model 32, max_seq_len 96)
+# name: config (d_model 32, max_seq_len 96); tests/test_contract.py decodes each of them too
+WINDOW_CASES = {
     "sinks_every_prefix": dict(window=6, global_first=2, global_every=9, block_size=4),
     "every_window_reads": dict(window=6, global_every=7, global_reads="window", block_size=5),
     "plain_mqa": dict(window=5, block_size=8, n_kv_heads=1),
@@ -299,10 +304,8 @@ def test_fast_path_memory_grows_linearly_in_t(pattern, cfg):
     for t in (1024, 2048):
         x = torch.randn(1, t, 32, requires_grad=True)
         mode = LargestTensor()
-        sizes = []
-        with mode, torch.autograd.graph.saved_tensors_hooks(
-                lambda s: sizes.append(s.untyped_storage().nbytes()) or s, lambda s: s):
-            module(x).sum().backward()
+        with mode:
+            sizes = [s.untyped_storage().nbytes() for _, s in saved_tensors(lambda: module(x).sum().backward())]
         largest.append(mode.largest)
         saved.append(sum(sizes))
         assert mode.largest < t * t  # a single head's [T, T] scores would be t * t
@@ -310,41 +313,6 @@ def test_fast_path_memory_grows_linearly_in_t(pattern, cfg):
         assert largest[1] <= 2.1 * largest[0] and saved[1] <= 2.1 * saved[0]
     else:  # the gate's T x (T / b) grows quadratically but is b times smaller than T^2
         assert saved[1] <= 2.3 * saved[0]
-
-
-def saved_bytes(module, x) -> int:
-    skip = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    skip |= {b.untyped_storage().data_ptr() for b in module.buffers()}
-    seen = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in skip:
-            seen[ptr] = t.untyped_storage().nbytes()
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(x)
-    return sum(seen.values())
-
-
-@pytest.mark.parametrize("name", ["sinks_every_prefix", "every_window_reads", "plain_mqa"])
-def test_window_activation_estimate_equals_saved_tensors(name):
-    """float32: what autograd saves (deduplicated by storage, weights and RoPE tables excluded)
-    equals the estimate exactly."""
-    module, cfg, model = module_of(config("window", **WINDOW_CASES[name]))
-    for t in (20, 64):
-        x = torch.randn(1, t, 32, requires_grad=True)
-        assert saved_bytes(module, x) == C.get("sparse_attention").activation_bytes(cfg, model, t)
-
-
-def test_block_topk_activation_estimate_within_five_percent():
-    """Exact but for the tile padding, which depends on the selection (the estimate assumes
-    half a tile per head and block)."""
-    module, cfg, model = module_of(config("block_topk", block_size=8, topk=2), max_seq_len=512)
-    for t in (128, 512):
-        x = torch.randn(1, t, 32, requires_grad=True)
-        ratio = saved_bytes(module, x) / C.get("sparse_attention").activation_bytes(cfg, model, t)
-        assert 0.95 < ratio < 1.05
 
 
 # --- causality ---------------------------------------------------------------------------------
@@ -395,23 +363,7 @@ def test_global_tokens_reach_past_the_window_and_ordinary_ones_do_not():
     assert torch.equal(diff, want)
 
 
-# --- decoding ----------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("pattern,name,cfg", all_cases(), ids=CASE_IDS)
-def test_decoding_steps_reproduce_the_forward_with_the_stated_state(pattern, name, cfg):
-    module, rcfg, model = module_of(config(pattern, **cfg))
-    x = torch.randn(2, 33, 32)
-    comp = C.get("sparse_attention")
-    with torch.no_grad():
-        full = module(x)
-        cache = module.init_cache(2)
-        outs = []
-        for t in range(33):
-            outs.append(module.step(x[:, t], cache))
-            assert module.cache_bytes(cache) == comp.state_bytes(rcfg, model, t + 1)
-    steps = torch.stack(outs, 1)
-    assert (steps - full).abs().max() <= 1e-5 * full.abs().max()
-
+# --- decoding state (decoding itself: tests/test_contract.py) --------------------------------
 
 def test_state_is_window_plus_globals_unless_a_global_reads_its_prefix():
     comp = C.get("sparse_attention")
@@ -438,27 +390,6 @@ def test_parameters_are_those_of_attention(bias):
     assert account(sparse).params_of_type("sparse_attention") == want == account(dense).params_of_type("attention")
     model = archspec.build(sparse, seed=0)
     assert sum(p.numel() for p in model.sublayers[0].parameters()) - 32 == want  # minus the norm
-
-
-@pytest.mark.parametrize("component,key,hint_word", [
-    ("{type: sparse_attention, n_heads: 4, window: 8, topk: 2}", "topk", "block_topk"),
-    ("{type: sparse_attention, n_heads: 4, pattern: block_topk, block_size: 8, global_first: 1}",
-     "global_first", "window"),
-    ("{type: sparse_attention, n_heads: 4, window: 64}", "window", "attention"),
-    ("{type: sparse_attention, n_heads: 4, pattern: block_topk, block_size: 8, topk: 7}", "topk", "below 7"),
-    ("{type: sparse_attention, n_heads: 4, pattern: block_topk, block_size: 64}", "block_size", "block size"),
-    ("{type: sparse_attention, n_heads: 4, n_kv_heads: 3, window: 8}", "n_kv_heads", "divisor"),
-    ("{type: sparse_attention, n_heads: 4, window: 8, global_every: 100}", "global_every", "period"),
-])
-def test_semantic_errors_are_located(problems, component, key, hint_word):
-    found = problems(f"""\
-        model: {{vocab_size: 50, d_model: 32, max_seq_len: 64}}
-        components:
-          X: {component}
-        layout: X
-        """)
-    (p,) = [p for p in found if p.path and p.path[-1] == key]
-    assert p.loc.line == 3 and hint_word in p.hint
 
 
 def test_default_window_is_an_error_only_when_it_covers_max_seq_len():

@@ -18,6 +18,7 @@ from archspec.schema import EDITOR_FILE, editor_schema
 from archspec.spec import load
 
 from conftest import GOOD
+from helpers import assert_located
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = """\
@@ -63,15 +64,13 @@ def test_three_independent_mistakes_give_three_located_problems(problems):
 
 
 def test_unknown_component_type_did_you_mean(problems):
-    [p] = problems(SPEC.replace("type: attention", "type: atention"))
-    assert p.message == "unknown component type 'atention'" and p.hint == "did you mean 'attention'?"
-    assert p.path == ("components", "A", "type") and at(p) == (6, 13)
+    assert_located(problems(SPEC.replace("type: attention", "type: atention")), path=("components", "A", "type"),
+                   at=(6, 13), message="unknown component type 'atention'", hint="did you mean 'attention'?")
 
 
 def test_undefined_layout_symbol_did_you_mean(problems):
-    [p] = problems(SPEC.replace("A:", "attn:").replace('"(A F) x 2"', '"(atn F) x 2"'))
-    assert "undefined layout symbol 'atn'" in p.message and p.hint == "did you mean 'attn'?"
-    assert p.path == ("layout",) and at(p) == (8, 9)
+    assert_located(problems(SPEC.replace("A:", "attn:").replace('"(A F) x 2"', '"(atn F) x 2"')), path=("layout",),
+                   at=(8, 9), words="undefined layout symbol 'atn'", hint="did you mean 'attn'?")
 
 
 def test_misspelled_top_level_and_model_keys(problems):
@@ -104,10 +103,7 @@ def test_misspelled_top_level_and_model_keys(problems):
 def test_single_mistakes(problems, old, new, path, words, where):
     assert old in SPEC
     text = SPEC.replace(old, new)
-    found = problems(text)
-    assert len(found) == 1, [p.format() for p in found]
-    [p] = found
-    assert p.path == path and words in p.message and at(p) == col(text, *where)
+    p = assert_located(problems(text), path=path, at=col(text, *where), words=words)
     assert p.loc.file.endswith("spec.yaml")
     if "does not divide" in words or "exceeds" in words or "must be >=" in words or "undefined" in words:
         assert p.hint
@@ -146,10 +142,7 @@ OV = SPEC.replace('"(A F) x 2"', '"(A [F | M]) x 2"').replace("  F: {type: mlp, 
     ("  - at: 0\n    set: {}", ("overrides", 0, "set"), "must not be empty", (12, 10)),
 ])
 def test_override_mistakes(problems, override, path, words, where):
-    found = problems(OV + "overrides:\n" + override + "\n")
-    assert len(found) == 1, [p.format() for p in found]
-    [p] = found
-    assert p.path == path and words in p.message and at(p) == where
+    p = assert_located(problems(OV + "overrides:\n" + override + "\n"), path=path, at=where, words=words)
     if "n_haeds" in words:
         assert p.hint == "did you mean 'n_heads'?"
 
@@ -225,8 +218,7 @@ def test_console_script_subprocess(write, tmp_path):
      + ", ".join(types_with_role("sublayer"))),
 ])
 def test_hints_for_common_slips(problems, old, new, path, hint):
-    (found,) = problems(SPEC.replace(old, new))
-    assert found.path == path and found.hint == hint
+    assert_located(problems(SPEC.replace(old, new)), path=path, hint=hint)
 
 
 def test_empty_components_and_missing_layout_say_what_to_write(problems):
