@@ -24,7 +24,7 @@ l2-normalised q/k and gated output norm; they differ only in rule and memories):
   gated_delta_1     gated_delta, 1 memory, no shared memory, no aux loss (GatedDeltaNet-like)
   linear_attention  rule linear, 1 memory, no shared memory, no aux loss
   mamba             d_state 8, expand 2 (E 128)
-  mamba2            d_state 16, headdim 16 (8 heads), 1 group
+  mamba2            d_state 16, head_dim 16 (8 heads), 1 group
 Settings: head_dim_16 (2 x 16: the state of one memory per layer, 2 x 16 x 16, has room for 16
 pairs) runs all six; head_dim_8 (2 x 8: one memory's state is too small for 16 pairs, the case
 MoM's extra memories are meant for) runs the four `mom` variants (the SSMs do not change).
@@ -66,7 +66,7 @@ def mom(rule: str, memories: int, head_dim: int) -> str:
 def mixers(head_dim: int) -> dict[str, str]:
     return {"mom": mom("gated_delta", 4, head_dim), "mom_linear": mom("linear", 4, head_dim),
             "gated_delta_1": mom("gated_delta", 1, head_dim), "linear_attention": mom("linear", 1, head_dim),
-            "mamba": "{type: mamba, d_state: 8}", "mamba2": "{type: mamba2, d_state: 16, headdim: 16}"}
+            "mamba": "{type: mamba, d_state: 8}", "mamba2": "{type: mamba2, d_state: 16, head_dim: 16}"}
 
 
 SETTINGS = {

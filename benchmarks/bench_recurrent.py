@@ -181,7 +181,7 @@ def bench_mom(spec, t: int, args) -> dict:
     out = {"layer": "mom", "d_model": d,
            "config": {k: inst.config[k] for k in ("rule", "n_heads", "head_dim", "head_v_dim",
                                                   "n_memories", "topk", "shared_memory",
-                                                  "capacity", "chunk_size", "conv_size")},
+                                                  "capacity_factor", "chunk_size", "d_conv")},
            "parameters": sum(p.numel() for p in module.parameters()),
            "fast_form": 'module.form = "fast" (chunk_rule over the packed memories)',
            "recurrent_form": 'module.form = "recurrent" (recurrent_rule: a token loop per '

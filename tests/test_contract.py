@@ -233,13 +233,13 @@ DECODING_CASES = [
     # 40 tokens: for mamba2 two full chunks and a padded one
     *[(Sub(t, c, d_model=32), 40, 1e-5) for t, c in [
         ("mamba", {"d_state": 8}), ("mamba", {"d_state": 8, "inner_norms": True}),
-        ("mamba2", {"d_state": 16, "headdim": 16, "ngroups": 2, "chunk_size": 16})]],
+        ("mamba2", {"d_state": 16, "head_dim": 16, "n_groups": 2, "chunk_size": 16})]],
     # the capacity limit counts the whole decoded length
     *[(Sub("moe", _moe(router=router, capacity_factor=cf), d_model=16, dtype="float64",
            label=f"router={router},capacity_factor={cf}"), 27, 1e-12)
       for router in ("token", "chunk") for cf in (None, 0.7)],
     *[(Sub("mom", {"n_heads": 2, "head_dim": 8, "n_memories": 4, "topk": 2, "chunk_size": 8, "rule": rule,
-                   "capacity": capacity}, d_model=32, max_seq_len=96, label=f"rule={rule},capacity={capacity}"),
+                   "capacity_factor": capacity}, d_model=32, max_seq_len=96, label=f"rule={rule},capacity={capacity}"),
        19, 1e-5)
       for rule in RULES for capacity in (None, 0.75)],
     *[(Sub("sparse_attention", _sparse(pattern, **cfg), d_model=32, max_seq_len=96, label=f"{pattern}-{name}"),
@@ -307,8 +307,8 @@ def _nothing(module, cfg, seq_len) -> int:
 
 MAMBA = [({"d_state": 8}, (40,)), ({"d_state": 8, "d_conv": 3}, (2,)),
          ({"d_state": 8, "inner_norms": True}, (40, 2))]
-MAMBA2 = [({"d_state": 16, "headdim": 16, "ngroups": 2, "chunk_size": 16}, (40, 32)),  # padded, exact chunks
-          ({"d_state": 16, "headdim": 16, "chunk_size": 16, "dt_limit": [0.001, 1]}, (7,))]  # one chunk
+MAMBA2 = [({"d_state": 16, "head_dim": 16, "n_groups": 2, "chunk_size": 16}, (40, 32)),  # padded, exact chunks
+          ({"d_state": 16, "head_dim": 16, "chunk_size": 16, "dt_limit": [0.001, 1]}, (7,))]  # one chunk
 PKM = {"n_keys": 16, "n_heads": 2, "knn": 6, "k_dim": 16}
 
 # (case, sequence lengths, batch, bytes saved once per forward and not in the per-sequence

@@ -58,7 +58,7 @@ def forward_backward(mod, x):
     {"rule": "delta", "shared_memory": False},
     {"rule": "gla"},
     # capacity 0.5 drops assignments: some tokens keep one memory or none besides the shared one
-    {"rule": "linear", "capacity": 0.5},
+    {"rule": "linear", "capacity_factor": 0.5},
 ])
 def test_mom_triton_backend_matches_reference(cfg, kernel_device):
     mods = both_backends(mom_spec(**cfg))
@@ -152,9 +152,9 @@ def test_flops_with_the_kernels_equal_the_accounting(kernel_device):
 
 
 def test_mamba2_triton_backend_matches_reference(kernel_device):
-    # its gated RMSNorm (ngroups 2: normalised per group) runs as the fused kernel
+    # its gated RMSNorm (n_groups 2: normalised per group) runs as the fused kernel
     spec = archspec.loads("model: {vocab_size: 128, d_model: 32, max_seq_len: 64}\n"
-                          "components:\n  S: {type: mamba2, d_state: 8, headdim: 16, ngroups: 2, chunk_size: 16}\n"
+                          "components:\n  S: {type: mamba2, d_state: 8, head_dim: 16, n_groups: 2, chunk_size: 16}\n"
                           "layout: S\n")
     inst = spec.sublayers[0].members[0]
     mods = {}
@@ -174,7 +174,7 @@ def test_mamba2_triton_backend_matches_reference(kernel_device):
 @pytest.mark.parametrize("cfg", [
     {"rule": "gated_delta"},
     # capacity counts the whole decoded length: the prompt's routing must use the same limit
-    {"rule": "gla", "capacity": 0.5},
+    {"rule": "gla", "capacity_factor": 0.5},
     {"rule": "delta", "shared_memory": False},
 ])
 def test_prefill_then_decode_continues_the_sequence(backend, cfg, kernel_device):

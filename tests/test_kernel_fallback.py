@@ -322,7 +322,7 @@ def test_cli_build_prints_the_fallback(gpu, write, capsys):
 
 def _wide_spec(d_model: int, expand: int = 2) -> str:
     return (f"model: {{vocab_size: 16, d_model: {d_model}, max_seq_len: 8}}\n"
-            f"components:\n  S: {{type: mamba2, expand: {expand}, d_state: 16, headdim: 64, chunk_size: 16}}\n"
+            f"components:\n  S: {{type: mamba2, expand: {expand}, d_state: 16, head_dim: 64, chunk_size: 16}}\n"
             "layout: S\n")
 
 

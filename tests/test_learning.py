@@ -55,7 +55,7 @@ LINEAR_ATTENTION = "{type: mom, rule: linear, n_heads: 2, head_dim: 16, n_memori
                    "shared_memory: false, aux_loss_scale: 0, chunk_size: 16}"
 MIXERS = {
     "mamba": "{type: mamba, d_state: 8}",
-    "mamba2": "{type: mamba2, d_state: 16, headdim: 16}",
+    "mamba2": "{type: mamba2, d_state: 16, head_dim: 16}",
     "mom": "{type: mom, n_heads: 2, head_dim: 16, n_memories: 4, topk: 2, chunk_size: 16}",
     "gated_delta_1": "{type: mom, n_heads: 2, head_dim: 16, n_memories: 1, topk: 1, "
                      "shared_memory: false, aux_loss_scale: 0, chunk_size: 16}",

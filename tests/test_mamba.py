@@ -130,12 +130,12 @@ def test_inner_norms_normalise_dt_b_and_c():
         assert rel(mixer(x), before) > 1e-2
 
 
-@pytest.mark.parametrize("d, config", [(768, ""), (64, ", d_state: 16, headdim: 16, ngroups: 4")])
+@pytest.mark.parametrize("d, config", [(768, ""), (64, ", d_state: 16, head_dim: 16, n_groups: 4")])
 def test_mamba2_parameter_formula(d, config):
-    cfg = {"d_state": 128, "headdim": 64, "ngroups": 1}
+    cfg = {"d_state": 128, "head_dim": 64, "n_groups": 1}
     cfg.update({k.strip(): int(v) for k, v in (kv.split(":") for kv in config.split(",")[1:])})
-    e, n, g = 2 * d, cfg["d_state"], cfg["ngroups"]
-    h = e // cfg["headdim"]
+    e, n, g = 2 * d, cfg["d_state"], cfg["n_groups"]
+    h = e // cfg["head_dim"]
     expected = d * (2 * e + 2 * g * n + h) + (e + 2 * g * n) * 5 + 3 * h + e + e * d
     assert _mixer_params("mamba2", config, d) == expected
     if d == 768:
@@ -307,7 +307,7 @@ def test_mamba2_is_causal_across_chunk_boundaries(change_at):
     """Chunks of 8 over 22 tokens (the last chunk padded): changing token `change_at` (the first
     of chunk 1, the middle of chunk 1, inside the padded chunk) leaves every earlier output
     bit-identical, and reaches the last output through the state passed between chunks."""
-    mixer = _mixer("mamba2", "d_state: 8, headdim: 16, chunk_size: 8")
+    mixer = _mixer("mamba2", "d_state: 8, head_dim: 16, chunk_size: 8")
     x = torch.randn(2, 22, 32)
     changed = x.clone()
     changed[:, change_at] += 1.0
@@ -326,7 +326,7 @@ model:
   d_model: 64
   max_seq_len: 128
 components:
-  M: {type: mamba2, d_state: 16, headdim: 16}
+  M: {type: mamba2, d_state: 16, head_dim: 16}
   S: {type: mamba, d_state: 8}
 layout: "(M S) x 2"
 """
@@ -338,18 +338,18 @@ def test_the_mamba_spec_is_valid(write):
 
 
 @pytest.mark.parametrize("old, new, key, message, hint", [
-    ("headdim: 16", "headdim: 48", "headdim",
-     "headdim=48 does not divide the inner width expand * d_model = 128",
+    ("head_dim: 16", "head_dim: 48", "head_dim",
+     "head_dim=48 does not divide the inner width expand * d_model = 128",
      "use a divisor of 128 such as 16, 32, 64, or change expand"),
-    ("headdim: 16", "headdim: 16, ngroups: 3", "ngroups",
-     "ngroups=3 does not divide the number of heads 8 (= expand * d_model / headdim = 128 / 16)",
+    ("head_dim: 16", "head_dim: 16, n_groups: 3", "n_groups",
+     "n_groups=3 does not divide the number of heads 8 (= expand * d_model / head_dim = 128 / 16)",
      "each group serves H / G heads; use a divisor of 8 such as 1, 2, 4"),
-    ("headdim: 16", "headdim: 16, expand: 1.3", "expand",
+    ("head_dim: 16", "head_dim: 16, expand: 1.3", "expand",
      "expand * d_model = 1.3 * 64 = 83.2 is not a whole number of channels",
      "pick expand so that expand * d_model is an integer (Mamba uses 2)"),
-    ("headdim: 16", "headdim: 16, A_init_range: [16, 1]", "A_init_range",
+    ("head_dim: 16", "head_dim: 16, A_init_range: [16, 1]", "A_init_range",
      "A_init_range=[16, 1] is empty (lo > hi)", "write [lo, hi] with lo <= hi, e.g. [1, 16]"),
-    ("headdim: 16", "headdim: 16, dt_limit: [0.1, 0.01]", "dt_limit",
+    ("head_dim: 16", "head_dim: 16, dt_limit: [0.1, 0.01]", "dt_limit",
      "dt_limit=[0.1, 0.01] is empty (lo >= hi)", "write [lo, hi] with lo < hi, or null for no clamp"),
     ("d_state: 8", "d_state: 8, dt_min: 0.5", "dt_min", "dt_min=0.5 is above dt_max=0.1",
      "initial step sizes are drawn log-uniformly from [dt_min, dt_max]; set dt_min <= dt_max"),
@@ -366,9 +366,9 @@ def test_semantic_errors_are_located_with_hints(problems, old, new, key, message
 
 
 def test_bad_headdim_in_an_override_points_at_the_override(problems):
-    text = SPEC + "overrides:\n  - at: 2\n    set: {headdim: 24}\n"
-    p = assert_located(problems(text), path=("overrides", 0, "set", "headdim"), at=11)
-    assert p.message.startswith("sublayer 2 (M) with this override: headdim=24 does not divide")
+    text = SPEC + "overrides:\n  - at: 2\n    set: {head_dim: 24}\n"
+    p = assert_located(problems(text), path=("overrides", 0, "set", "head_dim"), at=11)
+    assert p.message.startswith("sublayer 2 (M) with this override: head_dim=24 does not divide")
 
 
 # --- tracing ---------------------------------------------------------------------------------
@@ -420,7 +420,7 @@ def test_initialisation_follows_the_reference():
     assert dt.min() >= 0.01 * (1 - 1e-5) and dt.max() <= 0.05 * (1 + 1e-5)
     bound = 2 ** -0.5  # dt_rank 2 at d_model 32
     assert mixer.dt_proj.weight.abs().max() <= bound
-    m2 = _mixer("mamba2", "d_state: 8, headdim: 16, A_init_range: [2, 4]")
+    m2 = _mixer("mamba2", "d_state: 8, head_dim: 16, A_init_range: [2, 4]")
     assert (m2.A_log.exp() >= 2).all() and (m2.A_log.exp() <= 4).all()
     assert torch.equal(m2.D, torch.ones(4)) and torch.equal(m2.norm.weight, torch.ones(64))
     dt2 = torch.nn.functional.softplus(m2.dt_bias)

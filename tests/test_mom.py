@@ -132,7 +132,7 @@ def test_dispatch_is_unpadded_and_grouped():
 
 
 def test_capacity_caps_each_memory_first_come_first_served():
-    module, cfg, _ = mom_module(capacity=0.5)
+    module, cfg, _ = mom_module(capacity_factor=0.5)
     b, t = 2, 48
     x = torch.randn(b, t, 32)
     _, _, idx, plan = module.plan(x)
@@ -149,7 +149,7 @@ def test_capacity_caps_each_memory_first_come_first_served():
 
 @pytest.mark.parametrize("capacity", [None, 0.5])
 def test_causal_with_and_without_capacity(capacity):
-    module, _, _ = mom_module(capacity=capacity)
+    module, _, _ = mom_module(capacity_factor=capacity)
     x = torch.randn(2, 40, 32)
     changed = x.clone()
     changed[:, 25:] = torch.randn(2, 15, 32)

@@ -103,3 +103,17 @@ def test_sublayer_costs_take_one_pass():
     assert len(costs) == len(spec.sublayers)
     for i, cost in enumerate(costs):
         assert cost.params == sum(p.cost.params for p in acc.parts if p.sublayer == i)
+
+
+@pytest.mark.parametrize("type_name,old,new", [("mamba2", "headdim", "head_dim"), ("mamba2", "ngroups", "n_groups"),
+                                               ("mom", "capacity", "capacity_factor"), ("mom", "conv_size", "d_conv")])
+def test_a_renamed_key_is_an_error_that_names_the_new_one(type_name, old, new):
+    """One name per concept across component types: the old spelling is a located error."""
+    text = ("model: {vocab_size: 97, d_model: 64, max_seq_len: 64}\n"
+            f"components: {{X: {{type: {type_name}, {old}: 2}}}}\nlayout: X\n")
+    with pytest.raises(archspec.SpecError) as e:
+        archspec.loads(text)
+    (problem,) = e.value.problems
+    assert problem.path == ("components", "X", old)
+    assert problem.message == f"unknown key '{old}'" and problem.hint == f"'{old}' was renamed to '{new}'"
+    assert (problem.loc.line, problem.loc.col) == (2, text.splitlines()[1].index(old) + 1)  # at the key

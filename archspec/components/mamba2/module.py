@@ -33,7 +33,7 @@ class Mamba2Module(ComponentModule):
     def __init__(self, cfg: dict, model: ModelConfig):
         super().__init__()
         d, e, h, p, g, n, k = Mamba2._dims(cfg, model)
-        self.inner, self.heads, self.headdim, self.groups, self.d_state, self.d_conv = e, h, p, g, n, k
+        self.inner, self.heads, self.head_dim, self.groups, self.d_state, self.d_conv = e, h, p, g, n, k
         self.cfg = dict(cfg)
         self.std, self.out_std = model.init_std, model.out_proj_std
         self.in_proj = nn.Linear(d, 2 * e + 2 * g * n + h, bias=cfg["bias"])
@@ -78,7 +78,7 @@ class Mamba2Module(ComponentModule):
         z, xbc, dt0 = self._split(self.in_proj(x))
         xbc = causal_conv1d(xbc, self.conv1d.weight, self.conv1d.bias, activation="silu")
         u, bm, cm = xbc.split([e, gn, gn], dim=-1)
-        y, _ = ssd_chunked(u.reshape(b, t, self.heads, self.headdim), self._dt(dt0),
+        y, _ = ssd_chunked(u.reshape(b, t, self.heads, self.head_dim), self._dt(dt0),
                            -torch.exp(self.A_log.float()),
                            bm.reshape(b, t, self.groups, self.d_state),
                            cm.reshape(b, t, self.groups, self.d_state),
@@ -91,7 +91,7 @@ class Mamba2Module(ComponentModule):
         w = self.in_proj.weight
         conv_dim = self.inner + 2 * self.groups * self.d_state
         return (torch.zeros(batch, conv_dim, self.d_conv - 1, dtype=w.dtype, device=w.device),
-                torch.zeros(batch, self.heads, self.headdim, self.d_state, dtype=torch.float32,
+                torch.zeros(batch, self.heads, self.head_dim, self.d_state, dtype=torch.float32,
                             device=w.device))
 
     def step(self, x_t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
@@ -102,7 +102,7 @@ class Mamba2Module(ComponentModule):
         z, xbc, dt0 = self._split(self.in_proj(x_t))
         xbc, conv_state = causal_conv1d_step(xbc, conv_state, self.conv1d.weight, self.conv1d.bias, "silu")
         u, bm, cm = xbc.split([e, gn, gn], dim=-1)
-        y, ssm_state = ssd_step(ssm_state, u.reshape(b, self.heads, self.headdim), self._dt(dt0),
+        y, ssm_state = ssd_step(ssm_state, u.reshape(b, self.heads, self.head_dim), self._dt(dt0),
                                 -torch.exp(self.A_log.float()),
                                 bm.reshape(b, self.groups, self.d_state),
                                 cm.reshape(b, self.groups, self.d_state), self.D)

@@ -1,6 +1,6 @@
 """Mamba2 (Dao & Gu, 2024): the SSD mixer, a state-space model with one scalar decay per head.
 
-    x: [B, T, d];  E = expand d;  P = headdim, H = E / P heads;  G = ngroups (head h reads group
+    x: [B, T, d];  E = expand d;  P = head_dim, H = E / P heads;  G = n_groups (head h reads group
     h // (H / G));  N = d_state;  k = d_conv
     [z, xBC, dt0] = x W_in^T              W_in: [2E + 2GN + H, d] -> [B, T, E], [B, T, E + 2GN], [B, T, H]
     [u, Bm, Cm] = silu(causal depthwise conv_k(xBC) + b_conv)     conv1d.weight: [E + 2GN, 1, k]
@@ -52,6 +52,7 @@ def _near_divisors(n: int, target: int, count: int = 3) -> str:
 class Mamba2(Component):
     type = "mamba2"
     module = "archspec.components.mamba2.module:Mamba2Module"
+    renamed = {"headdim": "head_dim", "ngroups": "n_groups"}
     has_kernels = True
     summary = "Mamba2 SSD mixer (chunked state space duality, gated RMSNorm)"
     schema = {
@@ -59,9 +60,9 @@ class Mamba2(Component):
             "d_state": {"type": "integer", "minimum": 1, "default": 128,
                         "description": "state size N per head and channel"},
             **CONV_SCHEMA,
-            "headdim": {"type": "integer", "minimum": 1, "default": 64,
-                        "description": "channels per head P; heads H = expand * d_model / headdim"},
-            "ngroups": {"type": "integer", "minimum": 1, "default": 1,
+            "head_dim": {"type": "integer", "minimum": 1, "default": 64,
+                        "description": "channels per head P; heads H = expand * d_model / head_dim"},
+            "n_groups": {"type": "integer", "minimum": 1, "default": 1,
                         "description": "groups G of B/C shared by H / G heads each (like GQA)"},
             "chunk_size": {"type": "integer", "minimum": 1, "default": 256,
                            "description": "tokens per chunk of the SSD training path "
@@ -82,22 +83,22 @@ class Mamba2(Component):
                          "description": "eps of the gated RMSNorm"},
         },
     }
-    example = {"d_state": 16, "headdim": 16, "ngroups": 2, "chunk_size": 16}
+    example = {"d_state": 16, "head_dim": 16, "n_groups": 2, "chunk_size": 16}
 
     def check(self, cfg, model, written=frozenset()):
         issues = check_inner_width(cfg, model) + check_dt_range(cfg, written)
         if issues and issues[0].key == "expand":
             return issues
-        e, p, g = inner_width(cfg, model), cfg["headdim"], cfg["ngroups"]
+        e, p, g = inner_width(cfg, model), cfg["head_dim"], cfg["n_groups"]
         if e % p:
             issues.append(CheckIssue(
-                "headdim", f"headdim={p} does not divide the inner width expand * d_model = {e}",
+                "head_dim", f"head_dim={p} does not divide the inner width expand * d_model = {e}",
                 f"use a divisor of {e} such as {_near_divisors(e, p)}, or change expand"))
         elif (e // p) % g:
             h = e // p
             issues.append(CheckIssue(
-                "ngroups", f"ngroups={g} does not divide the number of heads {h} "
-                           f"(= expand * d_model / headdim = {e} / {p})",
+                "n_groups", f"n_groups={g} does not divide the number of heads {h} "
+                           f"(= expand * d_model / head_dim = {e} / {p})",
                 f"each group serves H / G heads; use a divisor of {h} such as {_near_divisors(h, g)}"))
         lo, hi = cfg["A_init_range"]
         if lo > hi:
@@ -110,8 +111,8 @@ class Mamba2(Component):
 
     @staticmethod
     def _dims(cfg, model):
-        e, p = inner_width(cfg, model), cfg["headdim"]
-        return model.d_model, e, e // p, p, cfg["ngroups"], cfg["d_state"], cfg["d_conv"]
+        e, p = inner_width(cfg, model), cfg["head_dim"]
+        return model.d_model, e, e // p, p, cfg["n_groups"], cfg["d_state"], cfg["d_conv"]
 
     def own_param_shapes(self, cfg, model):
         d, e, h, _, g, n, k = self._dims(cfg, model)
@@ -180,9 +181,9 @@ class Mamba2(Component):
 
     def kernels_unsupported(self, cfg, model):
         """The gated norm's kernel normalises rows of the inner width E = expand * d_model in
-        groups of E / ngroups: E up to ops.norm's MAX_WIDTH."""
+        groups of E / n_groups: E up to ops.norm's MAX_WIDTH."""
         e = inner_width(cfg, model)
-        reason = width_unsupported(e, e // cfg["ngroups"])
+        reason = width_unsupported(e, e // cfg["n_groups"])
         if reason is not None:
             return f"the gated norm over the inner width {e}: {reason}"
         return dtype_unsupported(model.dtype)
@@ -190,12 +191,12 @@ class Mamba2(Component):
     def kernel_launches(self, cfg, model, dtype):
         """The gated RMSNorm's kernels, as Module.forward calls it: y (SSD's output, float32 or
         float64) gated by z (the model dtype) with the weight in the model dtype, E columns in
-        ngroups groups; over a training batch's rows (forward and backward) and one decoded
+        n_groups groups; over a training batch's rows (forward and backward) and one decoded
         token's (`step`: forward only)."""
         import torch
 
         from ...ops.norm import TRAIN_ROWS, kernel_launches
-        e, g = inner_width(cfg, model), cfg["ngroups"]
+        e, g = inner_width(cfg, model), cfg["n_groups"]
         y_dtype = torch.promote_types(dtype, torch.float32)
         return [launch for rows in (TRAIN_ROWS, 1)
                 for launch in kernel_launches(e, y_dtype, rows=rows, gate=True,

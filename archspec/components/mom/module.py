@@ -35,7 +35,7 @@ class MoMModule(ComponentModule):
         self.rule, self.h, self.dk, self.dv = cfg["rule"], cfg["n_heads"], cfg["head_dim"], cfg["head_v_dim"]
         kd, vd, m = cfg["key_dim"], cfg["value_dim"], cfg["n_memories"]
         self.n_memories, self.topk, self.shared = m, cfg["topk"], cfg["shared_memory"]
-        self.capacity, self.aux_scale = cfg["capacity"], float(cfg["aux_loss_scale"])
+        self.capacity, self.aux_scale = cfg["capacity_factor"], float(cfg["aux_loss_scale"])
         self.chunk_size, self.eps = cfg["chunk_size"], float(cfg["norm_eps"])
         self.std, self.out_std = model.init_std, model.out_proj_std
         self.q_proj = nn.Linear(d, kd, bias=False)
@@ -52,7 +52,7 @@ class MoMModule(ComponentModule):
         if self.rule == "gated_delta":
             self.A_log = nn.Parameter(torch.empty(self.h))
             self.dt_bias = nn.Parameter(torch.empty(self.h))
-        c = cfg["conv_size"]
+        c = cfg["d_conv"]
         self.q_conv1d = nn.Conv1d(kd, kd, c, groups=kd, bias=False)
         self.k_conv1d = nn.Conv1d(kd, kd, c, groups=kd, bias=False)
         self.v_conv1d = nn.Conv1d(vd, vd, c, groups=vd, bias=False)

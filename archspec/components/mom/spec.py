@@ -21,7 +21,7 @@ Each memory holds its own state S_j [H, dk, dv] and only sees the tokens routed 
 state is M (+1) times that of one linear-attention layer, at the cost of k (+1) key/value
 projections per token. Dispatch packs every (memory, sequence) group back to back (varlen
 offsets), padded only to the chunk size: never every memory to the longest group, as fla does.
-With `capacity` c, memory j takes at most ceil(c k T / M) tokens of each sequence, first come
+With `capacity_factor` c, memory j takes at most ceil(c k T / M) tokens of each sequence, first come
 first served (so a token's fate depends only on earlier tokens: routing stays causal); dropped
 assignments contribute nothing.
 
@@ -75,6 +75,7 @@ def extra_rows(rule: str, h: int, k: int) -> int:
 class MoM(Component):
     type = "mom"
     module = "archspec.components.mom.module:MoMModule"
+    renamed = {"capacity": "capacity_factor", "conv_size": "d_conv"}
     has_kernels = True
     summary = "mixture of memories: routed linear-attention memories (+ a shared one)"
     schema = {
@@ -92,13 +93,13 @@ class MoM(Component):
                      "description": "memories each token is routed to"},
             "shared_memory": {"type": "boolean", "default": True,
                               "description": "an extra memory that sees every token"},
-            "capacity": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None,
-                         "description": "null = dropless; c caps each memory at ceil(c k T / M) "
-                                        "tokens per sequence (first come, first served)"},
+            "capacity_factor": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None,
+                                "description": "null = dropless; c caps each memory at ceil(c k T / M) "
+                                               "tokens per sequence (first come, first served)"},
             "aux_loss_scale": {"type": "number", "minimum": 0, "default": 0.01,
                                "description": "coefficient of the load-balancing loss"},
-            "conv_size": {"type": "integer", "minimum": 1, "default": 4,
-                          "description": "short causal convolution width on q, k, v"},
+            "d_conv": {"type": "integer", "minimum": 1, "default": 4,
+                       "description": "short causal convolution width on q, k, v"},
             "output_gate": {"type": "boolean", "default": True,
                             "description": "SiLU output gate g_proj into the gated RMSNorm"},
             "norm_eps": {"type": "number", "exclusiveMinimum": 0, "default": 1e-6,
@@ -133,7 +134,7 @@ class MoM(Component):
     # --- accounting ----------------------------------------------------------------------
     def own_param_shapes(self, cfg, model):
         d, h, kd, vd, m = model.d_model, cfg["n_heads"], cfg["key_dim"], cfg["value_dim"], cfg["n_memories"]
-        c = cfg["conv_size"]
+        c = cfg["d_conv"]
         rule = cfg["rule"]
         shapes = {"q_proj.weight": (kd, d), "router.weight": (m, d)}
         per_memory = {"k": (kd, d), "v": (vd, d)}
@@ -167,8 +168,8 @@ class MoM(Component):
         """Tokens per memory for one sequence under perfectly balanced routing (and capacity)."""
         m, k = cfg["n_memories"], cfg["topk"]
         assignments = k * seq_len
-        if cfg["capacity"] is not None:
-            assignments = min(assignments, m * math.ceil(cfg["capacity"] * k * seq_len / m))
+        if cfg["capacity_factor"] is not None:
+            assignments = min(assignments, m * math.ceil(cfg["capacity_factor"] * k * seq_len / m))
         base, extra = divmod(assignments, m)
         lengths = [base + (1 if j < extra else 0) for j in range(m)]
         return lengths + ([seq_len] if cfg["shared_memory"] else [])
@@ -183,7 +184,7 @@ class MoM(Component):
         matmul = 2 * t * d * (kd + m + gate + vd) + 2 * rows * d * (kd + vd + extra_rows(rule, h, kd))
         core = LA.chunk_flops(rule, lengths, h, cfg["head_dim"], cfg["head_v_dim"], cfg["chunk_size"])
         other = t * m * SOFTMAX_FLOPS_PER_ELEMENT
-        other += conv_flops(rows, 2 * kd + vd, cfg["conv_size"], False, "silu").other
+        other += conv_flops(rows, 2 * kd + vd, cfg["d_conv"], False, "silu").other
         other += rows * L2NORM_FLOPS * 2 * kd
         if rule in ("gated_delta", "delta"):
             other += rows * h * BETA_FLOPS
@@ -209,7 +210,7 @@ class MoM(Component):
         k, m, c = cfg["topk"], cfg["n_memories"], cfg["chunk_size"]
         shared = [seq_len] if cfg["shared_memory"] else []
         assignments = sum(self.balanced_lengths(cfg, seq_len)[:m])
-        least_tokens = 0 if cfg["capacity"] is not None else assignments
+        least_tokens = 0 if cfg["capacity_factor"] is not None else assignments
         fewest = self._flops_for_lengths(cfg, model, seq_len, [least_tokens] + [0] * (m - 1) + shared)
         # k T assignments over M groups: at most ceil(kT/c) + M - 1 chunks; spread so each of
         # the M groups but one is 1 token past a chunk boundary.
@@ -222,15 +223,15 @@ class MoM(Component):
         notes = [f"FLOPs assume balanced routing ({cfg['topk']} of {cfg['n_memories']} memories, "
                  "k T / M tokens each); real routing changes only how far each memory's token group is "
                  "padded to a whole chunk"]
-        if cfg["capacity"] is not None:
-            notes.append(f"capacity {cfg['capacity']}: tokens past ceil(c k T / M) per memory and "
+        if cfg["capacity_factor"] is not None:
+            notes.append(f"capacity factor {cfg['capacity_factor']:g}: tokens past ceil(c k T / M) per memory and "
                          "sequence are dropped from that memory, first come first served")
         return notes
 
     def own_state_bytes(self, cfg, model, seq_len):
         banks = self._n_banks(cfg)
         recurrent = banks * cfg["n_heads"] * cfg["head_dim"] * cfg["head_v_dim"] * 4
-        conv_window = banks * (cfg["conv_size"] - 1) * (2 * cfg["key_dim"] + cfg["value_dim"])
+        conv_window = banks * (cfg["d_conv"] - 1) * (2 * cfg["key_dim"] + cfg["value_dim"])
         return recurrent + conv_window * model.dtype_bytes
 
     def own_activation_bytes(self, cfg, model, seq_len):
