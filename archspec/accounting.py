@@ -106,9 +106,6 @@ class Accounting:
                 out[p.sublayer] = out[p.sublayer] + p.cost
         return out
 
-    def sublayer_cost(self, index: int) -> Cost:
-        return self.sublayer_costs()[index]
-
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every parameter of the built model by its full name in `named_parameters()`."""
         return {p.node.param_name(k): s for p in self.parts for k, s in p.param_shapes.items()}

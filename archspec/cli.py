@@ -320,7 +320,7 @@ def cmd_build(args) -> int:
         grads = weight_bytes(spec, dtype)
         activations = args.batch * account(spec, smoke_seq).total().activation_bytes
         check_memory(spec, torch.device(args.device), dtype, grads + activations,
-                     f"the smoke step's gradients and activations (use --no-smoke to skip it)")
+                     "the smoke step's gradients and activations (use --no-smoke to skip it)")
     try:
         with warnings.catch_warnings(record=True) as fallbacks:
             warnings.simplefilter("always", KernelFallbackWarning)

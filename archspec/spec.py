@@ -149,7 +149,7 @@ def _shared_weight_conflicts(sublayers: list[Sublayer], model, doc: Document) ->
                     problems.append(Problem(
                         f"shares weights '{key}' with component '{owner.name}' but needs other "
                         f"shapes ({_shapes_text(shapes)} vs {_shapes_text(expected)})", where,
-                        doc.loc(where), f"give both the same sizes, or share under different names"))
+                        doc.loc(where), "give both the same sizes, or share under different names"))
     return problems
 
 

@@ -88,10 +88,6 @@ def build_child(child, model) -> ComponentModule | None:
     return None if child is None else child.component.build(child.config, model, "reference")
 
 
-def torch_dtype(name: str) -> torch.dtype:
-    return TORCH_DTYPES[name]
-
-
 @torch.no_grad()
 def init_dt_bias(bias: torch.Tensor, dt_min: float, dt_max: float, floor: float) -> None:
     """bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max] and floored, so that

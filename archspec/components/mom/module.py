@@ -10,7 +10,7 @@ from ...ops import linear_attention as LA
 from ...ops.conv import causal_conv1d, causal_conv1d_step
 from ...ops.dispatch import Dispatch, combine_rows, gather_rows, plan_dispatch, row_map
 from ...ops.linear_attention import triton_chunk_rule
-from ...ops.moe import load_balancing_loss, token_choice
+from ...ops.moe import capacity_limit, load_balancing_loss, token_choice
 from ...ops.norm import gated_rmsnorm, l2_normalise
 from ..base import ModelConfig
 from ..modules import ComponentModule, init_dt_bias
@@ -205,7 +205,7 @@ class MoMModule(ComponentModule):
         banks = self.n_memories + (1 if self.shared else 0)
         width = 2 * self.h * self.dk + self.h * self.dv
         state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        limit = None if self.capacity is None else math.ceil(self.capacity * self.topk * seq_len / self.n_memories)
+        limit = None if self.capacity is None else capacity_limit(self.capacity, self.topk, seq_len, self.n_memories)
         return {"conv": torch.zeros(banks, batch, width, self.q_conv1d.weight.shape[-1] - 1, dtype=dtype, device=device),
                 "state": torch.zeros(banks, batch, self.h, self.dk, self.dv, dtype=state_dtype, device=device),
                 "taken": torch.zeros(batch, self.n_memories, dtype=torch.int64, device=device),

@@ -56,6 +56,7 @@ import math
 from ...costs import SOFTMAX_FLOPS_PER_ELEMENT
 from ...ops import linear_attention as LA
 from ...ops.conv import conv_flops
+from ...ops.moe import capacity_limit
 from ...ops.linear_attention import GATE_DTYPE_NAMES, KERNEL_DTYPE_NAMES, kernels_unsupported
 from ...ops.norm import gated_rmsnorm_flops
 from ..base import CheckIssue, Component, Flops, register
@@ -169,7 +170,7 @@ class MoM(Component):
         m, k = cfg["n_memories"], cfg["topk"]
         assignments = k * seq_len
         if cfg["capacity_factor"] is not None:
-            assignments = min(assignments, m * math.ceil(cfg["capacity_factor"] * k * seq_len / m))
+            assignments = min(assignments, m * capacity_limit(cfg["capacity_factor"], k, seq_len, m))
         base, extra = divmod(assignments, m)
         lengths = [base + (1 if j < extra else 0) for j in range(m)]
         return lengths + ([seq_len] if cfg["shared_memory"] else [])
@@ -207,7 +208,7 @@ class MoM(Component):
         """Matmul FLOPs vary with routing only through chunk padding (and capacity drops): the
         fewest when one memory gets every routed token, the most when each memory's group
         wastes a nearly empty last chunk."""
-        k, m, c = cfg["topk"], cfg["n_memories"], cfg["chunk_size"]
+        m, c = cfg["n_memories"], cfg["chunk_size"]
         shared = [seq_len] if cfg["shared_memory"] else []
         assignments = sum(self.balanced_lengths(cfg, seq_len)[:m])
         least_tokens = 0 if cfg["capacity_factor"] is not None else assignments
