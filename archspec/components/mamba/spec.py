@@ -169,7 +169,7 @@ class Mamba(Component):
         d, e, n, r, k = self._dims(cfg, model)
         t, nb = seq_len, model.dtype_bytes
         # What autograd saves in one training forward, per token (measured with
-        # saved_tensors_hooks in tests/test_mamba.py: exact in float32 and bfloat16):
+        # saved_tensors_hooks in tests/test_contract.py: exact in float32 and bfloat16):
         #   model dtype: in_proj's input (d); its output [u0, z] (2E: the conv reads u0, the
         #   gate's silu reads z, both views of it); the conv's min(k - 1, T) shifted copies of
         #   u0 and its pre-activation (E); u = silu(conv) (E); x_proj's output [dt0, Bm, Cm]

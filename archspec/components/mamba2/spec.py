@@ -156,7 +156,7 @@ class Mamba2(Component):
         c = -(-t // q)
         tp, conv_dim = c * q, e + 2 * g * n
         # What autograd saves in one training forward (measured with saved_tensors_hooks in
-        # tests/test_mamba.py: exact in float32).
+        # tests/test_contract.py: exact in float32).
         # Model dtype, per token: in_proj's input (d) and output (2E + 2GN + H: the conv, the
         # softplus and the gate read views of it); the conv's shifted copies (k - 1), its
         # pre-activation and its output [u, Bm, Cm] (3 (E + 2GN) more).

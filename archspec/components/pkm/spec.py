@@ -188,7 +188,7 @@ class PKM(Component):
         return 0  # no per-sequence state: each token reads the memory on its own
 
     def own_activation_bytes(self, cfg, model, seq_len):
-        # What autograd saves per token (checked in tests/test_pkm.py): the input and the query
+        # What autograd saves per token (checked in tests/test_contract.py): the input and the query
         # halves for the two matmuls (and the query before the batchnorm); int64 indices of the
         # halves' top-knn (2 H knn), of the candidates' top-knn (H knn) and the bag's slots
         # (H knn), plus the bag's 3 per-bag int64 offsets; the softmax output (float32, or the

@@ -272,7 +272,7 @@ class SparseAttention(Component):
 
     def own_activation_bytes(self, cfg, model, seq_len):
         """What the fast path saves for backward per sequence, item by item (checked against
-        saved_tensors_hooks in tests/test_sparse_attention.py). Both: the input x and the
+        saved_tensors_hooks in tests/test_contract.py). Both: the input x and the
         attention output (o_proj's input). window: the chunks of query blocks are checkpointed,
         so only their inputs stay: the padded, blocked queries, the keys and values padded with
         w - 1 zero rows, the global keys and values, the block mask (1 byte per row and key
