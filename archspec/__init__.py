@@ -9,33 +9,28 @@
     d = archspec.diff(spec_a, spec_b)            # structural diff, cost deltas, checkpoint reuse
     k = archspec.kernels_report([spec], targets=[TARGETS["sm_90"]])  # the kernel gate (ops/aot.py)
 
-Importing archspec loads the front end (load, validate, report, diff: no torch, no triton); what
-needs torch (build, save, load_saved, kernels_report) or networkx (component_graph) loads on
-first use.
+Importing archspec loads nothing but this index: each name loads its stage on first use
+(archspec/lazy.py), so the commands that only read specs (validate, report, diff) never import
+torch or triton, and each imports only the stages it runs.
 """
 __version__ = "0.1.0"  # before the imports: archspec.json records it
 
-from .accounting import account
-from .components.base import FlopConvention
-from .diff import diff
+from .costs import FlopConvention
 from .errors import BuildRefused, CheckpointError, KernelFallbackWarning, SpecError
-from .report import report
-from .spec import ResolvedSpec, load, loads
+from .lazy import lazy_exports
 
-# what needs torch (or networkx) loads on first use, so that `import archspec` and the commands
-# that only read specs (validate, report, diff) stay free of them
-_LAZY = {"build": ".codegen.build", "save": ".checkpoint", "load_saved": ".checkpoint",
-         "kernels_report": ".kernels", "component_graph": ".graph"}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'archspec' has no attribute {name!r}")
-
+# every stage loads on first use: a command imports only what it runs (`validate` neither the
+# diff nor networkx; nothing of the front end torch or triton)
+__getattr__, __dir__ = lazy_exports(__name__, {
+    ".accounting": ["account"],
+    ".checkpoint": ["save", "load_saved"],
+    ".codegen.build": ["build"],
+    ".diff": ["diff"],
+    ".graph": ["component_graph"],
+    ".kernels": ["kernels_report"],
+    ".report": ["report"],
+    ".spec": ["ResolvedSpec", "load", "loads"],
+})
 
 __all__ = ["load", "loads", "report", "account", "component_graph", "build", "save", "load_saved",
            "diff", "kernels_report", "FlopConvention", "SpecError", "BuildRefused", "CheckpointError",
