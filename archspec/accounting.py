@@ -16,7 +16,9 @@ Conventions (also printed by the report):
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from .components.base import FlopConvention, Flops, numel
 from .plan import EMBEDDING, HEAD, MEMBER, SHARED, Node, Plan, plan
@@ -38,6 +40,23 @@ class Cost:
     def __add__(self, o: "Cost") -> "Cost":
         return Cost(self.params + o.params, self.active_params + o.active_params, self.flops + o.flops,
                     self.state_bytes + o.state_bytes, self.activation_bytes + o.activation_bytes)
+
+
+def sum_costs(costs: Iterable[Cost]) -> Cost:
+    """The sum of many costs, most of them the same objects (every sublayer using an instance
+    shares its Cost): each distinct one is multiplied by its count, so a long layout sums in one
+    cheap pass. Integers only, so the result is exact."""
+    costs = list(costs)
+    counts = Counter(map(id, costs))
+    distinct = {id(c): c for c in costs}
+
+    def total(get) -> int:
+        return sum(n * get(distinct[k]) for k, n in counts.items())
+
+    return Cost(total(lambda c: c.params), total(lambda c: c.active_params),
+                Flops(total(lambda c: c.flops.matmul), total(lambda c: c.flops.attention),
+                      total(lambda c: c.flops.other)),
+                total(lambda c: c.state_bytes), total(lambda c: c.activation_bytes))
 
 
 @dataclass
@@ -78,10 +97,7 @@ class Accounting:
     plan: Plan
 
     def total(self) -> Cost:
-        out = Cost()
-        for p in self.parts:
-            out = out + p.cost
-        return out
+        return sum_costs([p.cost for p in self.parts])
 
     def params_of_type(self, type_name: str) -> int:
         """Parameters of the nodes of one component type (shared weights count with their type)."""
@@ -100,10 +116,17 @@ class Accounting:
 
     def sublayer_costs(self) -> list[Cost]:
         """Each sublayer's cost (its norm, members and residual), in one pass over the parts."""
-        out = [Cost() for _ in self.spec.sublayers]
+        members: list[list[Cost]] = [[] for _ in self.spec.sublayers]
         for p in self.parts:
             if p.sublayer is not None:
-                out[p.sublayer] = out[p.sublayer] + p.cost
+                members[p.sublayer].append(p.cost)
+        summed: dict[tuple, Cost] = {}  # sublayers made of the same costs sum once
+        out = []
+        for costs in members:
+            key = tuple(map(id, costs))
+            if key not in summed:
+                summed[key] = sum_costs(costs)
+            out.append(summed[key])
         return out
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -119,19 +142,28 @@ def account(spec: ResolvedSpec, seq_len: int | None = None,
         raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
     the_plan = the_plan or plan(spec)
     active = shared_active(the_plan)
-    parts = [_shared_part(node, spec.model, active) if node.role == SHARED
-             else _part(node, spec.model, t, convention) for node in the_plan]
+    costs: dict[int, tuple[Cost, dict]] = {}  # by instance: every sublayer using it costs the same
+    parts = []
+    for node in the_plan:
+        if node.role == SHARED:
+            parts.append(_shared_part(node, spec.model, active))
+            continue
+        key = id(node.instance)
+        if key not in costs:
+            costs[key] = _cost(node, spec.model, t, convention)
+        parts.append(PartCost(node, *costs[key]))
     return Accounting(spec, t, convention, parts, the_plan)
 
 
-def _part(node: Node, model, seq_len: int, conv: FlopConvention) -> PartCost:
+def _cost(node: Node, model, seq_len: int, conv: FlopConvention) -> tuple[Cost, dict]:
+    """One instance's cost and parameter shapes (shared, read-only, by the nodes that use it)."""
     comp, cfg = node.component, node.instance.config
     shapes = comp.param_shapes(cfg, model)
     cost = Cost(params=numel(shapes), active_params=comp.active_param_count(cfg, model),
                 flops=comp.flops(cfg, model, seq_len, conv),
                 state_bytes=comp.state_bytes(cfg, model, seq_len),
                 activation_bytes=comp.activation_bytes(cfg, model, seq_len))
-    return PartCost(node, cost, shapes)
+    return cost, shapes
 
 
 def _shared_part(node: Node, model, active: dict[str, int]) -> PartCost:
@@ -146,6 +178,8 @@ def shared_active(the_plan: Plan) -> dict[str, int]:
     model = the_plan.spec.model
     used: dict[str, int] = {}
     for node in the_plan.with_role(MEMBER):
+        if not node.reads_shared:
+            continue
         comp, cfg = node.component, node.instance.config
         for key, shapes in comp.shared_params(cfg, model).items():
             used[key] = min(numel(shapes), used.get(key, 0) + comp.shared_active_param_count(key, cfg, model))

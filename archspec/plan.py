@@ -30,9 +30,11 @@ ROLES = (EMBEDDING, NORM, MEMBER, RESIDUAL, SHARED, FINAL_NORM, HEAD)  # the pla
 CONFIGURABLE = (NORM, MEMBER, FINAL_NORM)  # nodes whose backend the spec or the caller chooses
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Node:
-    """One node of the model: a component instance at one place."""
+    """One node of the model: a component instance at one place. Read-only by convention (not
+    frozen: a plan of a 100k-sublayer layout builds 300k of them, and frozen dataclasses build
+    several times slower)."""
 
     name: str  # 'sublayers.3.A': the report's and the graph's name
     role: str  # one of ROLES
@@ -94,18 +96,25 @@ def plan(spec: ResolvedSpec) -> Plan:
     model = spec.model
     nodes = [Node("embedding", EMBEDDING, _model_part("embedding", {}), "embedding")]
     owners: dict[str, ComponentInstance] = {}
+    # per instance, computed once however many sublayers use it (cost stays linear in the layout)
+    shared_keys: dict[int, tuple[str, ...]] = {}
+    residuals: dict[int, ComponentInstance] = {}
     for sub in spec.sublayers:
         prefix = sublayer_path(sub.index)
         nodes.append(Node(f"{prefix}.norm", NORM, spec.norm, f"{prefix}.norm", sub.index, NORM_NAME))
         for m in sub.members:
-            keys = tuple(m.component.shared_params(m.config, model))
+            if id(m) not in shared_keys:
+                shared_keys[id(m)] = tuple(m.component.shared_params(m.config, model))
+            keys = shared_keys[id(m)]
             for key in keys:
                 owners.setdefault(key, m)
             name, path = f"{prefix}.{m.name}", member_path(sub.index, m.name)
             nodes.append(Node(name, MEMBER, m, path, sub.index, m.name, reads_shared=keys,
                               children=_children(m, model, name, path, sub.index)))
-        residual = _model_part("residual", {"gated": sub.parallel, "members": len(sub.members)})
-        nodes.append(Node(f"{prefix}.residual", RESIDUAL, residual, prefix, sub.index))
+        n = len(sub.members)
+        if n not in residuals:
+            residuals[n] = _model_part("residual", {"gated": n > 1, "members": n})
+        nodes.append(Node(f"{prefix}.residual", RESIDUAL, residuals[n], prefix, sub.index))
     nodes += [Node(shared_path(key), SHARED, inst, shared_path(key), shared_key=key)
               for key, inst in owners.items()]
     nodes.append(Node("final_norm", FINAL_NORM, spec.norm, "final_norm", symbol=NORM_NAME))

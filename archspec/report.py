@@ -71,16 +71,26 @@ def report(spec: ResolvedSpec, seq_len: int | None = None,
         "notes": _notes(acc.plan),
         "by_type": _by_type(acc),
         "sublayers": [_sublayer_row(sub, cost, t) for sub, cost in zip(spec.sublayers, acc.sublayer_costs())],
-        "components": [
-            {"name": p.name, "type": p.type, "role": p.role, "sublayer": p.sublayer, "params": p.cost.params,
-             "active_params": p.cost.active_params,
-             "forward_flops_per_token": p.cost.flops.total / t,
-             "forward_flops_by_kind": p.cost.flops.to_dict(),
-             "state_bytes": p.cost.state_bytes, "activation_bytes": p.cost.activation_bytes,
-             **({"backend": backends[p.name]} if p.name in backends else {})}
-            for p in acc.parts
-        ],
+        "components": _component_rows(acc, backends),
     }
+
+
+def _component_rows(acc: Accounting, backends: dict[str, str]) -> list[dict]:
+    """One row per node; the figures of a cost shared by many nodes are formatted once."""
+    figures: dict[int, dict] = {}
+    rows = []
+    for p in acc.parts:
+        if id(p.cost) not in figures:
+            c = p.cost
+            figures[id(c)] = {"params": c.params, "active_params": c.active_params,
+                              "forward_flops_per_token": c.flops.total / acc.seq_len,
+                              "forward_flops_by_kind": c.flops.to_dict(),
+                              "state_bytes": c.state_bytes, "activation_bytes": c.activation_bytes}
+        row = {"name": p.name, "type": p.type, "role": p.role, "sublayer": p.sublayer, **figures[id(p.cost)]}
+        if p.name in backends:
+            row["backend"] = backends[p.name]
+        rows.append(row)
+    return rows
 
 
 def _notes(the_plan: Plan) -> list[str]:

@@ -7,6 +7,7 @@ it is orders of magnitude slower than the reference).
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -18,7 +19,10 @@ def device_type(device) -> str:
     return getattr(device, "type", None) or str(device).split(":", 1)[0]
 
 
+@functools.lru_cache(maxsize=1)
 def triton_installed() -> bool:
+    # asked once per node when backends are chosen: a path search each time dominated reports
+    # of long layouts
     return importlib.util.find_spec("triton") is not None
 
 
