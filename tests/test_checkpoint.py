@@ -1,7 +1,8 @@
 """archspec.save / archspec.load_saved: round trips (plain, tied, parallel groups with overrides,
 shared weights, aliased tensors), rebuilding from the saved configs rather than today's
-defaults, every way a saved directory can be damaged giving a clear CheckpointError, atomic
-writes, and the directories the format before this one wrote (model.pt + spec.resolved.json)."""
+defaults, damaged directories whose errors list several problems at once (the corpus of every
+class of damage is tests/test_checkpoint_damage.py), atomic writes, and the directories the
+format before this one wrote (model.pt + spec.resolved.json)."""
 from __future__ import annotations
 
 import json
@@ -164,25 +165,7 @@ def test_backends_are_chosen_for_the_loading_device(tmp_path):
     assert torch.equal(loaded(x).logits, model(x).logits)
 
 
-# --- damaged directories --------------------------------------------------------------------------
-def test_missing_directory_and_files(tmp_path):
-    assert "does not exist" in load_error(tmp_path / "nowhere")
-    (tmp_path / "afile").write_text("x")
-    assert "it is a file" in load_error(tmp_path / "afile")
-    (tmp_path / "empty").mkdir()
-    assert f"has no {SPEC_FILE}" in load_error(tmp_path / "empty")
-    _, directory = saved(tmp_path, TINY)
-    (directory / WEIGHTS_FILE).unlink()
-    assert f"no {WEIGHTS_FILE}" in load_error(directory)
-
-
-def test_bad_json_names_line_and_column(tmp_path):
-    _, directory = saved(tmp_path, TINY)
-    (directory / SPEC_FILE).write_text('{\n  "format_version": 1,\n  oops\n}\n')
-    message = load_error(directory)
-    assert f"{SPEC_FILE}:3:3: not valid JSON" in message
-
-
+# --- damaged directories (several problems at once; the corpus: test_checkpoint_damage.py) -------
 def test_format_versions(tmp_path):
     _, directory = saved(tmp_path, TINY)
     edit_json(directory, lambda d: d.update(format_version=99))
@@ -264,35 +247,6 @@ def test_missing_and_unexpected_tensors(tmp_path):
     message = load_error(directory)
     assert "lacks 1 tensor(s) the model needs: 'final_norm.weight'" in message
     assert "holds 1 tensor(s) the model does not have: 'extra'" in message
-
-
-def test_truncated_weights(tmp_path):
-    _, directory = saved(tmp_path, TINY)
-    path = directory / WEIGHTS_FILE
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    assert "the file is damaged or truncated" in load_error(directory)
-    path.write_bytes(b"")
-    assert "the file is damaged or truncated" in load_error(directory)
-
-
-def test_a_wrong_dtype_is_refused(tmp_path):
-    _, directory = saved(tmp_path, TINY)
-    edit_weights(directory, lambda s: s.update({"final_norm.weight": s["final_norm.weight"].double()}))
-    assert "1 tensor(s) are not float32" in load_error(directory)
-
-
-def test_nonfinite_weights_are_refused_unless_allowed(tmp_path):
-    _, directory = saved(tmp_path, TINY)
-
-    def poison(state):
-        state["sublayers.0.members.A.q_proj.weight"][0, :3] = torch.tensor([float("nan"), float("inf"), 1.0])
-
-    edit_weights(directory, poison)
-    message = load_error(directory)
-    assert "'sublayers.0.members.A.q_proj.weight' (2 of 4,096 values)" in message
-    assert "allow_nonfinite=True" in message
-    loaded, _ = archspec.load_saved(directory, allow_nonfinite=True)
-    assert torch.isnan(loaded.sublayers[0].members["A"].q_proj.weight[0, 0])
 
 
 # --- saving: refusals and atomicity ---------------------------------------------------------------
@@ -401,16 +355,6 @@ def test_format_0_directories_load(tmp_path):
     # and saving it again writes the current format
     again = archspec.save(loaded, tmp_path / "new")
     assert sorted(p.name for p in again.iterdir()) == [SPEC_FILE, WEIGHTS_FILE]
-
-
-def test_damaged_format_0_directories(tmp_path):
-    model = build(load(TINY), seed=2)
-    write_format_0(model, tmp_path / "old")
-    pt = tmp_path / "old" / "model.pt"
-    pt.write_bytes(pt.read_bytes()[:100])
-    assert "cannot read the weights" in load_error(tmp_path / "old")
-    pt.unlink()
-    assert "no model.pt" in load_error(tmp_path / "old")
 
 
 # --- the command line -----------------------------------------------------------------------------
