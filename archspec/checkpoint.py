@@ -20,8 +20,14 @@ do not fit the spec or hold NaN) is a CheckpointError naming the file, the entry
 raised before the model's memory is allocated; nothing is unpickled but plain tensors. Directories
 written before this format (`model.pt` + `spec.resolved.json`) load too.
 
-Saving is all or nothing: both files are written into a temporary directory beside the target,
-which is renamed into place only when complete; on any error it is removed.
+Saving is all or nothing, even when the process is killed. Both files are written into a work
+directory beside the target, `.archspec-save-<target name>.<random>`, which its process holds a
+lock on (flock: the system releases it when the process dies, SIGKILL included). The files are
+renamed into place only when complete; an existing model being replaced is first moved into the
+work directory, so it is never lost. On an error the work directory is removed; after a kill it
+stays, and the next save into that parent directory (or load_saved of that target) finds it
+unlocked and recovers: a model that was being replaced goes back in place, and the rest is removed.
+A work directory whose owner is alive is never touched.
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -93,8 +100,11 @@ def sha256(path: Path) -> str:
 
 def check_target(directory: str | os.PathLike, overwrite: bool = False) -> Path:
     """The absolute target path, or a CheckpointError when saving there must be refused: a
-    file, a non-empty directory (unless `overwrite` and it holds a saved model)."""
+    file, a non-empty directory (unless `overwrite` and it holds a saved model). Killed saves in
+    its parent directory are recovered first, so a model one was replacing is back in place
+    before the target is judged."""
     target = Path(directory).expanduser().resolve()
+    recover_orphans(target.parent)
     if target.exists() and not target.is_dir():
         raise CheckpointError(f"cannot save to '{target}': it is a file; choose a directory path")
     if not target.is_dir() or not any(target.iterdir()):
@@ -168,26 +178,41 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+# --- writing all or nothing, even across a kill -------------------------------------------------
+WORK_PREFIX = ".archspec-save-"  # + target name + "." + random: a save's work directory
+# an empty work directory younger than this may be one whose save has not taken its lock yet
+_JUST_CREATED_S = 60
+
+
 @contextmanager
 def _writing(target: Path):
-    """A temporary directory beside `target`, renamed to it when the block completes; removed
-    (and the target left as it was) when anything fails, interrupts included."""
+    """A directory to write the model's files into, renamed to `target` when the block completes;
+    removed (and the target left as it was) when anything fails, interrupts included. It lives
+    in a locked work directory beside the target (see the module's docstring), so a kill leaves
+    nothing the next save or load does not recover (check_target has recovered those of the
+    same parent already)."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
+        work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{target.name}.", dir=target.parent))
     except OSError as e:
         raise CheckpointError(f"cannot save to '{target}': {e.strerror or e}") from None
+    lock = _try_lock(work, wait_s=5.0)  # a recovery elsewhere may hold it for an instant
     try:
-        yield tmp
-        _publishable(tmp)
-        _fsync(tmp)
-        _move_into_place(tmp, target)
+        new = work / "new"
+        new.mkdir()
+        yield new
+        _publishable(new)
+        _fsync(new)
+        _move_into_place(work, new, target)
         _fsync(target.parent)
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError):
             raise CheckpointError(f"cannot save to '{target}': {e.strerror or e}") from None
         raise
+    finally:
+        _discard(work, target)
+        if lock is not None:
+            os.close(lock)
 
 
 def _publishable(tmp: Path) -> None:
@@ -200,23 +225,92 @@ def _publishable(tmp: Path) -> None:
         f.chmod(0o666 & ~umask)
 
 
-def _move_into_place(tmp: Path, target: Path) -> None:
-    """Rename the complete `tmp` to `target`; an existing saved model there (overwrite, already
-    checked) is set aside first and restored if the rename fails."""
+def _move_into_place(work: Path, new: Path, target: Path) -> None:
+    """Rename the complete `new` to `target`. An existing saved model there (overwrite, already
+    checked) is first moved to work/old: a kill between the two renames leaves it there, for
+    recovery to put back."""
     if target.is_dir() and not any(target.iterdir()):
         target.rmdir()
-    if not target.exists():
-        tmp.rename(target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.replaced-", dir=target.parent))
-    old.rmdir()
-    target.rename(old)
+    if target.exists():
+        target.rename(work / "old")
+    new.rename(target)
+
+
+def _discard(work: Path, target: Path) -> None:
+    """Remove a finished, failed or dead save's work directory; first put back the model it had
+    moved aside, if the target is missing. If that cannot be done, the directory stays (the
+    previous model is its only copy) for a later recovery."""
+    old = work / "old"
+    if old.is_dir() and not os.path.lexists(target):
+        try:
+            old.rename(target)
+        except OSError:
+            return
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def recover_orphans(parent: Path, name: str | None = None) -> None:
+    """Recover the work directories in `parent` (only `name`'s, if given) whose save is dead:
+    its lock is free. A model it had moved aside goes back in place; the rest is removed. Best
+    effort: a directory that cannot be changed (read-only) is left as it is."""
     try:
-        tmp.rename(target)
-    except BaseException:
-        old.rename(target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        candidates = [p for p in parent.iterdir() if p.name.startswith(WORK_PREFIX)]
+    except OSError:
+        return
+    for work in candidates:
+        target = parent / work.name[len(WORK_PREFIX):].rpartition(".")[0]
+        if (name is not None and target.name != name) or not target.name:
+            continue
+        lock = _try_lock(work)
+        if lock is None:  # its save is running (or locks do not work here): leave it
+            continue
+        try:
+            if os.path.samestat(os.fstat(lock), os.lstat(work)) and not _just_created(work, lock):
+                _discard(work, target)
+        except OSError:
+            pass
+        finally:
+            os.close(lock)
+
+
+def _just_created(work: Path, lock: int) -> bool:
+    """Whether `work` may belong to a save that created it an instant ago and is about to lock
+    it (empty and recent), rather than to a dead one."""
+    return not any(work.iterdir()) and time.time() - os.fstat(lock).st_mtime < _JUST_CREATED_S
+
+
+def _recover_target(path: Path) -> None:
+    """Before loading `path`: recover a save of it that was killed half-way (its work directory
+    is beside the resolved path, as save resolves it)."""
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError):  # a symbolic link that loops: read_directory says so
+        return
+    recover_orphans(target.parent, target.name)
+
+
+def _try_lock(directory: Path, wait_s: float = 0.0) -> int | None:
+    """An open descriptor of `directory` holding its exclusive lock, or None when another
+    process holds it (after trying for `wait_s`) or the system has no such locks. The lock goes
+    with the descriptor: released when it is closed, or when its process dies."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): nothing is ever recovered, nothing wrongly removed
+        return None
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return None
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+        time.sleep(0.01)
 
 
 # --- loading --------------------------------------------------------------------------------------
@@ -230,7 +324,9 @@ def load_saved(directory: str | os.PathLike, device: str | torch.device = "cpu",
     Weights holding NaN or infinite values are refused unless `allow_nonfinite` (then a warning
     names them); `force` builds even when the weights may not fit in memory. Raises
     CheckpointError for a damaged, tampered or foreign directory, before allocating the model."""
-    saved, spec_file, weights_path = read_directory(Path(directory))
+    path = Path(directory).expanduser()
+    _recover_target(path)
+    saved, spec_file, weights_path = read_directory(path)
     if not force:
         _check_fits(saved, spec_file, weights_path, torch.device(device))
     model = _rebuild(saved, spec_file, device, backend)
