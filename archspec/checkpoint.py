@@ -103,7 +103,10 @@ def check_target(directory: str | os.PathLike, overwrite: bool = False) -> Path:
     file, a non-empty directory (unless `overwrite` and it holds a saved model). Killed saves in
     its parent directory are recovered first, so a model one was replacing is back in place
     before the target is judged."""
-    target = Path(directory).expanduser().resolve()
+    try:
+        target = Path(directory).expanduser().resolve()
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symbolic link that loops (Python < 3.13)
+        raise CheckpointError(f"cannot save to '{directory}': {e}; choose another path") from None
     recover_orphans(target.parent)
     if target.exists() and not target.is_dir():
         raise CheckpointError(f"cannot save to '{target}': it is a file; choose a directory path")

@@ -268,7 +268,10 @@ def test_save_refuses_what_it_must_not_replace(tmp_path):
         archspec.save(model, tmp_path / "file", overwrite=True)
     with pytest.raises(CheckpointError, match="no data"):
         archspec.save(build(load(TINY), meta=True), tmp_path / "meta")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "full"]
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(CheckpointError, match="cannot save to .*loop"):
+        archspec.save(model, tmp_path / "loop" / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "full", "loop"]
 
 
 def test_overwrite_replaces_a_saved_model(tmp_path):
