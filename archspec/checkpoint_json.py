@@ -6,36 +6,42 @@ each component definition and each sublayer's members, every one as its type, it
 backend, its full config (defaults filled, derived keys, per-sublayer overrides applied), the
 keys the spec wrote itself and its overrides; the evaluated spec it came from (for the record);
 the build (the weights' dtype, the backend chosen per node, the parameter count); and the
-weights' aliases (names that share one tensor, stored once in model.safetensors).
+weights' aliases (names that share one tensor, stored once in model.safetensors) and the
+SHA-256 of model.safetensors (`sha256sum` checks it too).
 
 Read: the ResolvedSpec is built from exactly these configs, so a component default changed
 after the save does not change the rebuilt model (`archspec.load` of the YAML would take the
 new default). Each saved config is checked as a spec would be: the component's JSON Schema,
 its key set (a key this archspec needs but the file lacks, or one it does not know) and its
-semantic `check()`; every problem is reported at once, with its line and column in the file.
+semantic `check()`; the other entries are checked for their shape; every problem is reported
+at once, with its line and column in the file (found in the JSON text itself: json_offsets).
 Format 0, the `spec.resolved.json` that `archspec build --save` wrote before, is upgraded on
 reading (`upgrade_format_0`).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from . import __version__
 from . import components as C
 from .components.base import DTYPE_BYTES, Component, ModelConfig
-from .errors import CheckpointError, Loc, Path, Problem, SpecError, did_you_mean, one_of
-from .loader import Document, parse
+from .errors import CheckpointError, Loc, Path, Problem, did_you_mean, one_of
+from .layout import MAX_SUBLAYERS
+from .loader import Document
 from .schema import component_schema, strict_schema
 from .spec import ComponentInstance, ResolvedSpec, Sublayer, _fill_defaults
 from .validate import _describe, schema_problems
 
-FORMAT_VERSION = 1
+FORMAT_NAME, FORMAT_VERSION = "archspec saved model", 1
 INSTANCE_KEYS = ("type", "backend", "config", "written", "overrides")
 MEMBER_KEYS = ("symbol", *INSTANCE_KEYS)
 _NO_LOCATIONS = Document({})  # problems are located afterwards, from the file's text
 _KINDS = {dict: "a mapping", list: "a list", str: "a string", int: "an integer"}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass
@@ -46,13 +52,16 @@ class SavedRecord:
     dtype: str
     aliases: dict[str, str]  # state-dict name -> the name its tensor is stored under
     build: dict  # as saved: dtype, backends chosen per node, params (and fallbacks)
+    sha256: str | None = None  # of the weights file; None in files written before it was recorded
 
 
 # --- writing --------------------------------------------------------------------------------------
-def record(model, aliases: dict[str, str]) -> dict:
-    """archspec.json's content for a built model (its `.spec` is the ResolvedSpec it came from)."""
+def record(model, aliases: dict[str, str], sha256: str | None = None) -> dict:
+    """archspec.json's content for a built model (its `.spec` is the ResolvedSpec it came from),
+    whose weights file has the digest `sha256`."""
     spec = model.spec
-    return {"format": "archspec saved model", "format_version": FORMAT_VERSION,
+    weights = {"aliases": dict(aliases), **({"sha256": sha256} if sha256 else {})}
+    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
             "archspec_version": __version__, "source": spec.source, "files": list(spec.files),
             "layout": spec.layout_text, "model": dataclasses.asdict(spec.model),
             "norm": _instance_json(spec.norm),
@@ -60,7 +69,7 @@ def record(model, aliases: dict[str, str]) -> dict:
             "sublayers": [{"index": s.index,
                            "members": [{"symbol": m.name, **_instance_json(m)} for m in s.members]}
                           for s in spec.sublayers],
-            "build": build_record(model), "weights": {"aliases": dict(aliases)},
+            "build": build_record(model), "weights": weights,
             "spec": spec.data}
 
 
@@ -89,16 +98,21 @@ def read_record(data: Any, file: str, text: str) -> SavedRecord:
         raise _damaged(r, file, text)
     model = _model(r, data)
     sections = {key: r.get(data, key, kind, ()) for key, kind in _SECTIONS.items()}
-    dtype, aliases = _dtype(r, sections["build"]), _aliases(r, sections["weights"])
+    _provenance(r, data)
+    dtype = _build(r, sections["build"])
+    aliases, sha256 = _weights(r, sections["weights"])
+    _depth_limit(r, model, sections["sublayers"])
     if model is None or r.problems:  # the configs are checked against the model's settings
         raise _damaged(r, file, text)
     spec = _spec(r, model, sections, data, file)
     if r.problems:
         raise _damaged(r, file, text)
-    return SavedRecord(spec, dtype, aliases, sections["build"])
+    return SavedRecord(spec, dtype, aliases, sections["build"], sha256)
 
 
 _SECTIONS = {"norm": dict, "components": dict, "sublayers": list, "build": dict, "weights": dict}
+# entries kept for the record (the rebuild reads none of them): each must still have its shape
+_PROVENANCE = {"archspec_version": str, "source": str, "files": list, "layout": str, "spec": dict}
 
 
 def _spec(r: _Reader, model: ModelConfig, sections: dict, data: dict, file: str) -> ResolvedSpec | None:
@@ -111,14 +125,21 @@ def _spec(r: _Reader, model: ModelConfig, sections: dict, data: dict, file: str)
     if r.problems:
         return None
     _shared_weight_conflicts(r, sublayers, model)
-    files = data.get("files")
-    files = files if isinstance(files, list) and all(isinstance(f, str) for f in files) else [file]
+    files = data.get("files") or [file]
     return ResolvedSpec(file, files, model, norm, components, sublayers, data.get("spec") or {})
 
 
 def format_version(data: Any, file: str) -> int:
-    """The file's format version; a CheckpointError for a missing, unknown or newer one."""
-    version = data.get("format_version") if isinstance(data, dict) else None
+    """The file's format version; a CheckpointError for a file that is not an archspec.json
+    (no or another `format`), or a missing, unknown or newer version."""
+    name = data.get("format") if isinstance(data, dict) else None
+    if name != FORMAT_NAME:
+        what = f"its 'format' is {name!r}" if name is not None else \
+            ("it has no 'format'" if isinstance(data, dict) else f"it holds {_describe(data)}")
+        raise CheckpointError(f"{file}: not an archspec.json written by archspec.save ({what}, "
+                              f"not '{FORMAT_NAME}'); give the directory archspec.save wrote, or "
+                              "restore the file")
+    version = data.get("format_version")
     if version is None:
         raise CheckpointError(f"{file}: no 'format_version': not an archspec.json written by "
                               "archspec.save (restore the file, or save the model again)")
@@ -168,14 +189,90 @@ def _damaged(r: _Reader, file: str, text: str) -> CheckpointError:
 
 
 def _locate(problems: list[Problem], file: str, text: str) -> list[Problem]:
-    """Give each problem the line and column of its path in the file (JSON is YAML)."""
-    try:
-        doc = parse(text, file)
-    except SpecError:
-        doc = None
+    """Give each problem the line and column of its path in the file: of the key for a mapping's
+    entry, of the item for a list's, of the nearest enclosing one for an entry that is missing."""
+    offsets = json_offsets(text, [p.path for p in problems])
     for p in problems:
-        p.loc = (doc.key_loc(p.path) if doc and p.path else None) or Loc(file, 1, 1)
+        path = tuple(p.path)
+        while path not in offsets and path:
+            path = path[:-1]
+        p.loc = _line_column(file, text, offsets.get(path, 0))
     return problems
+
+
+def _line_column(file: str, text: str, offset: int) -> Loc:
+    line_start = text.rfind("\n", 0, offset) + 1
+    return Loc(file, text.count("\n", 0, offset) + 1, offset - line_start + 1)
+
+
+# --- where a path is in the JSON text -------------------------------------------------------------
+_SPACE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+def json_offsets(text: str, paths) -> dict[tuple, int]:
+    """The offset in the JSON `text` of each of `paths` (and of their prefixes) that it holds:
+    of the key of a mapping's entry, of a list's item. One pass over the text that descends only
+    where a path leads, skips every other value with the C decoder and stops once all are found
+    (so a duplicated key is found where it first appears). `text` is valid JSON (it was decoded)."""
+    wanted: dict = {}
+    for path in paths:
+        node = wanted
+        for step in path:
+            node = node.setdefault(step, {})
+    locator = _Locator(text, wanted)
+    try:
+        locator.walk(locator.found[()], wanted, ())
+    except _AllFound:
+        pass
+    except (ValueError, IndexError, RecursionError):  # not JSON after all: keep what was found
+        pass
+    return locator.found
+
+
+class _AllFound(Exception):
+    pass
+
+
+class _Locator:
+    """The state of one json_offsets pass: the text, the offsets found, how many are left."""
+
+    def __init__(self, text: str, wanted: dict):
+        self.text = text
+        self.found: dict[tuple, int] = {(): _SPACE.match(text).end()}
+        self.left = _count(wanted)
+
+    def walk(self, i: int, wanted: dict, path: tuple) -> int:
+        """Record the offsets of `wanted`'s entries in the value at text[i]; its end offset."""
+        text = self.text
+        if not wanted or text[i] not in "{[":
+            return _DECODER.raw_decode(text, i)[1]
+        close, k = ("}" if text[i] == "{" else "]"), 0
+        i = _SPACE.match(text, i + 1).end()
+        while text[i] != close:
+            at = i
+            if close == "}":
+                step, i = json.decoder.scanstring(text, i + 1)
+                i = _SPACE.match(text, _SPACE.match(text, i).end() + 1).end()  # past the colon
+            else:
+                step = k
+            if step in wanted and path + (step,) not in self.found:
+                self.found[path + (step,)] = at
+                self.left -= 1
+                if not self.left:
+                    raise _AllFound
+                i = self.walk(i, wanted[step], path + (step,))
+            else:
+                i = _DECODER.raw_decode(text, i)[1]
+            i = _SPACE.match(text, i).end()
+            if text[i] == ",":
+                i = _SPACE.match(text, i + 1).end()
+            k += 1
+        return i + 1
+
+
+def _count(tree: dict) -> int:
+    return sum(1 + _count(sub) for sub in tree.values())
 
 
 # --- the model, the build, the weights' aliases ---------------------------------------------------
@@ -215,23 +312,60 @@ def _schema_problems(data: dict, schema: dict, where: Path) -> list[Problem]:
     return found
 
 
-def _dtype(r: _Reader, build: dict | None) -> str | None:
+def _provenance(r: _Reader, data: dict) -> None:
+    """The entries kept for the record: absent, or of the shape archspec.save writes."""
+    for key, kind in _PROVENANCE.items():
+        if key in data:
+            r.get(data, key, kind, ())
+    files = data.get("files")
+    if isinstance(files, list):
+        _each(r, files, str, ("files",), "a file name")
+
+
+def _each(r: _Reader, items, kind: type, path: Path, what: str) -> None:
+    """A problem at each item of a list (or value of a mapping) that is not a `kind`."""
+    pairs = items.items() if isinstance(items, dict) else enumerate(items)
+    for key, value in pairs:
+        if not isinstance(value, kind):
+            r.problem(tuple(path) + (key,), f"expected {what}, got {_describe(value)}")
+
+
+def _build(r: _Reader, build: dict | None) -> str | None:
+    """The weights' dtype; the rest of the build record checked for its shape."""
     if build is None:
         return None
     dtype = r.get(build, "dtype", str, ("build",))
     if dtype is not None and dtype not in DTYPE_BYTES:
         r.problem(("build", "dtype"), f"unknown dtype '{dtype}'", f"one of {one_of(DTYPE_BYTES)}")
+    params = build.get("params")
+    if "params" in build and (isinstance(params, bool) or not isinstance(params, int) or params < 0):
+        r.problem(("build", "params"), f"expected a parameter count, got {_describe(params)}")
+    for key in ("backends", "fallbacks"):
+        if key in build and r.get(build, key, dict, ("build",)) is not None:
+            _each(r, build[key], str, ("build", key), "a backend name" if key == "backends" else "a reason")
     return dtype
 
 
-def _aliases(r: _Reader, weights: dict | None) -> dict[str, str]:
+def _weights(r: _Reader, weights: dict | None) -> tuple[dict[str, str], str | None]:
+    """The aliases (name -> the name its tensor is stored under) and the weights file's digest."""
     if weights is None:
-        return {}
-    aliases = r.get(weights, "aliases", dict, ("weights",))
-    for name, target in (aliases or {}).items():
-        if not isinstance(target, str):
-            r.problem(("weights", "aliases", name), f"expected a tensor name, got {_describe(target)}")
-    return aliases or {}
+        return {}, None
+    aliases = r.get(weights, "aliases", dict, ("weights",)) or {}
+    _each(r, aliases, str, ("weights", "aliases"), "a tensor name")
+    sha256 = weights.get("sha256")
+    if sha256 is not None and not (isinstance(sha256, str) and _SHA256.fullmatch(sha256)):
+        r.problem(("weights", "sha256"), f"expected a SHA-256 digest (64 hex digits), got {_describe(sha256)}")
+        sha256 = None
+    return aliases, sha256
+
+
+def _depth_limit(r: _Reader, model: ModelConfig | None, sublayers: list | None) -> None:
+    """No more sublayers than a spec can describe: a damaged count stops here, before any of
+    them is checked or built."""
+    counts = ([("model", "n_sublayers")] if model and model.n_sublayers > MAX_SUBLAYERS else []) + \
+             ([("sublayers",)] if sublayers is not None and len(sublayers) > MAX_SUBLAYERS else [])
+    for path in counts:
+        r.problem(path, f"more than {MAX_SUBLAYERS:,} sublayers, the most a spec can describe")
 
 
 def _check_depth(r: _Reader, model: ModelConfig, sublayers: list) -> None:
@@ -290,8 +424,8 @@ def _instance(r: _Reader, raw: Any, path: Path, role: str, model: ModelConfig, s
         r.get(raw, "config", dict, path), r.get(raw, "written", list, path),
         r.get(raw, "overrides", dict, path))
     r.unknown_keys(raw, allowed, path)
-    if written is not None and not all(isinstance(k, str) for k in written):
-        r.problem(path + ("written",), "expected a list of key names")
+    if written is not None:
+        _each(r, written, str, path + ("written",), "a key name")
     comp = _component(r, type_name, role, path) if type_name is not None else None
     if len(r.problems) > before or comp is None or symbol is None:
         return None
@@ -342,10 +476,10 @@ def _check_keys(r: _Reader, comp: Component, config: dict, written: list, overri
                   "the file was written by another archspec version or edited; add the key with "
                   "the value the saved model was trained with")
     r.unknown_keys(config, sorted(expected), where)
-    for part, keys in (("written", written), ("overrides", overrides)):
-        for key in keys:
+    for part, keys in (("written", dict(enumerate(written))), ("overrides", {k: k for k in overrides})):
+        for at, key in keys.items():
             if key not in config and key not in expected:  # a missing one is reported above
-                r.problem(path + (part,), f"'{key}' is not a key of {comp.type}")
+                r.problem(path + (part, at), f"'{key}' is not a key of {comp.type}")
 
 
 def _expected_keys(r: _Reader, comp: Component, declared: dict, model: ModelConfig,

@@ -126,16 +126,23 @@ def _sublayer_row(sub, cost, seq_len: int) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 def _table(headers: list[str], rows: list[list[str]], markdown: bool, text_columns=(0,)) -> str:
-    """Numbers right-aligned, the `text_columns` left-aligned."""
+    """Numbers right-aligned, the `text_columns` left-aligned. In markdown every cell is
+    escaped (_md_cell), so a parallel group's `[A | F]` stays one cell."""
     if markdown:
         align = lambda i: ":---" if i in text_columns else "---:"  # noqa: E731
-        out = ["| " + " | ".join(headers) + " |", "|" + "|".join(align(i) for i in range(len(headers))) + "|"]
-        out += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(out)
+        row = lambda cells: "| " + " | ".join(_md_cell(c) for c in cells) + " |"  # noqa: E731
+        out = [row(headers), "|" + "|".join(align(i) for i in range(len(headers))) + "|"]
+        return "\n".join(out + [row(r) for r in rows])
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     fmt = lambda r: "  ".join(c.ljust(w) if i in text_columns else c.rjust(w)  # noqa: E731
                               for i, (c, w) in enumerate(zip(r, widths))).rstrip()
     return "\n".join([fmt(headers), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+def _md_cell(text: str) -> str:
+    """A markdown table cell: `|` escaped (it would end the cell) and line breaks made spaces
+    (a row is one line)."""
+    return " ".join(text.replace("|", "\\|").splitlines())
 
 
 def render(rep: dict, fmt: str = "table") -> str:

@@ -82,8 +82,9 @@ def kernel_device() -> torch.device:
 # --- the quick loop: `pytest -m "not slow"` -------------------------------------------------------
 # Slow: every test that runs Triton kernels (in the interpreter without a GPU: the kernel_device
 # fixture), the ahead-of-time gate and other compiles for GPU targets, the gpu_check smoke run and
-# the training loops (tests named "...learns..." or "...trains"). CI runs everything; the marker
-# only lets a developer leave them out.
+# the training loops (tests named "...learns..." or "...trains"), and the few cases marked slow
+# where they are defined (a float64 gradcheck of a recurrence: test_contract.py). CI runs
+# everything; the marker only lets a developer leave them out.
 SLOW_MODULES = {"test_kernel_gate.py", "test_gpu_check_smoke.py", "test_learning.py"}
 
 

@@ -1,12 +1,17 @@
 """archspec.save / archspec.load_saved: round trips (plain, tied, parallel groups with overrides,
 shared weights, aliased tensors), rebuilding from the saved configs rather than today's
-defaults, every way a saved directory can be damaged giving a clear CheckpointError, atomic
-writes, and the directories the format before this one wrote (model.pt + spec.resolved.json)."""
+defaults, damaged directories whose errors list several problems at once (the corpus of every
+class of damage is tests/test_checkpoint_damage.py), atomic writes, and the directories the
+format before this one wrote (model.pt + spec.resolved.json)."""
 from __future__ import annotations
 
 import json
 import os
 import re
+import select
+import signal
+import subprocess
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,7 +21,7 @@ import torch
 
 import archspec
 from archspec import components as C
-from archspec.checkpoint import SPEC_FILE, WEIGHTS_FILE
+from archspec.checkpoint import SPEC_FILE, WEIGHTS_FILE, WORK_PREFIX, recover_orphans
 from archspec.cli import main
 from archspec.codegen.build import build
 from archspec.errors import CheckpointError
@@ -164,25 +169,7 @@ def test_backends_are_chosen_for_the_loading_device(tmp_path):
     assert torch.equal(loaded(x).logits, model(x).logits)
 
 
-# --- damaged directories --------------------------------------------------------------------------
-def test_missing_directory_and_files(tmp_path):
-    assert "does not exist" in load_error(tmp_path / "nowhere")
-    (tmp_path / "afile").write_text("x")
-    assert "it is a file" in load_error(tmp_path / "afile")
-    (tmp_path / "empty").mkdir()
-    assert f"has no {SPEC_FILE}" in load_error(tmp_path / "empty")
-    _, directory = saved(tmp_path, TINY)
-    (directory / WEIGHTS_FILE).unlink()
-    assert f"no {WEIGHTS_FILE}" in load_error(directory)
-
-
-def test_bad_json_names_line_and_column(tmp_path):
-    _, directory = saved(tmp_path, TINY)
-    (directory / SPEC_FILE).write_text('{\n  "format_version": 1,\n  oops\n}\n')
-    message = load_error(directory)
-    assert f"{SPEC_FILE}:3:3: not valid JSON" in message
-
-
+# --- damaged directories (several problems at once; the corpus: test_checkpoint_damage.py) -------
 def test_format_versions(tmp_path):
     _, directory = saved(tmp_path, TINY)
     edit_json(directory, lambda d: d.update(format_version=99))
@@ -266,35 +253,6 @@ def test_missing_and_unexpected_tensors(tmp_path):
     assert "holds 1 tensor(s) the model does not have: 'extra'" in message
 
 
-def test_truncated_weights(tmp_path):
-    _, directory = saved(tmp_path, TINY)
-    path = directory / WEIGHTS_FILE
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    assert "the file is damaged or truncated" in load_error(directory)
-    path.write_bytes(b"")
-    assert "the file is damaged or truncated" in load_error(directory)
-
-
-def test_a_wrong_dtype_is_refused(tmp_path):
-    _, directory = saved(tmp_path, TINY)
-    edit_weights(directory, lambda s: s.update({"final_norm.weight": s["final_norm.weight"].double()}))
-    assert "1 tensor(s) are not float32" in load_error(directory)
-
-
-def test_nonfinite_weights_are_refused_unless_allowed(tmp_path):
-    _, directory = saved(tmp_path, TINY)
-
-    def poison(state):
-        state["sublayers.0.members.A.q_proj.weight"][0, :3] = torch.tensor([float("nan"), float("inf"), 1.0])
-
-    edit_weights(directory, poison)
-    message = load_error(directory)
-    assert "'sublayers.0.members.A.q_proj.weight' (2 of 4,096 values)" in message
-    assert "allow_nonfinite=True" in message
-    loaded, _ = archspec.load_saved(directory, allow_nonfinite=True)
-    assert torch.isnan(loaded.sublayers[0].members["A"].q_proj.weight[0, 0])
-
-
 # --- saving: refusals and atomicity ---------------------------------------------------------------
 def test_save_refuses_what_it_must_not_replace(tmp_path):
     model = build(load(TINY), seed=0)
@@ -310,7 +268,10 @@ def test_save_refuses_what_it_must_not_replace(tmp_path):
         archspec.save(model, tmp_path / "file", overwrite=True)
     with pytest.raises(CheckpointError, match="no data"):
         archspec.save(build(load(TINY), meta=True), tmp_path / "meta")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "full"]
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(CheckpointError, match="cannot save to .*loop"):
+        archspec.save(model, tmp_path / "loop" / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "full", "loop"]
 
 
 def test_overwrite_replaces_a_saved_model(tmp_path):
@@ -353,6 +314,111 @@ def test_a_failed_overwrite_keeps_the_old_model(tmp_path, monkeypatch):
     loaded, _ = archspec.load_saved(directory)
     assert torch.equal(loaded.embedding.weight, old.embedding.weight)
     assert [p.name for p in tmp_path.iterdir()] == ["saved"]
+
+
+# A save that stops half-way: the child saves `tiny` (seed argv[3]) to argv[1] with overwrite,
+# and pauses (prints "paused", then sleeps) at the point argv[2] names, to be SIGKILLed there.
+KILLED_SAVE = """\
+import sys, time
+from pathlib import Path
+import archspec
+from archspec import checkpoint
+from archspec.codegen.build import build
+from archspec.spec import load
+
+target, stage, seed, spec = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+
+
+def pause(*args, **kwargs):
+    print("paused", flush=True)
+    time.sleep(600)
+
+
+if stage == "writing":  # the weights are written, archspec.json not yet
+    checkpoint._write_text = pause
+else:  # "swapping": the model being replaced is moved aside, the new one not yet in place
+    rename = Path.rename
+
+    def rename_then_pause(self, dest):
+        moved = rename(self, dest)
+        if Path(dest).name == "old":
+            pause()
+        return moved
+
+    Path.rename = rename_then_pause
+archspec.save(build(load(spec), seed=seed), target, overwrite=True)
+"""
+
+
+def kill_a_save(tmp_path: Path, target: Path, stage: str, seed: int, while_paused=None) -> None:
+    """Run KILLED_SAVE in a child process, call while_paused() once it pauses at `stage`, then
+    SIGKILL it (no handler, no finally block runs) and reap it."""
+    script = tmp_path / "killed_save.py"
+    script.write_text(KILLED_SAVE)
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    child = subprocess.Popen([sys.executable, str(script), str(target), stage, str(seed), str(TINY)],
+                             stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        ready, _, _ = select.select([child.stdout], [], [], 120)
+        assert ready and child.stdout.readline() == "paused\n", "the save did not reach its pause"
+        if while_paused:
+            while_paused()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+        child.stdout.close()
+
+
+def work_dirs(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith(WORK_PREFIX))
+
+
+def test_a_save_killed_while_writing_is_cleaned_by_the_next_save(tmp_path):
+    old, directory = saved(tmp_path, TINY)
+
+    def still_there():
+        recover_orphans(tmp_path)  # a save that is alive holds its lock: its work is left alone
+        assert len(work_dirs(tmp_path)) == 1
+
+    kill_a_save(tmp_path, directory, "writing", seed=7, while_paused=still_there)
+    assert len(work_dirs(tmp_path)) == 1  # the kill left the work directory, the target untouched
+    loaded, _ = archspec.load_saved(directory)
+    assert torch.equal(loaded.embedding.weight, old.embedding.weight)
+    archspec.save(build(load(TINY), seed=8), tmp_path / "another")  # the next save into the parent
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["another", "killed_save.py", "saved"]
+
+
+@pytest.mark.parametrize("then", ["load", "save"])
+def test_an_overwrite_killed_between_its_renames_is_undone(tmp_path, then):
+    old, directory = saved(tmp_path, TINY)
+
+    def moved_aside():
+        assert not directory.exists() and len(work_dirs(tmp_path)) == 1
+        with pytest.raises(CheckpointError, match="does not exist"):  # the save is alive: no recovery
+            archspec.load_saved(directory)
+
+    kill_a_save(tmp_path, directory, "swapping", seed=7, while_paused=moved_aside)
+    assert not directory.exists()  # killed with the old model moved aside and the new not in place
+    if then == "save":  # the old model is back before the target is judged: not replaced silently
+        with pytest.raises(CheckpointError, match="exists and is not empty"):
+            archspec.save(build(load(TINY), seed=9), directory)
+    loaded, _ = archspec.load_saved(directory)  # the old one back: the killed save did not happen
+    assert torch.equal(loaded.embedding.weight, old.embedding.weight)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["killed_save.py", "saved"]
+
+
+def test_recovery_leaves_a_save_that_has_not_locked_yet(tmp_path):
+    """An unlocked work directory is a dead save's, unless it is empty and recent: then its save
+    may have created it an instant ago and not yet taken the lock."""
+    fresh, dead = (tmp_path / f"{WORK_PREFIX}out.{tag}" for tag in ("fresh", "dead"))
+    fresh.mkdir()
+    (dead / "new").mkdir(parents=True)
+    recover_orphans(tmp_path)
+    assert work_dirs(tmp_path) == [fresh.name]
+    os.utime(fresh, (fresh.stat().st_atime, fresh.stat().st_mtime - 120))  # two minutes later
+    recover_orphans(tmp_path)
+    assert work_dirs(tmp_path) == []
 
 
 def test_saved_files_follow_the_umask(tmp_path):
@@ -401,16 +467,6 @@ def test_format_0_directories_load(tmp_path):
     # and saving it again writes the current format
     again = archspec.save(loaded, tmp_path / "new")
     assert sorted(p.name for p in again.iterdir()) == [SPEC_FILE, WEIGHTS_FILE]
-
-
-def test_damaged_format_0_directories(tmp_path):
-    model = build(load(TINY), seed=2)
-    write_format_0(model, tmp_path / "old")
-    pt = tmp_path / "old" / "model.pt"
-    pt.write_bytes(pt.read_bytes()[:100])
-    assert "cannot read the weights" in load_error(tmp_path / "old")
-    pt.unlink()
-    assert "no model.pt" in load_error(tmp_path / "old")
 
 
 # --- the command line -----------------------------------------------------------------------------

@@ -13,10 +13,12 @@ Behaviour several types share, checked here once with each type's variants as pa
 type with a token-by-token form decodes to its forward (its example and the variants listed
 there, with the state against its figure where the state is what the figure counts); activation
 estimates equal what autograd saves (the types and configs listed there); semantic errors are
-located at the key's value, with a hint. The helpers are in tests/helpers.py.
+located at the key's value, with a hint; in float64 every layout type (its fast form and its
+reference) and every norm passes torch.autograd.gradcheck. The helpers are in tests/helpers.py.
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 from dataclasses import dataclass, replace
@@ -30,7 +32,7 @@ import archspec
 from archspec import components as C
 from archspec.accounting import account
 from archspec.components.base import FlopConvention
-from archspec.components.modules import TORCH_DTYPES
+from archspec.components.modules import TORCH_DTYPES, ForwardContext
 from archspec.flopcount import analytic_comparable, measure_flopcounter
 from archspec.ops.linear_attention import RULES
 from archspec.schema import component_schema
@@ -212,7 +214,13 @@ def test_every_layout_component_is_used_by_a_shipped_spec():
 
 # --- decoding: the token-by-token form gives the forward -------------------------------------
 
-DECODING_TYPES = [t for t in LAYOUT_TYPES if hasattr(getattr(type(C.get(t)), "Module", None), "step")]
+def _module_class(type_name: str) -> type:
+    """The nn.Module class of a type, from its `module` path ("package.module:Class")."""
+    module_name, _, class_name = C.get(type_name).module.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+DECODING_TYPES = [t for t in LAYOUT_TYPES if hasattr(_module_class(t), "step")]
 
 
 def _sparse(pattern: str, **cfg) -> dict:
@@ -384,3 +392,57 @@ def test_semantic_errors_are_located_with_a_hint(problems, component, key, hint_
         """)
     column = f"  X: {component}".index(f" {key}: ") + len(key) + 4
     assert_located(found, key=key, at=(3, column), words=key, hint_words=hint_words)
+
+
+
+# --- float64: every component's reference passes gradcheck -----------------------------------
+
+NORM_TYPES = C.types_with_role("norm")
+# (type, form, config: None for the example): every layout type in its default form, and in
+# "reference" where it has that ground truth; the model norms (every sublayer's and the final
+# one); configs whose extra path the example leaves out
+GRADCHECK_CASES = [
+    *[pytest.param(t, form, None, id=f"{t}-{form}",
+                   # the token-by-token recurrence, 224 inputs x 2 forwards: about 10 s
+                   marks=[pytest.mark.slow] if (t, form) == ("mom", "reference") else [])
+      for t in LAYOUT_TYPES for form in _module_class(t).forms if form in (_module_class(t).forms[0], "reference")],
+    *[pytest.param(t, "fast", None, id=t) for t in NORM_TYPES],
+    pytest.param("mamba", "fast", {"d_state": 8, "inner_norms": True}, id="mamba-inner_norms"),
+]
+
+
+def _float64_module(type_name: str, config: dict | None):
+    """(module, shared weights) of a type built in float64 at d_model 16: a layout type as the
+    one sublayer (`config`, or its example), a norm type as the model's norm (of one mlp)."""
+    if type_name in NORM_TYPES:
+        spec = archspec.loads(f"model: {{vocab_size: 97, d_model: 16, max_seq_len: 16, norm: {{type: {type_name}}}}}\n"
+                              "components:\n  F: {type: mlp, d_ff: 32}\nlayout: F\n")
+        return archspec.build(spec, dtype="float64", seed=0).final_norm, {}
+    model = archspec.build(one_sublayer_spec(type_name, config, d_model=16, max_seq_len=16), dtype="float64", seed=0)
+    return model.sublayers[0].members["X"], dict(model.shared)
+
+
+@pytest.mark.parametrize("type_name, form, config", GRADCHECK_CASES)
+def test_float64_passes_gradcheck(type_name, form, config):
+    """torch.autograd.gradcheck of the module in float64 (batch 2, T 7, d_model 16): its output
+    and auxiliary losses against central differences, the full Jacobian in the input and, in
+    fast mode (along random directions: two forwards, not one per entry), in all its
+    parameters at once. The defaults are the standard float64 tolerances: with eps 1e-6 the
+    difference quotient is off by O(eps^2) truncation plus O(1e-16 / eps) = 1e-10 rounding,
+    far below atol 1e-5 + rtol 1e-3; a float32 cast on the way (6e-8 relative rounding, over
+    eps: about 0.06 relative) misses them by orders of magnitude, and a wrong backward by more."""
+    module, shared = _float64_module(type_name, config)
+    module.form = form
+    names = [n for n, _ in module.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for p in module.parameters())
+    x = torch.randn(2, 7, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0),
+                    requires_grad=True)
+
+    def run(x, *weights):
+        ctx = ForwardContext(shared)
+        args = (x,) if type_name in NORM_TYPES else (x, ctx)
+        y = torch.func.functional_call(module, dict(zip(names, weights)), args)
+        return (y, *ctx.aux_losses.values())
+
+    assert torch.autograd.gradcheck(lambda x: run(x, *(p.detach() for p in params)), (x,))
+    assert torch.autograd.gradcheck(lambda *ps: run(x.detach(), *ps), params, fast_mode=True)

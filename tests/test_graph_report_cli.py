@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+from itertools import groupby
 from pathlib import Path
 
 import networkx as nx
@@ -157,6 +158,21 @@ def test_report_keys_and_rendering():
     md = render(rep, "markdown")
     assert md.startswith("## tiny") and "| parameters | 115,008 |" in md
     assert json.loads(render(rep, "json")) == rep
+
+
+def test_markdown_tables_keep_their_columns_with_parallel_groups():
+    """hydra-tiny's parallel groups ([M | E], [M | A | E]) put `|` inside a sublayer's cell: it
+    is escaped, so every row of every table splits into the header's number of cells (GitHub
+    splits a row at each `|` not preceded by a backslash)."""
+    md = render(report(load(SPECS_DIR / "hydra-tiny.yaml")), "markdown")
+    tables = [list(rows) for is_table, rows in groupby(md.splitlines(), lambda ln: ln.startswith("|"))
+              if is_table]
+    assert len(tables) == 3  # totals, by type, per sublayer
+    for table in tables:
+        cells = [re.split(r"(?<!\\)\|", row)[1:-1] for row in table]
+        assert {len(c) for c in cells} == {len(cells[0])}, table
+    per_sublayer = tables[-1]
+    assert "| 1 | M:mamba2 \\| A:sparse_attention \\| E:moe |" in per_sublayer[3]
 
 
 # --- CLI ---------------------------------------------------------------------------------------

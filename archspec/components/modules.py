@@ -81,6 +81,12 @@ def with_kernels(module: ComponentModule) -> ComponentModule:
     return module
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """x in float32, or in float64 if it is float64: where a module computes in float32 for
+    low-precision inputs, a float64 model (the gradcheck reference) stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def build_child(child, model) -> ComponentModule | None:
     """The module of a child component (Component.children), or None for an absent one. The
     parent keeps it as the attribute the child is named by, so the parameter names are the

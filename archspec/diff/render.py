@@ -56,9 +56,8 @@ class _Style:
         return f"#### {s}" if self.markdown else s
 
     def table(self, headers: list[str], rows: list[list[str]], text_columns=(0,)) -> str:
-        from ..report import _table
-        esc = (lambda s: s.replace("|", "\\|")) if self.markdown else (lambda s: s)
-        return _table(headers, [[esc(x) for x in r] for r in rows], self.markdown, text_columns)
+        from ..report import _table  # escapes markdown cells itself
+        return _table(headers, rows, self.markdown, text_columns)
 
 
 # --- sections -------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ..base import ModelConfig
-from ..modules import ComponentModule
+from ..modules import ComponentModule, at_least_float32
 
 
 class LayerNormModule(ComponentModule):
@@ -21,6 +21,8 @@ class LayerNormModule(ComponentModule):
             nn.init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.float()
-        y = nn.functional.layer_norm(x.float(), (x.shape[-1],), self.weight.float(), bias, self.eps)
+        # float32 for float32 / 16-bit models, float64 for float64 ones
+        bias = None if self.bias is None else at_least_float32(self.bias)
+        y = nn.functional.layer_norm(at_least_float32(x), (x.shape[-1],), at_least_float32(self.weight),
+                                     bias, self.eps)
         return y.to(x.dtype)

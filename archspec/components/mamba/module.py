@@ -7,7 +7,7 @@ from torch import nn
 from ...ops.conv import causal_conv1d, causal_conv1d_step
 from ...ops.ssm import selective_scan, selective_scan_step
 from ..base import ModelConfig
-from ..modules import ComponentModule, init_dt_bias
+from ..modules import ComponentModule, at_least_float32, init_dt_bias
 from .spec import Mamba
 
 
@@ -65,8 +65,10 @@ class MambaModule(ComponentModule):
                 nn.init.ones_(norm.weight)
 
     def _inner_norm(self, v: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-        # float32 as archspec's RMSNorm (Jamba's casts back before the scale: same to rounding)
-        y = nn.functional.rms_norm(v.float(), (v.shape[-1],), norm.weight.float(), self.inner_norm_eps)
+        # float32 as archspec's RMSNorm (Jamba's casts back before the scale: same to rounding);
+        # float64 stays float64
+        y = nn.functional.rms_norm(at_least_float32(v), (v.shape[-1],), at_least_float32(norm.weight),
+                                   self.inner_norm_eps)
         return y.to(v.dtype)
 
     def _ssm_inputs(self, u: torch.Tensor):
@@ -75,8 +77,8 @@ class MambaModule(ComponentModule):
             dt0 = self._inner_norm(dt0, self.dt_layernorm)
             b = self._inner_norm(b, self.b_layernorm)
             c = self._inner_norm(c, self.c_layernorm)
-        dt = nn.functional.softplus(self.dt_proj(dt0).float())
-        return dt, -torch.exp(self.A_log.float()), b, c
+        dt = nn.functional.softplus(at_least_float32(self.dt_proj(dt0)))
+        return dt, -torch.exp(at_least_float32(self.A_log)), b, c
 
     def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
         u, z = self.in_proj(x).split(self.inner, dim=-1)

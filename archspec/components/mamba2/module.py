@@ -8,7 +8,7 @@ from ...ops.conv import causal_conv1d, causal_conv1d_step
 from ...ops.norm import gated_rmsnorm
 from ...ops.ssm import ssd_chunked, ssd_step
 from ..base import ModelConfig
-from ..modules import ComponentModule, init_dt_bias
+from ..modules import ComponentModule, at_least_float32, init_dt_bias
 from .spec import Mamba2
 
 
@@ -68,7 +68,8 @@ class Mamba2Module(ComponentModule):
         return zxbcdt.split([e, e + 2 * gn, self.heads], dim=-1)
 
     def _dt(self, dt0: torch.Tensor) -> torch.Tensor:
-        dt = nn.functional.softplus(dt0.float() + self.dt_bias.float())
+        # float32 for float32 / bfloat16 models (as the reference), float64 for float64 ones
+        dt = nn.functional.softplus(at_least_float32(dt0) + at_least_float32(self.dt_bias))
         limit = self.cfg["dt_limit"]
         return dt if limit is None else dt.clamp(float(limit[0]), float(limit[1]))
 
@@ -79,7 +80,7 @@ class Mamba2Module(ComponentModule):
         xbc = causal_conv1d(xbc, self.conv1d.weight, self.conv1d.bias, activation="silu")
         u, bm, cm = xbc.split([e, gn, gn], dim=-1)
         y, _ = ssd_chunked(u.reshape(b, t, self.heads, self.head_dim), self._dt(dt0),
-                           -torch.exp(self.A_log.float()),
+                           -torch.exp(at_least_float32(self.A_log)),
                            bm.reshape(b, t, self.groups, self.d_state),
                            cm.reshape(b, t, self.groups, self.d_state),
                            self.cfg["chunk_size"], self.D)
@@ -103,7 +104,7 @@ class Mamba2Module(ComponentModule):
         xbc, conv_state = causal_conv1d_step(xbc, conv_state, self.conv1d.weight, self.conv1d.bias, "silu")
         u, bm, cm = xbc.split([e, gn, gn], dim=-1)
         y, ssm_state = ssd_step(ssm_state, u.reshape(b, self.heads, self.head_dim), self._dt(dt0),
-                                -torch.exp(self.A_log.float()),
+                                -torch.exp(at_least_float32(self.A_log)),
                                 bm.reshape(b, self.groups, self.d_state),
                                 cm.reshape(b, self.groups, self.d_state), self.D)
         out = self.out_proj(self.norm(y.reshape(b, e), z, self.backend).to(x_t.dtype))

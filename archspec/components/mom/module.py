@@ -13,12 +13,8 @@ from ...ops.linear_attention import triton_chunk_rule
 from ...ops.moe import capacity_limit, load_balancing_loss, token_choice
 from ...ops.norm import gated_rmsnorm, l2_normalise
 from ..base import ModelConfig
-from ..modules import ComponentModule, init_dt_bias
+from ..modules import ComponentModule, at_least_float32, init_dt_bias
 from .spec import GLA_GATE_NORMALIZER
-
-
-def at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 class MoMModule(ComponentModule):

@@ -14,7 +14,8 @@ Residual add + RMSNorm, the pre-norm block's norm (the `rmsnorm` component compu
 
     x, r: [..., n];  w: [n]
     h = x + r (in x's dtype: the residual stream as the model stores it; h = x without r)
-    y = h / sqrt(mean(h^2) + eps) * w     (float32, cast back to h's dtype);  returns (y, h)
+    y = h / sqrt(mean(h^2) + eps) * w     (float32, float64 stays float64; cast back to h's dtype)
+    returns (y, h)
 
 L2 norm, what the delta rules' callers apply to q and k per head (MoM, GatedDeltaNet; no kernel):
 
@@ -46,8 +47,10 @@ def gated_rmsnorm(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: f
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """y = x / sqrt(mean(x^2) + eps) * w over the last dimension, in float32, cast back."""
-    y = nn.functional.rms_norm(x.float(), (x.shape[-1],), weight.float(), eps)
+    """y = x / sqrt(mean(x^2) + eps) * w over the last dimension, in float32 (float64 stays
+    float64), cast back."""
+    compute = torch.promote_types(x.dtype, torch.float32)
+    y = nn.functional.rms_norm(x.to(compute), (x.shape[-1],), weight.to(compute), eps)
     return y.to(x.dtype)
 
 
