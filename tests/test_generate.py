@@ -167,3 +167,64 @@ def test_a_state_refuses_positions_beyond_its_length():
             model.prefill(torch.tensor([[1]]), state)
         with pytest.raises(ValueError, match="holds 1 sequences"):
             model.step(torch.tensor([1, 2]), model.init_state(1, 4))
+
+
+# --- the command: archspec generate DIR --prompt TEXT ----------------------------------------
+
+@pytest.fixture
+def saved(tmp_path):
+    """A saved mamba-tiny model (a recurrent state; vocabulary 256: every byte is a token)."""
+    model, _ = tiny("mamba-tiny.yaml")
+    archspec.save(model, tmp_path / "model")
+    return tmp_path / "model", model
+
+
+def test_cli_generate_streams_the_greedy_continuation(saved, capsys):
+    from archspec.cli import main
+    directory, model = saved
+    assert main(["generate", str(directory), "--prompt", "héllo", "--max-new-tokens", "6"]) == 0
+    out = capsys.readouterr().out
+    expected = archspec.generate(model, [list("héllo".encode())], 6)[0]
+    assert out == bytes(expected).decode("utf-8", errors="replace") + "\n"
+
+
+def test_cli_generate_samples_deterministically(saved, capsys):
+    from archspec.cli import main
+    directory, _ = saved
+    args = ["generate", str(directory), "--prompt", "ab", "--max-new-tokens", "8", "--temperature", "1",
+            "--top-k", "40", "--top-p", "0.9", "--seed", "5"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main(args) == 0
+    assert capsys.readouterr().out == first
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--temperature", "-1"], "temperature"),
+    (["--top-p", "0"], "top_p must be in (0, 1]"),
+    (["--top-k", "0"], "top_k"),
+    (["--max-new-tokens", "200"], "max_seq_len"),
+    (["--prompt", ""], "--prompt is empty"),
+    (["--device", "bogus"], "unknown device"),
+])
+def test_cli_generate_bad_input_exits_2(saved, capsys, extra, words):
+    from archspec.cli import main
+    directory, _ = saved
+    assert main(["generate", str(directory), "--prompt", "hi", *extra]) == 2
+    captured = capsys.readouterr()
+    assert words in captured.err and captured.out == ""
+
+
+def test_cli_generate_refuses_a_vocabulary_without_bytes(tmp_path, capsys):
+    from archspec.cli import main
+    spec = archspec.loads("model: {vocab_size: 97, d_model: 32, max_seq_len: 32}\n"
+                          "components:\n  A: {type: attention, n_heads: 2}\nlayout: A\n")
+    archspec.save(archspec.build(spec, seed=0), tmp_path / "m")
+    assert main(["generate", str(tmp_path / "m"), "--prompt", "hi"]) == 2
+    assert "at least 256" in capsys.readouterr().err
+
+
+def test_cli_generate_without_a_saved_model_exits_2(tmp_path, capsys):
+    from archspec.cli import main
+    assert main(["generate", str(tmp_path / "nothing"), "--prompt", "hi"]) == 2
+    assert capsys.readouterr().err.startswith("archspec: error:")
