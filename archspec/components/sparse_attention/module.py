@@ -71,12 +71,11 @@ class SparseAttentionModule(AttentionProjections):
         state.check(p + 1)
         q, k, v = self.qkv(x_t[:, None], start=p)
         keys, vals = torch.cat([state.k, k], 2), torch.cat([state.v, v], 2)
-        all_pos = torch.arange(p + 1, device=x_t.device)
-        pos = torch.cat([all_pos[:p][self._kept(all_pos[:p], p)], all_pos[p:]])  # the cached ones
+        pos = self._kept_positions(p + 1, x_t.device)  # the cached positions, then p
         if self.pattern == "window":
-            glob = SA.is_global(p + 1, c["global_first"], c["global_every"], x_t.device)
-            reads = (p - pos < c["window"]) | glob[pos]
-            if c["global_reads"] == "prefix" and bool(glob[p]):
+            glob = self._is_global(pos)
+            reads = (p - pos < c["window"]) | glob
+            if c["global_reads"] == "prefix" and bool(glob[-1]):
                 reads = torch.ones_like(reads)
         else:
             reads = self._topk_reads(q[:, :, 0], keys, pos, p)
@@ -87,11 +86,26 @@ class SparseAttentionModule(AttentionProjections):
 
     def _kept(self, pos: torch.Tensor, t: int) -> torch.Tensor:
         """bool over positions pos (< t): those a position >= t may read, after t tokens."""
-        c = self.cfg
-        if _keeps_everything(c):
+        if _keeps_everything(self.cfg):
             return torch.ones_like(pos, dtype=torch.bool)
-        glob = SA.is_global(t, c["global_first"], c["global_every"], pos.device)
-        return (pos >= t + 1 - c["window"]) | glob[pos]
+        return (pos >= t + 1 - self.cfg["window"]) | self._is_global(pos)
+
+    def _is_global(self, pos: torch.Tensor) -> torch.Tensor:
+        """bool over positions: global ones (SA.is_global's definition, for these only)."""
+        c = self.cfg
+        out = pos < c["global_first"]
+        return out | (pos % c["global_every"] == c["global_every"] - 1) if c["global_every"] else out
+
+    def _kept_positions(self, t: int, device) -> torch.Tensor:
+        """The positions the state holds while taking token t - 1: those kept after t - 1
+        tokens (the older globals, then the last w - 2 positions) and t - 1 itself. Built
+        from the kept ones only, so a step costs O(kept), not O(t)."""
+        if _keeps_everything(self.cfg):
+            return torch.arange(t, device=device)
+        lo = max(0, t - self.cfg["window"])  # kept after t - 1 tokens: j >= t - w, and globals
+        older = SA.global_positions(lo, self.cfg["global_first"], self.cfg["global_every"])
+        return torch.cat([torch.tensor(older, dtype=torch.long, device=device),
+                          torch.arange(lo, t, device=device)])
 
     def _topk_reads(self, q_t, keys, pos, p):
         """[B, H, n] keys position p reads: its own block up to p and its top-k earlier
