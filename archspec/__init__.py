@@ -6,6 +6,7 @@
     model = archspec.build(spec)                 # trainable causal LM (meta=True: free structural build)
     archspec.save(model, "out/")                 # weights (safetensors) + the resolved spec, atomically
     model, spec = archspec.load_saved("out/")    # rebuilt from the saved configs, weights loaded strictly
+    new = archspec.generate(model, [[1, 2, 3]], max_new_tokens=20)  # decoding with a state cache
     d = archspec.diff(spec_a, spec_b)            # structural diff, cost deltas, checkpoint reuse
     k = archspec.kernels_report([spec], targets=[TARGETS["sm_90"]])  # the kernel gate (ops/aot.py)
 
@@ -26,6 +27,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     ".checkpoint": ["save", "load_saved"],
     ".codegen.build": ["build"],
     ".diff": ["diff"],
+    ".generate": ["generate"],
     ".graph": ["component_graph"],
     ".kernels": ["kernels_report"],
     ".report": ["report"],
@@ -33,6 +35,6 @@ __getattr__, __dir__ = lazy_exports(__name__, {
 })
 
 __all__ = ["load", "loads", "report", "account", "component_graph", "build", "save", "load_saved",
-           "diff", "kernels_report", "FlopConvention", "SpecError", "BuildRefused", "CheckpointError",
+           "generate", "diff", "kernels_report", "FlopConvention", "SpecError", "BuildRefused", "CheckpointError",
            "KernelFallbackWarning",
            "ResolvedSpec", "__version__"]

@@ -132,6 +132,23 @@ def _parser() -> argparse.ArgumentParser:
                    help="only kernels whose name starts with one of these (e.g. norm,dispatch)")
     k.add_argument("--no-extremes", action="store_true",
                    help="only the specs' configurations, not the families' extremes")
+    gen = sub.add_parser("generate", help="continue a prompt with a saved model (byte-level tokens), "
+                         "streaming the text", description="Load a model saved by `archspec build --save` "
+                         "(or archspec.save) and continue --prompt, printing the new text as it comes. "
+                         "Tokens are the prompt's UTF-8 bytes (ids 0-255; the model's vocabulary must "
+                         "hold them); a generated id above 255 prints as U+FFFD. Greedy unless "
+                         "--temperature > 0. Exit 2 for bad input.")
+    gen.add_argument("directory", metavar="DIR", help="a saved model directory")
+    gen.add_argument("--prompt", required=True, help="the text to continue")
+    gen.add_argument("--max-new-tokens", type=int, default=64, metavar="N",
+                     help="tokens to generate (default 64; prompt + N must fit max_seq_len)")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
+    gen.add_argument("--top-k", type=int, default=None, help="sample among the K most likely tokens")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus: the smallest set of probability "
+                     ">= P (default 1)")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    gen.add_argument("--eos", type=int, default=None, metavar="ID", help="stop at this token id")
+    gen.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     return p
 
 
@@ -452,6 +469,39 @@ def cmd_diff(args) -> int:
     return d.exit_code
 
 
+def cmd_generate(args) -> int:
+    """Byte-level generation from a saved model, streamed to stdout (module docstring of
+    archspec/generate.py: the decoding)."""
+    import codecs
+
+    from .checkpoint import load_saved
+    from .generate import check_prompts, check_sampling, generate
+    device = _parse_device(_check_device_name(args.device))
+    prompt = args.prompt.encode("utf-8")
+    if not prompt:
+        raise UsageError("--prompt is empty: generation needs at least one token to start from")
+    model, spec = load_saved(args.directory, device=device)
+    if spec.model.vocab_size < 256:
+        raise UsageError(f"byte-level tokens need a vocabulary of at least 256; this model's has "
+                         f"{spec.model.vocab_size}")
+    try:  # every argument checked before any output
+        check_prompts(model, [list(prompt)], args.max_new_tokens)
+        check_sampling(model, args.temperature, args.top_k, args.top_p, args.eos)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def show(row: int, token: int) -> None:
+        text = decoder.decode(bytes([token])) if token < 256 else decoder.decode(b"", final=True) + "\ufffd"
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    generate(model, [list(prompt)], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+             top_p=args.top_p, eos_token_id=args.eos, seed=args.seed, on_token=show)
+    sys.stdout.write(decoder.decode(b"", final=True) + "\n")
+    return EXIT_OK
+
+
 def cmd_kernels(args) -> int:
     """Exit 0 every configuration passes (or the listing), 1 one fails the gate, 2 trouble (a
     bad option, an unreadable or invalid spec, triton missing)."""
@@ -499,7 +549,7 @@ def _progress(done: int, total: int, result) -> None:
 
 COMMANDS = {"validate": cmd_validate, "kernels": cmd_kernels, "report": cmd_report, "build": cmd_build, "graph": cmd_graph,
             "schema": cmd_schema, "components": cmd_components,
-            "diff": cmd_diff}
+            "diff": cmd_diff, "generate": cmd_generate}
 
 
 def entry() -> None:

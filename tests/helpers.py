@@ -2,19 +2,19 @@
 
 * saved_tensors, saved_bytes, saved_bytes_by: what autograd keeps for backward, the measure an
   `activation_bytes` estimate is checked against;
-* assert_decodes_like_forward with its adapters decoding and in_place: a component's
-  token-by-token form against its parallel forward;
+* assert_decodes_like_forward and state_bytes_per_sequence: a component's decoding contract
+  (prefill, then steps) against its parallel forward, and its state's bytes;
 * assert_located: a spec problem is reported where it should be, saying what it should.
 """
 from __future__ import annotations
 
-import inspect
 from collections import defaultdict
 from typing import Callable
 
 import torch
 from torch import nn
 
+from archspec.components.modules import state_nbytes
 from archspec.errors import Problem
 
 
@@ -61,51 +61,39 @@ def saved_bytes(module: nn.Module, *inputs) -> int:
 
 # --- decoding ----------------------------------------------------------------------------------
 
-Step = Callable[[torch.Tensor, object], tuple[torch.Tensor, object]]
+def state_bytes_per_sequence(state, batch: int) -> int:
+    """The bytes a decoding state's tensors hold (modules.state_nbytes), per sequence: every
+    tensor in a state has the batch axis, so the total divides by `batch` exactly."""
+    total = state_nbytes(state)
+    assert total % batch == 0, f"{total} state bytes do not divide into {batch} sequences"
+    return total // batch
 
 
-def in_place(step: Callable[[torch.Tensor, dict], torch.Tensor]) -> Step:
-    """A step that updates its cache in place, step(x_t, cache) -> y_t, in the form
-    assert_decodes_like_forward takes: (x_t, state) -> (y_t, state)."""
-    return lambda x_t, cache: (step(x_t, cache), cache)
-
-
-def decoding(module: nn.Module, batch: int, seq_len: int) -> tuple[Callable[[], object], Step]:
-    """(init, step) of a module's token-by-token form, whichever of today's signatures it has:
-    mamba and mamba2 `initial_state(batch)` and `step(x_t, state) -> (y_t, state)`; moe
-    `init_cache(batch, seq_len, device)` and mom `init_cache(batch, seq_len, device, dtype)`
-    (seq_len fixes their capacity limit), sparse_attention `init_cache(batch, device, dtype)`,
-    whose steps update the cache in place. The one place to change when decoding is unified."""
-    if hasattr(module, "initial_state"):
-        return (lambda: module.initial_state(batch)), module.step
-    if "seq_len" in inspect.signature(module.init_cache).parameters:
-        return (lambda: module.init_cache(batch, seq_len)), in_place(module.step)
-    return (lambda: module.init_cache(batch)), in_place(module.step)
-
-
-def assert_decodes_like_forward(module: nn.Module, x: torch.Tensor, *, init: Callable[[], object],
-                                step: Step, tol: float, start: int = 0,
+def assert_decodes_like_forward(module: nn.Module, x: torch.Tensor, *, tol: float, prompt: int = 0,
+                                max_len: int | None = None, state=None, ctx=None,
                                 each: Callable[[int, object], None] | None = None):
-    """Steps `module` token by token over x[:, start:] from the state init() returns (a fresh
-    one, or a prefill's) and checks the outputs against the parallel forward module(x)[:, start:]
-    without gradients. The error is normwise: max |step - forward| over the largest |forward| of
-    the whole sequence, in float64, and must be below `tol`. Elementwise relative error would be
-    meaningless: outputs cross zero, and both forms' rounding errors are absolute (eps times the
-    size of the terms summed), which the largest entry bounds. `tol` is the caller's, justified
-    there: it depends on the dtype and on how differently the two forms order their sums.
-    each(t, state) runs after the step that has consumed t tokens (checks of the state, such as
-    its size). Returns (the forward's output, the final state)."""
+    """The decoding contract (archspec/components/modules.py) against the parallel forward,
+    without gradients: from init_state(B, max_len or T) (or the given `state`), prefill over
+    x[:, :prompt] (when prompt > 0), then one step per token of x[:, prompt:]; the
+    concatenated outputs must match module(x). The error is normwise: max |decoded - forward|
+    over the largest |forward| of the whole sequence, in float64, and must be below `tol`.
+    Elementwise relative error would be meaningless: outputs cross zero, and both forms'
+    rounding errors are absolute (eps times the size of the terms summed), which the largest
+    entry bounds. `tol` is the caller's, justified there: it depends on the dtype and on how
+    differently the two forms order their sums. each(t, state) runs after every step (t:
+    tokens consumed). Returns (the forward's output, the final state)."""
+    b, t, _ = x.shape
     with torch.no_grad():
-        full = module(x)
-        state = init()
-        outs = []
-        for t in range(start, x.shape[1]):
-            y, state = step(x[:, t], state)
-            outs.append(y)
+        full = module(x, ctx)
+        if state is None:
+            state = module.init_state(b, max_len or t, x.device, x.dtype)
+        outs = [module.prefill(x[:, :prompt], state, ctx)] if prompt else []
+        for i in range(prompt, t):
+            outs.append(module.step(x[:, i], state, ctx)[:, None])
             if each is not None:
-                each(t + 1, state)
-    steps = torch.stack(outs, 1).double()
-    err = ((steps - full[:, start:].double()).abs().max() / full.double().abs().max()).item()
+                each(i + 1, state)
+    decoded = torch.cat(outs, 1).double()
+    err = ((decoded - full.double()).abs().max() / full.double().abs().max()).item()
     assert err < tol, f"decoding differs from the forward by {err:.3g} of its largest output (tol {tol})"
     return full, state
 

@@ -9,9 +9,9 @@ A component with a `triton` backend: its example is a config the kernels take, a
 (in triton's interpreter without a GPU) give the reference's module, outputs, gradients and
 measured FLOPs.
 
-Behaviour several types share, checked here once with each type's variants as parameters: a
-type with a token-by-token form decodes to its forward (its example and the variants listed
-there, with the state against its figure where the state is what the figure counts); activation
+Behaviour several types share, checked here once with each type's variants as parameters: every
+type's decoding contract (prefill then steps) gives its forward, and its state holds exactly
+the bytes its `state_bytes` figure says (its example and the variants listed there); activation
 estimates equal what autograd saves (the types and configs listed there); semantic errors are
 located at the key's value, with a hint; in float64 every layout type (its fast form and its
 reference) and every norm passes torch.autograd.gradcheck. The helpers are in tests/helpers.py.
@@ -37,7 +37,7 @@ from archspec.flopcount import analytic_comparable, measure_flopcounter
 from archspec.ops.linear_attention import RULES
 from archspec.schema import component_schema
 
-from helpers import assert_decodes_like_forward, assert_located, decoding, saved_bytes
+from helpers import assert_decodes_like_forward, assert_located, saved_bytes, state_bytes_per_sequence
 from test_sparse_attention import TOPK_CASES, WINDOW_CASES
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
@@ -212,16 +212,13 @@ def test_every_layout_component_is_used_by_a_shipped_spec():
     assert set(LAYOUT_TYPES) <= used, f"no spec in specs/ uses {set(LAYOUT_TYPES) - used}"
 
 
-# --- decoding: the token-by-token form gives the forward -------------------------------------
-
 def _module_class(type_name: str) -> type:
     """The nn.Module class of a type, from its `module` path ("package.module:Class")."""
     module_name, _, class_name = C.get(type_name).module.partition(":")
     return getattr(importlib.import_module(module_name), class_name)
 
 
-DECODING_TYPES = [t for t in LAYOUT_TYPES if hasattr(_module_class(t), "step")]
-
+# --- decoding: prefill then steps give the forward; the state is its figure -----------------
 
 def _sparse(pattern: str, **cfg) -> dict:
     return {"pattern": pattern, "n_heads": 4, "n_kv_heads": 2, **cfg}
@@ -234,10 +231,15 @@ def _moe(**cfg) -> dict:
 
 # (case, tokens decoded, tolerance of assert_decodes_like_forward). float32 1e-5: rounding (eps
 # 6e-8) accumulated over the tens of steps and products per entry gives ~1e-7 to 1e-6, and a wrong
-# term (a dropped decay, a misplaced chunk boundary, a wrong kept key) shows up as 1e-2 or more;
-# float64 1e-12: the same orders of summation at eps 1e-16.
+# term (a dropped decay, a misplaced chunk boundary, a wrong kept key, a KV slot overwritten too
+# early) shows up as 1e-2 or more; float64 1e-12: the same orders of summation at eps 1e-16.
+# Every registered sublayer type decodes its example; the variants cover what it keeps.
 DECODING_CASES = [
-    *[(Sub(t), 40, 1e-5) for t in DECODING_TYPES],
+    *[(Sub(t), 40, 1e-5) for t in LAYOUT_TYPES],
+    # a sliding window's ring buffer (prompts longer and shorter than it), MQA
+    *[(Sub("attention", c, label=label), 40, 1e-5) for label, c in [
+        ("window", {"n_heads": 4, "n_kv_heads": 2, "window": 8}),
+        ("mqa-bias", {"n_heads": 4, "n_kv_heads": 1, "bias": True})]],
     # 40 tokens: for mamba2 two full chunks and a padded one
     *[(Sub(t, c, d_model=32), 40, 1e-5) for t, c in [
         ("mamba", {"d_state": 8}), ("mamba", {"d_state": 8, "inner_norms": True}),
@@ -256,33 +258,31 @@ DECODING_CASES = [
 ]
 
 
-def _ssm_state_is_its_figure(comp, module, cfg, model):
+def test_every_sublayer_type_has_a_decoding_case():
+    assert {c[0].type for c in DECODING_CASES} == set(LAYOUT_TYPES)
+
+
+def _grows_to_its_figure(comp, cfg, model, batch):
+    """each(t, state): a state that grows (sparse_attention keeps what later positions read)
+    holds exactly the figure for t tokens after every step."""
     def check(t, state):
-        conv_state, ssm_state = state
-        assert conv_state.dtype == torch.float32 and ssm_state.dtype == torch.float32
-        assert comp.state_bytes(cfg, model, t) == 4 * (conv_state[0].numel() + ssm_state[0].numel())
+        assert state_bytes_per_sequence(state, batch) == comp.state_bytes(cfg, model, t), t
     return check
 
 
-def _kv_cache_is_its_figure(comp, module, cfg, model):
-    def check(t, cache):
-        assert module.cache_bytes(cache) == comp.state_bytes(cfg, model, t)
-    return check
-
-
-# each(t, state) checks of the state against `state_bytes` after every step, for the types whose
-# decoding state is what the figure counts
-STATE_CHECKS = {"mamba": _ssm_state_is_its_figure, "mamba2": _ssm_state_is_its_figure,
-                "sparse_attention": _kv_cache_is_its_figure}
-
-
+@pytest.mark.parametrize("prompt", [0, 23])
 @pytest.mark.parametrize("sub, seq_len, tol", DECODING_CASES, ids=[str(c[0]) for c in DECODING_CASES])
-def test_decoding_reproduces_the_forward(sub, seq_len, tol):
+def test_decoding_reproduces_the_forward(sub, seq_len, tol, prompt):
+    """prefill over the first `prompt` tokens (none: steps from a fresh state, the recurrent
+    ground truth), then steps: the forward's outputs; and the state made for seq_len tokens
+    holds, after them, exactly `state_bytes(cfg, model, seq_len)` per sequence in the dtype."""
     module, cfg, model = sub.module()
-    init, step = decoding(module, batch=2, seq_len=seq_len)
-    check = STATE_CHECKS.get(sub.type)
-    assert_decodes_like_forward(module, sub.input(2, seq_len), init=init, step=step, tol=tol,
-                                each=check and check(C.get(sub.type), module, cfg, model))
+    module.eval()  # decoding is inference: a batchnorm (pkm's query_batchnorm) uses its running stats
+    comp, batch = C.get(sub.type), 2
+    each = _grows_to_its_figure(comp, cfg, model, batch) if sub.type == "sparse_attention" else None
+    _, state = assert_decodes_like_forward(module, sub.input(batch, seq_len), tol=tol,
+                                           prompt=min(prompt, seq_len - 1), each=each)
+    assert state_bytes_per_sequence(state, batch) == comp.state_bytes(cfg, model, seq_len)
 
 
 # --- activation estimates: what autograd saves -----------------------------------------------

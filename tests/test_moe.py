@@ -23,7 +23,6 @@ from archspec.flopcount import measure_flopcounter
 from archspec.ops import moe as O
 from archspec.report import report
 
-from helpers import decoding
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 ROUTERS = ["token", "chunk", "expert_choice"]
@@ -182,9 +181,8 @@ def test_gradcheck_through_the_layer():
 
 def test_expert_choice_has_no_decoding_step():
     module, _, _ = moe_module(router="expert_choice")
-    init, _ = decoding(module, batch=1, seq_len=8)
     with pytest.raises(ValueError, match="not causal"):
-        init()
+        module.init_state(1, 8)
 
 
 # --- routing ---------------------------------------------------------------------------------

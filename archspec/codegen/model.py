@@ -16,6 +16,17 @@ and the norm of sublayer i + 1 (or the final norm) adds them in its kernel:
 The same sums in the same order (a parallel group adds all but its last gated member as the
 reference does, then hands the last one on), so the same values up to the norm's own rounding.
 Otherwise the reference path runs as above; both have the same modules and parameter names.
+
+Decoding (the members' contract: archspec/components/modules.py):
+
+    state = model.init_state(B, max_len)          every member's state, by node name
+    logits = model.prefill(tokens [B, T], state)  [B, T, V]: the forward, filling the states
+    logits_t = model.step(tokens_t [B], state)    [B, V]: the next position of every row
+
+All rows of a state sit at the same position (per-row positions are not supported: rows with
+different prompt lengths decode in separate states, see archspec/generate.py). Norms, residual
+gates and the head are per token: they need no state. A module several sublayers share keeps
+one state per node.
 """
 from __future__ import annotations
 
@@ -95,6 +106,25 @@ class Block(nn.Module):
             out = out + gate.to(x.dtype) * member(h, ctx)
         return out
 
+    def prefill(self, x: torch.Tensor, states: dict, ctx: ForwardContext) -> torch.Tensor:
+        """forward over x [B, T, d], each member filling states[symbol]."""
+        return self._decode(x, states, ctx, "prefill")
+
+    def step(self, x_t: torch.Tensor, states: dict, ctx: ForwardContext) -> torch.Tensor:
+        """One position x_t [B, d] -> [B, d], each member stepping states[symbol]."""
+        return self._decode(x_t, states, ctx, "step")
+
+    def _decode(self, x: torch.Tensor, states: dict, ctx: ForwardContext, how: str) -> torch.Tensor:
+        """x + sum_j g_j f_j(norm(x)) (no gate for one member), f_j = member.<how>."""
+        h = self.norm(x)
+        if self.gates is None:
+            ((name, member),) = self.members.items()
+            return x + getattr(member, how)(h, states[name], ctx)
+        out = x
+        for gate, (name, member) in zip(self.gates, self.members.items()):
+            out = out + gate.to(x.dtype) * getattr(member, how)(h, states[name], ctx)
+        return out
+
     def forward_fused(self, x: torch.Tensor, delta: torch.Tensor | None,
                       ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor]:
         """(x', delta'): the stream x + delta (added by the norm's kernel) and this sublayer's
@@ -139,6 +169,42 @@ class CausalLM(nn.Module):
             elif isinstance(module, Block):
                 module.reset_gates()
 
+    # --- decoding (module docstring) -------------------------------------------------------
+    def init_state(self, batch: int, max_len: int, device=None, dtype=None) -> "ModelState":
+        """Fresh states of every member for `batch` sequences of at most max_len tokens
+        (device and dtype: the model's)."""
+        w = self.embedding.weight
+        device, dtype = device or w.device, dtype or w.dtype
+        states = {f"sublayers.{i}.{name}": member.init_state(batch, max_len, device, dtype)
+                  for i, block in enumerate(self.sublayers) for name, member in block.members.items()}
+        return ModelState(states, batch, max_len)
+
+    def prefill(self, tokens: torch.Tensor, state: "ModelState") -> torch.Tensor:
+        """tokens [B, T] (a prompt per row, all of length T) -> logits [B, T, V], filling the
+        fresh `state` (the forward's logits, to rounding)."""
+        if state.pos:
+            raise ValueError(f"prefill fills a fresh state; this one is at position {state.pos}")
+        state.check(tokens.shape[0], tokens.shape[1])
+        logits = self._decode(self.embedding(tokens), state, "prefill")
+        state.pos = tokens.shape[1]
+        return logits
+
+    def step(self, tokens_t: torch.Tensor, state: "ModelState") -> torch.Tensor:
+        """tokens_t [B] at position state.pos -> logits [B, V] of the next token."""
+        state.check(tokens_t.shape[0], state.pos + 1)
+        logits = self._decode(self.embedding(tokens_t), state, "step")
+        state.pos += 1
+        return logits
+
+    def _decode(self, x: torch.Tensor, state: "ModelState", how: str) -> torch.Tensor:
+        """embedding output x ([B, T, d] or [B, d]) through every block's `how` (prefill or
+        step), the final norm and the head."""
+        ctx = ForwardContext(shared=self.shared)
+        for i, block in enumerate(self.sublayers):
+            states = {name: state.states[f"sublayers.{i}.{name}"] for name in block.members}
+            x = getattr(block, how)(x, states, ctx)
+        return self.lm_head(self.final_norm(x), self.embedding.weight if self.tied else None)
+
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
         ctx = ForwardContext(shared=self.shared)
         x = self.embedding(tokens)
@@ -160,3 +226,21 @@ class CausalLM(nn.Module):
                 logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
             out.loss = out.lm_loss + out.aux_loss if out.aux_loss is not None else out.lm_loss
         return out
+
+
+@dataclass
+class ModelState:
+    """A model's decoding state: every member's state by node name ('sublayers.3.A'), the
+    batch it holds, the length it was made for and the position every row is at."""
+    states: dict
+    batch: int
+    max_len: int
+    pos: int = 0
+
+    def check(self, batch: int, length: int) -> None:
+        """A clear error for a batch this state does not hold or a length beyond max_len."""
+        if batch != self.batch:
+            raise ValueError(f"this state holds {self.batch} sequences, got a batch of {batch}")
+        if length > self.max_len:
+            raise ValueError(f"this state was made for {self.max_len} tokens (init_state's max_len); "
+                             f"position {length - 1} is beyond it")

@@ -7,9 +7,21 @@ when a model is built; the spec side, components/base.py, imports no torch).
                      slow ground truth the fast form is tested against (the same parameters)
     module.backend   "reference" or "triton": whether its Triton kernels run (set once, by
                      the `triton` backend of a type with has_kernels; same parameters, same math)
+
+Decoding (every sublayer type; the defaults below serve a stateless one: mlp, gated_adapter):
+    state = module.init_state(batch, max_len, device, dtype)   its state for sequences of at
+                     most max_len tokens (None: stateless); fresh, nothing consumed
+    y = module.prefill(x [B, T, d], state, ctx)      the parallel form over a prompt, filling a
+                     fresh state as T steps would: y [B, T, d]
+    y_t = module.step(x_t [B, d], state, ctx)        one token (x_t has no time axis), updating
+                     `state` in place: y_t [B, d]
+prefill on x[:, :P] and then steps on x[:, P], x[:, P + 1], ... give forward(x) (to rounding),
+and the state's tensors hold batch x `state_bytes(cfg, model, max_len)` bytes after max_len
+tokens (tests/test_contract.py). `ctx` carries the shared weights (ctx.shared) as in forward.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import ClassVar
 
@@ -70,6 +82,19 @@ class ComponentModule(nn.Module):
             raise ValueError(f"{type(self).__name__} has the backends {', '.join(self.backends)}; got {value!r}")
         self._backend = value
 
+    # --- decoding (module docstring); the defaults are those of a stateless type ------------
+    def init_state(self, batch: int, max_len: int, device=None, dtype=None):
+        """The state for `batch` sequences of at most `max_len` tokens; None: stateless."""
+        return None
+
+    def prefill(self, x: torch.Tensor, state, ctx=None) -> torch.Tensor:
+        """x [B, T, d] -> y [B, T, d], filling the fresh `state` (stateless: the forward)."""
+        return self(x, ctx)
+
+    def step(self, x_t: torch.Tensor, state, ctx=None) -> torch.Tensor:
+        """x_t [B, d] -> y_t [B, d], updating `state` (stateless: the forward of one token)."""
+        return self(x_t[:, None], ctx)[:, 0]
+
     def reset_parameters(self) -> None:  # pragma: no cover - every subclass overrides
         raise NotImplementedError(f"{type(self).__name__} must define reset_parameters")
 
@@ -92,6 +117,33 @@ def build_child(child, model) -> ComponentModule | None:
     parent keeps it as the attribute the child is named by, so the parameter names are the
     ones the spec side prefixes."""
     return None if child is None else child.component.build(child.config, model, "reference")
+
+
+def state_device_dtype(module: nn.Module, device=None, dtype=None) -> tuple:
+    """(device, dtype) of a decoding state: the given ones, else the module's weights'."""
+    w = next(module.parameters())
+    return (w.device if device is None else torch.device(device)), (w.dtype if dtype is None else dtype)
+
+
+def state_nbytes(state) -> int:
+    """Bytes of every tensor a decoding state holds (dataclass fields, dict values, tuple and
+    list items, nested; other values such as a position count nothing)."""
+    if isinstance(state, torch.Tensor):
+        return state.nbytes
+    if dataclasses.is_dataclass(state) and not isinstance(state, type):
+        state = [getattr(state, f.name) for f in dataclasses.fields(state)]
+    elif isinstance(state, dict):
+        state = list(state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_nbytes(v) for v in state)
+    return 0
+
+
+def fresh(state) -> None:
+    """Raise unless `state` has consumed nothing: prefill fills a fresh state."""
+    if state.pos != 0:
+        raise ValueError(f"prefill fills a fresh state; this one has consumed {state.pos} tokens "
+                         "(continue it with step, or start from init_state)")
 
 
 @torch.no_grad()

@@ -1,11 +1,13 @@
 """The attention module (the math, shapes and accounting: spec.py)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from ..base import ModelConfig
-from ..modules import ComponentModule
+from ..modules import ComponentModule, fresh, state_device_dtype
 
 
 class AttentionProjections(ComponentModule):
@@ -94,11 +96,67 @@ class AttentionModule(AttentionProjections):
 
     def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
         b, t, _ = x.shape
+        o = self._attend(*self.qkv(x), t)
+        return self.o_proj(o.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+    # --- decoding: a KV cache (modules.py gives the contract) ---------------------------
+    def init_state(self, batch: int, max_len: int, device=None, dtype=None) -> "KVCache":
+        """K and V [B, H_kv, L, hd] zeros: L = max_len positions, or with a window a ring of
+        L = min(window, max_len) slots (position p in slot p mod L)."""
+        device, dtype = state_device_dtype(self, device, dtype)
+        slots = max_len if self.window is None else min(self.window, max_len)
+        k = torch.zeros(batch, self.n_kv_heads, slots, self.head_dim, device=device, dtype=dtype)
+        return KVCache(k, torch.zeros_like(k), max_len)
+
+    def prefill(self, x: torch.Tensor, state: "KVCache", ctx=None) -> torch.Tensor:
+        """The forward over the prompt x [B, T, d], keeping its last L positions' K and V."""
+        fresh(state)
+        b, t, _ = x.shape
         q, k, v = self.qkv(x)
+        state.write(k, v, 0)
+        state.pos = t
+        return self.o_proj(self._attend(q, k, v, t).transpose(1, 2).reshape(b, t, -1))
+
+    def step(self, x_t: torch.Tensor, state: "KVCache", ctx=None) -> torch.Tensor:
+        """x_t [B, d] at position p = state.pos: its K, V go to slot p mod L, then its query
+        reads the min(p + 1, L) filled slots (every key it may see: slot order does not matter
+        to softmax, and RoPE already rotated each key at its own position)."""
+        b, p = x_t.shape[0], state.pos
+        q, k, v = self.qkv(x_t[:, None], start=p)
+        state.write(k, v, p)
+        state.pos = p + 1
+        n = min(p + 1, state.k.shape[2])
+        o = nn.functional.scaled_dot_product_attention(
+            q, state.k[:, :, :n], state.v[:, :, :n], enable_gqa=self.n_kv_heads != self.n_heads)
+        return self.o_proj(o.reshape(b, self.n_heads * self.head_dim))
+
+    def _attend(self, q, k, v, t: int) -> torch.Tensor:
+        """SDPA over q [B, H, T, hd], k, v [B, H_kv, T, hd], causal and windowed."""
         gqa = self.n_kv_heads != self.n_heads
         if self.window is None or self.window >= t:
-            o = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-        else:
-            o = nn.functional.scaled_dot_product_attention(
-                q, k, v, attn_mask=sliding_window_mask(t, self.window, x.device), enable_gqa=gqa)
-        return self.o_proj(o.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+            return nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        return nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=sliding_window_mask(t, self.window, q.device), enable_gqa=gqa)
+
+
+@dataclass
+class KVCache:
+    """An attention layer's decoding state: k, v [B, H_kv, L, hd] in the model dtype (position
+    p in slot p mod L) and `pos`, the tokens consumed so far."""
+    k: torch.Tensor
+    v: torch.Tensor
+    max_len: int
+    pos: int = 0
+
+    def write(self, k: torch.Tensor, v: torch.Tensor, start: int) -> None:
+        """Store k, v [B, H_kv, T, hd] of positions start .. start + T - 1 (the last L of
+        them, each in slot p mod L)."""
+        slots, t = self.k.shape[2], k.shape[2]
+        if start + t > self.max_len:
+            raise ValueError(f"this KV cache holds {self.max_len} positions (init_state's max_len); "
+                             f"writing positions up to {start + t - 1} needs a larger max_len")
+        if t > slots:  # a window's ring keeps the last L
+            k, v, start = k[:, :, t - slots:], v[:, :, t - slots:], start + t - slots
+        idx = torch.arange(start, start + k.shape[2], device=k.device) % slots
+        self.k[:, :, idx] = k.to(self.k.dtype)
+        self.v[:, :, idx] = v.to(self.v.dtype)

@@ -1,13 +1,15 @@
 """The mamba module (the math, shapes and accounting: spec.py)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from ...ops.conv import causal_conv1d, causal_conv1d_step
 from ...ops.ssm import selective_scan, selective_scan_step
 from ..base import ModelConfig
-from ..modules import ComponentModule, at_least_float32, init_dt_bias
+from ..modules import ComponentModule, at_least_float32, fresh, init_dt_bias, state_device_dtype
 from .spec import Mamba
 
 
@@ -87,18 +89,50 @@ class MambaModule(ComponentModule):
         y, _ = selective_scan(u, dt, a, b, c, self.D)
         return self.out_proj(y.to(x.dtype) * nn.functional.silu(z))
 
-    # --- decoding ------------------------------------------------------------------------
-    def initial_state(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(conv state [B, E, k-1] in the model dtype, SSM state [B, E, N] float32), zeros."""
-        w = self.in_proj.weight
-        return (torch.zeros(batch, self.inner, self.d_conv - 1, dtype=w.dtype, device=w.device),
-                torch.zeros(batch, self.inner, self.d_state, dtype=torch.float32, device=w.device))
+    # --- decoding (modules.py gives the contract) ---------------------------------------
+    def init_state(self, batch: int, max_len: int, device=None, dtype=None) -> "SSMState":
+        """conv: the last k - 1 conv inputs [B, E, k-1] in the model dtype (oldest first);
+        ssm: the scan state [B, E, N] float32; zeros. Neither grows with max_len."""
+        device, dtype = state_device_dtype(self, device, dtype)
+        return SSMState(torch.zeros(batch, self.inner, self.d_conv - 1, dtype=dtype, device=device),
+                        torch.zeros(batch, self.inner, self.d_state, dtype=torch.float32, device=device))
 
-    def step(self, x_t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
-        """One token: x_t [B, d] -> (out [B, d], new state); the recurrent form."""
-        conv_state, ssm_state = state
-        u, z = self.in_proj(x_t).split(self.inner, dim=-1)
-        u, conv_state = causal_conv1d_step(u, conv_state, self.conv1d.weight, self.conv1d.bias, "silu")
+    def prefill(self, x: torch.Tensor, state: "SSMState", ctx=None) -> torch.Tensor:
+        """The forward over the prompt x [B, T, d] (the chunked scan), keeping its final scan
+        state and its last k - 1 conv inputs."""
+        fresh(state)
+        u0, z = self.in_proj(x).split(self.inner, dim=-1)
+        u = causal_conv1d(u0, self.conv1d.weight, self.conv1d.bias, activation="silu")
         dt, a, b, c = self._ssm_inputs(u)
-        y, ssm_state = selective_scan_step(ssm_state, u, dt, a, b, c, self.D)
-        return self.out_proj(y.to(x_t.dtype) * nn.functional.silu(z)), (conv_state, ssm_state)
+        y, final = selective_scan(u, dt, a, b, c, self.D)
+        state.conv.copy_(last_inputs(u0, self.d_conv - 1))
+        state.ssm.copy_(final)
+        state.pos = x.shape[1]
+        return self.out_proj(y.to(x.dtype) * nn.functional.silu(z))
+
+    def step(self, x_t: torch.Tensor, state: "SSMState", ctx=None) -> torch.Tensor:
+        """One token: x_t [B, d] -> y_t [B, d]; the recurrent form."""
+        u, z = self.in_proj(x_t).split(self.inner, dim=-1)
+        u, conv = causal_conv1d_step(u, state.conv, self.conv1d.weight, self.conv1d.bias, "silu")
+        dt, a, b, c = self._ssm_inputs(u)
+        y, ssm = selective_scan_step(state.ssm, u, dt, a, b, c, self.D)
+        state.conv.copy_(conv)
+        state.ssm.copy_(ssm)
+        state.pos += 1
+        return self.out_proj(y.to(x_t.dtype) * nn.functional.silu(z))
+
+
+@dataclass
+class SSMState:
+    """A state-space layer's decoding state (mamba, mamba2): the conv window [B, C, k-1]
+    (oldest first), the scan state (float32) and `pos`, the tokens consumed."""
+    conv: torch.Tensor
+    ssm: torch.Tensor
+    pos: int = 0
+
+
+def last_inputs(u: torch.Tensor, n: int) -> torch.Tensor:
+    """The conv window after u [B, T, C]: its last n rows as [B, C, n], oldest first, zeros
+    before the first token (a prompt shorter than the window)."""
+    window = u[:, -n:].transpose(1, 2) if n else u[:, :0].transpose(1, 2)
+    return nn.functional.pad(window, (n - window.shape[-1], 0))

@@ -8,7 +8,8 @@ from ...ops.conv import causal_conv1d, causal_conv1d_step
 from ...ops.norm import gated_rmsnorm
 from ...ops.ssm import ssd_chunked, ssd_step
 from ..base import ModelConfig
-from ..modules import ComponentModule, at_least_float32, init_dt_bias
+from ..mamba.module import SSMState, last_inputs
+from ..modules import ComponentModule, at_least_float32, fresh, init_dt_bias, state_device_dtype
 from .spec import Mamba2
 
 
@@ -74,38 +75,54 @@ class Mamba2Module(ComponentModule):
         return dt if limit is None else dt.clamp(float(limit[0]), float(limit[1]))
 
     def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
+        return self._run(x)[0]
+
+    def _run(self, x: torch.Tensor):
+        """(y [B, T, d], the conv's input [B, T, E + 2GN], the final SSD state [B, H, P, N])."""
         b, t, _ = x.shape
         e, gn = self.inner, self.groups * self.d_state
-        z, xbc, dt0 = self._split(self.in_proj(x))
-        xbc = causal_conv1d(xbc, self.conv1d.weight, self.conv1d.bias, activation="silu")
+        z, xbc0, dt0 = self._split(self.in_proj(x))
+        xbc = causal_conv1d(xbc0, self.conv1d.weight, self.conv1d.bias, activation="silu")
         u, bm, cm = xbc.split([e, gn, gn], dim=-1)
-        y, _ = ssd_chunked(u.reshape(b, t, self.heads, self.head_dim), self._dt(dt0),
+        y, final = ssd_chunked(u.reshape(b, t, self.heads, self.head_dim), self._dt(dt0),
                            -torch.exp(at_least_float32(self.A_log)),
                            bm.reshape(b, t, self.groups, self.d_state),
                            cm.reshape(b, t, self.groups, self.d_state),
                            self.cfg["chunk_size"], self.D)
-        return self.out_proj(self.norm(y.reshape(b, t, e), z, self.backend).to(x.dtype))
+        return self.out_proj(self.norm(y.reshape(b, t, e), z, self.backend).to(x.dtype)), xbc0, final
 
-    # --- decoding ------------------------------------------------------------------------
-    def initial_state(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(conv state [B, E + 2GN, k-1] in the model dtype, SSM state [B, H, P, N] float32)."""
-        w = self.in_proj.weight
+    # --- decoding (modules.py gives the contract) ---------------------------------------
+    def init_state(self, batch: int, max_len: int, device=None, dtype=None) -> SSMState:
+        """conv: the last k - 1 conv inputs [B, E + 2GN, k-1] in the model dtype (oldest
+        first); ssm: the SSD state [B, H, P, N] float32; zeros."""
+        device, dtype = state_device_dtype(self, device, dtype)
         conv_dim = self.inner + 2 * self.groups * self.d_state
-        return (torch.zeros(batch, conv_dim, self.d_conv - 1, dtype=w.dtype, device=w.device),
-                torch.zeros(batch, self.heads, self.head_dim, self.d_state, dtype=torch.float32,
-                            device=w.device))
+        return SSMState(torch.zeros(batch, conv_dim, self.d_conv - 1, dtype=dtype, device=device),
+                        torch.zeros(batch, self.heads, self.head_dim, self.d_state, dtype=torch.float32,
+                                    device=device))
 
-    def step(self, x_t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
-        """One token: x_t [B, d] -> (out [B, d], new state); the recurrent form."""
+    def prefill(self, x: torch.Tensor, state: SSMState, ctx=None) -> torch.Tensor:
+        """The forward over the prompt x [B, T, d] (the chunked SSD), keeping its final state
+        and its last k - 1 conv inputs."""
+        fresh(state)
+        y, xbc, final = self._run(x)
+        state.conv.copy_(last_inputs(xbc, self.d_conv - 1))
+        state.ssm.copy_(final)
+        state.pos = x.shape[1]
+        return y
+
+    def step(self, x_t: torch.Tensor, state: SSMState, ctx=None) -> torch.Tensor:
+        """One token: x_t [B, d] -> y_t [B, d]; the recurrent form."""
         b = x_t.shape[0]
         e, gn = self.inner, self.groups * self.d_state
-        conv_state, ssm_state = state
         z, xbc, dt0 = self._split(self.in_proj(x_t))
-        xbc, conv_state = causal_conv1d_step(xbc, conv_state, self.conv1d.weight, self.conv1d.bias, "silu")
+        xbc, conv = causal_conv1d_step(xbc, state.conv, self.conv1d.weight, self.conv1d.bias, "silu")
         u, bm, cm = xbc.split([e, gn, gn], dim=-1)
-        y, ssm_state = ssd_step(ssm_state, u.reshape(b, self.heads, self.head_dim), self._dt(dt0),
-                                -torch.exp(at_least_float32(self.A_log)),
-                                bm.reshape(b, self.groups, self.d_state),
-                                cm.reshape(b, self.groups, self.d_state), self.D)
-        out = self.out_proj(self.norm(y.reshape(b, e), z, self.backend).to(x_t.dtype))
-        return out, (conv_state, ssm_state)
+        y, ssm = ssd_step(state.ssm, u.reshape(b, self.heads, self.head_dim), self._dt(dt0),
+                          -torch.exp(at_least_float32(self.A_log)),
+                          bm.reshape(b, self.groups, self.d_state),
+                          cm.reshape(b, self.groups, self.d_state), self.D)
+        state.conv.copy_(conv)
+        state.ssm.copy_(ssm)
+        state.pos += 1
+        return self.out_proj(self.norm(y.reshape(b, e), z, self.backend).to(x_t.dtype))

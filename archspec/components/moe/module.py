@@ -1,13 +1,15 @@
 """The moe module (the math, shapes and accounting: spec.py)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from ...ops import moe as O
 from ..base import ModelConfig, get
 from ..mlp.module import TORCH_ACTIVATIONS
-from ..modules import ComponentModule, build_child
+from ..modules import ComponentModule, build_child, fresh, state_device_dtype
 from .spec import GATED, MoE
 
 
@@ -84,31 +86,38 @@ class MoEModule(ComponentModule):
         sel, vals = O.expert_choice(probs.view(b, t, -1), cap)
         return {"logits": logits, "probs": probs, "sel": sel, "vals": vals}
 
-    def assignments(self, x: torch.Tensor, routing: dict | None = None) -> O.Assignments:
-        """The kept (token, expert, weight) assignments, sorted expert-major."""
+    def assignments(self, x: torch.Tensor, routing: dict | None = None, limit: int | None = -1) -> O.Assignments:
+        """The kept (token, expert, weight) assignments, sorted expert-major. `limit`: the
+        capacity per expert and sequence (default: that of T = x's length)."""
         b, t, _ = x.shape
         routing = routing or self.route(x)
         if self.router_kind == "expert_choice":
             return O.expert_choice_assignments(routing["sel"], routing["vals"], t)
-        return O.sort_assignments(routing["idx"], routing["weights"], self.n_experts, b, t, self._limit(t))
+        limit = self._limit(t) if limit == -1 else limit
+        return O.sort_assignments(routing["idx"], routing["weights"], self.n_experts, b, t, limit)
 
-    def combine(self, x: torch.Tensor, routing: dict) -> torch.Tensor:
+    def combine(self, x: torch.Tensor, routing: dict, limit: int | None = -1) -> torch.Tensor:
         """The routing as a dense [B T, E] weight matrix (zero = not computed)."""
         b, t, _ = x.shape
         if self.router_kind == "expert_choice":
             return O.dense_combine_expert_choice(routing["sel"], routing["vals"], t)
-        return O.dense_combine(routing["idx"], routing["weights"], b, t, self.n_experts, self._limit(t))
+        limit = self._limit(t) if limit == -1 else limit
+        return O.dense_combine(routing["idx"], routing["weights"], b, t, self.n_experts, limit)
 
     def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
-        b, t, d = x.shape
         routing = self.route(x)
         if ctx is not None:
             self._aux_losses(routing, ctx, x.dtype)
+        return self._experts(x, routing)
+
+    def _experts(self, x: torch.Tensor, routing: dict, limit: int | None = -1) -> torch.Tensor:
+        """y [B, T, d]: the routed experts' weighted sum (and the shared experts)."""
+        b, t, d = x.shape
         flat = x.reshape(b * t, d)
         if self.form == "reference":
-            y = O.dense_experts(flat, self.combine(x, routing), *self._weights(), self.act)
+            y = O.dense_experts(flat, self.combine(x, routing, limit), *self._weights(), self.act)
         else:
-            y = O.grouped_experts(flat, self.assignments(x, routing), *self._weights(), self.act)
+            y = O.grouped_experts(flat, self.assignments(x, routing, limit), *self._weights(), self.act)
         y = y.view(b, t, d)
         if self.shared is not None:
             y = y + self.shared(x)
@@ -121,42 +130,87 @@ class MoEModule(ComponentModule):
         if self.z_scale:
             ctx.add_aux_loss("moe_z_loss", (self.z_scale * O.z_loss(routing["logits"])).to(dtype))
 
-    # --- decoding: one token at a time (token and chunk routers) ------------------------
-    def init_cache(self, batch: int, seq_len: int, device=None) -> dict:
-        """Per-sequence decoding state. `seq_len` fixes the capacity limit (as in forward)."""
+    # --- decoding: token and chunk routers (modules.py gives the contract) --------------
+    def init_state(self, batch: int, max_len: int, device=None, dtype=None) -> "RouterState":
+        """taken [B, E] int64 (with a capacity: assignments each expert took, against the
+        limit of a max_len-token sequence, as forward counts T); a chunk router's running sum
+        of its current chunk [B, d] (float32, or the dtype if wider) and its decision, idx
+        [B, k] int64 and weights [B, k] (the router's dtype)."""
         if self.router_kind == "expert_choice":
-            raise ValueError("expert_choice routing is not causal: it has no token-by-token form")
-        device = device or self.router.weight.device
-        # "sum": the current chunk's running sum, float32 (float64 for float64 inputs),
-        # created at the first step
-        return {"pos": 0, "sum": None,
-                "idx": None, "weights": None, "limit": self._limit(seq_len),
-                "taken": torch.zeros(batch, self.n_experts, dtype=torch.int64, device=device)}
-
-    def step(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:
-        """x_t [B, d] -> y_t [B, d]; updates `cache`. A chunk router decides at each chunk's
-        first token from the running sum of the previous chunk, then accumulates x_t."""
+            raise ValueError("expert_choice routing is not causal (an expert picks among all of a "
+                             "sequence's tokens): it cannot decode token by token")
+        device, dtype = state_device_dtype(self, device, dtype)
+        state = RouterState(limit=self._limit(max_len))
+        if state.limit is not None:
+            state.taken = torch.zeros(batch, self.n_experts, dtype=torch.int64, device=device)
         if self.router_kind == "chunk":
-            acc = torch.promote_types(x_t.dtype, torch.float32)
-            if cache["pos"] % self.chunk_size == 0:
-                if cache["pos"] == 0:
+            acc = torch.promote_types(dtype, torch.float32)
+            wdt = acc if self.router_f32 else dtype
+            state.sum = torch.zeros(batch, self.d, dtype=acc, device=device)
+            state.idx = torch.zeros(batch, self.topk, dtype=torch.int64, device=device)
+            state.weights = torch.zeros(batch, self.topk, dtype=wdt, device=device)
+        return state
+
+    def prefill(self, x: torch.Tensor, state: "RouterState", ctx=None) -> torch.Tensor:
+        """The forward over the prompt x [B, T, d]; then the state as T steps leave it: each
+        expert's count (first come, first served: min(chosen, limit)) and, for a chunk router,
+        the decision of the chunk holding token T - 1 and the sum of that chunk's tokens."""
+        fresh(state)
+        b, t, _ = x.shape
+        routing = self.route(x)
+        # the capacity of the whole max_len-token sequence, as its forward would apply it
+        y = self._experts(x, routing, state.limit)
+        if state.taken is not None:
+            idx = routing["idx"].view(b, t * self.topk)
+            chosen = torch.zeros(b, self.n_experts, dtype=torch.int64, device=x.device)
+            chosen.scatter_add_(1, idx, torch.ones_like(idx))
+            state.taken.copy_(chosen.clamp(max=state.limit))
+        if self.router_kind == "chunk":
+            start = (t - 1) // self.chunk_size * self.chunk_size
+            state.sum.copy_(x[:, start:].to(state.sum.dtype).sum(1))
+            state.idx.copy_(routing["idx"].view(b, t, -1)[:, -1])
+            state.weights.copy_(routing["weights"].view(b, t, -1)[:, -1])
+        state.pos = t
+        return y
+
+    def step(self, x_t: torch.Tensor, state: "RouterState", ctx=None) -> torch.Tensor:
+        """x_t [B, d] -> y_t [B, d]. A chunk router decides at each chunk's first token from
+        the mean of the previous chunk (router_start at the first), then accumulates x_t."""
+        if self.router_kind == "chunk":
+            if state.pos % self.chunk_size == 0:
+                if state.pos == 0:
                     summary = self.router_start.expand(x_t.shape[0], -1)
                 else:
-                    summary = cache["sum"] / self.chunk_size
-                r = summary.to(acc if self.router_f32 else x_t.dtype)
-                _, cache["weights"], cache["idx"] = O.token_choice(self._logits(r), self.topk, self.renormalize)
-                cache["sum"] = torch.zeros(x_t.shape, dtype=acc, device=x_t.device)
-            cache["sum"] = cache["sum"] + x_t.to(acc)
-            weights, idx = cache["weights"], cache["idx"]
+                    summary = state.sum / self.chunk_size
+                r = summary.to(state.sum.dtype if self.router_f32 else x_t.dtype)
+                _, weights, idx = O.token_choice(self._logits(r), self.topk, self.renormalize)
+                state.weights.copy_(weights)
+                state.idx.copy_(idx)
+                state.sum.zero_()
+            state.sum += x_t.to(state.sum.dtype)
+            weights, idx = state.weights, state.idx
         else:
             _, weights, idx = O.token_choice(self._logits(x_t), self.topk, self.renormalize)
-        cache["pos"] += 1
-        chosen = torch.zeros_like(cache["taken"], dtype=torch.bool).scatter_(1, idx, True)
-        if cache["limit"] is not None:
-            chosen &= cache["taken"] < cache["limit"]
-        cache["taken"] += chosen.long()
+        state.pos += 1
+        chosen = torch.zeros(x_t.shape[0], self.n_experts, dtype=torch.bool,
+                             device=x_t.device).scatter_(1, idx, True)
+        if state.taken is not None:
+            chosen &= state.taken < state.limit
+            state.taken += chosen.long()
         combine = torch.zeros(chosen.shape, dtype=weights.dtype, device=x_t.device).scatter_(1, idx, weights)
         y = O.dense_experts(x_t, combine * chosen, *self._weights(), self.act)
         if self.shared is not None:
             y = y + self.shared(x_t)
         return y
+
+
+@dataclass
+class RouterState:
+    """moe's decoding state (init_state says what each tensor holds); `limit` (tokens per
+    expert and sequence, None: no capacity) and `pos` are plain numbers."""
+    limit: int | None
+    taken: torch.Tensor | None = None
+    sum: torch.Tensor | None = None
+    idx: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+    pos: int = 0

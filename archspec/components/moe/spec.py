@@ -56,8 +56,8 @@ adds and a divide per channel); per assignment f (act + 1) (activation as in mlp
 GeLU 5, plus the gate multiply) and 2 d (weight, accumulate); shared n_s f_s (act + 1) + d per
 token. Top-k selection (comparisons), casts and the auxiliary losses (training only) count 0.
 Inference state per sequence: token routing none (with capacity, E int64 counts of tokens taken);
-chunk routing the running float32 sum of the current chunk [d] and its routing (k int64 experts,
-k float32 weights), plus the counts with capacity; expert choice has no incremental form.
+chunk routing the running sum of the current chunk [d] (float32, or the dtype if wider) and its
+routing (k int64 experts, k weights in the router's dtype), plus the counts with capacity; expert choice has no incremental form.
 Initialisation: router, W_gate, W_up, shared gate/up N(0, init_std); W_down and the shared
 down projection N(0, init_std / sqrt(2 L)) (they write into the residual); router_start
 N(0, init_std) (small: chunk 0 starts near uniform routing without exact ties).
@@ -246,7 +246,11 @@ class MoE(Component):
         if cfg["router"] == "token":
             return counts
         if cfg["router"] == "chunk":
-            return 4 * model.d_model + 12 * cfg["topk"] + counts
+            # the current chunk's running sum (float32, or the dtype if wider), its decision:
+            # int64 expert indices and weights in the router's dtype
+            acc = max(4, model.dtype_bytes)
+            weight = acc if cfg["router_dtype"] == "float32" else model.dtype_bytes
+            return acc * model.d_model + (8 + weight) * cfg["topk"] + counts
         return 0
 
     def own_activation_bytes(self, cfg, model, seq_len):

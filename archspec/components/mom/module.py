@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -13,7 +14,7 @@ from ...ops.linear_attention import triton_chunk_rule
 from ...ops.moe import capacity_limit, load_balancing_loss, token_choice
 from ...ops.norm import gated_rmsnorm, l2_normalise
 from ..base import ModelConfig
-from ..modules import ComponentModule, at_least_float32, init_dt_bias
+from ..modules import ComponentModule, at_least_float32, fresh, init_dt_bias, state_device_dtype
 from .spec import GLA_GATE_NORMALIZER
 
 
@@ -96,18 +97,22 @@ class MoMModule(ComponentModule):
     def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
         return self._run(x, ctx)[0]
 
-    def prefill(self, x: torch.Tensor, seq_len: int | None = None) -> tuple[torch.Tensor, dict]:
+    def prefill(self, x: torch.Tensor, state: "MemoryState", ctx=None) -> torch.Tensor:
         """Prompts x [B, T, d] in the training form (the chunk kernels with `triton`):
-        (y [B, T, d], the decoding cache after them, as `init_cache(B, seq_len)` followed by
-        T `step` calls would leave it). seq_len (default T) is the total length, which the
-        capacity counts."""
-        t = x.shape[1]
-        if seq_len is not None and seq_len < t:
-            raise ValueError(f"seq_len {seq_len} is shorter than the prompt ({t} tokens)")
-        return self._run(x, None, seq_len or t)
+        y [B, T, d], filling the fresh `state` as T `step` calls would: every (memory,
+        sequence) group's final state, conv window and token count. The capacity counts the
+        state's max_len, the whole decoded length (as forward over it would)."""
+        fresh(state)
+        if state.max_len < x.shape[1]:
+            raise ValueError(f"this state was made for {state.max_len} tokens (init_state's max_len), "
+                             f"shorter than the prompt ({x.shape[1]} tokens)")
+        y, _ = self._run(x, None, state)
+        return y
 
-    def _run(self, x: torch.Tensor, ctx, cache_len: int | None = None):
+    def _run(self, x: torch.Tensor, ctx, state: "MemoryState | None" = None):
+        """(y [B, T, d], plan); with a decoding `state`, fills it after x (see prefill)."""
         b, t, d = x.shape
+        cache_len = None if state is None else state.max_len
         probs, _, idx, plan = self.plan(x, cache_len)
         if ctx is not None:
             ctx.add_aux_loss("mom_load_balance",
@@ -145,25 +150,25 @@ class MoMModule(ComponentModule):
             o = o[0] * plan.weight.to(o.dtype)[:, None, None]
             out = torch.zeros(b * t, self.h, self.dv, dtype=o.dtype, device=o.device).index_add_(0, plan.token, o)
         y = self._output(out.view(b, t, self.h, self.dv), x)
-        if cache_len is None:
-            return y, None
-        return y, self._cache_after(plan, conv_inputs, final, b, cache_len, x.dtype)
+        if state is not None:
+            self._fill(state, plan, conv_inputs, final, b, t)
+        return y, plan
 
-    def _cache_after(self, plan: Dispatch, conv_inputs: torch.Tensor, final: torch.Tensor,
-                     batch: int, seq_len: int, dtype) -> dict:
-        """The decoding cache after the prompt: every (memory, sequence) group's final state,
+    def _fill(self, state: "MemoryState", plan: Dispatch, conv_inputs: torch.Tensor,
+              final: torch.Tensor, batch: int, t: int) -> None:
+        """The decoding state after the prompt: every (memory, sequence) group's final state,
         its last c - 1 convolution inputs [q | k | v] (oldest first, zeros before the group's
         first token) and its token count."""
-        cache = self.init_cache(batch, seq_len, device=conv_inputs.device, dtype=dtype)
-        banks, _, width, window = cache["conv"].shape
+        banks, _, width, window = state.conv.shape
         starts, ends = plan.cu_seqlens[:-1], plan.cu_seqlens[1:]
         pos = ends[:, None] - window + torch.arange(window, device=ends.device)  # [G, c - 1]
         pos = torch.where(pos >= starts[:, None], pos, conv_inputs.shape[0])  # the zero row
         rows = torch.cat([conv_inputs, conv_inputs.new_zeros(1, width)])
-        cache["conv"] = rows[pos].transpose(1, 2).reshape(banks, batch, width, window).to(dtype)
-        cache["state"] = final.reshape(cache["state"].shape).to(cache["state"].dtype)
-        cache["taken"] = (ends - starts).view(banks, batch)[: self.n_memories].T.contiguous()
-        return cache
+        state.conv.copy_(rows[pos].transpose(1, 2).reshape(banks, batch, width, window))
+        state.state.copy_(final.reshape(state.state.shape))
+        if state.taken is not None:
+            state.taken.copy_((ends - starts).view(banks, batch)[: self.n_memories].T)
+        state.pos = t
 
     def _memory_projections(self, packed: torch.Tensor, rows: list[int]):
         """k, v, beta, log-decay of every packed row, each memory's rows by its own weights."""
@@ -192,45 +197,60 @@ class MoMModule(ComponentModule):
             o = nn.functional.rms_norm(f32(o), (self.dv,), f32(self.o_norm.weight), self.eps).to(o.dtype)
         return self.o_proj(o.reshape(b, t, -1).to(x.dtype))
 
-    # --- decoding: the token-by-token ground truth --------------------------------------
-    def init_cache(self, batch: int, seq_len: int, device=None, dtype=None) -> dict:
-        """Per-sequence decoding state: every memory's conv window and recurrent state, and
-        (with a capacity) how many tokens each memory took. `seq_len` fixes the capacity."""
-        w = self.q_proj.weight
-        device, dtype = device or w.device, dtype or w.dtype
+    # --- decoding: the token-by-token ground truth (modules.py gives the contract) -----
+    def init_state(self, batch: int, max_len: int, device=None, dtype=None) -> "MemoryState":
+        """Every memory's (and the shared one's) conv window [n_b, B, 2K + V, c - 1] in the
+        model dtype and recurrent state [n_b, B, H, dk, dv] float32 (float64 for float64),
+        and with a capacity the tokens each memory took [B, M] int64, against the limit of a
+        max_len-token sequence (as forward over max_len tokens counts it)."""
+        device, dtype = state_device_dtype(self, device, dtype)
         banks = self.n_memories + (1 if self.shared else 0)
         width = 2 * self.h * self.dk + self.h * self.dv
         state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        limit = None if self.capacity is None else capacity_limit(self.capacity, self.topk, seq_len, self.n_memories)
-        return {"conv": torch.zeros(banks, batch, width, self.q_conv1d.weight.shape[-1] - 1, dtype=dtype, device=device),
-                "state": torch.zeros(banks, batch, self.h, self.dk, self.dv, dtype=state_dtype, device=device),
-                "taken": torch.zeros(batch, self.n_memories, dtype=torch.int64, device=device),
-                "limit": limit}
+        limit = None if self.capacity is None else capacity_limit(self.capacity, self.topk, max_len, self.n_memories)
+        return MemoryState(
+            conv=torch.zeros(banks, batch, width, self.q_conv1d.weight.shape[-1] - 1, dtype=dtype, device=device),
+            state=torch.zeros(banks, batch, self.h, self.dk, self.dv, dtype=state_dtype, device=device),
+            taken=None if limit is None else torch.zeros(batch, self.n_memories, dtype=torch.int64, device=device),
+            limit=limit, max_len=max_len)
 
-    def step(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:
-        """One token per sequence: x_t [B, d] -> y_t [B, d]; updates `cache` in place. Each
+    def step(self, x_t: torch.Tensor, state: "MemoryState", ctx=None) -> torch.Tensor:
+        """One token per sequence: x_t [B, d] -> y_t [B, d]; updates `state` in place. Each
         memory's recurrence advances only on the tokens routed to it."""
         b = x_t.shape[0]
         _, weights, idx = token_choice(at_least_float32(self.router(x_t)), self.topk, renormalize=True)
         chosen = torch.zeros(b, self.n_memories, dtype=torch.bool, device=x_t.device).scatter_(1, idx, True)
         weight = torch.zeros(b, self.n_memories, dtype=weights.dtype, device=x_t.device).scatter_(1, idx, weights)
-        if cache["limit"] is not None:
-            chosen &= cache["taken"] < cache["limit"]
-        cache["taken"] += chosen.long()
+        if state.taken is not None:
+            chosen &= state.taken < state.limit
+            state.taken += chosen.long()
+        state.pos += 1
         conv_w = torch.cat([self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight])
         q = self.q_proj(x_t)
         kd = self.h * self.dk
-        out = torch.zeros(b, self.h, self.dv, dtype=cache["state"].dtype, device=x_t.device)
-        for j in range(cache["conv"].shape[0]):
+        out = torch.zeros(b, self.h, self.dv, dtype=state.state.dtype, device=x_t.device)
+        for j in range(state.conv.shape[0]):
             k, v, beta, g = self._memory_projections(x_t, [0] * j + [b])
-            mixed, conv = causal_conv1d_step(torch.cat([q, k, v], -1), cache["conv"][j], conv_w, None, "silu")
+            mixed, conv = causal_conv1d_step(torch.cat([q, k, v], -1), state.conv[j], conv_w, None, "silu")
             qj = l2_normalise(mixed[:, :kd].view(b, self.h, self.dk))
             kj = l2_normalise(mixed[:, kd:2 * kd].view(b, self.h, self.dk))
             vj = mixed[:, 2 * kd:].view(b, self.h, self.dv)
-            o, state = LA.recurrent_step(self.rule, qj, kj, vj, cache["state"][j], g_t=g, beta_t=beta)
+            o, s_j = LA.recurrent_step(self.rule, qj, kj, vj, state.state[j], g_t=g, beta_t=beta)
             take = chosen[:, j] if j < self.n_memories else torch.ones(b, dtype=torch.bool, device=x_t.device)
-            cache["conv"][j] = torch.where(take[:, None, None], conv, cache["conv"][j])
-            cache["state"][j] = torch.where(take[:, None, None, None], state, cache["state"][j])
+            state.conv[j] = torch.where(take[:, None, None], conv, state.conv[j])
+            state.state[j] = torch.where(take[:, None, None, None], s_j, state.state[j])
             w = weight[:, j] * take if j < self.n_memories else take.to(weight.dtype)
             out = out + w[:, None, None].to(out.dtype) * o.to(out.dtype)
         return self._output(out[:, None].to(x_t.dtype), x_t[:, None])[:, 0]
+
+
+@dataclass
+class MemoryState:
+    """mom's decoding state (init_state says what each tensor holds); `limit` (tokens per
+    memory and sequence, None: no capacity), `max_len` and `pos` are plain numbers."""
+    conv: torch.Tensor
+    state: torch.Tensor
+    taken: torch.Tensor | None
+    limit: int | None
+    max_len: int
+    pos: int = 0

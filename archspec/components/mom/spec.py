@@ -41,10 +41,10 @@ assumed; the measured count varies with routing only through chunk padding, see 
 Elementwise `other`: router softmax 5M per token, conv (2c - 1 + 4) per channel and routed token,
 l2 norms 3 per element, beta/decay activations, the rule's elementwise work, the weighted
 combine 2 V per assignment, the gated norm 9 per value.
-Inference state per sequence: n_b float32 states H dk dv, and n_b conv windows (c - 1)(2K + V).
-Decoding: `init_cache` then `step` per token (the recurrent form); or `prefill(prompt)`, which runs
-the chunked form (the Triton kernels with backend triton) and returns the cache from every
-group's final state, conv window and token count, for `step` to continue.
+Inference state per sequence: n_b float32 states H dk dv, n_b conv windows (c - 1)(2K + V), and
+with a capacity M int64 counts. Decoding: `init_state` then `step` per token (the recurrent form);
+`prefill(prompt, state)` runs the chunked form (the Triton kernels with backend triton) and fills
+the state from every group's final state, conv window and token count, for `step` to continue.
 Initialisation: projections and router N(0, init_std), o_proj N(0, init_std / sqrt(2 L));
 A_log = log U(0, 16); dt_bias = softplus^-1 of dt, log-uniform in [1e-3, 1e-1] floored at
 1e-4 (fla); convs as nn.Conv1d (U(+-1/sqrt(c))); norm weight 1.
@@ -231,9 +231,12 @@ class MoM(Component):
 
     def own_state_bytes(self, cfg, model, seq_len):
         banks = self._n_banks(cfg)
-        recurrent = banks * cfg["n_heads"] * cfg["head_dim"] * cfg["head_v_dim"] * 4
+        # float32 states (float64 in a float64 model), conv windows in the model dtype, and with
+        # a capacity each memory's int64 count of the tokens it took
+        recurrent = banks * cfg["n_heads"] * cfg["head_dim"] * cfg["head_v_dim"] * max(4, model.dtype_bytes)
         conv_window = banks * (cfg["d_conv"] - 1) * (2 * cfg["key_dim"] + cfg["value_dim"])
-        return recurrent + conv_window * model.dtype_bytes
+        counts = 8 * cfg["n_memories"] if cfg["capacity_factor"] is not None else 0
+        return recurrent + conv_window * model.dtype_bytes + counts
 
     def own_activation_bytes(self, cfg, model, seq_len):
         # Estimate: per token the input and q/g projections; per packed row the gathered input,

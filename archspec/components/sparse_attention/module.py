@@ -1,11 +1,14 @@
 """The sparse_attention module (the math, shapes and accounting: spec.py)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ...ops import sparse_attention as SA
 from ..attention.module import AttentionProjections
 from ..base import ModelConfig
+from ..modules import fresh, state_device_dtype
 from .spec import _keeps_everything, _window_plan
 
 
@@ -42,39 +45,67 @@ class SparseAttentionModule(AttentionProjections):
         o = self.attend(*self.qkv(x))
         return self.o_proj(o.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
-    # --- decoding: one position at a time against the kept KV ---------------------------
-    def init_cache(self, batch: int, device=None, dtype=None) -> dict:
-        w = self.q_proj.weight
-        device, dtype = device or w.device, dtype or w.dtype
+    # --- decoding: one position at a time against the kept KV (modules.py: the contract) --
+    def init_state(self, batch: int, max_len: int, device=None, dtype=None) -> "SparseKV":
+        """K and V [B, H_kv, 0, hd]: they grow to the kept positions (spec.kept_tokens), which
+        stay bounded with a window and global_reads: window."""
+        device, dtype = state_device_dtype(self, device, dtype)
         empty = torch.zeros(batch, self.n_kv_heads, 0, self.head_dim, device=device, dtype=dtype)
-        return {"k": empty, "v": empty.clone(), "pos": torch.zeros(0, dtype=torch.long, device=device),
-                "t": 0}
+        return SparseKV(empty, empty.clone(), max_len)
 
-    @staticmethod
-    def cache_bytes(cache: dict) -> int:
-        """Bytes of K and V the cache holds, per sequence."""
-        return (cache["k"][0].numel() + cache["v"][0].numel()) * cache["k"].element_size()
+    def prefill(self, x: torch.Tensor, state: "SparseKV", ctx=None) -> torch.Tensor:
+        """The forward over the prompt x [B, T, d], keeping the K and V of the positions a
+        later one may read."""
+        fresh(state)
+        b, t, _ = x.shape
+        state.check(t)
+        q, k, v = self.qkv(x)
+        keep = self._kept(torch.arange(t, device=x.device), t)
+        state.k, state.v, state.pos = k[:, :, keep], v[:, :, keep], t
+        return self.o_proj(self.attend(q, k, v).transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
-    def step(self, x_t: torch.Tensor, cache: dict) -> torch.Tensor:
-        """x_t [B, d] at position cache['t'] -> y_t [B, d]; appends this position's K/V and
-        drops those no later position can read (see kept_tokens)."""
-        c, p = self.cfg, cache["t"]
+    def step(self, x_t: torch.Tensor, state: "SparseKV", ctx=None) -> torch.Tensor:
+        """x_t [B, d] at position p = state.pos -> y_t [B, d]; appends this position's K/V and
+        drops those no later position can read (see spec.kept_tokens)."""
+        c, p = self.cfg, state.pos
+        state.check(p + 1)
         q, k, v = self.qkv(x_t[:, None], start=p)
-        keys = torch.cat([cache["k"], k], 2)
-        vals = torch.cat([cache["v"], v], 2)
-        pos = torch.cat([cache["pos"], torch.tensor([p], device=x_t.device)])
+        keys, vals = torch.cat([state.k, k], 2), torch.cat([state.v, v], 2)
+        pos = self._kept_positions(p + 1, x_t.device)  # the cached positions, then p
         if self.pattern == "window":
-            glob = SA.is_global(p + 1, c["global_first"], c["global_every"], x_t.device)
-            reads = (p - pos < c["window"]) | glob[pos]
-            if c["global_reads"] == "prefix" and bool(glob[p]):
+            glob = self._is_global(pos)
+            reads = (p - pos < c["window"]) | glob
+            if c["global_reads"] == "prefix" and bool(glob[-1]):
                 reads = torch.ones_like(reads)
-            keep = (pos >= p + 2 - c["window"]) | glob[pos] | _keeps_everything(c)
         else:
             reads = self._topk_reads(q[:, :, 0], keys, pos, p)
-            keep = torch.ones_like(pos, dtype=torch.bool)
         o = SA.attend_one(q[:, :, 0], keys, vals, reads)
-        cache.update(k=keys[:, :, keep], v=vals[:, :, keep], pos=pos[keep], t=p + 1)
+        keep = self._kept(pos, p + 1)
+        state.k, state.v, state.pos = keys[:, :, keep], vals[:, :, keep], p + 1
         return self.o_proj(o.reshape(x_t.shape[0], -1))
+
+    def _kept(self, pos: torch.Tensor, t: int) -> torch.Tensor:
+        """bool over positions pos (< t): those a position >= t may read, after t tokens."""
+        if _keeps_everything(self.cfg):
+            return torch.ones_like(pos, dtype=torch.bool)
+        return (pos >= t + 1 - self.cfg["window"]) | self._is_global(pos)
+
+    def _is_global(self, pos: torch.Tensor) -> torch.Tensor:
+        """bool over positions: global ones (SA.is_global's definition, for these only)."""
+        c = self.cfg
+        out = pos < c["global_first"]
+        return out | (pos % c["global_every"] == c["global_every"] - 1) if c["global_every"] else out
+
+    def _kept_positions(self, t: int, device) -> torch.Tensor:
+        """The positions the state holds while taking token t - 1: those kept after t - 1
+        tokens (the older globals, then the last w - 2 positions) and t - 1 itself. Built
+        from the kept ones only, so a step costs O(kept), not O(t)."""
+        if _keeps_everything(self.cfg):
+            return torch.arange(t, device=device)
+        lo = max(0, t - self.cfg["window"])  # kept after t - 1 tokens: j >= t - w, and globals
+        older = SA.global_positions(lo, self.cfg["global_first"], self.cfg["global_every"])
+        return torch.cat([torch.tensor(older, dtype=torch.long, device=device),
+                          torch.arange(lo, t, device=device)])
 
     def _topk_reads(self, q_t, keys, pos, p):
         """[B, H, n] keys position p reads: its own block up to p and its top-k earlier
@@ -92,3 +123,18 @@ class SparseAttentionModule(AttentionProjections):
         idx = gate.topk(min(self.cfg["topk"], n_sel), dim=-1).indices
         chosen = torch.zeros(bsz, h, n_sel + 1, dtype=torch.bool, device=q_t.device).scatter_(-1, idx, True)
         return own | chosen.gather(-1, torch.clamp(pos // b, max=n_sel).expand(bsz, h, -1))
+
+
+@dataclass
+class SparseKV:
+    """sparse_attention's decoding state: the K and V [B, H_kv, n, hd] of the n kept
+    positions (in order), and `pos`, the tokens consumed."""
+    k: torch.Tensor
+    v: torch.Tensor
+    max_len: int
+    pos: int = 0
+
+    def check(self, t: int) -> None:
+        if t > self.max_len:
+            raise ValueError(f"this state was made for {self.max_len} tokens (init_state's max_len); "
+                             f"position {t - 1} needs a larger max_len")

@@ -1,0 +1,230 @@
+"""The model's decoding state and generation (archspec/codegen/model.py, archspec/generate.py).
+
+For every shipped spec small enough to build here (d_model <= 512): prefill then steps give the
+full forward's logits, the state holds exactly the bytes `archspec report` prints as inference
+state, and greedy generation over prompts of different lengths equals the argmax of repeated full
+forwards. Then sampling (determinism under a seed, top_k / top_p at their limits), EOS per row,
+and every bad input as a ValueError before any work.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import archspec
+from archspec.components.modules import state_nbytes
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+SMALL = sorted(p.name for p in SPECS.glob("*.yaml") if archspec.load(p).model.d_model <= 512)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+
+
+def tiny(name: str = "tiny.yaml"):
+    spec = archspec.load(SPECS / name)
+    return archspec.build(spec, dtype="float32", seed=0).eval(), spec
+
+
+def random_tokens(vocab: int, shape, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_the_small_specs_cover_every_family():
+    assert {"tiny.yaml", "mamba-tiny.yaml", "mamba2-tiny.yaml", "mom-tiny.yaml", "moe-tiny.yaml",
+            "pkm-tiny.yaml", "sparse-tiny.yaml", "hydra-tiny.yaml", "tiny-parallel.yaml"} <= set(SMALL)
+
+
+@pytest.mark.parametrize("name", SMALL)
+@pytest.mark.parametrize("prompt", [1, 17])
+def test_prefill_then_steps_give_the_forward(name, prompt):
+    """fp32, normwise 1e-5 of the largest logit: each member's decoding agrees with its forward
+    to ~1e-7..1e-6 (tests/test_contract.py), and measured here 2e-7..6e-7 through whole models;
+    a wrong state (a missed position, a shifted RoPE, a dropped chunk) gives 1e-2 or more."""
+    model, spec = tiny(name)
+    t = 40
+    tokens = random_tokens(spec.model.vocab_size, (2, t))
+    with torch.no_grad():
+        full = model(tokens).logits
+        state = model.init_state(2, t)
+        outs = [model.prefill(tokens[:, :prompt], state)]
+        outs += [model.step(tokens[:, i], state)[:, None] for i in range(prompt, t)]
+    decoded = torch.cat(outs, 1).double()
+    err = ((decoded - full.double()).abs().max() / full.double().abs().max()).item()
+    assert err < 1e-5, err
+    # the state made for t tokens holds what the report prints as inference state at t
+    reported = archspec.report(spec, seq_len=t)["totals"]["inference_state_bytes_per_sequence"]
+    assert state_nbytes(state.states) == 2 * reported
+
+
+def greedy_by_full_forwards(model, prompt: list[int], n: int) -> list[int]:
+    """The ground truth: n times, the argmax of the whole sequence's last logits."""
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+    return seq[len(prompt):]
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_greedy_generation_equals_argmax_of_full_forwards(name):
+    """Prompts of lengths 3, 9, 9 and 14 in one call: the two rows of length 9 decode as one
+    batch. Exact tokens: the logits agree to ~1e-7 of their scale (above), far below the gap
+    between a random model's top two logits (a near tie would need ~1e-6)."""
+    model, spec = tiny(name)
+    lengths = [3, 9, 9, 14]
+    prompts = [random_tokens(spec.model.vocab_size, (n,), seed=i).tolist() for i, n in enumerate(lengths)]
+    new = archspec.generate(model, prompts, max_new_tokens=4)
+    assert new == [greedy_by_full_forwards(model, p, 4) for p in prompts]
+
+
+def test_sampling_is_deterministic_under_a_seed():
+    model, spec = tiny()
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
+    kwargs = dict(max_new_tokens=12, temperature=1.0, top_k=50, top_p=0.95)
+    a = archspec.generate(model, prompts, seed=3, **kwargs)
+    assert a == archspec.generate(model, prompts, seed=3, **kwargs)
+    # a random tiny model is close to uniform over 256 tokens: another seed gives other samples
+    assert a != archspec.generate(model, prompts, seed=4, **kwargs)
+    assert all(len(row) == 12 for row in a)
+
+
+def test_top_k_1_and_a_tiny_top_p_are_greedy():
+    """Both keep only the most likely token, so sampling at any temperature is the argmax."""
+    model, _ = tiny()
+    prompts = [[1, 2, 3], [9, 8, 7, 6]]
+    greedy = archspec.generate(model, prompts, max_new_tokens=6)
+    assert archspec.generate(model, prompts, 6, temperature=2.0, top_k=1, seed=0) == greedy
+    assert archspec.generate(model, prompts, 6, temperature=2.0, top_p=1e-9, seed=0) == greedy
+
+
+def test_each_row_stops_at_eos():
+    model, _ = tiny()
+    prompts = [[1, 2, 3], [9, 8, 7, 6], [5]]
+    greedy = archspec.generate(model, prompts, max_new_tokens=8)
+    eos = greedy[0][2]  # row 0's third token
+    new = archspec.generate(model, prompts, max_new_tokens=8, eos_token_id=eos)
+    for row, full in zip(new, greedy):
+        expected = full[: full.index(eos) + 1] if eos in full else full
+        assert row == expected
+    assert len(new[0]) <= 3  # row 0 stopped early (its greedy tokens may repeat)
+
+
+def test_streaming_reports_every_token_in_order():
+    model, _ = tiny()
+    seen: list[tuple[int, int]] = []
+    new = archspec.generate(model, [[1, 2], [3, 4, 5]], 5, on_token=lambda r, tok: seen.append((r, tok)))
+    for r in (0, 1):
+        assert [tok for row, tok in seen if row == r] == new[r]
+
+
+def test_generation_leaves_the_model_in_training_mode():
+    model, _ = tiny()
+    model.train()
+    archspec.generate(model, [[1, 2]], 2)
+    assert model.training
+
+
+@pytest.mark.parametrize("prompts, kwargs, words", [
+    ([list(range(120))], {"max_new_tokens": 9}, "beyond the model's max_seq_len 128"),
+    ([list(range(129))], {"max_new_tokens": 0}, "max_seq_len"),
+    ([[1, 2], []], {"max_new_tokens": 2}, "prompt 1 is empty"),
+    ([], {"max_new_tokens": 2}, "non-empty list"),
+    ([[1, 256]], {"max_new_tokens": 2}, "token id 256 outside the vocabulary [0, 256)"),
+    ([[1, -1]], {"max_new_tokens": 2}, "token id -1"),
+    ([[1, 2.5]], {"max_new_tokens": 2}, "token id 2.5"),
+    ([[1, 2]], {"max_new_tokens": -1}, "max_new_tokens"),
+    ([[1, 2]], {"max_new_tokens": 2, "temperature": -0.1}, "temperature"),
+    ([[1, 2]], {"max_new_tokens": 2, "temperature": float("nan")}, "temperature"),
+    ([[1, 2]], {"max_new_tokens": 2, "top_p": 0}, "top_p must be in (0, 1]"),
+    ([[1, 2]], {"max_new_tokens": 2, "top_p": 1.5}, "top_p must be in (0, 1]"),
+    ([[1, 2]], {"max_new_tokens": 2, "top_k": 0}, "top_k"),
+    ([[1, 2]], {"max_new_tokens": 2, "eos_token_id": 300}, "eos_token_id"),
+    (torch.zeros(2, 3), {"max_new_tokens": 2}, "integer ids"),
+    ("hello", {"max_new_tokens": 2}, "non-empty list"),
+])
+def test_bad_input_is_a_clear_error_before_any_work(prompts, kwargs, words, monkeypatch):
+    model, _ = tiny()
+
+    def no_work(*args, **kw):
+        raise AssertionError("decoding started before the input was checked")
+    monkeypatch.setattr(model, "init_state", no_work)
+    with pytest.raises(ValueError) as err:
+        archspec.generate(model, prompts, **kwargs)
+    assert words in str(err.value)
+
+
+def test_a_state_refuses_positions_beyond_its_length():
+    model, _ = tiny()
+    state = model.init_state(1, 4)
+    with torch.no_grad():
+        model.prefill(torch.tensor([[1, 2, 3]]), state)
+        model.step(torch.tensor([4]), state)
+        with pytest.raises(ValueError, match="made for 4 tokens"):
+            model.step(torch.tensor([5]), state)
+        with pytest.raises(ValueError, match="fresh state"):
+            model.prefill(torch.tensor([[1]]), state)
+        with pytest.raises(ValueError, match="holds 1 sequences"):
+            model.step(torch.tensor([1, 2]), model.init_state(1, 4))
+
+
+# --- the command: archspec generate DIR --prompt TEXT ----------------------------------------
+
+@pytest.fixture
+def saved(tmp_path):
+    """A saved mamba-tiny model (a recurrent state; vocabulary 256: every byte is a token)."""
+    model, _ = tiny("mamba-tiny.yaml")
+    archspec.save(model, tmp_path / "model")
+    return tmp_path / "model", model
+
+
+def test_cli_generate_streams_the_greedy_continuation(saved, capsys):
+    from archspec.cli import main
+    directory, model = saved
+    assert main(["generate", str(directory), "--prompt", "héllo", "--max-new-tokens", "6"]) == 0
+    out = capsys.readouterr().out
+    expected = archspec.generate(model, [list("héllo".encode())], 6)[0]
+    assert out == bytes(expected).decode("utf-8", errors="replace") + "\n"
+
+
+def test_cli_generate_samples_deterministically(saved, capsys):
+    from archspec.cli import main
+    directory, _ = saved
+    args = ["generate", str(directory), "--prompt", "ab", "--max-new-tokens", "8", "--temperature", "1",
+            "--top-k", "40", "--top-p", "0.9", "--seed", "5"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main(args) == 0
+    assert capsys.readouterr().out == first
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--temperature", "-1"], "temperature"),
+    (["--top-p", "0"], "top_p must be in (0, 1]"),
+    (["--top-k", "0"], "top_k"),
+    (["--max-new-tokens", "200"], "max_seq_len"),
+    (["--prompt", ""], "--prompt is empty"),
+    (["--device", "bogus"], "unknown device"),
+])
+def test_cli_generate_bad_input_exits_2(saved, capsys, extra, words):
+    from archspec.cli import main
+    directory, _ = saved
+    assert main(["generate", str(directory), "--prompt", "hi", *extra]) == 2
+    captured = capsys.readouterr()
+    assert words in captured.err and captured.out == ""
+
+
+def test_cli_generate_refuses_a_vocabulary_without_bytes(tmp_path, capsys):
+    from archspec.cli import main
+    spec = archspec.loads("model: {vocab_size: 97, d_model: 32, max_seq_len: 32}\n"
+                          "components:\n  A: {type: attention, n_heads: 2}\nlayout: A\n")
+    archspec.save(archspec.build(spec, seed=0), tmp_path / "m")
+    assert main(["generate", str(tmp_path / "m"), "--prompt", "hi"]) == 2
+    assert "at least 256" in capsys.readouterr().err
+
+
+def test_cli_generate_without_a_saved_model_exits_2(tmp_path, capsys):
+    from archspec.cli import main
+    assert main(["generate", str(tmp_path / "nothing"), "--prompt", "hi"]) == 2
+    assert capsys.readouterr().err.startswith("archspec: error:")
