@@ -14,10 +14,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from . import limits as L
 from .errors import Path, Problem, did_you_mean
 
 Sublayer = tuple  # of symbols; length > 1 is a parallel group
-MAX_SUBLAYERS = 100_000  # a typo like `x 1000000` stops here instead of eating memory
+MAX_SUBLAYERS = L.SUBLAYERS.value  # a typo like `x 1000000` stops here instead of eating memory
 _TOKEN = re.compile(r"\s*(?:(?P<open>[(\[])|(?P<close>[)\]])|(?P<bar>\|)|(?P<rep>[x×]\s*\d+(?:\.\d*)?\b)|(?P<word>[^\s()\[\]|]+))")
 
 

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 
 from . import components as C
+from . import limits as L
 from .errors import Path, Problem, SpecError, did_you_mean, format_path
 from .expr import resolve_references
 from .layout import Sublayer as Symbols, compact, expand_layout
@@ -122,9 +123,36 @@ def resolve_document(doc: Document, source: str) -> ResolvedSpec:
     if problems:
         raise SpecError(problems)
     problems += _shared_weight_conflicts(sublayers, model, doc)
+    problems += _params_ceiling(sublayers, model, doc)
     if problems:
         raise SpecError(problems)
     return ResolvedSpec(source, doc.files, model, norm, defs, sublayers, data)
+
+
+def _params_ceiling(sublayers: list[Sublayer], model, doc: Document) -> list[Problem]:
+    """The model's parameters against L.PARAMS_CEILING, before any stage does per-node work:
+    each distinct instance's parameters once, times its sublayers (members and their children,
+    shared weights once, the embedding and an untied head; norms and gates, a few per sublayer,
+    are left out: this is a lower bound, which is what a ceiling needs)."""
+    counts: dict[int, list] = {}
+    for sub in sublayers:
+        for m in sub.members:
+            counts.setdefault(id(m), [m, 0])[1] += 1
+    shared: dict[str, int] = {}
+    per_name: dict[str, int] = {}
+    for m, n in counts.values():
+        per_name[m.name] = per_name.get(m.name, 0) + n * C.base.numel(m.component.param_shapes(m.config, model))
+        for key, shapes in m.component.shared_params(m.config, model).items():
+            shared[key] = C.base.numel(shapes)
+    embedding = model.vocab_size * model.d_model * (1 if model.tie_embeddings else 2)
+    total = sum(per_name.values()) + sum(shared.values()) + embedding
+    if total <= L.PARAMS_CEILING:
+        return []
+    name = max(per_name, key=per_name.get)
+    where = ("components", name)
+    return [Problem(f"the model has at least {total:.3g} parameters, over the ceiling of "
+                    f"{L.PARAMS_CEILING:,}; {name} accounts for {per_name[name]:.3g} of them", where,
+                    doc.key_loc(where), f"{L.PARAMS_WHY}; check the sizes and the layout's repetitions")]
 
 
 def _expand(layout, symbols: set[str], problems: list[Problem], doc: Document) -> tuple[list[Symbols], list[Problem]]:

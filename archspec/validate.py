@@ -10,6 +10,7 @@ import jsonschema
 from .components import REGISTRY, types_with_role
 from .errors import Path, Problem, did_you_mean, format_path, one_of
 from .expr import number_fault
+from .limits import WHY_KEY
 from .loader import Document
 
 _JSON_TYPES = {"integer": "an integer", "number": "a number", "string": "a string",
@@ -143,6 +144,9 @@ def _translate(error: jsonschema.ValidationError, doc: Document, base: Path, loc
         op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[v]
         bound = schema[v]
         hint = "sizes and counts must be positive" if op in (">=", ">") and bound in (0, 1) else None
+        if op in ("<=", "<"):  # every maximum says why it is there (archspec/limits.py)
+            hint = schema.get(WHY_KEY)
+            return [Problem(f"must be {op} {_number(bound)}, got {_number(inst)}", path, where(path), hint)]
         if "at" in path[-2:] and op == ">=":
             hint = "sublayer indices count from 0 over the expanded layout (no negative indices)"
         return [Problem(f"must be {op} {bound}, got {inst}", path, where(path), hint)]
@@ -174,6 +178,11 @@ def _name_fault(name: str) -> str:
     if len(name) > 1 and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         return "an identifier starts with a letter or '_' and holds only letters, digits and '_'"
     return "not an identifier nor one of the allowed punctuation characters"
+
+
+def _number(value) -> str:
+    """A bound or a value in a message: 4,096 and 1e+12 rather than 4096 and 1000000000000.0."""
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
 
 
 def _renamed_keys(schema: dict) -> dict[str, str]:

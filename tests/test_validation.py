@@ -375,3 +375,60 @@ def test_cli_exit_code_1_not_3_for_issue_17_inputs(write, capsys, text):
     assert main(["validate", str(write(text))]) == 1
     err = capsys.readouterr().err
     assert "internal error" not in err and "spec.yaml:" in err
+
+
+def _limits_table() -> str:
+    """docs/spec.md's table of maxima, as the schemas have them (keys grouped by limit)."""
+    from archspec.schema import maxima
+    rows: dict = {}
+    for key, value, why in maxima():
+        shown = f"{value:,}" if isinstance(value, int) else format(value, "g").replace("e+", "e")
+        rows.setdefault((shown, why), []).append(key)
+    lines = ["| keys | maximum | why |", "|---|---:|---|"]
+    lines += [f"| {', '.join(f'`{k}`' for k in keys)} | {value} | {why} |" for (value, why), keys in rows.items()]
+    return "\n".join(lines)
+
+
+def test_docs_state_every_limit_and_why():
+    assert _limits_table() in (ROOT / "docs" / "spec.md").read_text(), "update the table in docs/spec.md"
+
+
+def test_every_number_of_every_component_has_a_maximum_with_a_reason():
+    from archspec.components import REGISTRY
+    from archspec.limits import WHY_KEY
+    from archspec.schema import component_schema, maxima
+    bounded = {key for key, _, why in maxima() if why}
+    for t in REGISTRY:
+        for key, prop in component_schema(t).get("properties", {}).items():
+            if '"integer"' in json.dumps(prop) or '"number"' in json.dumps(prop):
+                assert f"{t}.{key}" in bounded, f"{t}.{key} has no maximum with `{WHY_KEY}`"
+    for key in ("vocab_size", "d_model", "max_seq_len", "init_std"):
+        assert f"model.{key}" in bounded
+
+
+@pytest.mark.parametrize("old, new, path, words, why", [
+    ("n_kv_heads: 2}", "n_kv_heads: 2}\n  M: {type: mom, n_memories: 100000000}", ("components", "M", "n_memories"),
+     "must be <= 256, got 100,000,000", "MoM uses 2 to 8 memories"),
+    ("n_kv_heads: 2}", "n_kv_heads: 2}\n  E: {type: moe, n_experts: 100000000}", ("components", "E", "n_experts"),
+     "must be <= 4,096, got 100,000,000", "at most 256 routed experts"),
+    ("n_kv_heads: 2}", "n_kv_heads: 2}\n  M: {type: mom, expand_v: 1e300}", ("components", "M", "expand_v"),
+     "is out of range: a number in a spec is at most 2**62", "check the number"),
+    ("n_kv_heads: 2}", "n_kv_heads: 2}\n  M: {type: mom, expand_v: 1000.0}", ("components", "M", "expand_v"),
+     "must be <= 16, got 1000", "expansion factors in use"),
+    ("d_model: 64", "d_model: 100000000000000000", ("model", "d_model"), "must be <= 131,072, got 100,000,000,000,000,000",
+     "PaLM"),
+    ("max_seq_len: 128", "max_seq_len: 128\n  init_std: 3", ("model", "init_std"), "must be <= 1, got 3", "diverges"),
+    ('"(A F) x 2"', "{layers: 200000, sublayers: [{use: A}]}", ("layout", "layers"), "must be <= 100,000, got 200,000",
+     "x 1000000"),
+])
+def test_maxima_say_the_limit_and_why(problems, old, new, path, words, why):
+    assert_located(problems(SPEC.replace(old, new)), key=path[-1], path=path, words=words, hint_words=why)
+
+
+def test_parameter_ceiling_is_checked_in_validation(problems):
+    text = SPEC.replace("d_model: 64", "d_model: 65536").replace("d_ff: 128", "d_ff: 1048576").replace(
+        "(A F) x 2", "F x 100000").replace("n_heads: 4, n_kv_heads: 2", "n_heads: 64")
+    p = assert_located(problems(text), path=("components", "F"), at=(7, 3),
+                       words="the model has at least 2.06e+16 parameters, over the ceiling of "
+                             "1,000,000,000,000,000; F accounts for 2.06e+16 of them")
+    assert "2T parameters" in p.hint
