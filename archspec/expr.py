@@ -63,6 +63,20 @@ def _finite(value, text: str) -> int | float:
     return value
 
 
+def number_fault(value) -> str | None:
+    """Why a value is not an acceptable number (NaN, an infinity, beyond MAX_ABS_VALUE), or None.
+    JSON Schema's type check accepts NaN and infinities as numbers, so this one rule covers
+    every number of a spec, hyperparameter or not; expressions obey the same cap (_finite)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    if abs(value) > MAX_ABS_VALUE:
+        return (f"is out of range: a number in a spec is at most 2**62 = {MAX_ABS_VALUE:,} in size, "
+                f"got {value:.3g}")
+    return None
+
+
 def _eval_node(node: ast.AST, text: str) -> int | float:
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
         return _finite(node.value, text)
@@ -120,7 +134,10 @@ class _Resolver:
                     f"'{format_path(path[: i + 1])}' does not exist",
                     did_you_mean(part, choices) or "references are dotted paths from the spec root, "
                     "e.g. ${model.d_model}, or a bare name from `vars` or `model`")
-        return self.resolve(node, tuple(int(p) if p.isdigit() else p for p in path))
+        value = self.resolve(node, tuple(int(p) if p.isdigit() else p for p in path))
+        if number_fault(value):  # reported where it is written (validate.number_problems), once
+            raise _Broken(f"{format_path(path)} is not an acceptable number")
+        return value
 
     def lookup(self, ref: str, from_path: Path):
         parts = tuple(ref.split("."))

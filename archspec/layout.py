@@ -14,11 +14,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from . import limits as L
 from .errors import Path, Problem, did_you_mean
 
 Sublayer = tuple  # of symbols; length > 1 is a parallel group
-MAX_SUBLAYERS = 100_000  # a typo like `x 1000000` stops here instead of eating memory
-_TOKEN = re.compile(r"\s*(?:(?P<open>[(\[])|(?P<close>[)\]])|(?P<bar>\|)|(?P<rep>[x×]\s*\d+\b)|(?P<word>[^\s()\[\]|]+))")
+MAX_SUBLAYERS = L.SUBLAYERS.value  # a typo like `x 1000000` stops here instead of eating memory
+_TOKEN = re.compile(r"\s*(?:(?P<open>[(\[])|(?P<close>[)\]])|(?P<bar>\|)|(?P<rep>[x×]\s*\d+(?:\.\d*)?\b)|(?P<word>[^\s()\[\]|]+))")
 
 
 class LayoutError(Exception):
@@ -75,7 +76,7 @@ def _parse_seq(tokens, pos, text, symbols, closer):
             items = [(s,) for s in _symbols_of_word(value, col, text, symbols)]
             pos += 1
         if pos < len(tokens) and tokens[pos][0] == "rep":
-            count = int(re.sub(r"\D", "", tokens[pos][1]))
+            count = _repetition_count(tokens[pos], text)
             if len(out) + len(items) * count > MAX_SUBLAYERS:
                 raise LayoutError(f"pattern expands to more than {MAX_SUBLAYERS:,} sublayers",
                                   "check the repetition counts")
@@ -85,6 +86,17 @@ def _parse_seq(tokens, pos, text, symbols, closer):
     if closer is not None:
         raise LayoutError(f"missing '{closer}' in the pattern '{text}'", f"add the closing '{closer}'")
     return out, pos
+
+
+def _repetition_count(token: tuple[str, str, int], text: str) -> int:
+    """The N of 'x N'; a fraction ('x 2.5', from a float in an expression) is an error."""
+    _, value, col = token
+    digits = re.sub(r"^[x×]\s*", "", value)
+    if not digits.isdigit():
+        raise LayoutError(f"repetition count '{digits}' at position {col + 1} of the pattern '{text}' "
+                          "is not a whole number", "repeat a whole number of times, e.g. 'x 2'; in an "
+                          "expression `//` divides to an integer")
+    return int(digits)
 
 
 def _parse_parallel(tokens, pos, text, symbols, open_col):

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 
 from . import components as C
+from . import limits as L
 from .errors import Path, Problem, SpecError, did_you_mean, format_path
 from .expr import resolve_references
 from .layout import Sublayer as Symbols, compact, expand_layout
@@ -96,9 +97,13 @@ def resolve_document(doc: Document, source: str) -> ResolvedSpec:
     bad = {p[:2] for p in bad_paths}
     if any(p[:1] == ("model",) for p in bad_paths) or not isinstance(data.get("model"), dict):
         raise SpecError(problems)  # every component depends on the model's settings
-    raw_components = data.get("components") or {}
-    sublayer_symbols, found = _expand(data.get("layout"), set(raw_components), problems, doc)
-    problems += found
+    raw_components = data.get("components")
+    if isinstance(raw_components, dict):
+        sublayer_symbols, found = _expand(data.get("layout"), set(raw_components), problems, doc)
+        problems += found
+    else:  # reported by the schema; without symbols the layout's own check would only echo it
+        raw_components, sublayer_symbols = {}, []
+    problems += _override_targets(data.get("overrides"), len(sublayer_symbols), bad, doc)
     # with a broken layout the depth is unknown: configure at depth 1 to report every problem
     model = _model_config(data, n_sublayers=max(1, len(sublayer_symbols)))
     norm, norm_problems = _configure(data["model"].get("norm", MODEL_DEFAULTS["norm"]), "norm",
@@ -112,14 +117,42 @@ def resolve_document(doc: Document, source: str) -> ResolvedSpec:
         inst, found = _configure(raw, name, model, doc, ("components", name))
         defs[name] = inst
         problems += found
+    sublayers = [Sublayer(i, [defs[s] for s in syms]) for i, syms in enumerate(sublayer_symbols)]
+    # overrides of sound components are checked even when others are broken: all errors at once
+    problems += _apply_overrides(sublayers, data.get("overrides"), bad, model, doc)
     if problems:
         raise SpecError(problems)
-    sublayers = [Sublayer(i, [defs[s] for s in syms]) for i, syms in enumerate(sublayer_symbols)]
-    problems += _apply_overrides(sublayers, data.get("overrides") or [], model, doc)
     problems += _shared_weight_conflicts(sublayers, model, doc)
+    problems += _params_ceiling(sublayers, model, doc)
     if problems:
         raise SpecError(problems)
     return ResolvedSpec(source, doc.files, model, norm, defs, sublayers, data)
+
+
+def _params_ceiling(sublayers: list[Sublayer], model, doc: Document) -> list[Problem]:
+    """The model's parameters against L.PARAMS_CEILING, before any stage does per-node work:
+    each distinct instance's parameters once, times its sublayers (members and their children,
+    shared weights once, the embedding and an untied head; norms and gates, a few per sublayer,
+    are left out: this is a lower bound, which is what a ceiling needs)."""
+    counts: dict[int, list] = {}
+    for sub in sublayers:
+        for m in sub.members:
+            counts.setdefault(id(m), [m, 0])[1] += 1
+    shared: dict[str, int] = {}
+    per_name: dict[str, int] = {}
+    for m, n in counts.values():
+        per_name[m.name] = per_name.get(m.name, 0) + n * C.base.numel(m.component.param_shapes(m.config, model))
+        for key, shapes in m.component.shared_params(m.config, model).items():
+            shared[key] = C.base.numel(shapes)
+    embedding = model.vocab_size * model.d_model * (1 if model.tie_embeddings else 2)
+    total = sum(per_name.values()) + sum(shared.values()) + embedding
+    if total <= L.PARAMS_CEILING:
+        return []
+    name = max(per_name, key=per_name.get)
+    where = ("components", name)
+    return [Problem(f"the model has at least {total:.3g} parameters, over the ceiling of "
+                    f"{L.PARAMS_CEILING:,}; {name} accounts for {per_name[name]:.3g} of them", where,
+                    doc.key_loc(where), f"{L.PARAMS_WHY}; check the sizes and the layout's repetitions")]
 
 
 def _expand(layout, symbols: set[str], problems: list[Problem], doc: Document) -> tuple[list[Symbols], list[Problem]]:
@@ -188,19 +221,52 @@ def _configure(raw: dict, name: str, model, doc: Document, path: Path,
     return inst, problems
 
 
-def _apply_overrides(sublayers: list[Sublayer], overrides: list, model, doc: Document) -> list[Problem]:
+def _override_indices(ov) -> list[tuple[Path, int]]:
+    """(path of the index, index) for each integer an override's `at` names (bad ones skipped:
+    the schema reports them)."""
+    if not isinstance(ov, dict):
+        return []
+    at = ov.get("at")
+    pairs = [(("at", j), i) for j, i in enumerate(at)] if isinstance(at, list) else [(("at",), at)]
+    return [(sub, i) for sub, i in pairs if isinstance(i, int) and not isinstance(i, bool) and i >= 0]
+
+
+def _override_targets(overrides, n: int, bad: set, doc: Document) -> list[Problem]:
+    """What is wrong with overrides before any is applied, each override on its own: an index
+    past the layout (known once the layout is; every one at once) and a `set` of `type`."""
+    if not isinstance(overrides, list):
+        return []
+    problems: list[Problem] = []
+    for k, ov in enumerate(overrides):
+        path = ("overrides", k)
+        if n:  # else the layout is broken and reported
+            for sub, index in _override_indices(ov):
+                if index >= n:
+                    problems.append(Problem(f"sublayer {index} does not exist: the layout has {n} "
+                                            f"(0 to {n - 1})", path + sub, doc.loc(path + sub),
+                                            "sublayer indices count from 0 over the expanded layout"))
+        if isinstance(ov, dict) and isinstance(ov.get("set"), dict) and "type" in ov["set"]:
+            where = path + ("set", "type")
+            problems.append(Problem("an override cannot change a component's type", where, doc.key_loc(where),
+                                    "define a component of that type under `components:` and use its "
+                                    "symbol at that place in the layout"))
+    return problems
+
+
+def _apply_overrides(sublayers: list[Sublayer], overrides, bad: set, model, doc: Document) -> list[Problem]:
+    """Apply each sound override (overrides the schema or _override_targets refused are left
+    out, and so are sublayers whose component is broken: both are reported already)."""
+    if not isinstance(overrides, list) or ("overrides",) in bad:
+        return []
     problems: list[Problem] = []
     n = len(sublayers)
     for k, ov in enumerate(overrides):
         path = ("overrides", k)
-        targets = ov["at"] if isinstance(ov["at"], list) else [ov["at"]]
-        for j, index in enumerate(targets):
-            at_path = path + (("at", j) if isinstance(ov["at"], list) else ("at",))
+        if path in bad or not isinstance(ov, dict) or "type" in ov.get("set", {}):
+            continue
+        for _, index in _override_indices(ov):
             if index >= n:
-                problems.append(Problem(f"sublayer {index} does not exist: the layout has {n} "
-                                        f"(0 to {n - 1})", at_path, doc.loc(at_path),
-                                        "sublayer indices count from 0 over the expanded layout"))
-                continue
+                continue  # reported by _override_targets
             sub = sublayers[index]
             member = _pick_member(sub, ov.get("component"), path, doc, problems)
             if member is None:
@@ -231,6 +297,10 @@ def _override_locator(path: Path, changed: dict):
 
 
 def _pick_member(sub: Sublayer, name, path, doc, problems) -> ComponentInstance | None:
+    """The member an override changes; None (with the problem reported, unless the member is a
+    broken component, reported already) when there is none."""
+    if any(m is None for m in sub.members):
+        return None  # a broken component (reported already) cannot be configured
     if name is None:
         if sub.parallel:
             problems.append(Problem(f"sublayer {sub.index} is a parallel group of "

@@ -2,12 +2,15 @@
 Problem that says what is wrong and how to fix it (with "did you mean" for misspellings)."""
 from __future__ import annotations
 
+import math
 import re
 
 import jsonschema
 
 from .components import REGISTRY, types_with_role
 from .errors import Path, Problem, did_you_mean, format_path, one_of
+from .expr import number_fault
+from .limits import WHY_KEY
 from .loader import Document
 
 _JSON_TYPES = {"integer": "an integer", "number": "a number", "string": "a string",
@@ -25,12 +28,41 @@ _Validator = jsonschema.validators.extend(
 def schema_problems(data: dict, doc: Document, schema: dict, base_path: Path = (),
                     loc_path=None) -> list[Problem]:
     """Validate `data` against `schema`; paths are reported under `base_path`. `loc_path` maps a
-    data path to the spec path whose location to show (for overrides)."""
+    data path to the spec path whose location to show (for overrides). Every number anywhere in
+    `data` must also be finite and within MAX_ABS_VALUE (number_problems); the schema's own
+    complaint about such a number (a NaN passes every comparison, an inf fails a maximum) is
+    left out: the number is one mistake."""
+    loc_path = loc_path or (lambda p: p)
+    problems = number_problems(data, doc, base_path, loc_path)
+    bad_numbers = {p.path for p in problems}
     validator = _Validator(schema)
-    problems: list[Problem] = []
     for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
-        problems += _translate(error, doc, base_path, loc_path or (lambda p: p))
+        problems += [p for p in _translate(error, doc, base_path, loc_path) if p.path not in bad_numbers]
     return dedupe(problems)
+
+
+def number_problems(data, doc: Document, base_path: Path = (), loc_path=lambda p: p) -> list[Problem]:
+    """A located problem for every number in `data` that number_fault refuses."""
+    problems: list[Problem] = []
+
+    def walk(value, path: Path) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, path + (k,))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, path + (i,))
+        else:
+            fault = number_fault(value)
+            if fault:
+                full = base_path + path
+                hint = ("`.nan` and `.inf` are not values a model can have; write a finite number"
+                        if isinstance(value, float) and not math.isfinite(value)
+                        else "no size, count or rate of a model is this large; check the number")
+                problems.append(Problem(fault, full, doc.loc(loc_path(full)), hint))
+
+    walk(data, ())
+    return problems
 
 
 def dedupe(problems: list[Problem]) -> list[Problem]:
@@ -74,14 +106,19 @@ def _translate(error: jsonschema.ValidationError, doc: Document, base: Path, loc
         missing = re.match(r"'([^']+)'", error.message)
         name = missing.group(1) if missing else error.message
         allowed = sorted(schema.get("properties", {}))
-        if any(did_you_mean(k, allowed) == f"did you mean '{name}'?" for k in inst if k not in allowed):
-            return []  # a misspelling of it (`n_head`) is one mistake, reported as the unknown key
+        misspelled = [k for k in inst if k not in allowed and did_you_mean(k, allowed) == f"did you mean '{name}'?"]
+        if misspelled:  # a misspelling of it (`n_head`, `eype`) is one mistake: the unknown key
+            return [Problem(f"unknown key '{k}'", path + (k,), key_where(path + (k,)), f"did you mean '{name}'?")
+                    for k in misspelled]
         desc = schema.get("properties", {}).get(name, {}).get("description")
         return [Problem(f"missing required key '{name}'", path, where(path),
                         f"add `{name}:`" + (f" ({desc})" if desc else ""))]
     if v in ("enum", "const"):
         choices = schema["enum"] if v == "enum" else [schema["const"]]
         what = "component type" if path[-1:] == ("type",) else "value"
+        if isinstance(inst, (dict, list)):  # not a name at all (and not hashable)
+            return [Problem(f"expected a {what} ({one_of(map(str, choices))}), got {_describe(inst)}",
+                            path, where(path), f"write one name, e.g. `{path[-1] if path else 'value'}: {choices[0]}`")]
         hint = _misplaced_type_hint(inst, path) or did_you_mean(str(inst), [str(c) for c in choices])
         if hint is None and SYNONYMS.get(str(inst).lower()) in choices:
             hint = f"did you mean '{SYNONYMS[str(inst).lower()]}'?"
@@ -97,21 +134,55 @@ def _translate(error: jsonschema.ValidationError, doc: Document, base: Path, loc
             hint = "write a number, or an expression such as ${d_model} * 4"
         elif isinstance(inst, float) and "integer" in want:
             hint = "use a whole number; in expressions `//` divides to an integer"
+        elif path == ("components",):
+            hint = EMPTY_HINTS["components"].replace("define at least one", "map each name to its settings")
+        elif isinstance(inst, str) and "boolean" in want and inst.lower() in YAML11_BOOLEANS:
+            hint = ("specs are YAML 1.2, where only true and false are booleans "
+                    f"('{inst}' is a string): write {str(YAML11_BOOLEANS[inst.lower()]).lower()}")
         return [Problem(f"expected {expected}, got {_describe(inst)}", path, where(path), hint)]
     if v in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
         op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[v]
         bound = schema[v]
         hint = "sizes and counts must be positive" if op in (">=", ">") and bound in (0, 1) else None
+        if op in ("<=", "<"):  # every maximum says why it is there (archspec/limits.py)
+            hint = schema.get(WHY_KEY)
+            return [Problem(f"must be {op} {_number(bound)}, got {_number(inst)}", path, where(path), hint)]
+        if "at" in path[-2:] and op == ">=":
+            hint = "sublayer indices count from 0 over the expanded layout (no negative indices)"
         return [Problem(f"must be {op} {bound}, got {inst}", path, where(path), hint)]
-    if v == "propertyNames":
+    if "propertyNames" in error.schema_path:  # jsonschema reports the name's own pattern error
         bad = error.instance
-        return [Problem(f"'{bad}' is not a valid component name", path + (bad,), key_where(path + (bad,)),
+        return [Problem(f"'{bad}' is not a valid component name: {_name_fault(bad)}", path + (bad,),
+                        key_where(path + (bad,)),
                         "use a name like 'attn' or 'A', or one character of * + = ~ ! @ # % & ^ -; "
-                        "'x' followed by digits is reserved for repetition")]
+                        f"at most {MAX_NAME_CHARS} characters")]
     if v in ("minItems", "minProperties", "minLength"):
         hint = EMPTY_HINTS.get(path[-1] if path else None)
         return [Problem("must not be empty", path, where(path), hint)]
     return [Problem(error.message, path, where(path))]
+
+
+MAX_NAME_CHARS = 64  # component names are layout symbols: short by nature (the schema's maxLength)
+
+
+def _name_fault(name: str) -> str:
+    """Why a component name is not a layout symbol, in words."""
+    if re.fullmatch(r"x[0-9]*", name):
+        return f"'x' followed by digits is reserved for repetition ('(A F) {name}')"
+    if len(name) > MAX_NAME_CHARS:
+        return f"{len(name):,} characters, over the limit of {MAX_NAME_CHARS}"
+    if not name.isascii():
+        return "only ASCII letters, digits and '_' (or one punctuation character) are allowed"
+    if not name:
+        return "it is empty"
+    if len(name) > 1 and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        return "an identifier starts with a letter or '_' and holds only letters, digits and '_'"
+    return "not an identifier nor one of the allowed punctuation characters"
+
+
+def _number(value) -> str:
+    """A bound or a value in a message: 4,096 and 1e+12 rather than 4096 and 1000000000000.0."""
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
 
 
 def _renamed_keys(schema: dict) -> dict[str, str]:
@@ -125,6 +196,8 @@ SYNONYMS = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "f
             "float": "float32", "single": "float32", "layer_norm": "layernorm", "rms_norm": "rmsnorm",
             "rms": "rmsnorm", "ln": "layernorm", "attn": "attention", "ffn": "mlp", "mha": "attention",
             "gqa": "attention", "mqa": "attention", "ff": "mlp", "swiglu": "mlp"}
+# YAML 1.1 spellings of booleans, which YAML 1.2 (what specs are) reads as strings
+YAML11_BOOLEANS = {"yes": True, "no": False, "on": True, "off": False, "y": True, "n": False}
 EMPTY_HINTS = {"components": "define at least one, e.g. `A: {type: attention, n_heads: 8}`",
                "set": "name the hyperparameters to change, e.g. `set: {window: 2048}`"}
 

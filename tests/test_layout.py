@@ -63,6 +63,9 @@ def test_last_matching_rule_wins():
     ("[M | M]", "twice"), ("[MS]", "holds 2 symbols"), ("[M S]", "expected '|' or ']'"),
     ("[M | S", "never closed"), ("A x 1000000", f"more than {MAX_SUBLAYERS:,}"),
     ("((A x 1000) x 1000)", "more than"), ("Q", "undefined layout symbol 'Q'"),
+    # issue 17: a fraction (a float from an expression) is a count that is not whole, not a symbol '.5'
+    ("(A F) x 2.5", "repetition count '2.5' at position 7 of the pattern '(A F) x 2.5' is not a whole number"),
+    ("A x2.0", "repetition count '2.0'"),
 ])
 def test_bad_patterns(text, words):
     with pytest.raises(LayoutError) as info:

@@ -36,10 +36,46 @@ def test_locations_are_one_based_for_keys_and_values():
 
 
 @pytest.mark.parametrize("text, value", [("1e-5", 1e-5), ("1E5", 1e5), ("-2.5e+3", -2500.0), (".5", 0.5),
-                                         ("3", 3), ("0x10", 16), ("1_000", 1000)])
-def test_numbers_follow_yaml_1_2_for_exponents(text, value):
+                                         ("-.5", -0.5), ("3", 3), ("0x10", 16), ("0o17", 15), ("1_000", 1000),
+                                         ("010", 10), ("true", True), ("FALSE", False), ("~", None),
+                                         # YAML 1.1 only: strings in YAML 1.2 (issue 17)
+                                         ("yes", "yes"), ("off", "off"), ("y", "y"), ("1:30", "1:30"),
+                                         ("0b11", "0b11"), ("=", "=")])
+def test_scalars_follow_yaml_1_2(text, value):
     got = parse(f"eps: {text}\n").data["eps"]
     assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize("text, value", [("!!int 0x10", 16), ("!!float 3", 3.0), ("!!str 3", "3"),
+                                         ("!!bool true", True), ("!!null ~", None)])
+def test_explicit_plain_tags_build_their_type(text, value):
+    got = parse(f"a: {text}\n").data["a"]
+    assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize("value, words", [
+    ("!!int abc", "'abc' is not a valid !!int value"), ("!!bool maybe", "'maybe' is not a valid !!bool value"),
+    ("!!bool yes", "'yes' is not a valid !!bool value"), ("!!float x", "'x' is not a valid !!float value"),
+    ("!!map 5", "is not allowed on a scalar"), ("!!str {a: 1}", "is not allowed on a mapping"),
+    ("!!omap [a]", "is not allowed on a list"),
+])
+def test_explicit_tags_that_do_not_fit_are_located_errors(value, words):
+    assert_located([one(f"model:\n  x: {value}\n")], path=("model", "x"), at=(2, 6), words=words)
+
+
+def test_alias_chains_nested_past_the_depth_limit_are_refused():
+    # each anchor nests its predecessor 50 levels deeper: 3 of them pass 64 through aliases alone
+    lines = ["a0: &a0 1"] + [f"a{k}: &a{k} " + "[" * 50 + f"*a{k - 1}" + "]" * 50 for k in range(1, 40)]
+    p = one("\n".join(lines) + "\n")
+    assert "nested more than 64 levels deep (aliases included)" in p.message and p.loc.line == 3
+
+
+@pytest.mark.parametrize("key, line", [("A" * 1100 + ": 1", 1), ("m: {" + "A" * 1100 + ": 1}", 1),
+                                       ("m:\n  '" + "A" * 1100 + "': 1", 2)])
+def test_key_over_yamls_limit_is_named(key, line):
+    p = one(key + "\n")
+    assert p.message == "a mapping key 1,100 characters long: YAML allows at most 1,024 characters in a key"
+    assert p.loc.line == line and "shorter name" in p.hint
 
 
 def test_unquoted_date_stays_a_string():
@@ -242,3 +278,37 @@ def test_load_document_ignores_extends(write):
 def test_device_files_are_refused_without_reading(tmp_path):
     p = one(FsPath("/dev/zero"), file_error=FileProblem)
     assert "not a regular file" in p.message
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda d: (d / "base").mkdir(), "which is a directory, not a spec file"),
+    (lambda d: (d / "base").symlink_to("/dev/null"), "which is not a regular file (a device, pipe or socket)"),
+    (lambda d: ((d / "base").symlink_to(d / "loop"), (d / "loop").symlink_to(d / "base")),
+     "which is a symbolic link that loops back on itself"),
+    (lambda d: (d / "base").symlink_to("gone.yaml"), "which is a symbolic link to 'gone.yaml', which does not exist"),
+    (lambda d: None, "which does not exist"),
+])
+def test_extends_says_what_the_base_is(write, tmp_path, make, words):
+    make(tmp_path)
+    p = one(write("extends: base\nlayout: A\n"))
+    assert p.path == ("extends",) and (p.loc.line, p.loc.col) == (1, 10) and words in p.message and p.hint
+
+
+def test_unreadable_extends_base_is_located_at_the_extends_line(write):
+    import os
+    base = write(GOOD, "base.yaml")
+    base.chmod(0)
+    try:
+        if os.access(base, os.R_OK):
+            pytest.skip("running as a user who reads any file")
+        p = one(write("extends: base.yaml\n", "child.yaml"))
+        assert p.path == ("extends",) and p.loc.file.endswith("child.yaml") and "cannot read" in p.message
+    finally:
+        base.chmod(0o644)
+
+
+def test_symlink_loop_given_on_the_command_line_is_named(tmp_path):
+    (tmp_path / "a.yaml").symlink_to(tmp_path / "b.yaml")
+    (tmp_path / "b.yaml").symlink_to(tmp_path / "a.yaml")
+    p = one(tmp_path / "a.yaml", file_error=FileProblem)
+    assert "is a symbolic link that loops back on itself" in p.message

@@ -256,3 +256,179 @@ def test_editor_schema_is_valid_and_accepts_raw_specs():
     raw = parse(GOOD.replace("d_model: 64", "d_model: ${width} * 2")).data
     assert list(validator.iter_errors(raw)) == []
     assert list(validator.iter_errors({"extends": "base.yaml"})) == []  # a child may be partial
+
+
+# --- issue 17: what comes after parsing -----------------------------------------------------
+
+@pytest.mark.parametrize("old, new, path, where", [
+    ("type: mlp", "eype: mlp", ("components", "F", "eype"), (7, "eype")),
+    ("max_seq_len: 128", "max_seq_len: 128\n  norm: {typ: rmsnorm}", ("model", "norm", "typ"), (5, "typ")),
+])
+def test_misspelled_type_key_is_the_unknown_key_not_an_internal_error(problems, old, new, path, where):
+    text = SPEC.replace(old, new)
+    assert_located(problems(text), path=path, at=col(text, *where), message=f"unknown key '{path[-1]}'",
+                   hint="did you mean 'type'?")
+
+
+@pytest.mark.parametrize("value, got", [("[A, F]", "a list"), ("3", "number 3"), ("2.5", "number 2.5"),
+                                        ("abc", "string 'abc'")])
+def test_components_that_are_not_a_mapping(problems, value, got):
+    text = SPEC.replace("components:\n  A: {type: attention, n_heads: 4, n_kv_heads: 2}\n  F: {type: mlp, d_ff: 128}",
+                        f"components: {value}")
+    # one mistake: the layout's symbols are not reported again as undefined
+    assert_located(problems(text), path=("components",), at=(5, 13), message=f"expected a mapping, got {got}",
+                   hint_words="map each name to its settings")
+
+
+@pytest.mark.parametrize("value, got", [("{name: mlp}", "a mapping"), ("[mlp]", "a list")])
+def test_type_given_as_a_mapping_or_list(problems, value, got):
+    text = SPEC.replace("type: mlp", f"type: {value}")
+    p = assert_located(problems(text), path=("components", "F", "type"), at=col(text, 7, value),
+                       words=f"expected a component type ('attention', ")
+    assert p.message.endswith(f"got {got}") and p.hint == "write one name, e.g. `type: attention`"
+    text = SPEC.replace("max_seq_len: 128", f"max_seq_len: 128\n  norm: {{type: {value}}}")
+    assert_located(problems(text), path=("model", "norm", "type"),
+                   message=f"expected a component type ('layernorm', 'rmsnorm'), got {got}")
+
+
+@pytest.mark.parametrize("old, new, path", [
+    ("max_seq_len: 128", "max_seq_len: 128\n  init_std: .nan", ("model", "init_std")),
+    ("max_seq_len: 128", "max_seq_len: 128\n  norm: {type: rmsnorm, eps: .inf}", ("model", "norm", "eps")),
+    ("max_seq_len: 128", "max_seq_len: 128\n  norm: {type: layernorm, eps: -.inf}", ("model", "norm", "eps")),
+    ("n_kv_heads: 2}", "n_kv_heads: 2, rope_theta: .inf}", ("components", "A", "rope_theta")),
+    ("d_ff: 128}", "d_ff: 128}\n  M: {type: mom, n_heads: 2, head_dim: 32, expand_v: .inf}", ("components", "M", "expand_v")),
+    ("d_ff: 128}", "d_ff: 128}\n  M: {type: mom, n_heads: 2, head_dim: 32, expand_v: .nan}", ("components", "M", "expand_v")),
+    ("d_ff: 128}", "d_ff: 128}\n  M: {type: mamba, expand: .inf}", ("components", "M", "expand")),
+    ("d_ff: 128}", "d_ff: 128}\n  M: {type: mamba2, A_init_range: [1, .nan]}", ("components", "M", "A_init_range", 1)),
+    ("model:\n  vocab", "vars: {unused: .nan}\nmodel:\n  vocab", ("vars", "unused")),
+])
+def test_non_finite_numbers_are_refused_everywhere(problems, old, new, path):
+    p = assert_located(problems(SPEC.replace(old, new)), path=path, words="must be a finite number, got")
+    assert p.hint == "`.nan` and `.inf` are not values a model can have; write a finite number"
+
+
+def test_non_finite_number_reached_through_a_reference_is_reported_once(problems):
+    text = "vars: {w: .inf}\n" + SPEC.replace("d_ff: 128", 'd_ff: "${w}"')
+    assert_located(problems(text), path=("vars", "w"), at=(1, 11), message="must be a finite number, got inf")
+
+
+@pytest.mark.parametrize("literal", ["4611686018427387905", "1e300", "-1e19"])
+def test_literal_numbers_have_the_expressions_bound(problems, literal):
+    p = assert_located(problems("vars: {big: " + literal + "}\n" + SPEC), path=("vars", "big"),
+                       words="is out of range: a number in a spec is at most 2**62")
+    assert p.hint and "check the number" in p.hint
+
+
+def test_override_index_errors_are_all_reported_with_the_others(problems):
+    text = SPEC.replace("d_ff: 128}", "d_ff: 128, bias: 3}") + (
+        "overrides:\n  - {at: -1, set: {window: 4}}\n  - {at: [99, 0], set: {window: 4}}\n"
+        "  - {at: 1, set: {type: attention}}\n")
+    found = problems(text)
+    assert [p.path for p in found] == [("components", "F", "bias"), ("overrides", 0, "at"),
+                                       ("overrides", 1, "at", 0), ("overrides", 2, "set", "type")]
+    assert found[1].hint == "sublayer indices count from 0 over the expanded layout (no negative indices)"
+    assert found[2].message == "sublayer 99 does not exist: the layout has 4 (0 to 3)"
+    assert found[3].message == "an override cannot change a component's type"
+    assert "define a component of that type" in found[3].hint and at(found[3]) == col(text, 12, "type")
+
+
+def test_override_of_a_sound_component_is_checked_beside_a_broken_one(problems):
+    text = SPEC.replace("d_ff: 128}", "d_ff: 0}") + "overrides:\n  - {at: 0, set: {n_kv_heads: 3}}\n"
+    assert [p.path for p in problems(text)] == [("components", "F", "d_ff"), ("overrides", 0, "set", "n_kv_heads")]
+
+
+@pytest.mark.parametrize("name, why", [
+    ("x12", "'x' followed by digits is reserved for repetition"),
+    ("é", "only ASCII letters, digits and '_'"),
+    ("'a b'", "an identifier starts with a letter or '_'"),
+    ("a" * 65, "65 characters, over the limit of 64"),
+])
+def test_invalid_component_names_say_why(problems, name, why):
+    text = SPEC.replace("  F: {type: mlp, d_ff: 128}", f"  F: {{type: mlp, d_ff: 128}}\n  {name}: {{type: mlp}}")
+    p = assert_located(problems(text), key=name.strip("'"), at=(8, 3), words=why)
+    assert p.message.startswith(f"'{name.strip(chr(39))}' is not a valid component name: ")
+    assert "at most 64 characters" in p.hint
+
+
+def test_name_limit_in_messages_is_the_schemas():
+    from archspec.schema import strict_schema
+    from archspec.validate import MAX_NAME_CHARS
+    assert strict_schema()["properties"]["components"]["propertyNames"]["maxLength"] == MAX_NAME_CHARS
+
+
+@pytest.mark.parametrize("word, value", [("yes", "true"), ("off", "false"), ("On", "true"), ("n", "false")])
+def test_yaml_1_1_booleans_are_strings(problems, word, value):
+    text = SPEC.replace("max_seq_len: 128", f"max_seq_len: 128\n  tie_embeddings: {word}")
+    assert_located(problems(text), path=("model", "tie_embeddings"), at=(5, 19),
+                   message=f"expected true or false, got string '{word}'",
+                   hint=f"specs are YAML 1.2, where only true and false are booleans ('{word}' is a string): "
+                        f"write {value}")
+
+
+@pytest.mark.parametrize("text", [
+    SPEC.replace("type: mlp", "eype: mlp"), SPEC.replace("components:", "components: [1]\nx:"),
+    SPEC.replace("type: mlp", "type: {a: 1}"), SPEC.replace("max_seq_len: 128", "max_seq_len: 128\n  init_std: .nan"),
+    SPEC.replace("d_ff: 128", "d_ff: !!int abc"), SPEC.replace("d_ff: 128", "d_ff: !!bool maybe"),
+    SPEC + "overrides:\n  - {at: 0, set: {type: mlp}}\n",
+])
+def test_cli_exit_code_1_not_3_for_issue_17_inputs(write, capsys, text):
+    assert main(["validate", str(write(text))]) == 1
+    err = capsys.readouterr().err
+    assert "internal error" not in err and "spec.yaml:" in err
+
+
+def _limits_table() -> str:
+    """docs/spec.md's table of maxima, as the schemas have them (keys grouped by limit)."""
+    from archspec.schema import maxima
+    rows: dict = {}
+    for key, value, why in maxima():
+        shown = f"{value:,}" if isinstance(value, int) else format(value, "g").replace("e+", "e")
+        rows.setdefault((shown, why), []).append(key)
+    lines = ["| keys | maximum | why |", "|---|---:|---|"]
+    lines += [f"| {', '.join(f'`{k}`' for k in keys)} | {value} | {why} |" for (value, why), keys in rows.items()]
+    return "\n".join(lines)
+
+
+def test_docs_state_every_limit_and_why():
+    assert _limits_table() in (ROOT / "docs" / "spec.md").read_text(), "update the table in docs/spec.md"
+
+
+def test_every_number_of_every_component_has_a_maximum_with_a_reason():
+    from archspec.components import REGISTRY
+    from archspec.limits import WHY_KEY
+    from archspec.schema import component_schema, maxima
+    bounded = {key for key, _, why in maxima() if why}
+    for t in REGISTRY:
+        for key, prop in component_schema(t).get("properties", {}).items():
+            if '"integer"' in json.dumps(prop) or '"number"' in json.dumps(prop):
+                assert f"{t}.{key}" in bounded, f"{t}.{key} has no maximum with `{WHY_KEY}`"
+    for key in ("vocab_size", "d_model", "max_seq_len", "init_std"):
+        assert f"model.{key}" in bounded
+
+
+@pytest.mark.parametrize("old, new, path, words, why", [
+    ("n_kv_heads: 2}", "n_kv_heads: 2}\n  M: {type: mom, n_memories: 100000000}", ("components", "M", "n_memories"),
+     "must be <= 256, got 100,000,000", "MoM uses 2 to 8 memories"),
+    ("n_kv_heads: 2}", "n_kv_heads: 2}\n  E: {type: moe, n_experts: 100000000}", ("components", "E", "n_experts"),
+     "must be <= 4,096, got 100,000,000", "at most 256 routed experts"),
+    ("n_kv_heads: 2}", "n_kv_heads: 2}\n  M: {type: mom, expand_v: 1e300}", ("components", "M", "expand_v"),
+     "is out of range: a number in a spec is at most 2**62", "check the number"),
+    ("n_kv_heads: 2}", "n_kv_heads: 2}\n  M: {type: mom, expand_v: 1000.0}", ("components", "M", "expand_v"),
+     "must be <= 16, got 1000", "expansion factors in use"),
+    ("d_model: 64", "d_model: 100000000000000000", ("model", "d_model"), "must be <= 131,072, got 100,000,000,000,000,000",
+     "PaLM"),
+    ("max_seq_len: 128", "max_seq_len: 128\n  init_std: 3", ("model", "init_std"), "must be <= 1, got 3", "diverges"),
+    ('"(A F) x 2"', "{layers: 200000, sublayers: [{use: A}]}", ("layout", "layers"), "must be <= 100,000, got 200,000",
+     "x 1000000"),
+])
+def test_maxima_say_the_limit_and_why(problems, old, new, path, words, why):
+    assert_located(problems(SPEC.replace(old, new)), key=path[-1], path=path, words=words, hint_words=why)
+
+
+def test_parameter_ceiling_is_checked_in_validation(problems):
+    text = SPEC.replace("d_model: 64", "d_model: 65536").replace("d_ff: 128", "d_ff: 1048576").replace(
+        "(A F) x 2", "F x 100000").replace("n_heads: 4, n_kv_heads: 2", "n_heads: 64")
+    p = assert_located(problems(text), path=("components", "F"), at=(7, 3),
+                       words="the model has at least 2.06e+16 parameters, over the ceiling of "
+                             "1,000,000,000,000,000; F accounts for 2.06e+16 of them")
+    assert "2T parameters" in p.hint

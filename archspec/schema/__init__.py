@@ -13,6 +13,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from .. import limits as L
 from ..components import REGISTRY, types_with_role
 
 HERE = Path(__file__).parent
@@ -52,10 +53,29 @@ def _dispatch(types: list[str]) -> dict:
     }
 
 
+# maxima of the model's settings and the layout's counts, from archspec/limits.py (one place
+# for every limit and its reason; spec.base.schema.json holds the rest of the model's schema)
+MODEL_LIMITS = {"vocab_size": L.VOCAB, "d_model": L.D_MODEL, "max_seq_len": L.SEQ_LEN, "init_std": L.INIT_STD}
+RULE_LIMITS = {"layers": L.SUBLAYERS, "period": L.SUBLAYERS, "offset": L.SUBLAYERS}
+
+
+def _add_limits(schema: dict) -> None:
+    """Put MODEL_LIMITS and RULE_LIMITS into the base schema."""
+    for key, limit in MODEL_LIMITS.items():
+        schema["$defs"]["model"]["properties"][key].update(limit.schema())
+    rules = next(b for b in schema["$defs"]["layout"]["anyOf"] if b.get("type") == "object")
+    slot = rules["properties"]["sublayers"]["items"]
+    rule = slot["properties"]["where"]["items"]
+    for key, prop in [("layers", rules["properties"]["layers"]), *rule["properties"].items()]:
+        if key in RULE_LIMITS:
+            prop.update(RULE_LIMITS[key].schema())
+
+
 @lru_cache(maxsize=1)
 def strict_schema() -> dict:
     schema = json.loads(BASE_FILE.read_text())
     schema["$id"] = SCHEMA_ID
+    _add_limits(schema)
     defs = schema["$defs"]
     defs["component"] = _dispatch(types_with_role("sublayer"))
     defs["norm"] = {**_dispatch(types_with_role("norm")),
@@ -100,3 +120,34 @@ def _accept_expressions(node):
 def write_editor_schema(path: Path = EDITOR_FILE) -> Path:
     path.write_text(json.dumps(editor_schema(), indent=2) + "\n")
     return path
+
+
+def maxima() -> list[tuple[str, int | float, str]]:
+    """(key, maximum, why) for every bounded number of the strict schema, keys as docs/spec.md's
+    table names them: `model.d_model`, `layout.layers`, `mom.n_memories`."""
+    schema = strict_schema()
+    out: list[tuple[str, int | float, str]] = []
+
+    def walk(node, key: str, nested: str | None = None) -> None:
+        """`nested`: the prefix that names properties met inside (the layout's rules)."""
+        if isinstance(node, list):
+            for n in node:
+                walk(n, key, nested)
+        elif isinstance(node, dict):
+            if "maximum" in node:
+                out.append((key, node["maximum"], node.get(L.WHY_KEY, "")))
+            for k, v in node.items():
+                if k == "properties" and nested:
+                    for name, prop in v.items():
+                        walk(prop, nested + name, nested)
+                else:
+                    walk(v, key, nested)
+
+    for k, v in schema["$defs"]["model"]["properties"].items():
+        walk(v, f"model.{k}")
+    walk(schema["$defs"]["layout"], "layout", nested="layout.")
+    for name, d in sorted(schema["$defs"].items()):
+        if name.startswith("component."):
+            for k, v in d["properties"].items():
+                walk(v, f"{name.split('.', 1)[1]}.{k}")
+    return out

@@ -19,16 +19,17 @@ after RoPE, v; the attention output) plus a float32 log-sum-exp per head.
 from __future__ import annotations
 
 from ...costs import ROPE_FLOPS_PER_ELEMENT, SOFTMAX_FLOPS_PER_ELEMENT
+from ... import limits as L
 from ..base import CheckIssue, Component, Flops, ModelConfig, register
 
 
 HEADS_SCHEMA = {
-    "n_heads": {"type": "integer", "minimum": 1, "description": "query heads"},
-    "n_kv_heads": {"type": "integer", "minimum": 1,
+    "n_heads": {"type": "integer", "minimum": 1, **L.HEADS.schema(), "description": "query heads"},
+    "n_kv_heads": {"type": "integer", "minimum": 1, **L.HEADS.schema(),
                    "description": "key/value heads (default n_heads; 1 is MQA)"},
-    "head_dim": {"type": "integer", "minimum": 1, "description": "default d_model / n_heads"},
+    "head_dim": {"type": "integer", "minimum": 1, **L.HEAD_DIM.schema(), "description": "default d_model / n_heads"},
     "rope": {"type": "boolean", "default": True, "description": "rotary position embedding"},
-    "rope_theta": {"type": "number", "exclusiveMinimum": 0, "default": 10000.0,
+    "rope_theta": {"type": "number", "exclusiveMinimum": 0, **L.ROPE_THETA.schema(), "default": 10000.0,
                    "description": "RoPE base"},
     "bias": {"type": "boolean", "default": False, "description": "biases on q/k/v/o"},
 }
@@ -85,7 +86,7 @@ class Attention(Component):
     schema = {
         "properties": {
             **HEADS_SCHEMA,
-            "window": {"type": ["integer", "null"], "minimum": 1, "default": None,
+            "window": {"type": ["integer", "null"], "minimum": 1, **L.SEQ_LEN.schema(), "default": None,
                        "description": "sliding window in tokens (null = full causal)"},
         },
         "required": ["n_heads"],

@@ -12,6 +12,7 @@ counts them. Inference state: none. Activation memory per token: g and the adapt
 """
 from __future__ import annotations
 
+from ... import limits as L
 from ..base import Component, Flops, child, register
 from ..mlp.spec import ACTIVATIONS
 
@@ -25,7 +26,7 @@ class GatedAdapter(Component):
     summary = "bottleneck MLP adapter scaled by a learned per-token sigmoid gate"
     schema = {
         "properties": {
-            "bottleneck": {"type": "integer", "minimum": 1, "default": 64,
+            "bottleneck": {"type": "integer", "minimum": 1, **L.WIDTH.schema(), "default": 64,
                            "description": "hidden width of the adapter mlp"},
             "activation": {"enum": sorted(ACTIVATIONS), "default": "gelu",
                            "description": "the adapter's activation (as mlp's)"},

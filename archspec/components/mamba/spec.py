@@ -42,22 +42,23 @@ import math
 from ...costs import ACTIVATION_FLOPS, RMSNORM_FLOPS_PER_GROUP, SOFTPLUS_FLOPS_PER_ELEMENT
 from ...ops.conv import conv_flops
 from ...ops.ssm import SCAN_CHUNK, selective_scan_flops
+from ... import limits as L
 from ..base import CheckIssue, Component, Flops, ModelConfig, register
 
 GATE_FLOPS = ACTIVATION_FLOPS["silu"] + 1  # silu and the product
 
 DT_INIT_SCHEMA = {
-    "dt_min": {"type": "number", "exclusiveMinimum": 0, "default": 0.001,
+    "dt_min": {"type": "number", "exclusiveMinimum": 0, **L.DT.schema(), "default": 0.001,
                "description": "smallest initial step size dt (log-uniform in [dt_min, dt_max])"},
-    "dt_max": {"type": "number", "exclusiveMinimum": 0, "default": 0.1,
+    "dt_max": {"type": "number", "exclusiveMinimum": 0, **L.DT.schema(), "default": 0.1,
                "description": "largest initial step size dt"},
-    "dt_init_floor": {"type": "number", "minimum": 0, "default": 1e-4,
+    "dt_init_floor": {"type": "number", "minimum": 0, **L.DT.schema(), "default": 1e-4,
                       "description": "initial dt values are floored here before the inverse softplus"},
 }
 CONV_SCHEMA = {
-    "d_conv": {"type": "integer", "minimum": 1, "default": 4,
+    "d_conv": {"type": "integer", "minimum": 1, **L.CONV.schema(), "default": 4,
                "description": "kernel size of the causal depthwise convolution"},
-    "expand": {"type": "number", "exclusiveMinimum": 0, "default": 2,
+    "expand": {"type": "number", "exclusiveMinimum": 0, **L.EXPAND.schema(), "default": 2,
                "description": "inner width E = expand * d_model"},
     "conv_bias": {"type": "boolean", "default": True, "description": "bias on the convolution"},
     "bias": {"type": "boolean", "default": False, "description": "biases on in_proj and out_proj"},
@@ -93,10 +94,10 @@ class Mamba(Component):
     summary = "Mamba1 selective state-space mixer (selective scan)"
     schema = {
         "properties": {
-            "d_state": {"type": "integer", "minimum": 1, "default": 16,
+            "d_state": {"type": "integer", "minimum": 1, **L.STATE.schema(), "default": 16,
                         "description": "state size N per channel"},
             **CONV_SCHEMA,
-            "dt_rank": {"anyOf": [{"type": "integer", "minimum": 1, "description": "rank R"},
+            "dt_rank": {"anyOf": [{"type": "integer", "minimum": 1, **L.WIDTH.schema(), "description": "rank R"},
                                   {"type": "string", "enum": ["auto"],
                                    "description": "ceil(d_model / 16)"}],
                         "default": "auto",
@@ -104,12 +105,12 @@ class Mamba(Component):
             **DT_INIT_SCHEMA,
             "dt_init": {"enum": ["random", "constant"], "default": "random",
                         "description": "dt_proj.weight uniform in +-dt_scale R^-1/2, or that constant"},
-            "dt_scale": {"type": "number", "exclusiveMinimum": 0, "default": 1.0,
+            "dt_scale": {"type": "number", "exclusiveMinimum": 0, **L.INIT_SCALE.schema(), "default": 1.0,
                          "description": "scale of dt_proj's initial weights"},
             "inner_norms": {"type": "boolean", "default": False,
                             "description": "RMSNorms (learned scale, init 1) on dt0, B and C after "
                                            "x_proj, as Jamba's Mamba layers"},
-            "inner_norm_eps": {"type": "number", "exclusiveMinimum": 0, "default": 1e-6,
+            "inner_norm_eps": {"type": "number", "exclusiveMinimum": 0, **L.EPS.schema(), "default": 1e-6,
                                "description": "eps of the inner RMSNorms (Jamba: 1e-6)"},
         },
     }

@@ -35,16 +35,20 @@ dtype, and h, H P N in float32.
 """
 from __future__ import annotations
 
+import math
+
 from ...costs import SOFTPLUS_FLOPS_PER_ELEMENT
 from ...ops.conv import conv_flops
 from ...ops.norm import dtype_unsupported, gated_rmsnorm_flops, width_unsupported
 from ...ops.ssm import ssd_flops
+from ... import limits as L
 from ..base import CheckIssue, Component, Flops, register
 from ..mamba.spec import CONV_SCHEMA, DT_INIT_SCHEMA, check_dt_range, check_inner_width, inner_width
 
 
 def _near_divisors(n: int, target: int, count: int = 3) -> str:
-    divisors = [k for k in range(1, n + 1) if n % k == 0]
+    # pairs (k, n / k) up to sqrt(n): a hint for a wide inner width costs a thousand steps, not a million
+    divisors = {d for k in range(1, math.isqrt(n) + 1) if n % k == 0 for d in (k, n // k)}
     return ", ".join(map(str, sorted(sorted(divisors, key=lambda k: (abs(k - target), k))[:count])))
 
 
@@ -57,29 +61,29 @@ class Mamba2(Component):
     summary = "Mamba2 SSD mixer (chunked state space duality, gated RMSNorm)"
     schema = {
         "properties": {
-            "d_state": {"type": "integer", "minimum": 1, "default": 128,
+            "d_state": {"type": "integer", "minimum": 1, **L.STATE.schema(), "default": 128,
                         "description": "state size N per head and channel"},
             **CONV_SCHEMA,
-            "head_dim": {"type": "integer", "minimum": 1, "default": 64,
+            "head_dim": {"type": "integer", "minimum": 1, **L.HEAD_DIM.schema(), "default": 64,
                         "description": "channels per head P; heads H = expand * d_model / head_dim"},
-            "n_groups": {"type": "integer", "minimum": 1, "default": 1,
+            "n_groups": {"type": "integer", "minimum": 1, **L.HEADS.schema(), "default": 1,
                         "description": "groups G of B/C shared by H / G heads each (like GQA)"},
-            "chunk_size": {"type": "integer", "minimum": 1, "default": 256,
+            "chunk_size": {"type": "integer", "minimum": 1, **L.CHUNK.schema(), "default": 256,
                            "description": "tokens per chunk of the SSD training path "
                                           "(min(chunk_size, T) is used)"},
             "A_init_range": {"type": "array", "minItems": 2, "maxItems": 2,
-                             "items": {"type": "number", "exclusiveMinimum": 0},
+                             "items": {"type": "number", "exclusiveMinimum": 0, **L.DECAY.schema()},
                              "default": [1, 16],
                              "description": "[lo, hi]: -A per head starts uniform in this range"},
             **DT_INIT_SCHEMA,
             "dt_limit": {"type": ["array", "null"], "minItems": 2, "maxItems": 2,
-                         "items": {"type": "number", "minimum": 0}, "default": None,
+                         "items": {"type": "number", "minimum": 0, **L.DECAY.schema()}, "default": None,
                          "description": "[lo, hi] clamp of dt after softplus (null: none, the "
                                         "reference's (0, inf))"},
             "norm_before_gate": {"type": "boolean", "default": False,
                                  "description": "gated RMSNorm order: false normalises y * silu(z) "
                                                 "(Mamba2), true norm(y) * silu(z)"},
-            "norm_eps": {"type": "number", "exclusiveMinimum": 0, "default": 1e-5,
+            "norm_eps": {"type": "number", "exclusiveMinimum": 0, **L.EPS.schema(), "default": 1e-5,
                          "description": "eps of the gated RMSNorm"},
         },
     }

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 from ...costs import ACTIVATION_FLOPS
+from ... import limits as L
 from ..base import CheckIssue, Component, Flops, register
 
 ACTIVATIONS = {"swiglu": ("silu", True), "geglu": ("gelu", True),
@@ -29,10 +30,10 @@ class MLP(Component):
         "properties": {
             "activation": {"enum": sorted(ACTIVATIONS), "default": "swiglu",
                            "description": "gated (swiglu, geglu) or plain (gelu, relu, silu)"},
-            "d_ff": {"type": "integer", "minimum": 1,
+            "d_ff": {"type": "integer", "minimum": 1, **L.WIDTH.schema(),
                      "description": "hidden width; default 8d/3 rounded up to multiple_of when "
                                     "gated, else 4d"},
-            "multiple_of": {"type": "integer", "minimum": 1, "default": 256,
+            "multiple_of": {"type": "integer", "minimum": 1, **L.WIDTH.schema(), "default": 256,
                             "description": "rounding of the default gated d_ff"},
             "bias": {"type": "boolean", "default": False, "description": "biases on projections"},
         },

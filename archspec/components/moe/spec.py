@@ -68,6 +68,7 @@ import math
 
 from ...costs import ACTIVATION_FLOPS, SOFTMAX_FLOPS_PER_ELEMENT
 from ...ops import moe as O
+from ... import limits as L
 from ..base import CheckIssue, Component, Flops, child, numel, register
 
 GATED = {"swiglu": "silu", "geglu": "gelu"}
@@ -86,14 +87,14 @@ class MoE(Component):
     summary = "mixture of experts: token / causal chunk / expert-choice routing, SwiGLU experts"
     schema = {
         "properties": {
-            "n_experts": {"type": "integer", "minimum": 1, "default": 8, "description": "routed experts E"},
-            "topk": {"type": "integer", "minimum": 1, "default": 2,
+            "n_experts": {"type": "integer", "minimum": 1, **L.EXPERTS.schema(), "default": 8, "description": "routed experts E"},
+            "topk": {"type": "integer", "minimum": 1, **L.EXPERTS.schema(), "default": 2,
                      "description": "experts per token (expert choice: average experts per token)"},
-            "d_ff": {"type": "integer", "minimum": 1,
+            "d_ff": {"type": "integer", "minimum": 1, **L.WIDTH.schema(),
                      "description": "hidden width f of each expert; default the dense gated MLP's, "
                                     "8d/3 rounded up to multiple_of (each expert the size of the "
                                     "MLP it replaces, as in Mixtral)"},
-            "multiple_of": {"type": "integer", "minimum": 1, "default": 256,
+            "multiple_of": {"type": "integer", "minimum": 1, **L.WIDTH.schema(), "default": 256,
                             "description": "rounding of the default d_ff"},
             "activation": {"enum": sorted(GATED), "default": "swiglu",
                            "description": "gated expert activation: swiglu (SiLU) or geglu (GeLU)"},
@@ -101,23 +102,23 @@ class MoE(Component):
                        "description": "token: top-k per token; chunk: one causal decision per chunk "
                                       "of chunk_size tokens, from the previous chunk's mean (Hydra); "
                                       "expert_choice: each expert picks its tokens (NOT causal)"},
-            "chunk_size": {"type": "integer", "minimum": 1, "default": 32,
+            "chunk_size": {"type": "integer", "minimum": 1, **L.SEQ_LEN.schema(), "default": 32,
                            "description": "tokens per routing decision with router: chunk"},
             "renormalize": {"type": "boolean", "default": True,
                             "description": "rescale the k chosen probabilities to sum to 1 "
                                            "(token and chunk routers)"},
-            "capacity_factor": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None,
+            "capacity_factor": {"type": ["number", "null"], "exclusiveMinimum": 0, **L.CAPACITY.schema(), "default": None,
                                 "description": "null = dropless; cf keeps at most ceil(cf k T / E) "
                                                "assignments per expert and sequence, first come first "
                                                "served in time order (expert choice: C = ceil(cf k T / E) "
                                                "tokens per expert, cf 1 when null)"},
-            "n_shared_experts": {"type": "integer", "minimum": 0, "default": 0,
+            "n_shared_experts": {"type": "integer", "minimum": 0, **L.SHARED_EXPERTS.schema(), "default": 0,
                                  "description": "experts every token uses, beside the routed ones"},
-            "shared_d_ff": {"type": "integer", "minimum": 1,
+            "shared_d_ff": {"type": "integer", "minimum": 1, **L.WIDTH.schema(),
                             "description": "hidden width of each shared expert (default d_ff)"},
-            "aux_loss_scale": {"type": "number", "minimum": 0, "default": 0.01,
+            "aux_loss_scale": {"type": "number", "minimum": 0, **L.LOSS_SCALE.schema(), "default": 0.01,
                                "description": "coefficient of the load-balancing loss E sum f_e P_e"},
-            "z_loss_scale": {"type": "number", "minimum": 0, "default": 1e-3,
+            "z_loss_scale": {"type": "number", "minimum": 0, **L.LOSS_SCALE.schema(), "default": 1e-3,
                              "description": "coefficient of the router z-loss mean(logsumexp(logits)^2)"},
             "router_dtype": {"enum": ["float32", "model"], "default": "float32",
                              "description": "router matmul and softmax in float32 (at least), or in "

@@ -59,6 +59,7 @@ from ...ops.conv import conv_flops
 from ...ops.moe import capacity_limit
 from ...ops.linear_attention import GATE_DTYPE_NAMES, KERNEL_DTYPE_NAMES, kernels_unsupported
 from ...ops.norm import gated_rmsnorm_flops
+from ... import limits as L
 from ..base import CheckIssue, Component, Flops, register
 
 L2NORM_FLOPS = 3        # per element: square, sum, scale
@@ -83,29 +84,29 @@ class MoM(Component):
         "properties": {
             "rule": {"enum": list(LA.RULES), "default": "gated_delta",
                      "description": "each memory's update rule (MoM's default: gated_delta)"},
-            "n_heads": {"type": "integer", "minimum": 1, "default": 4, "description": "heads H"},
-            "head_dim": {"type": "integer", "minimum": 1, "default": 256,
+            "n_heads": {"type": "integer", "minimum": 1, **L.HEADS.schema(), "default": 4, "description": "heads H"},
+            "head_dim": {"type": "integer", "minimum": 1, **L.HEAD_DIM.schema(), "default": 256,
                          "description": "key dimension per head dk (K = H dk)"},
-            "expand_v": {"type": "number", "exclusiveMinimum": 0, "default": 1,
+            "expand_v": {"type": "number", "exclusiveMinimum": 0, **L.EXPAND.schema(), "default": 1,
                          "description": "value dimension per head dv = head_dim * expand_v"},
-            "n_memories": {"type": "integer", "minimum": 1, "default": 4,
+            "n_memories": {"type": "integer", "minimum": 1, **L.MEMORIES.schema(), "default": 4,
                            "description": "routed memories M"},
-            "topk": {"type": "integer", "minimum": 1, "default": 2,
+            "topk": {"type": "integer", "minimum": 1, **L.MEMORIES.schema(), "default": 2,
                      "description": "memories each token is routed to"},
             "shared_memory": {"type": "boolean", "default": True,
                               "description": "an extra memory that sees every token"},
-            "capacity_factor": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None,
+            "capacity_factor": {"type": ["number", "null"], "exclusiveMinimum": 0, **L.CAPACITY.schema(), "default": None,
                                 "description": "null = dropless; c caps each memory at ceil(c k T / M) "
                                                "tokens per sequence (first come, first served)"},
-            "aux_loss_scale": {"type": "number", "minimum": 0, "default": 0.01,
+            "aux_loss_scale": {"type": "number", "minimum": 0, **L.LOSS_SCALE.schema(), "default": 0.01,
                                "description": "coefficient of the load-balancing loss"},
-            "d_conv": {"type": "integer", "minimum": 1, "default": 4,
+            "d_conv": {"type": "integer", "minimum": 1, **L.CONV.schema(), "default": 4,
                        "description": "short causal convolution width on q, k, v"},
             "output_gate": {"type": "boolean", "default": True,
                             "description": "SiLU output gate g_proj into the gated RMSNorm"},
-            "norm_eps": {"type": "number", "exclusiveMinimum": 0, "default": 1e-6,
+            "norm_eps": {"type": "number", "exclusiveMinimum": 0, **L.EPS.schema(), "default": 1e-6,
                          "description": "eps of the output RMSNorm"},
-            "chunk_size": {"type": "integer", "minimum": 1, "default": 64,
+            "chunk_size": {"type": "integer", "minimum": 1, **L.CHUNK.schema(), "default": 64,
                            "description": "chunk length of the chunked training form"},
         },
     }

@@ -62,6 +62,7 @@ import math
 
 from ...costs import ACTIVATION_FLOPS, SOFTMAX_FLOPS_PER_ELEMENT
 from ...ops import pkm as PK
+from ... import limits as L
 from ..base import CheckIssue, Component, Flops, register
 
 BATCHNORM_FLOPS = 4     # per element at inference: subtract mean, scale by 1/std, weight, bias
@@ -81,15 +82,15 @@ class PKM(Component):
     summary = "product-key memory: top-k over n_keys^2 value slots via two sub-key halves"
     schema = {
         "properties": {
-            "n_keys": {"type": "integer", "minimum": 1, "default": 512,
+            "n_keys": {"type": "integer", "minimum": 1, **L.KEYS.schema(), "default": 512,
                        "description": "sub-keys per query half; the memory has n_keys^2 value slots"},
-            "n_heads": {"type": "integer", "minimum": 1, "default": 4,
+            "n_heads": {"type": "integer", "minimum": 1, **L.HEADS.schema(), "default": 4,
                         "description": "memory heads H (each reads knn slots; their reads are summed)"},
-            "knn": {"type": "integer", "minimum": 1, "default": 32,
+            "knn": {"type": "integer", "minimum": 1, **L.KNN.schema(), "default": 32,
                     "description": "slots read per head and token (top-k; at most n_keys)"},
-            "k_dim": {"type": "integer", "minimum": 2, "default": 256,
+            "k_dim": {"type": "integer", "minimum": 2, **L.HEAD_DIM.schema(), "default": 256,
                       "description": "query / product-key dimension K per head (even: two halves)"},
-            "v_dim": {"type": ["integer", "null"], "minimum": 1, "default": None,
+            "v_dim": {"type": ["integer", "null"], "minimum": 1, **L.WIDTH.schema(), "default": None,
                       "description": "value dimension (null = d_model; otherwise an output "
                                      "projection maps it back to d_model)"},
             "query_bias": {"type": "boolean", "default": True,

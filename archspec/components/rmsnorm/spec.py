@@ -15,9 +15,10 @@ into the next norm (archspec/codegen/model.py). Same weights, same names.
 from __future__ import annotations
 
 from ...ops.norm import dtype_unsupported, width_unsupported
+from ... import limits as L
 from ..base import Component, Flops, register
 
-NORM_SCHEMA = {"eps": {"type": "number", "exclusiveMinimum": 0, "default": 1e-5,
+NORM_SCHEMA = {"eps": {"type": "number", "exclusiveMinimum": 0, **L.EPS.schema(), "default": 1e-5,
                        "description": "added to the variance before the square root"}}
 
 

@@ -60,6 +60,7 @@ import math
 from ...costs import ROPE_FLOPS_PER_ELEMENT, SOFTMAX_FLOPS_PER_ELEMENT
 from ...ops import sparse_attention as SA
 from ..attention.spec import HEADS_SCHEMA, check_heads, derive_heads, projection_shapes
+from ... import limits as L
 from ..base import CheckIssue, Component, Flops, register
 WINDOW_KEYS = ("window", "global_first", "global_every", "global_reads")
 TOPK_KEYS = ("topk",)
@@ -98,23 +99,23 @@ class SparseAttention(Component):
                         "description": "window: sliding window plus global tokens; block_topk: own "
                                        "block plus the top-k earlier blocks by pooled keys"},
             **HEADS_SCHEMA,
-            "window": {"type": "integer", "minimum": 1, "default": 4096,
+            "window": {"type": "integer", "minimum": 1, **L.SEQ_LEN.schema(), "default": 4096,
                        "description": "window pattern: query i reads keys i - window < j <= i "
                                       "(4096: Mistral-7B)"},
-            "global_first": {"type": "integer", "minimum": 0, "default": 0,
+            "global_first": {"type": "integer", "minimum": 0, **L.SEQ_LEN.schema(), "default": 0,
                              "description": "window pattern: the first N positions are global "
                                             "(attention sinks)"},
-            "global_every": {"type": ["integer", "null"], "minimum": 1, "default": None,
+            "global_every": {"type": ["integer", "null"], "minimum": 1, **L.SEQ_LEN.schema(), "default": None,
                              "description": "window pattern: every N-th position (N-1, 2N-1, ...) is "
                                             "global; null = none"},
             "global_reads": {"enum": ["prefix", "window"], "default": "prefix",
                              "description": "window pattern: a global position reads its whole prefix "
                                             "(prefix) or only its window and earlier global tokens "
                                             "(window, so decoding keeps no more than window + globals)"},
-            "block_size": {"type": "integer", "minimum": 1, "default": 64,
+            "block_size": {"type": "integer", "minimum": 1, **L.CHUNK.schema(), "default": 64,
                            "description": "block_topk: positions per block (64: NSA); window: query "
                                           "rows per band block of the fast path"},
-            "topk": {"type": "integer", "minimum": 1, "default": 16,
+            "topk": {"type": "integer", "minimum": 1, **L.SEQ_LEN.schema(), "default": 16,
                      "description": "block_topk: earlier blocks each query reads besides its own "
                                     "(16: NSA's selected-block count)"},
         },
