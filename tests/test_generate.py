@@ -278,3 +278,42 @@ def test_cli_generate_without_a_saved_model_exits_2(tmp_path, capsys):
     from archspec.cli import main
     assert main(["generate", str(tmp_path / "nothing"), "--prompt", "hi"]) == 2
     assert capsys.readouterr().err.startswith("archspec: error:")
+
+
+def test_cli_generate_tokenizer_without_the_package_names_it(saved, tmp_path, capsys, monkeypatch):
+    from archspec.cli import main
+    monkeypatch.setitem(__import__("sys").modules, "tokenizers", None)  # import fails as if absent
+    directory, _ = saved
+    assert main(["generate", str(directory), "--prompt", "hi", "--tokenizer", str(tmp_path)]) == 2
+    assert "pip install tokenizers" in capsys.readouterr().err
+
+
+def test_cli_generate_with_a_tokenizer(saved, tmp_path, capsys, monkeypatch):
+    """A stand-in for `tokenizers` (not installed here): two bytes per token id (id = byte + 1),
+    so the command must encode, generate and decode through it, not through bytes."""
+    import sys
+    import types
+    from archspec.cli import main
+
+    class Tok:
+        @staticmethod
+        def from_file(path):
+            assert path.endswith("tokenizer.json")
+            return Tok()
+
+        def encode(self, text):
+            return types.SimpleNamespace(ids=[b + 1 for b in text.encode()])
+
+        def decode(self, ids):
+            return "".join(f"<{i}>" for i in ids)
+
+    monkeypatch.setitem(sys.modules, "tokenizers", types.SimpleNamespace(Tokenizer=Tok))
+    (tmp_path / "tok").mkdir()
+    assert main(["generate", str(saved[0]), "--prompt", "ab", "--tokenizer", str(tmp_path / "tok")]) == 2
+    assert "no tokenizer.json" in capsys.readouterr().err
+    (tmp_path / "tok" / "tokenizer.json").write_text("{}")
+    directory, model = saved
+    assert main(["generate", str(directory), "--prompt", "ab", "--max-new-tokens", "5",
+                 "--tokenizer", str(tmp_path / "tok")]) == 0
+    expected = archspec.generate(model, [[ord("a") + 1, ord("b") + 1]], 5)[0]
+    assert capsys.readouterr().out == "".join(f"<{i}>" for i in expected) + "\n"
