@@ -149,6 +149,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     gen.add_argument("--eos", type=int, default=None, metavar="ID", help="stop at this token id")
     gen.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    gen.add_argument("--tokenizer", default=None, metavar="TOKDIR",
+                     help="a directory holding a Hugging Face tokenizer.json (needs the `tokenizers` "
+                     "package) to use instead of byte-level tokens")
     return p
 
 
@@ -477,6 +480,8 @@ def cmd_generate(args) -> int:
     from .checkpoint import load_saved
     from .generate import check_prompts, check_sampling, generate
     device = _parse_device(_check_device_name(args.device))
+    if args.tokenizer is not None:
+        return _generate_with_tokenizer(args, device)
     prompt = args.prompt.encode("utf-8")
     if not prompt:
         raise UsageError("--prompt is empty: generation needs at least one token to start from")
@@ -499,6 +504,55 @@ def cmd_generate(args) -> int:
     generate(model, [list(prompt)], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
              top_p=args.top_p, eos_token_id=args.eos, seed=args.seed, on_token=show)
     sys.stdout.write(decoder.decode(b"", final=True) + "\n")
+    return EXIT_OK
+
+
+def load_tokenizer(directory: str):
+    """The `tokenizers` Tokenizer in directory/tokenizer.json, or a UsageError naming what is
+    missing (the package, the directory or the file)."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise UsageError("--tokenizer needs the `tokenizers` package: pip install tokenizers") from None
+    path = Path(directory) / "tokenizer.json"
+    if not path.is_file():
+        raise UsageError(f"--tokenizer {directory}: no tokenizer.json there")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # a damaged file: its parser's own message
+        raise UsageError(f"--tokenizer {directory}: cannot read tokenizer.json: {e}") from None
+
+
+def _generate_with_tokenizer(args, device) -> int:
+    """cmd_generate with a tokenizer: the prompt's ids from it, and the text streamed as the
+    decoding of all new ids so far (a token may only complete a character with the next one)."""
+    from .checkpoint import load_saved
+    from .generate import check_prompts, check_sampling, generate
+    tokenizer = load_tokenizer(args.tokenizer)
+    prompt = list(tokenizer.encode(args.prompt).ids)
+    if not prompt:
+        raise UsageError("--prompt is empty: generation needs at least one token to start from")
+    model, _ = load_saved(args.directory, device=device)
+    try:  # every argument checked before any output (ids outside the vocabulary included)
+        check_prompts(model, [prompt], args.max_new_tokens)
+        check_sampling(model, args.temperature, args.top_k, args.top_p, args.eos)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    new: list[int] = []
+    shown = ""
+
+    def show(row: int, token: int) -> None:
+        nonlocal shown
+        new.append(token)
+        text = tokenizer.decode(new)
+        if text.startswith(shown):  # print only what is new (a decoding can revise its tail)
+            sys.stdout.write(text[len(shown):])
+            sys.stdout.flush()
+            shown = text
+
+    generate(model, [prompt], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+             top_p=args.top_p, eos_token_id=args.eos, seed=args.seed, on_token=show)
+    sys.stdout.write("\n")
     return EXIT_OK
 
 

@@ -9,10 +9,15 @@ softmax(logits / temperature) restricted to the top_k most likely tokens and to 
 whose probability reaches top_p (nucleus), drawn from a torch.Generator seeded with `seed`, so a
 seed gives the same tokens on every run.
 
-Prompts of different lengths: the rows are grouped by prompt length, and each group is prefilled
-and decoded as one batch (every row of a state sits at the same position, so no padding enters a
-recurrent state and no position is shifted). Rows are returned in the order given. With a seed,
-the groups draw from one generator in order of increasing prompt length.
+Prompts of different lengths decode as one batch in one step loop, every row at the same
+position of one state (so no component needs per-row positions, and no padding ever enters a KV
+cache, a RoPE position or a recurrent state): the first m = (shortest prompt) tokens of every row
+are prefilled together, then each step feeds every row its next token: a row still inside its
+prompt is fed its own prompt token (teacher forcing: its logits there are not sampled), a row past
+it the token just chosen for it. A longer prompt's tail thus runs through `step` one token at a
+time instead of the parallel prefill: exact, and the price of one shared position (a prompt much
+longer than the others costs its excess in steps). Rows are returned in the order given; with a
+seed, each step draws the rows that are generating from one generator in row order.
 
 A row stops at `eos_token_id` (included in its output) or after max_new_tokens. Every argument is
 checked before any work: a clear ValueError names the first problem.
@@ -38,48 +43,63 @@ def generate(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, t
     gen = torch.Generator(device=device)
     gen.manual_seed(0 if seed is None else seed)
     out: list[list[int]] = [[] for _ in rows]
-    by_length: dict[int, list[int]] = {}
-    for i, row in enumerate(rows):
-        by_length.setdefault(len(row), []).append(i)
+    if max_new_tokens == 0:
+        return out
+    done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+    lengths = torch.tensor([len(r) for r in rows], device=device)
+
+    def choose(p: int, logits: torch.Tensor) -> torch.Tensor:
+        """The tokens of position p: sampled for the rows generating, recorded and streamed."""
+        generating = (lengths <= p) & ~done
+        nxt = torch.zeros(len(rows), dtype=torch.long, device=device)
+        rows_now = generating.nonzero().flatten()
+        if len(rows_now):
+            nxt[rows_now] = next_tokens(logits[rows_now], temperature, top_k, top_p, gen)
+        for r in rows_now.tolist():
+            out[r].append(int(nxt[r]))
+            if on_token is not None:
+                on_token(r, int(nxt[r]))
+            if len(out[r]) == max_new_tokens or (eos_token_id is not None and int(nxt[r]) == eos_token_id):
+                done[r] = True
+        return nxt
+
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for length in sorted(by_length):
-                group = by_length[length]
-                tokens = torch.tensor([rows[i] for i in group], dtype=torch.long, device=device)
-                pick = lambda logits: next_tokens(logits, temperature, top_k, top_p, gen)  # noqa: E731
-                new = _decode_group(model, tokens, max_new_tokens, pick, eos_token_id,
-                                    on_token and (lambda r, tok, g=group: on_token(g[r], tok)))
-                for i, tokens_i in zip(group, new):
-                    out[i] = tokens_i
+            ragged_decode(model, rows, max_new_tokens, choose, lambda: bool(done.all()))
     finally:
         model.train(was_training)
     return out
 
 
-def _decode_group(model, tokens: torch.Tensor, max_new_tokens: int, pick, eos: int | None,
-                  on_token) -> list[list[int]]:
-    """Prompts tokens [B, T] of one length: prefill, then up to max_new_tokens steps."""
-    b, t = tokens.shape
-    out: list[list[int]] = [[] for _ in range(b)]
-    if max_new_tokens == 0:
-        return out
-    state = model.init_state(b, t + max_new_tokens)
-    logits = model.prefill(tokens, state)[:, -1]
-    done = torch.zeros(b, dtype=torch.bool, device=tokens.device)
-    for n in range(max_new_tokens):
-        nxt = pick(logits)
-        for r in (~done).nonzero().flatten().tolist():
-            out[r].append(int(nxt[r]))
-            if on_token is not None:
-                on_token(r, int(nxt[r]))
-        if eos is not None:
-            done |= nxt == eos
-        if bool(done.all()) or n == max_new_tokens - 1:
-            break
+def ragged_decode(model, rows: list[list[int]], max_new_tokens: int,
+                  choose: Callable[[int, torch.Tensor], torch.Tensor],
+                  finished: Callable[[], bool]) -> None:
+    """One batched decoding loop over prompts of any lengths (module docstring).
+
+    Prefills the first m = min(len) tokens of every row into one state, then at each position
+    p = m, m + 1, ...: `choose(p, logits [B, V])` (logits of every row's position p - 1, i.e. its
+    prediction of token p) returns tokens [B]; a row whose prompt is longer than p is fed its
+    prompt token instead, every other row the chosen one. Stops when `finished()` is true or
+    every row has had max_new_tokens positions past its prompt."""
+    device = model.embedding.weight.device
+    lengths = [len(r) for r in rows]
+    m, longest = min(lengths), max(lengths)
+    padded = torch.zeros(len(rows), longest, dtype=torch.long, device=device)
+    for i, r in enumerate(rows):  # the zeros past a short prompt are never fed (see below)
+        padded[i, :len(r)] = torch.tensor(r, dtype=torch.long, device=device)
+    in_prompt = torch.tensor(lengths, device=device)[:, None] > torch.arange(longest, device=device)
+    state = model.init_state(len(rows), longest + max_new_tokens)
+    logits = model.prefill(padded[:, :m], state)[:, -1]
+    last = longest + max_new_tokens - 1  # the longest row's last chosen position
+    for p in range(m, last + 1):
+        nxt = choose(p, logits)
+        if p == last or finished():
+            return
+        if p < longest:
+            nxt = torch.where(in_prompt[:, p], padded[:, p], nxt)
         logits = model.step(nxt, state)
-    return out
 
 
 def next_tokens(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float,

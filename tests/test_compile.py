@@ -44,3 +44,54 @@ def test_backward_under_aot_autograd_matches_eager():
         # absolute allows for a reordered reduction in a future torch without hiding a wrong grad
         # (gradients here are ~1e-2 to 1e-4).
         assert torch.allclose(compiled_grads[name], p.grad, rtol=0, atol=1e-6), name
+
+
+# --- decoding: model.step under torch.compile(fullgraph=True) ----------------------------------
+
+SMALL = sorted(p.name for p in SPECS.glob("*.yaml") if archspec.load(p).model.d_model <= 512)
+# sparse_attention's step keeps a set of positions whose size changes with the position (the
+# window's last w - 1 plus the globals so far), chosen by boolean indexing: a data-dependent shape
+# dynamo cannot trace as one graph. Its state would need a fixed-capacity slot layout first.
+NOT_YET = {name for name in SMALL
+           if any(c.type == "sparse_attention" for c in archspec.load(SPECS / name).components.values())}
+
+
+def decode_both(model, step, t: int = 40, prompt: int = 4):
+    """(compiled logits, eager logits) [steps, B, V] over the same tokens from two equal states."""
+    tokens = torch.randint(0, model.spec.model.vocab_size, (2, t), generator=torch.Generator().manual_seed(0))
+    outs = ([], [])
+    with torch.no_grad():
+        states = [model.init_state(2, t), model.init_state(2, t)]
+        for state in states:
+            model.prefill(tokens[:, :prompt], state)
+        for i in range(prompt, t):
+            outs[0].append(step(tokens[:, i], states[0]))
+            outs[1].append(model.step(tokens[:, i], states[1]))
+    return torch.stack(outs[0]), torch.stack(outs[1])
+
+
+@pytest.mark.slow  # dynamo traces every component's step: ~1-17 s a spec on one CPU thread
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
+    strict=True, reason="sparse_attention's step has a data-dependent kept set")) if n in NOT_YET else n
+    for n in SMALL])
+def test_step_traces_as_one_graph(name):
+    """torch.compile(model.step, fullgraph=True) (raises on any graph break) over 36 steps: at
+    most three graphs, not one per token (dynamo specialises the first position, then makes the
+    position a symbol; moe's chunk router adds one: it branches on a chunk's first token), and
+    the very logits of eager steps (the same ops in order)."""
+    from torch._dynamo.utils import counters
+    model = archspec.build(archspec.load(SPECS / name), dtype="float32", seed=0).eval()
+    counters.clear()
+    compiled, eager = decode_both(model, torch.compile(model.step, backend="eager", fullgraph=True))
+    assert counters["stats"]["unique_graphs"] <= 3, dict(counters["stats"])
+    assert torch.equal(compiled, eager)
+
+
+@pytest.mark.slow  # inductor generates and builds C++ for the step: ~20-60 s a spec
+@pytest.mark.parametrize("name", ["tiny.yaml", "mamba-tiny.yaml"])
+def test_step_compiles_with_inductor_on_cpu(name):
+    """Inductor's kernels reorder float sums: fp32 logits within 1e-5 of their scale (the
+    decode-vs-forward bound of tests/test_generate.py, which inductor's rounding sits far under)."""
+    model = archspec.build(archspec.load(SPECS / name), dtype="float32", seed=0).eval()
+    compiled, eager = decode_both(model, torch.compile(model.step, fullgraph=True), t=12)
+    assert ((compiled - eager).abs().max() / eager.abs().max()).item() < 1e-5

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import archspec
+from archspec.generate import ragged_decode
 from archspec.components.modules import state_nbytes
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
@@ -68,15 +69,64 @@ def greedy_by_full_forwards(model, prompt: list[int], n: int) -> list[int]:
 
 
 @pytest.mark.parametrize("name", SMALL)
-def test_greedy_generation_equals_argmax_of_full_forwards(name):
-    """Prompts of lengths 3, 9, 9 and 14 in one call: the two rows of length 9 decode as one
-    batch. Exact tokens: the logits agree to ~1e-7 of their scale (above), far below the gap
-    between a random model's top two logits (a near tie would need ~1e-6)."""
+def test_greedy_generation_equals_argmax_of_full_forwards(name, monkeypatch):
+    """Prompts of lengths 3, 9, 9 and 14 in one call, decoded in one batch: one prefill of the
+    first 3 tokens of all four rows, then (14 - 3) + 4 - 1 = 14 steps of the whole batch. Exact
+    tokens: the logits agree to ~1e-7 of their scale (above), far below the gap between a random
+    model's top two logits (a near tie would need ~1e-6). Each row alone gives the same tokens."""
     model, spec = tiny(name)
     lengths = [3, 9, 9, 14]
     prompts = [random_tokens(spec.model.vocab_size, (n,), seed=i).tolist() for i, n in enumerate(lengths)]
+    calls = count_decoding_calls(model, monkeypatch)
     new = archspec.generate(model, prompts, max_new_tokens=4)
+    assert calls == {"prefill": [(4, 3)], "step": [4] * 14}
     assert new == [greedy_by_full_forwards(model, p, 4) for p in prompts]
+    monkeypatch.undo()
+    assert new == [archspec.generate(model, [p], max_new_tokens=4)[0] for p in prompts]
+
+
+def count_decoding_calls(model, monkeypatch) -> dict:
+    """Record the shapes model.prefill ([B, T]) and model.step ([B]) are called with."""
+    calls = {"prefill": [], "step": []}
+    prefill, step = model.prefill, model.step
+
+    def counted_prefill(tokens, state):
+        calls["prefill"].append(tuple(tokens.shape))
+        return prefill(tokens, state)
+
+    def counted_step(tokens_t, state):
+        calls["step"].append(tokens_t.shape[0])
+        return step(tokens_t, state)
+
+    monkeypatch.setattr(model, "prefill", counted_prefill)
+    monkeypatch.setattr(model, "step", counted_step)
+    return calls
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_a_ragged_batch_gives_each_rows_own_forward(name):
+    """Prompts of lengths 3, 9 and 14 continued by 6 given tokens each, in one batched loop
+    (archspec.generate.ragged_decode, which generate runs): at every position past the shortest
+    prompt, every row's logits equal the full forward over that row alone. fp32, normwise 1e-5
+    of the row's largest logit, as test_prefill_then_steps_give_the_forward (measured ~1e-7);
+    a row absorbing another's position or a padding token is off by 1e-2 or more."""
+    model, spec = tiny(name)
+    lengths, new = [3, 9, 14], 6
+    seqs = [random_tokens(spec.model.vocab_size, (n + new,), seed=10 + i) for i, n in enumerate(lengths)]
+    seen: dict[int, torch.Tensor] = {}
+
+    def forced(p, logits):  # every row's continuation is given: teacher forcing all the way
+        seen[p] = logits.clone()
+        return torch.stack([s[p] if p < len(s) else s[-1] for s in seqs])
+
+    with torch.no_grad():
+        ragged_decode(
+            model, [s[:n].tolist() for s, n in zip(seqs, lengths)], new, forced, lambda: False)
+        for r, s in enumerate(seqs):
+            full = model(s[None]).logits[0].double()
+            decoded = torch.stack([seen[p][r] for p in range(3, len(s))]).double()
+            err = ((decoded - full[2:-1]).abs().max() / full.abs().max()).item()
+            assert err < 1e-5, (r, err)
 
 
 def test_sampling_is_deterministic_under_a_seed():
@@ -228,3 +278,42 @@ def test_cli_generate_without_a_saved_model_exits_2(tmp_path, capsys):
     from archspec.cli import main
     assert main(["generate", str(tmp_path / "nothing"), "--prompt", "hi"]) == 2
     assert capsys.readouterr().err.startswith("archspec: error:")
+
+
+def test_cli_generate_tokenizer_without_the_package_names_it(saved, tmp_path, capsys, monkeypatch):
+    from archspec.cli import main
+    monkeypatch.setitem(__import__("sys").modules, "tokenizers", None)  # import fails as if absent
+    directory, _ = saved
+    assert main(["generate", str(directory), "--prompt", "hi", "--tokenizer", str(tmp_path)]) == 2
+    assert "pip install tokenizers" in capsys.readouterr().err
+
+
+def test_cli_generate_with_a_tokenizer(saved, tmp_path, capsys, monkeypatch):
+    """A stand-in for `tokenizers` (not installed here): two bytes per token id (id = byte + 1),
+    so the command must encode, generate and decode through it, not through bytes."""
+    import sys
+    import types
+    from archspec.cli import main
+
+    class Tok:
+        @staticmethod
+        def from_file(path):
+            assert path.endswith("tokenizer.json")
+            return Tok()
+
+        def encode(self, text):
+            return types.SimpleNamespace(ids=[b + 1 for b in text.encode()])
+
+        def decode(self, ids):
+            return "".join(f"<{i}>" for i in ids)
+
+    monkeypatch.setitem(sys.modules, "tokenizers", types.SimpleNamespace(Tokenizer=Tok))
+    (tmp_path / "tok").mkdir()
+    assert main(["generate", str(saved[0]), "--prompt", "ab", "--tokenizer", str(tmp_path / "tok")]) == 2
+    assert "no tokenizer.json" in capsys.readouterr().err
+    (tmp_path / "tok" / "tokenizer.json").write_text("{}")
+    directory, model = saved
+    assert main(["generate", str(directory), "--prompt", "ab", "--max-new-tokens", "5",
+                 "--tokenizer", str(tmp_path / "tok")]) == 0
+    expected = archspec.generate(model, [[ord("a") + 1, ord("b") + 1]], 5)[0]
+    assert capsys.readouterr().out == "".join(f"<{i}>" for i in expected) + "\n"

@@ -23,8 +23,9 @@ Decoding (the members' contract: archspec/components/modules.py):
     logits = model.prefill(tokens [B, T], state)  [B, T, V]: the forward, filling the states
     logits_t = model.step(tokens_t [B], state)    [B, V]: the next position of every row
 
-All rows of a state sit at the same position (per-row positions are not supported: rows with
-different prompt lengths decode in separate states, see archspec/generate.py). Norms, residual
+All rows of a state sit at the same position: prompts of different lengths decode in one state
+by prefilling the shortest length and feeding the longer prompts' tails through `step`
+(archspec/generate.py, ragged_decode), so no state ever holds padding. Norms, residual
 gates and the head are per token: they need no state. A module several sublayers share keeps
 one state per node.
 """
