@@ -51,9 +51,13 @@ def planned(the_plan: Plan, device, override: Override = None, model=None) -> di
     """Per configurable node (norms and members): the backend's name, or 'unavailable: why'."""
     model = model or the_plan.spec.model
     out = {}
+    chosen: dict[tuple, str] = {}  # the rule's answer depends on the instance and its symbol only
     for node in the_plan.configurable:
-        try:
-            out[node.name] = choose(node, device, model, override).name
-        except ValueError as e:
-            out[node.name] = f"unavailable: {e}"
+        key = (id(node.instance), node.symbol)
+        if key not in chosen:
+            try:
+                chosen[key] = choose(node, device, model, override).name
+            except ValueError as e:
+                chosen[key] = f"unavailable: {e}"
+        out[node.name] = chosen[key]
     return out
