@@ -16,9 +16,8 @@ Conventions (also printed by the report):
 """
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable
 
 from .components.base import FlopConvention, Flops, numel
 from .plan import EMBEDDING, HEAD, MEMBER, SHARED, Node, Plan, plan
@@ -42,30 +41,40 @@ class Cost:
                     self.state_bytes + o.state_bytes, self.activation_bytes + o.activation_bytes)
 
 
-def sum_costs(costs: Iterable[Cost]) -> Cost:
-    """The sum of many costs, most of them the same objects (every sublayer using an instance
-    shares its Cost): each distinct one is multiplied by its count, so a long layout sums in one
-    cheap pass. Integers only, so the result is exact."""
-    costs = list(costs)
-    counts = Counter(map(id, costs))
-    distinct = {id(c): c for c in costs}
+def sum_costs(costs) -> Cost:
+    """The sum of Costs: each distinct Cost object (parts of one instance share one) counted
+    and multiplied, not added once per part."""
+    counts: dict[int, list] = {}
+    for c in costs:
+        entry = counts.get(id(c))
+        if entry is None:
+            counts[id(c)] = [c, 1]
+        else:
+            entry[1] += 1
+    params = active = matmul = attention = other = state = activation = 0
+    for c, n in counts.values():
+        params += n * c.params
+        active += n * c.active_params
+        matmul += n * c.flops.matmul
+        attention += n * c.flops.attention
+        other += n * c.flops.other
+        state += n * c.state_bytes
+        activation += n * c.activation_bytes
+    return Cost(params, active, Flops(matmul, attention, other), state, activation)
 
-    def total(get) -> int:
-        return sum(n * get(distinct[k]) for k, n in counts.items())
 
-    return Cost(total(lambda c: c.params), total(lambda c: c.active_params),
-                Flops(total(lambda c: c.flops.matmul), total(lambda c: c.flops.attention),
-                      total(lambda c: c.flops.other)),
-                total(lambda c: c.state_bytes), total(lambda c: c.activation_bytes))
-
-
-@dataclass
+@dataclass(slots=True)  # one per node: a deep model has hundreds of thousands
 class PartCost:
-    """A row of the report: one node of the plan."""
+    """A row of the report: one node of the plan. Its parameter shapes are listed when asked
+    (the report needs only their count; a diff's checkpoint map asks), once per instance."""
 
     node: Node
     cost: Cost
-    param_shapes: dict[str, tuple[int, ...]]
+    shapes_of: Callable[[], dict[str, tuple[int, ...]]] = field(repr=False)
+
+    @property
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return self.shapes_of()
 
     @property
     def name(self) -> str:  # e.g. 'embedding', 'sublayers.3.A', 'sublayers.3.norm'
@@ -97,7 +106,7 @@ class Accounting:
     plan: Plan
 
     def total(self) -> Cost:
-        return sum_costs([p.cost for p in self.parts])
+        return sum_costs(p.cost for p in self.parts)
 
     def params_of_type(self, type_name: str) -> int:
         """Parameters of the nodes of one component type (shared weights count with their type)."""
@@ -115,18 +124,20 @@ class Accounting:
         return self.params_of_role(HEAD)
 
     def sublayer_costs(self) -> list[Cost]:
-        """Each sublayer's cost (its norm, members and residual), in one pass over the parts."""
-        members: list[list[Cost]] = [[] for _ in self.spec.sublayers]
+        """Each sublayer's cost (its norm, members and residual), in one pass over the parts.
+        Sublayers made of the same instances have the same cost: each such combination is
+        summed once, and its sublayers share the result."""
+        of_sublayer: list[list[Cost]] = [[] for _ in self.spec.sublayers]
         for p in self.parts:
-            if p.sublayer is not None:
-                members[p.sublayer].append(p.cost)
-        summed: dict[tuple, Cost] = {}  # sublayers made of the same costs sum once
+            if p.node.sublayer is not None:
+                of_sublayer[p.node.sublayer].append(p.cost)
+        sums: dict[tuple, Cost] = {}
         out = []
-        for costs in members:
+        for costs in of_sublayer:
             key = tuple(map(id, costs))
-            if key not in summed:
-                summed[key] = sum_costs(costs)
-            out.append(summed[key])
+            if key not in sums:
+                sums[key] = sum_costs(costs)
+            out.append(sums[key])
         return out
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -142,47 +153,63 @@ def account(spec: ResolvedSpec, seq_len: int | None = None,
         raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
     the_plan = the_plan or plan(spec)
     active = shared_active(the_plan)
-    costs: dict[int, tuple[Cost, dict]] = {}  # by instance: every sublayer using it costs the same
-    parts = []
-    for node in the_plan:
-        if node.role == SHARED:
-            parts.append(_shared_part(node, spec.model, active))
-            continue
-        key = id(node.instance)
-        if key not in costs:
-            costs[key] = _cost(node, spec.model, t, convention)
-        parts.append(PartCost(node, *costs[key]))
+    # one computation per distinct instance: the sublayers that use a component unchanged share
+    # its instance (and so its cost and shapes, which nobody changes), so a layout thousands of
+    # sublayers deep costs a few computations, not one per node
+    costs: dict[int, tuple[Cost, Callable]] = {}
+    parts = [_shared_part(node, spec.model, active) if node.role == SHARED
+             else _part(node, spec.model, t, convention, costs) for node in the_plan]
     return Accounting(spec, t, convention, parts, the_plan)
 
 
-def _cost(node: Node, model, seq_len: int, conv: FlopConvention) -> tuple[Cost, dict]:
-    """One instance's cost and parameter shapes (shared, read-only, by the nodes that use it)."""
-    comp, cfg = node.component, node.instance.config
-    shapes = comp.param_shapes(cfg, model)
-    cost = Cost(params=numel(shapes), active_params=comp.active_param_count(cfg, model),
-                flops=comp.flops(cfg, model, seq_len, conv),
-                state_bytes=comp.state_bytes(cfg, model, seq_len),
-                activation_bytes=comp.activation_bytes(cfg, model, seq_len))
-    return cost, shapes
+def _part(node: Node, model, seq_len: int, conv: FlopConvention, costs: dict) -> PartCost:
+    """A node's cost; `costs` holds those computed already, by instance (its figures depend only
+    on the instance's config, the model and seq_len)."""
+    key = id(node.instance)
+    if key not in costs:
+        comp, cfg = node.component, node.instance.config
+        costs[key] = (Cost(params=comp.param_count(cfg, model), active_params=comp.active_param_count(cfg, model),
+                           flops=comp.flops(cfg, model, seq_len, conv),
+                           state_bytes=comp.state_bytes(cfg, model, seq_len),
+                           activation_bytes=comp.activation_bytes(cfg, model, seq_len)),
+                      _once(lambda: comp.param_shapes(cfg, model)))
+    cost, shapes_of = costs[key]
+    return PartCost(node, cost, shapes_of)
+
+
+def _once(fn: Callable[[], dict]) -> Callable[[], dict]:
+    """fn, computed on the first call and remembered."""
+    box: list = []
+
+    def get() -> dict:
+        if not box:
+            box.append(fn())
+        return box[0]
+    return get
 
 
 def _shared_part(node: Node, model, active: dict[str, int]) -> PartCost:
     """Shared weights, counted once each; their work is in the members that read them."""
     inst = node.instance
     shapes = dict(inst.component.shared_params(inst.config, model)[node.shared_key])
-    return PartCost(node, Cost(params=numel(shapes), active_params=active[node.shared_key]), shapes)
+    return PartCost(node, Cost(params=numel(shapes), active_params=active[node.shared_key]), lambda: shapes)
 
 
 def shared_active(the_plan: Plan) -> dict[str, int]:
     """Per shared key: parameters used per token, summed over its readers, capped at its size."""
     model = the_plan.spec.model
     used: dict[str, int] = {}
+    per_instance: dict[int, list] = {}  # (key, size, used per reader) of each distinct instance
     for node in the_plan.with_role(MEMBER):
         if not node.reads_shared:
             continue
         comp, cfg = node.component, node.instance.config
-        for key, shapes in comp.shared_params(cfg, model).items():
-            used[key] = min(numel(shapes), used.get(key, 0) + comp.shared_active_param_count(key, cfg, model))
+        if id(node.instance) not in per_instance:
+            per_instance[id(node.instance)] = [
+                (key, numel(shapes), comp.shared_active_param_count(key, cfg, model))
+                for key, shapes in comp.shared_params(cfg, model).items()]
+        for key, size, reads in per_instance[id(node.instance)]:
+            used[key] = min(size, used.get(key, 0) + reads)
     return used
 
 

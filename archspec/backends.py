@@ -50,14 +50,14 @@ def choose(node: Node, device, model, override: Override = None, exclude: frozen
 def planned(the_plan: Plan, device, override: Override = None, model=None) -> dict[str, str]:
     """Per configurable node (norms and members): the backend's name, or 'unavailable: why'."""
     model = model or the_plan.spec.model
-    by_instance: dict[tuple, str] = {}  # the rule's answer depends only on the instance and symbol
     out = {}
+    chosen: dict[tuple, str] = {}  # the rule's answer depends on the instance and its symbol only
     for node in the_plan.configurable:
         key = (id(node.instance), node.symbol)
-        if key not in by_instance:
+        if key not in chosen:
             try:
-                by_instance[key] = choose(node, device, model, override).name
+                chosen[key] = choose(node, device, model, override).name
             except ValueError as e:
-                by_instance[key] = f"unavailable: {e}"
-        out[node.name] = by_instance[key]
+                chosen[key] = f"unavailable: {e}"
+        out[node.name] = chosen[key]
     return out

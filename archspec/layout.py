@@ -83,6 +83,9 @@ def _parse_seq(tokens, pos, text, symbols, closer):
             items = items * count
             pos += 1
         out += items
+        if len(out) > MAX_SUBLAYERS:  # also without repetition: a long pattern or Megatron word
+            raise LayoutError(f"pattern expands to more than {MAX_SUBLAYERS:,} sublayers",
+                              "check the pattern's length and repetition counts")
     if closer is not None:
         raise LayoutError(f"missing '{closer}' in the pattern '{text}'", f"add the closing '{closer}'")
     return out, pos
@@ -178,6 +181,10 @@ def expand_layout(layout, symbols: set[str]) -> tuple[list[Sublayer], list[Layou
                 out += pattern("[" + " | ".join(map(str, item)) + "]", (i,))
             else:
                 out += pattern(str(item), (i,))
+            if len(out) > MAX_SUBLAYERS:
+                problems.append(LayoutProblem(f"the list expands to more than {MAX_SUBLAYERS:,} sublayers "
+                                              f"by item {i}", (i,), "check the list's repetition counts"))
+                return [], problems
     elif isinstance(layout, dict):
         out = _expand_rules(layout, pattern, problems)
     if not out and not problems:

@@ -20,6 +20,7 @@ a component type. A node's `symbol` is how a user names it (a component's name i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from .components import REGISTRY
 from .spec import NORM_NAME, ComponentInstance, ResolvedSpec
@@ -30,11 +31,9 @@ ROLES = (EMBEDDING, NORM, MEMBER, RESIDUAL, SHARED, FINAL_NORM, HEAD)  # the pla
 CONFIGURABLE = (NORM, MEMBER, FINAL_NORM)  # nodes whose backend the spec or the caller chooses
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)  # slots: a deep model has hundreds of thousands of nodes
 class Node:
-    """One node of the model: a component instance at one place. Read-only by convention (not
-    frozen: a plan of a 100k-sublayer layout builds 300k of them, and frozen dataclasses build
-    several times slower)."""
+    """One node of the model: a component instance at one place."""
 
     name: str  # 'sublayers.3.A': the report's and the graph's name
     role: str  # one of ROLES
@@ -92,29 +91,33 @@ class Plan:
 
 
 def plan(spec: ResolvedSpec) -> Plan:
-    """The ordered nodes of the model a spec describes (module docstring)."""
+    """The ordered nodes of the model a spec describes (module docstring). What a node's
+    instance decides (its shared keys, its children's configs) is asked once per instance, and
+    residuals of the same shape share one instance: a deep layout repeats a few instances, and
+    the accounting computes each once."""
     model = spec.model
     nodes = [Node("embedding", EMBEDDING, _model_part("embedding", {}), "embedding")]
     owners: dict[str, ComponentInstance] = {}
-    # per instance, computed once however many sublayers use it (cost stays linear in the layout)
     shared_keys: dict[int, tuple[str, ...]] = {}
-    residuals: dict[int, ComponentInstance] = {}
+    children: dict[int, dict] = {}
+    residuals: dict[tuple[bool, int], ComponentInstance] = {}
     for sub in spec.sublayers:
         prefix = sublayer_path(sub.index)
         nodes.append(Node(f"{prefix}.norm", NORM, spec.norm, f"{prefix}.norm", sub.index, NORM_NAME))
         for m in sub.members:
             if id(m) not in shared_keys:
                 shared_keys[id(m)] = tuple(m.component.shared_params(m.config, model))
+                children[id(m)] = m.component.children(m.config, model)
             keys = shared_keys[id(m)]
             for key in keys:
                 owners.setdefault(key, m)
             name, path = f"{prefix}.{m.name}", member_path(sub.index, m.name)
             nodes.append(Node(name, MEMBER, m, path, sub.index, m.name, reads_shared=keys,
-                              children=_children(m, model, name, path, sub.index)))
-        n = len(sub.members)
-        if n not in residuals:
-            residuals[n] = _model_part("residual", {"gated": n > 1, "members": n})
-        nodes.append(Node(f"{prefix}.residual", RESIDUAL, residuals[n], prefix, sub.index))
+                              children=_children(m, model, name, path, sub.index, children[id(m)])))
+        shape = (sub.parallel, len(sub.members))
+        if shape not in residuals:
+            residuals[shape] = _model_part("residual", {"gated": shape[0], "members": shape[1]})
+        nodes.append(Node(f"{prefix}.residual", RESIDUAL, residuals[shape], prefix, sub.index))
     nodes += [Node(shared_path(key), SHARED, inst, shared_path(key), shared_key=key)
               for key, inst in owners.items()]
     nodes.append(Node("final_norm", FINAL_NORM, spec.norm, "final_norm", symbol=NORM_NAME))
@@ -122,10 +125,13 @@ def plan(spec: ResolvedSpec) -> Plan:
     return Plan(spec, nodes)
 
 
-def _children(inst: ComponentInstance, model, name: str, path: str, sublayer: int) -> tuple[Node, ...]:
-    """The child nodes of an instance (and theirs), named and placed under it."""
+def _children(inst: ComponentInstance, model, name: str, path: str, sublayer: int,
+              of_instance: dict | None = None) -> tuple[Node, ...]:
+    """The child nodes of an instance (and theirs), named and placed under it; `of_instance`:
+    the instance's children when already asked."""
     out = []
-    for key, c in inst.component.children(inst.config, model).items():
+    kids = inst.component.children(inst.config, model) if of_instance is None else of_instance
+    for key, c in kids.items():
         child_inst = ComponentInstance(key, c.type, c.config, "reference")
         child_name, child_path = f"{name}.{key}", f"{path}.{key}"
         out.append(Node(child_name, CHILD, child_inst, child_path, sublayer,
@@ -135,8 +141,13 @@ def _children(inst: ComponentInstance, model, name: str, path: str, sublayer: in
 
 def _model_part(role: str, config: dict) -> ComponentInstance:
     """The instance of the one component type registered with `role` (embedding, head, residual)."""
+    return ComponentInstance(role if role != "head" else "lm_head", _type_with_role(role), config)
+
+
+@lru_cache(maxsize=None)
+def _type_with_role(role: str) -> str:
     (type_name,) = [t for t, c in REGISTRY.items() if c.role == role]
-    return ComponentInstance(role if role != "head" else "lm_head", type_name, config)
+    return type_name
 
 
 def sublayer_path(index: int) -> str:

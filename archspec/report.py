@@ -71,24 +71,26 @@ def report(spec: ResolvedSpec, seq_len: int | None = None,
         "notes": _notes(acc.plan),
         "by_type": _by_type(acc),
         "sublayers": [_sublayer_row(sub, cost, t) for sub, cost in zip(spec.sublayers, acc.sublayer_costs())],
-        "components": _component_rows(acc, backends),
+        "components": _component_rows(acc, backends, t),
     }
 
 
-def _component_rows(acc: Accounting, backends: dict[str, str]) -> list[dict]:
-    """One row per node; the figures of a cost shared by many nodes are formatted once."""
-    figures: dict[int, dict] = {}
+def _component_rows(acc: Accounting, backends: dict[str, str], t: int) -> list[dict]:
+    """One row per node of the plan. The figures depend only on the node's cost, which the
+    nodes of one instance share: they are worked out once per cost (a deep layout has a few)."""
+    figures: dict[int, tuple] = {}
     rows = []
     for p in acc.parts:
-        if id(p.cost) not in figures:
-            c = p.cost
-            figures[id(c)] = {"params": c.params, "active_params": c.active_params,
-                              "forward_flops_per_token": c.flops.total / acc.seq_len,
-                              "forward_flops_by_kind": c.flops.to_dict(),
-                              "state_bytes": c.state_bytes, "activation_bytes": c.activation_bytes}
-        row = {"name": p.name, "type": p.type, "role": p.role, "sublayer": p.sublayer, **figures[id(p.cost)]}
-        if p.name in backends:
-            row["backend"] = backends[p.name]
+        node, cost = p.node, p.cost
+        f = figures.get(id(cost))
+        if f is None:
+            f = figures[id(cost)] = (cost.params, cost.active_params, cost.flops.total / t, cost.flops.to_dict(),
+                                     cost.state_bytes, cost.activation_bytes)
+        row = {"name": node.name, "type": node.instance.type, "role": node.role, "sublayer": node.sublayer,
+               "params": f[0], "active_params": f[1], "forward_flops_per_token": f[2],
+               "forward_flops_by_kind": f[3].copy(), "state_bytes": f[4], "activation_bytes": f[5]}
+        if node.name in backends:
+            row["backend"] = backends[node.name]
         rows.append(row)
     return rows
 
@@ -96,7 +98,11 @@ def _component_rows(acc: Accounting, backends: dict[str, str]) -> list[dict]:
 def _notes(the_plan: Plan) -> list[str]:
     """Each member's notes, once per distinct text, prefixed by the component names."""
     by_text: "OrderedDict[str, list[str]]" = OrderedDict()
+    seen: set[tuple] = set()  # an instance says the same under the same symbol in every sublayer
     for node in the_plan.with_role(MEMBER):
+        if (id(node.instance), node.symbol) in seen:
+            continue
+        seen.add((id(node.instance), node.symbol))
         for text in node.component.notes(node.instance.config, the_plan.spec.model):
             names = by_text.setdefault(text, [])
             if node.symbol not in names:
@@ -105,15 +111,24 @@ def _notes(the_plan: Plan) -> list[str]:
 
 
 def _by_type(acc: Accounting) -> list[dict]:
+    """Per component type, in order of first appearance: its nodes and their sums. The float
+    is summed part by part in model order (what the JSON has always held, to the last bit);
+    the rest once per distinct cost."""
     rows: "OrderedDict[str, dict]" = OrderedDict()
+    per_token: dict[int, float] = {}
     for p in acc.parts:
-        row = rows.setdefault(p.type, {"type": p.type, "count": 0, "params": 0, "active_params": 0,
-                                       "forward_flops_per_token": 0.0, "state_bytes": 0})
+        cost, type_name = p.cost, p.node.instance.type
+        row = rows.get(type_name)
+        if row is None:
+            row = rows[type_name] = {"type": type_name, "count": 0, "params": 0, "active_params": 0,
+                                     "forward_flops_per_token": 0.0, "state_bytes": 0}
+        if id(cost) not in per_token:
+            per_token[id(cost)] = cost.flops.total / acc.seq_len
         row["count"] += 1
-        row["params"] += p.cost.params
-        row["active_params"] += p.cost.active_params
-        row["forward_flops_per_token"] += p.cost.flops.total / acc.seq_len
-        row["state_bytes"] += p.cost.state_bytes
+        row["params"] += cost.params
+        row["active_params"] += cost.active_params
+        row["forward_flops_per_token"] += per_token[id(cost)]
+        row["state_bytes"] += cost.state_bytes
     return list(rows.values())
 
 
@@ -147,7 +162,7 @@ def _md_cell(text: str) -> str:
 
 def render(rep: dict, fmt: str = "table") -> str:
     if fmt == "json":
-        return json.dumps(rep, indent=2)
+        return json_text(rep)
     md = fmt == "markdown"
     s, t = rep["spec"], rep["totals"]
     title = f"## {s['name']}" if md else f"{s['name']}  ({s['source']})"
@@ -199,3 +214,102 @@ def render(rep: dict, fmt: str = "table") -> str:
     lines += ["Conventions" if not md else "### Conventions", ""]
     lines += [f"- {k}: {v}" for k, v in rep["conventions"].items()]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+def json_text(value) -> str:
+    """json.dumps(value, indent=2), byte for byte (tests/test_graph_report_cli.py compares them),
+    at a fraction of its time on a deep model's report: the standard encoder runs in Python when
+    it indents, value by value, while a report's hundreds of thousands of rows repeat a few lines
+    (each instance's figures), which are encoded once here and looked up after."""
+    return _JsonText().text(value, 0)
+
+
+class _JsonText:
+    """One rendering. A mapping is its keys' template (made once per key set and level) filled
+    with its values; a scalar's encoding is looked up by type and value after its first time."""
+
+    def __init__(self):
+        self.templates: dict[tuple, str] = {}
+        self.scalars: dict[tuple, str] = {}
+
+    def text(self, value, level: int) -> str:
+        if isinstance(value, dict):
+            return self.mapping(value, level) if value else "{}"
+        if isinstance(value, (list, tuple)):
+            return self.sequence(value, level) if value else "[]"
+        return self.scalar(value)
+
+    def scalar(self, value) -> str:
+        key = (type(value), value)  # 1 == True == 1.0: the type keeps them apart
+        found = self.scalars.get(key)
+        if found is None:
+            found = _scalar(value)
+            if not (key[0] is float and not value):  # -0.0 == 0.0 but encodes otherwise
+                self.scalars[key] = found
+        return found
+
+    def mapping(self, value: dict, level: int) -> str:
+        keys = tuple(value)
+        found = self.templates.get((level, keys))
+        # keys equal as values can differ in type (1 and True) and so in text: a template of
+        # other than str keys (a report has only those) records their types, checked on use
+        if found is not None and found[1] is not None and found[1] != tuple(map(type, keys)):
+            found = None
+        if found is None:
+            pad = "\n" + "  " * (level + 1)
+            template = ("{" + ",".join((pad + _key(k) + ": ").replace("%", "%%") + "%s" for k in keys)
+                        + "\n" + "  " * level + "}")
+            types = None if all(type(k) is str for k in keys) else tuple(map(type, keys))
+            found = self.templates[(level, keys)] = (template, types)
+        return found[0] % self.values(value.values(), level + 1)
+
+    def sequence(self, value, level: int) -> str:
+        pad = "\n" + "  " * (level + 1)
+        return "[" + ",".join([pad + text for text in self.values(value, level + 1)]) + "\n" + "  " * level + "]"
+
+    def values(self, values, level: int) -> tuple[str, ...]:
+        """Each value's text, scalars looked up inline (this loop is the renderer's hot path)."""
+        get, out = self.scalars.get, []
+        for v in values:
+            t = type(v)
+            if t is str or t is int or t is float or t is bool or v is None:
+                text = get((t, v))
+                out.append(text if text is not None else self.scalar(v))
+            else:
+                out.append(self.text(v, level))
+        return tuple(out)
+
+
+
+_encode_str = json.encoder.encode_basestring_ascii  # what json.dumps uses (ensure_ascii), in C
+
+
+def _key(k) -> str:
+    """A mapping key as json.dumps writes it: a string, or a number, boolean or null as text."""
+    if isinstance(k, str):
+        return _encode_str(k)
+    if k is None or isinstance(k, (bool, int, float)):
+        return _encode_str(_scalar(k))
+    raise TypeError(f"keys must be str, int, float, bool or None, not {type(k).__name__}")
+
+
+def _scalar(v) -> str:
+    """A scalar as json.dumps writes it (allow_nan: NaN and Infinity as JavaScript does)."""
+    if v is None:
+        return "null"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, str):
+        return _encode_str(v)
+    if isinstance(v, int):
+        return int.__repr__(v)
+    if isinstance(v, float):
+        if v != v:
+            return "NaN"
+        if v in (float("inf"), float("-inf")):
+            return "Infinity" if v > 0 else "-Infinity"
+        return float.__repr__(v)
+    return json.dumps(v)  # anything else: what json makes of it (or its TypeError)

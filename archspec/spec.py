@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from . import components as C
 from . import limits as L
@@ -16,7 +17,7 @@ from .expr import resolve_references
 from .layout import Sublayer as Symbols, compact, expand_layout
 from .loader import Document, load_with_extends, parse
 from .schema import component_schema, strict_schema
-from .validate import dedupe, schema_problems
+from .validate import dedupe, schema_problems, simply_valid
 
 NORM_NAME = "model.norm"  # the model's norm, as the spec names it (model: norm:) and as a
                           # `backend` dict or the CLI names it
@@ -53,7 +54,7 @@ class Sublayer:
 
     @property
     def symbols(self) -> tuple[str, ...]:
-        return tuple(m.name for m in self.members)
+        return tuple([m.name for m in self.members])  # a list first: faster than a generator
 
 
 @dataclass
@@ -141,7 +142,7 @@ def _params_ceiling(sublayers: list[Sublayer], model, doc: Document) -> list[Pro
     shared: dict[str, int] = {}
     per_name: dict[str, int] = {}
     for m, n in counts.values():
-        per_name[m.name] = per_name.get(m.name, 0) + n * C.base.numel(m.component.param_shapes(m.config, model))
+        per_name[m.name] = per_name.get(m.name, 0) + n * m.component.param_count(m.config, model)
         for key, shapes in m.component.shared_params(m.config, model).items():
             shared[key] = C.base.numel(shapes)
     embedding = model.vocab_size * model.d_model * (1 if model.tie_embeddings else 2)
@@ -199,10 +200,24 @@ def _model_config(data: dict, n_sublayers: int) -> C.base.ModelConfig:
 
 
 def _fill_defaults(type_name: str, written: dict) -> dict:
-    props = component_schema(type_name)["properties"]
-    cfg = {k: copy.deepcopy(p["default"]) for k, p in props.items() if "default" in p}
-    cfg.update(copy.deepcopy(written))
+    """The schema's defaults overlaid with what the spec wrote, as a fresh dict (lists copied:
+    derive and overrides change configs, never the schema's defaults or the spec's data)."""
+    cfg = {k: _copy(v) for k, v in _defaults(type_name).items()}
+    cfg.update({k: _copy(v) for k, v in written.items()})
     return cfg
+
+
+def _defaults(type_name: str) -> dict:
+    """Each key's default, in the schema's order; read from the component's own fragment each
+    time (not from the cached full schema), so a default is what the type says now."""
+    live = C.get(type_name).schema.get("properties", {})
+    full = component_schema(type_name)["properties"]
+    return {k: live.get(k, p)["default"] for k, p in full.items() if "default" in live.get(k, p)}
+
+
+def _copy(value):
+    """A value of a config, copied when it is a container (most are numbers and strings)."""
+    return copy.deepcopy(value) if isinstance(value, (list, dict)) else value
 
 
 def _configure(raw: dict, name: str, model, doc: Document, path: Path,
@@ -264,30 +279,57 @@ def _apply_overrides(sublayers: list[Sublayer], overrides, bad: set, model, doc:
         path = ("overrides", k)
         if path in bad or not isinstance(ov, dict) or "type" in ov.get("set", {}):
             continue
+        # one override changes equal members equally: each distinct member (an instance that
+        # many sublayers share) is checked and configured once, and its problems reported once
+        done: dict[int, ComponentInstance | None] = {}
+        seen: set[int] = set()
         for _, index in _override_indices(ov):
-            if index >= n:
-                continue  # reported by _override_targets
+            if index >= n or index in seen:
+                continue  # reported by _override_targets; an index listed twice is applied once
+            seen.add(index)
             sub = sublayers[index]
             member = _pick_member(sub, ov.get("component"), path, doc, problems)
             if member is None:
                 continue
-            merged = {"type": member.type, "backend": member.backend,
-                      **{key: member.config[key] for key in member.written}, **ov["set"]}
-            located = _override_locator(path, ov["set"])
-            found = schema_problems(merged, doc, component_schema(member.type), ("x",),
-                                    lambda p: located(p[1] if len(p) > 1 else None))
-            for f in found:
-                f.path = located(f.path[1] if len(f.path) > 1 else None)
-            if found:
-                problems += found
-                continue
-            inst, found = _configure(merged, member.name, model, doc, path, located_at=located)
-            for f in found:
-                f.message = f"sublayer {index} ({member.name}) with this override: {f.message}"
-            problems += found
-            inst.overrides = {**member.overrides, **ov["set"]}
-            sub.members = [inst if m is member else m for m in sub.members]
+            if id(member) not in done:
+                done[id(member)] = _override_member(member, ov["set"], index, path, model, doc, problems)
+            inst = done[id(member)]
+            if inst is not None:
+                sub.members = [inst if m is member else m for m in sub.members]
     return dedupe(problems)  # `at: [0, 2]` with one bad value is one mistake, not two
+
+
+def _override_member(member: ComponentInstance, changed: dict, index: int, path: Path, model,
+                     doc: Document, problems: list[Problem]) -> ComponentInstance | None:
+    """The member with an override's `set` applied, validated like a component (schema, then
+    its rules); None when the schema refuses it. Problems are appended, located in the override."""
+    merged = {"type": member.type, "backend": member.backend,
+              **{key: member.config[key] for key in member.written}, **changed}
+    located = _override_locator(path, changed)
+    # the member's own keys passed already: only what the override sets is checked again, and
+    # plain values against plain properties without jsonschema (validate.simply_valid)
+    props = _partial_schema(member.type)["properties"]
+    found = [] if all(k in props and simply_valid(v, props[k]) for k, v in changed.items()) else \
+        schema_problems({"type": member.type, **changed}, doc, _partial_schema(member.type), ("x",),
+                        lambda p: located(p[1] if len(p) > 1 else None))
+    for f in found:
+        f.path = located(f.path[1] if len(f.path) > 1 else None)
+    if found:
+        problems += found
+        return None
+    inst, found = _configure(merged, member.name, model, doc, path, located_at=located)
+    for f in found:
+        f.message = f"sublayer {index} ({member.name}) with this override: {f.message}"
+    problems += found
+    inst.overrides = {**member.overrides, **changed}
+    return inst
+
+
+@lru_cache(maxsize=None)
+def _partial_schema(type_name: str) -> dict:
+    """A type's schema without its required keys: what an override's `set` must satisfy (the
+    member it changes has them)."""
+    return {k: v for k, v in component_schema(type_name).items() if k != "required"}
 
 
 def _override_locator(path: Path, changed: dict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import OrderedDict
 
 import jsonschema
 
@@ -17,9 +18,92 @@ _JSON_TYPES = {"integer": "an integer", "number": "a number", "string": "a strin
                "boolean": "true or false", "object": "a mapping", "array": "a list", "null": "null"}
 
 
+# --- a fast path for the commonest check ------------------------------------------------------
+# jsonschema spends ~0.1 ms on even a one-key mapping; a spec at the 1 MiB limit can hold 14,000
+# overrides. Their `set` values are plain numbers, strings and booleans against plain property
+# schemas: those are checked here directly, and anything else (or anything this check refuses)
+# goes to jsonschema, which says what is wrong. So this may only ever say "valid" where
+# jsonschema would (tests/test_validation.py checks it against jsonschema on every property).
+_SIMPLE_KEYWORDS = {"type", "enum", "const", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+                    "default", "description", "x-maximum-why"}
+_SIMPLE_TYPES = {"integer": lambda x: type(x) is int, "number": lambda x: type(x) in (int, float),
+                 "boolean": lambda x: type(x) is bool, "string": lambda x: type(x) is str,
+                 "null": lambda x: x is None}
+
+
+def simply_valid(value, schema: dict) -> bool:
+    """True when `value` certainly satisfies `schema`, a plain property schema (type, enum,
+    const, bounds); False when it does not, or when the schema is not plain: ask jsonschema."""
+    if not schema.keys() <= _SIMPLE_KEYWORDS or type(value) not in (int, float, bool, str, type(None)):
+        return False
+    if number_fault(value):  # NaN, infinities, past 2**62: number_problems says so
+        return False
+    types = schema.get("type")
+    if types is not None:
+        types = [types] if isinstance(types, str) else types
+        if not all(t in _SIMPLE_TYPES for t in types) or not any(_SIMPLE_TYPES[t](value) for t in types):
+            return False
+    if "enum" in schema and not any(type(value) is type(c) and value == c for c in schema["enum"]):
+        return False
+    if "const" in schema and not (type(value) is type(schema["const"]) and value == schema["const"]):
+        return False
+    if type(value) in (int, float):
+        if value != value:  # NaN passes every comparison; number_problems reports it
+            return False
+        for key, holds in (("minimum", lambda b: value >= b), ("maximum", lambda b: value <= b),
+                           ("exclusiveMinimum", lambda b: value > b), ("exclusiveMaximum", lambda b: value < b)):
+            if key in schema and not holds(schema[key]):
+                return False
+    return True
+
+
+def simply_valid_mapping(value: dict, schema: dict) -> bool:
+    """True when `value` certainly satisfies `schema`, a plain object schema (its required keys,
+    no others, each value simply_valid); False: ask jsonschema."""
+    if not schema.keys() <= {"type", "additionalProperties", "properties", "required", "description"} or \
+            schema.get("type") != "object" or schema.get("additionalProperties") is not False:
+        return False
+    props = schema.get("properties", {})
+    return all(k in value for k in schema.get("required", ())) and \
+        all(k in props and simply_valid(v, props[k]) for k, v in value.items())
+
+
+def _dispatch(validator, schemas: dict, instance, schema):
+    """The `x-dispatch` keyword (schema/__init__.py): a mapping is checked against the schema its
+    `type` names, and no other. (allOf of if/then, the plain form, tries every type's condition
+    on every component: ten times the work on a spec of thousands of components.) An unknown or
+    missing type is the `enum` or `required` beside it. A component of plain values is checked
+    here (simply_valid_mapping); jsonschema takes the rest, and says what is wrong."""
+    kind = instance.get("type") if isinstance(instance, dict) else None
+    if isinstance(kind, str) and kind in schemas and not simply_valid_mapping(instance, schemas[kind]):
+        yield from validator.descend(instance, schemas[kind])
+
+
+_NAME_KEYWORDS = {"pattern", "maxLength", "minLength", "not"}
+_DEFAULT_PROPERTY_NAMES = jsonschema.Draft202012Validator.VALIDATORS["propertyNames"]
+
+
+def _property_names(validator, names_schema: dict, instance, schema):
+    """propertyNames, with the component names' plain schema (pattern, lengths, not a pattern)
+    checked by regular expressions first: jsonschema is asked only when a name fails them."""
+    plain = names_schema.keys() <= _NAME_KEYWORDS and (
+        "not" not in names_schema or names_schema["not"].keys() == {"pattern"})
+    if plain and isinstance(instance, dict) and all(_plain_name_ok(n, names_schema) for n in instance):
+        return
+    yield from _DEFAULT_PROPERTY_NAMES(validator, names_schema, instance, schema)
+
+
+def _plain_name_ok(name, s: dict) -> bool:
+    """Whether a name passes a plain string schema (jsonschema's pattern is re.search)."""
+    return (isinstance(name, str) and len(name) <= s.get("maxLength", len(name)) and len(name) >= s.get("minLength", 0)
+            and ("pattern" not in s or re.search(s["pattern"], name) is not None)
+            and ("not" not in s or re.search(s["not"]["pattern"], name) is None))
+
+
 # JSON Schema counts 4.0 as an integer; a size of 4.0 (e.g. `${d_model} * 1.5`) is not one here
 _Validator = jsonschema.validators.extend(
     jsonschema.Draft202012Validator,
+    validators={"x-dispatch": _dispatch, "propertyNames": _property_names},
     type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
         "integer", lambda _checker, x: isinstance(x, int) and not isinstance(x, bool)),
 )
@@ -35,10 +119,27 @@ def schema_problems(data: dict, doc: Document, schema: dict, base_path: Path = (
     loc_path = loc_path or (lambda p: p)
     problems = number_problems(data, doc, base_path, loc_path)
     bad_numbers = {p.path for p in problems}
-    validator = _Validator(schema)
+    validator = _validator(schema)
     for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
         problems += [p for p in _translate(error, doc, base_path, loc_path) if p.path not in bad_numbers]
     return dedupe(problems)
+
+
+_VALIDATORS: "OrderedDict[int, tuple[dict, jsonschema.protocols.Validator]]" = OrderedDict()
+
+
+def _validator(schema: dict):
+    """A validator per schema object, reused: the schemas are built once (strict_schema,
+    component_schema), and a spec with thousands of overrides checks each against the same one.
+    The schema is held with its validator, so its id is not reused while cached."""
+    key = id(schema)
+    if key in _VALIDATORS and _VALIDATORS[key][0] is schema:
+        _VALIDATORS.move_to_end(key)
+        return _VALIDATORS[key][1]
+    _VALIDATORS[key] = (schema, _Validator(schema))
+    if len(_VALIDATORS) > 64:
+        _VALIDATORS.popitem(last=False)
+    return _VALIDATORS[key][1]
 
 
 def number_problems(data, doc: Document, base_path: Path = (), loc_path=lambda p: p) -> list[Problem]:

@@ -36,6 +36,7 @@ import torch
 import archspec
 from archspec import checkpoint
 from archspec.checkpoint import OLD_SPEC_FILE, OLD_WEIGHTS_FILE, SPEC_FILE, WEIGHTS_FILE
+from archspec.layout import MAX_SUBLAYERS
 from archspec.codegen.build import build
 from archspec.errors import CheckpointError, format_path
 from archspec.spec import load
@@ -265,7 +266,7 @@ CORPUS = [
     Damage("absurd vocabulary", set_json(lambda d: d["model"].update(vocab_size=10 ** 12)), J,
            r"refused before allocating anything|error at model\.vocab_size", regex=True),
     Damage("absurd depth", set_json(lambda d: d["model"].update(n_sublayers=10 ** 6)), J,
-           "more than 100,000 sublayers"),
+           f"more than {MAX_SUBLAYERS:,} sublayers"),
     # format 0: model.pt and spec.resolved.json
     Damage("pt truncated zip", set_bytes(PT, lambda b: b[:len(b) // 2]), PT, "damaged or truncated", "format0"),
     Damage("pt bit flipped", set_bytes(PT, flip(in_largest_zip_member)), PT,

@@ -31,7 +31,7 @@ import torch
 import archspec
 from archspec import components as C
 from archspec.accounting import account
-from archspec.components.base import FlopConvention
+from archspec.components.base import FlopConvention, numel
 from archspec.components.modules import TORCH_DTYPES, ForwardContext
 from archspec.flopcount import analytic_comparable, measure_flopcounter
 from archspec.ops.linear_attention import RULES
@@ -88,6 +88,24 @@ def test_parameters_are_exact(type_name):
     model = archspec.build(spec, seed=0)
     built = {n: tuple(p.shape) for n, p in model.named_parameters()}
     assert built == account(spec).param_shapes()
+
+
+COUNT_CASES = [(t, None) for t in LAYOUT_TYPES] + [
+    ("mom", {"n_heads": 2, "head_dim": 16, "n_memories": 5, "topk": 3, "rule": rule, "shared_memory": shared,
+             "output_gate": gate})
+    for rule in ("gated_delta", "delta", "gla", "linear") for shared, gate in ((True, False), (False, True))] + [
+    ("moe", {"n_experts": 6, "topk": 2, "d_ff": 32, "n_shared_experts": 2})]
+
+
+@pytest.mark.parametrize("type_name, config", COUNT_CASES, ids=[f"{t}-{c}" for t, c in COUNT_CASES])
+def test_param_count_is_the_count_of_param_shapes(type_name, config):
+    """param_count (which validation and the report use, in closed form where a type gives
+    one) is numel(param_shapes), and the active count never exceeds it."""
+    spec = one_sublayer_spec(type_name, config)
+    inst = spec.sublayers[0].members[0]
+    comp = inst.component
+    assert comp.param_count(inst.config, spec.model) == numel(comp.param_shapes(inst.config, spec.model))
+    assert 0 < comp.active_param_count(inst.config, spec.model) <= comp.param_count(inst.config, spec.model)
 
 
 @pytest.mark.parametrize("type_name", LAYOUT_TYPES)

@@ -419,3 +419,57 @@ def test_output_piped_into_a_reader_that_stops_early_is_not_an_error():
            "exit ${PIPESTATUS[0]}")
     res = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "internal error" not in res.stderr and res.stdout.startswith("llama-2-7b")
+
+
+# --- issue 17: reports of deep models stay linear and cheap ----------------------------------
+
+@pytest.mark.parametrize("path", sorted(SPECS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_json_rendering_is_json_dumps_byte_for_byte(path):
+    rep = report(load(path))
+    assert render(rep, "json") == json.dumps(rep, indent=2)
+
+
+def test_json_text_matches_json_dumps_on_awkward_values():
+    """Keys equal as values but not as text (1, True, 1.0), -0.0, NaN, infinities, escapes,
+    '%' in keys, tuples, empty containers, nested lists: json_text is json.dumps(indent=2)."""
+    import random
+    from collections import OrderedDict
+
+    from archspec.report import json_text
+    rnd = random.Random(17)
+    scalars = [None, True, False, 0, 1, -1, 2**70, 0.0, -0.0, 1.0, 1.5, 1e300, float("nan"), float("inf"),
+               -float("inf"), "", "é\n\"\\\t", "日本", "\x00", "%s", "50%"]
+
+    def value(depth=0):
+        r = rnd.random()
+        if depth > 3 or r < 0.5:
+            return rnd.choice(scalars)
+        if r < 0.7:
+            return [value(depth + 1) for _ in range(rnd.randint(0, 3))]
+        if r < 0.8:
+            return tuple(value(depth + 1) for _ in range(rnd.randint(0, 3)))
+        if r < 0.9:
+            return OrderedDict((rnd.choice(["a", "%", "%s", "b"]), value(depth + 1)) for _ in range(rnd.randint(0, 3)))
+        return {rnd.choice(["k", 1, 1.0, True, False, 0, None, 2.5]): value(depth + 1) for _ in range(rnd.randint(0, 4))}
+
+    for _ in range(5000):
+        v = value()
+        assert json_text(v) == json.dumps(v, indent=2), repr(v)
+
+
+def test_accounting_works_once_per_distinct_instance(monkeypatch):
+    """500 repeats of a block and an override: each distinct instance's figures are worked out
+    once, however many sublayers share it (the report of a deep layout is linear and cheap)."""
+    from archspec import components as C
+    spec = loads("model: {vocab_size: 97, d_model: 64, max_seq_len: 32}\n"
+                 "components:\n  A: {type: attention, n_heads: 4}\n  F: {type: mlp, d_ff: 64}\n"
+                 "layout: '(A F) x 500'\noverrides:\n  - {at: [0, 2, 4], set: {window: 8}}\n")
+    calls = []
+    attention = C.get("attention")
+    real = attention.flops
+    monkeypatch.setattr(attention, "flops", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rep = report(spec)
+    assert len(calls) == 2  # A, and A with the override (one instance for its three sublayers)
+    assert len(rep["components"]) == 1 + 3 * 1000 + 2 and rep["components"][1]["sublayer"] == 0
+    overridden = {r["index"] for r in rep["sublayers"] if r["overrides"]}
+    assert overridden == {0, 2, 4}

@@ -100,6 +100,16 @@ def test_rule_problems_have_relative_paths():
     assert "'Q'" in paths[("sublayers", 1, "where", 0, "use")]
 
 
+@pytest.mark.parametrize("layout", [
+    " ".join(["A"] * (MAX_SUBLAYERS + 1)),           # a plain pattern, no repetition (was accepted)
+    "AF" * (MAX_SUBLAYERS // 2 + 1),                 # one Megatron-style word
+    ["A F"] * (MAX_SUBLAYERS // 2 + 1),              # the list form
+])
+def test_sublayer_cap_holds_without_repetition(layout):
+    out, problems = expand_layout(layout, SYMS)
+    assert out == [] and len(problems) == 1 and f"more than {MAX_SUBLAYERS:,} sublayers" in problems[0].message
+
+
 def test_rule_form_with_huge_layer_count_is_refused_quickly():
     out, problems = expand_layout({"layers": 10 ** 9, "sublayers": [{"use": "M"}]}, SYMS)
     assert out == [] and problems[0].path == ("layers",) and "more than" in problems[0].message

@@ -425,3 +425,14 @@ def test_initialisation_follows_the_reference():
     assert torch.equal(m2.D, torch.ones(4)) and torch.equal(m2.norm.weight, torch.ones(64))
     dt2 = torch.nn.functional.softplus(m2.dt_bias)
     assert dt2.min() >= 1e-3 * (1 - 1e-5) and dt2.max() <= 0.1 * (1 + 1e-5)
+
+
+def test_scan_flops_count_whole_chunks_once():
+    """selective_scan_flops in closed form (issue 17: a chunk loop at a 16M-token context took
+    seconds per component) equals the sum over scan_chunks it replaced."""
+    from archspec.ops.ssm import costs
+    for t in range(1, 300):
+        for chunk in (1, 7, 128):
+            walked = sum(5 * 3 * (3 * (b - a) + 2 + costs.linear_scan_flops(b - a).other) + 5 * (b - a)
+                         for a, b in costs.scan_chunks(t, chunk)) + 2 * t * 5
+            assert costs.selective_scan_flops(t, 5, 3, True, chunk).other == walked

@@ -473,3 +473,62 @@ def test_block_topk_learns_to_copy_by_selecting_the_right_block():
     blocks, so the gate must pick it. Measured 0.20 nats after 150 steps (chance 3.47)."""
     cfg = config("block_topk", block_size=4, topk=2, n_kv_heads=4)
     assert train_loss(cfg, copy_task(16), 32, 150) < 0.8
+
+
+# --- accounting in closed form (issue 17: a long context must not be walked position by position)
+
+def _attended_by_walking(seq_len, window, first, every, reads):
+    """attended_pairs as it was written before it had a closed form: over every global position."""
+    import bisect
+    w = min(window, seq_len)
+    pairs = w * (w + 1) // 2 + (seq_len - w) * w
+    glob = SA.global_positions(seq_len, first, every)
+    pairs += sum(max(0, seq_len - g - w) for g in glob)
+    if reads == "prefix":
+        pairs += sum((g - w + 1) - bisect.bisect_right(glob, g - w) for g in glob if g >= w)
+    return pairs
+
+
+def test_closed_forms_equal_the_positions_they_count():
+    """GlobalSet, attended_pairs, window_counts and selections_per_head against the listed
+    positions and the plan, on every small case."""
+    for t in range(1, 19):
+        for window, first, every in itertools.product(range(1, t + 2), range(0, t + 2, 2), [None, *range(1, t + 2)]):
+            glob, positions = SA.GlobalSet(t, first, every), SA.global_positions(t, first, every)
+            for lo, hi in ((0, t), (0, t - window), (window, t), (2, 5)):
+                inside = [g for g in positions if lo <= g < hi]
+                assert (glob.count(lo, hi), glob.total(lo, hi)) == (len(inside), sum(inside))
+            for reads in ("prefix", "window"):
+                assert SA.attended_pairs(t, window, first, every, reads) == \
+                    _attended_by_walking(t, window, first, every, reads)
+                for block in (1, 3, 8):
+                    plan, counts = SA.plan_window(t, window, block, first, every, reads), \
+                        SA.window_counts(t, window, block, first, every, reads)
+                    assert counts.computed_pairs() == plan.computed_pairs()
+                    assert (counts.n_global_keys, counts.n_global_queries, counts.query_key_len) == \
+                        (len(plan.global_keys), len(plan.global_queries), plan.query_key_len)
+        for block, topk in itertools.product(range(1, t + 1), range(1, t + 1)):
+            b = min(block, t)
+            walked = sum(min(topk, m) * (min(t, (m + 1) * b) - m * b) for m in range(1, math.ceil(t / b)))
+            assert SA.selections_per_head(t, block, topk) == walked
+
+
+def test_accounting_at_the_longest_context_does_not_walk_it():
+    """Every position global and one-token blocks at max_seq_len 2**24: the report's figures
+    come from arithmetic (walking 16M positions took minutes per component)."""
+    spec = archspec.loads(
+        "model: {vocab_size: 97, d_model: 64, max_seq_len: 16777216}\n"
+        "components:\n"
+        "  W: {type: sparse_attention, n_heads: 4, window: 4096, global_every: 1, block_size: 1}\n"
+        "  T: {type: sparse_attention, pattern: block_topk, n_heads: 4, block_size: 1, topk: 16}\n"
+        "layout: W T\n")
+    from archspec.ops.sparse_attention import costs
+    calls = []
+    real = costs.global_positions
+    walk = lambda *a, **k: calls.append(a) or real(*a, **k)  # noqa: E731
+    try:
+        costs.global_positions = SA.global_positions = walk
+        total = account(spec).total()
+    finally:
+        costs.global_positions = SA.global_positions = real
+    assert calls == [] and total.flops.attention > 0 and total.state_bytes > 0

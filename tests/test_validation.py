@@ -418,17 +418,81 @@ def test_every_number_of_every_component_has_a_maximum_with_a_reason():
     ("d_model: 64", "d_model: 100000000000000000", ("model", "d_model"), "must be <= 131,072, got 100,000,000,000,000,000",
      "PaLM"),
     ("max_seq_len: 128", "max_seq_len: 128\n  init_std: 3", ("model", "init_std"), "must be <= 1, got 3", "diverges"),
-    ('"(A F) x 2"', "{layers: 200000, sublayers: [{use: A}]}", ("layout", "layers"), "must be <= 100,000, got 200,000",
-     "x 1000000"),
+    ('"(A F) x 2"', "{layers: 20000, sublayers: [{use: A}]}", ("layout", "layers"), "must be <= 16,384, got 20,000",
+     "DeepNet"),
 ])
 def test_maxima_say_the_limit_and_why(problems, old, new, path, words, why):
     assert_located(problems(SPEC.replace(old, new)), key=path[-1], path=path, words=words, hint_words=why)
 
 
 def test_parameter_ceiling_is_checked_in_validation(problems):
-    text = SPEC.replace("d_model: 64", "d_model: 65536").replace("d_ff: 128", "d_ff: 1048576").replace(
-        "(A F) x 2", "F x 100000").replace("n_heads: 4, n_kv_heads: 2", "n_heads: 64")
+    text = SPEC.replace("d_model: 64", "d_model: 131072").replace("d_ff: 128", "d_ff: 1048576").replace(
+        "(A F) x 2", "F x 16384").replace("n_heads: 4, n_kv_heads: 2", "n_heads: 64")
     p = assert_located(problems(text), path=("components", "F"), at=(7, 3),
-                       words="the model has at least 2.06e+16 parameters, over the ceiling of "
-                             "1,000,000,000,000,000; F accounts for 2.06e+16 of them")
+                       words="the model has at least 6.76e+15 parameters, over the ceiling of "
+                             "1,000,000,000,000,000; F accounts for 6.76e+15 of them")
     assert "2T parameters" in p.hint
+
+
+def test_fast_path_for_override_values_never_passes_what_jsonschema_refuses():
+    """validate.simply_valid skips jsonschema for plain values: on every property of every
+    component schema, whatever it accepts jsonschema accepts too (and it accepts the common case)."""
+    import itertools
+    import random
+
+    from archspec.components import REGISTRY
+    from archspec.schema import component_schema
+    from archspec.validate import _Validator, simply_valid
+    rnd = random.Random(17)
+    values = [None, True, False, 0, 1, -1, 2, 3, 7, 64, 1000, 2**40, 2**63, 0.0, -0.0, 0.5, 1.0, 1.5, 2.0, 16.0,
+              1e-6, 1e300, float("nan"), float("inf"), -float("inf"), "", "auto", "swiglu", "token", "x", [1, 2], {}]
+    values += [rnd.choice([rnd.randint(-10, 5000), rnd.uniform(-5, 5000)]) for _ in range(200)]
+    accepted = 0
+    for t, value in itertools.product(sorted(REGISTRY), values):
+        for key, prop in component_schema(t)["properties"].items():
+            if simply_valid(value, prop):
+                accepted += 1
+                assert _Validator(prop).is_valid(value), (t, key, value)
+    assert accepted > 1000
+
+
+def test_fast_paths_for_components_and_names_never_pass_what_jsonschema_refuses():
+    """validate.simply_valid_mapping (a component of plain values) and the plain check of
+    component names skip jsonschema: whatever they accept, jsonschema accepts too."""
+    import random
+
+    from archspec.components import REGISTRY
+    from archspec.schema import component_schema, strict_schema
+    from archspec.validate import _Validator, _plain_name_ok, simply_valid_mapping
+    rnd = random.Random(17)
+    values = [None, True, 0, 1, 2, 4, 16, 64, 2**40, 0.5, 2.0, 1e300, float("nan"), "", "auto", "swiglu", [1, 16]]
+    accepted = 0
+    for t in sorted(REGISTRY):
+        schema = component_schema(t)
+        keys = list(schema["properties"]) + ["n_head", "extra"]
+        for _ in range(400):
+            cfg = {"type": t, **REGISTRY[t].example}
+            for _ in range(rnd.randint(0, 3)):
+                cfg[rnd.choice(keys)] = rnd.choice(values)
+            if rnd.random() < 0.1:
+                cfg.pop("type")
+            if simply_valid_mapping(cfg, schema):
+                accepted += 1
+                assert _Validator(schema).is_valid(cfg), cfg
+    assert accepted > 300
+    names = strict_schema()["properties"]["components"]["propertyNames"]
+    for name in ["A", "attn", "mlp_1", "*", "-", "x", "x12", "x1a", "é", "a b", "", "a" * 64, "a" * 65, "_", "1a", "**"]:
+        if _plain_name_ok(name, names):
+            assert _Validator(names).is_valid(name), name
+        else:
+            assert not _Validator(names).is_valid(name), name
+
+
+def test_an_override_of_many_sublayers_is_checked_once(problems, write):
+    """`at` naming many sublayers of one component: one configuration, one error (not one per
+    sublayer), and an index listed twice is applied once."""
+    found = problems(SPEC + "overrides:\n  - {at: [0, 2, 0, 2], set: {n_kv_heads: 3}}\n")
+    assert len(found) == 1 and found[0].message.startswith("sublayer 0 (A) with this override: n_kv_heads=3")
+    spec = load(write(SPEC + "overrides:\n  - {at: [0, 2, 0], set: {window: 8}}\n"))
+    a0, a2 = spec.sublayers[0].members[0], spec.sublayers[2].members[0]
+    assert a0 is a2 and a0.config["window"] == 8 and a0.overrides == {"window": 8}

@@ -153,9 +153,16 @@ class Component:
         data-dependent FLOPs, non-causal options). Shown once per distinct note."""
         return []
 
+    def own_param_count(self, cfg: dict, model: ModelConfig) -> int:
+        """How many parameters own_param_shapes lists. A type with a tensor per routed part (a
+        memory, an expert) says it in closed form, so that counting, which validation and the
+        report do for every distinct config, does not list them (tests/test_contract.py checks
+        that the two agree)."""
+        return numel(self.own_param_shapes(cfg, model))
+
     def own_active_param_count(self, cfg: dict, model: ModelConfig) -> int:
         """Parameters used per token (differs from the total for routed components)."""
-        return numel(self.own_param_shapes(cfg, model))
+        return self.own_param_count(cfg, model)
 
     def children(self, cfg: dict, model: ModelConfig) -> dict[str, "Child"]:
         """Components this one is built from, by attribute name (MoE's shared experts: an mlp).
@@ -169,6 +176,11 @@ class Component:
         for name, child in self.children(cfg, model).items():
             shapes.update({f"{name}.{k}": s for k, s in child.component.param_shapes(child.config, model).items()})
         return shapes
+
+    def param_count(self, cfg: dict, model: ModelConfig) -> int:
+        """numel(param_shapes(...)), children included, without listing the tensors."""
+        return self.own_param_count(cfg, model) + sum(
+            c.component.param_count(c.config, model) for c in self.children(cfg, model).values())
 
     def flops(self, cfg: dict, model: ModelConfig, seq_len: int, conv: FlopConvention,
               realized: dict | None = None) -> Flops:

@@ -7,9 +7,9 @@ it is orders of magnitude slower than the reference).
 """
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
+from functools import lru_cache
 
 TRITON_PRIORITY = 10  # outranks the reference (0) where `auto` may pick it
 
@@ -19,10 +19,10 @@ def device_type(device) -> str:
     return getattr(device, "type", None) or str(device).split(":", 1)[0]
 
 
-@functools.lru_cache(maxsize=1)
+@lru_cache(maxsize=1)
 def triton_installed() -> bool:
-    # asked once per node when backends are chosen: a path search each time dominated reports
-    # of long layouts
+    """Whether triton can be imported (asked once: the answer does not change in a process, and
+    the report asks it for every component of every sublayer)."""
     return importlib.util.find_spec("triton") is not None
 
 

@@ -22,8 +22,10 @@ EDITOR_FILE = HERE / "archspec.schema.json"
 SCHEMA_ID = "https://archspec.dev/schema/archspec.schema.json"
 
 
+@lru_cache(maxsize=None)
 def component_schema(type_name: str) -> dict:
-    """A component type's full schema: its fragment plus `type` and `backend`."""
+    """A component type's full schema: its fragment plus `type` and `backend`. Built once per
+    type and shared (every override and config is checked against it): read it, never change it."""
     comp = REGISTRY[type_name]
     fragment = copy.deepcopy(comp.schema)
     props = {"type": {"const": type_name, "description": comp.summary}}
@@ -39,18 +41,35 @@ def component_schema(type_name: str) -> dict:
     return out
 
 
-def _dispatch(types: list[str]) -> dict:
-    """An object whose `type` selects one of `types`' schemas."""
+DISPATCH = "x-dispatch"  # validate.py's keyword: {type name: its schema (that of $defs)}
+
+
+def _dispatch(types: list[str], defs: dict) -> dict:
+    """An object whose `type` selects one of `types`' schemas. Validation follows only the
+    selected one (the DISPATCH keyword, validate.py); the editor schema says the same in plain
+    JSON Schema (_plain_dispatch), where every type's condition is tried on every component."""
     return {
         "type": "object",
         "required": ["type"],
         "properties": {"type": {"enum": types}},
-        "allOf": [
-            {"if": {"properties": {"type": {"const": t}}, "required": ["type"]},
-             "then": {"$ref": f"#/$defs/component.{t}"}}
-            for t in types
-        ],
+        DISPATCH: {t: defs[f"component.{t}"] for t in types},
     }
+
+
+def _plain_dispatch(node):
+    """The DISPATCH keyword as allOf of if/then (what editors understand), in its place."""
+    if isinstance(node, list):
+        return [_plain_dispatch(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for k, v in node.items():
+        if k == DISPATCH:
+            out["allOf"] = [{"if": {"properties": {"type": {"const": t}}, "required": ["type"]},
+                             "then": {"$ref": f"#/$defs/component.{t}"}} for t in v]
+        else:
+            out[k] = _plain_dispatch(v)
+    return out
 
 
 # maxima of the model's settings and the layout's counts, from archspec/limits.py (one place
@@ -77,18 +96,19 @@ def strict_schema() -> dict:
     schema["$id"] = SCHEMA_ID
     _add_limits(schema)
     defs = schema["$defs"]
-    defs["component"] = _dispatch(types_with_role("sublayer"))
-    defs["norm"] = {**_dispatch(types_with_role("norm")),
-                    "description": "norm used in every block and at the end",
-                    "default": {"type": "rmsnorm", "eps": 1e-5}}
+    defs["component"] = defs["norm"] = None  # their place (the file's order), filled below
     for t in sorted(REGISTRY):
         if REGISTRY[t].role in ("sublayer", "norm"):
             defs[f"component.{t}"] = component_schema(t)
+    defs["component"] = _dispatch(types_with_role("sublayer"), defs)
+    defs["norm"] = {**_dispatch(types_with_role("norm"), defs),
+                    "description": "norm used in every block and at the end",
+                    "default": {"type": "rmsnorm", "eps": 1e-5}}
     return schema
 
 
 def editor_schema() -> dict:
-    schema = _accept_expressions(copy.deepcopy(strict_schema()))
+    schema = _accept_expressions(_plain_dispatch(strict_schema()))
     # a spec that extends another may be partial
     schema["if"] = {"required": ["extends"]}
     schema["then"] = {}

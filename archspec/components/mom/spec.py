@@ -51,8 +51,6 @@ A_log = log U(0, 16); dt_bias = softplus^-1 of dt, log-uniform in [1e-3, 1e-1] f
 """
 from __future__ import annotations
 
-import math
-
 from ...costs import SOFTMAX_FLOPS_PER_ELEMENT
 from ...ops import linear_attention as LA
 from ...ops.conv import conv_flops
@@ -60,7 +58,7 @@ from ...ops.moe import capacity_limit
 from ...ops.linear_attention import GATE_DTYPE_NAMES, KERNEL_DTYPE_NAMES, kernels_unsupported
 from ...ops.norm import gated_rmsnorm_flops
 from ... import limits as L
-from ..base import CheckIssue, Component, Flops, register
+from ..base import CheckIssue, Component, Flops, numel, register
 
 L2NORM_FLOPS = 3        # per element: square, sum, scale
 GLA_GATE_NORMALIZER = 16.0  # GLA's gate_logit_normalizer
@@ -134,25 +132,27 @@ class MoM(Component):
         return issues
 
     # --- accounting ----------------------------------------------------------------------
-    def own_param_shapes(self, cfg, model):
+    @staticmethod
+    def _per_memory(cfg, model) -> dict[str, tuple[int, int]]:
+        """The projections each memory has (routed ones as `<name>_proj.<j>`, the shared one as
+        `shared_<name>`): keys and values, and beta and decay rows by rule."""
+        d, h, kd, vd = model.d_model, cfg["n_heads"], cfg["key_dim"], cfg["value_dim"]
+        per_memory = {"k": (kd, d), "v": (vd, d)}
+        if cfg["rule"] in ("gated_delta", "delta"):
+            per_memory["b"] = (h, d)
+        if cfg["rule"] == "gated_delta":
+            per_memory["a"] = (h, d)
+        if cfg["rule"] == "gla":
+            per_memory["a"] = (kd, d)
+        return per_memory
+
+    @staticmethod
+    def _single(cfg, model) -> dict[str, tuple[int, ...]]:
+        """The parameters that are not per memory (query, router, convs, gate, norm, output)."""
         d, h, kd, vd, m = model.d_model, cfg["n_heads"], cfg["key_dim"], cfg["value_dim"], cfg["n_memories"]
         c = cfg["d_conv"]
-        rule = cfg["rule"]
         shapes = {"q_proj.weight": (kd, d), "router.weight": (m, d)}
-        per_memory = {"k": (kd, d), "v": (vd, d)}
-        if rule in ("gated_delta", "delta"):
-            per_memory["b"] = (h, d)
-        if rule == "gated_delta":
-            per_memory["a"] = (h, d)
-        if rule == "gla":
-            per_memory["a"] = (kd, d)
-        for name, shape in per_memory.items():
-            for j in range(m):
-                shapes[f"{name}_proj.{j}.weight"] = shape
-        if cfg["shared_memory"]:
-            for name, shape in per_memory.items():
-                shapes[f"shared_{name}.weight"] = shape
-        if rule == "gated_delta":
+        if cfg["rule"] == "gated_delta":
             shapes["A_log"] = (h,)
             shapes["dt_bias"] = (h,)
         shapes.update({"q_conv1d.weight": (kd, 1, c), "k_conv1d.weight": (kd, 1, c),
@@ -162,6 +162,22 @@ class MoM(Component):
         shapes["o_norm.weight"] = (cfg["head_v_dim"],)
         shapes["o_proj.weight"] = (d, vd)
         return shapes
+
+    def own_param_shapes(self, cfg, model):
+        single, per_memory = self._single(cfg, model), self._per_memory(cfg, model)
+        shapes = {"q_proj.weight": single.pop("q_proj.weight"), "router.weight": single.pop("router.weight")}
+        for name, shape in per_memory.items():
+            for j in range(cfg["n_memories"]):
+                shapes[f"{name}_proj.{j}.weight"] = shape
+        if cfg["shared_memory"]:
+            for name, shape in per_memory.items():
+                shapes[f"shared_{name}.weight"] = shape
+        shapes.update(single)
+        return shapes
+
+    def own_param_count(self, cfg, model):
+        """numel(own_param_shapes) without listing a tensor per memory."""
+        return numel(self._single(cfg, model)) + self._n_banks(cfg) * numel(self._per_memory(cfg, model))
 
     def _n_banks(self, cfg) -> int:
         return cfg["n_memories"] + (1 if cfg["shared_memory"] else 0)
@@ -173,7 +189,7 @@ class MoM(Component):
         if cfg["capacity_factor"] is not None:
             assignments = min(assignments, m * capacity_limit(cfg["capacity_factor"], k, seq_len, m))
         base, extra = divmod(assignments, m)
-        lengths = [base + (1 if j < extra else 0) for j in range(m)]
+        lengths = [base + 1] * extra + [base] * (m - extra)
         return lengths + ([seq_len] if cfg["shared_memory"] else [])
 
     def _flops_for_lengths(self, cfg, model, seq_len: int, lengths: list[int]) -> Flops:
@@ -250,12 +266,10 @@ class MoM(Component):
         return (seq_len * per_token + rows * per_row) * model.dtype_bytes
 
     def own_active_param_count(self, cfg, model):
-        shapes = self.param_shapes(cfg, model)
-        total = sum(math.prod(s) for s in shapes.values())
-        per_memory = sum(math.prod(s) for n, s in shapes.items() if n.split(".")[0].endswith("_proj")
-                         and n.count(".") == 2)
+        """All of them but the routed memories' projections, of which topk of n_memories."""
         m = cfg["n_memories"]
-        return total - per_memory + per_memory * cfg["topk"] // m
+        routed = m * numel(self._per_memory(cfg, model))
+        return self.own_param_count(cfg, model) - routed + routed * cfg["topk"] // m
 
     # --- kernels ---------------------------------------------------------------------------
     def kernels_unsupported(self, cfg, model):

@@ -67,8 +67,16 @@ TOPK_KEYS = ("topk",)
 
 
 def _window_plan(cfg, seq_len):
+    """What the banded form computes, positions included (the module's forward reads it)."""
     return SA.plan_window(seq_len, cfg["window"], cfg["block_size"], cfg["global_first"],
                           cfg["global_every"], cfg["global_reads"])
+
+
+def _window_counts(cfg, seq_len) -> SA.WindowCounts:
+    """The sizes of what the banded form computes (SA.plan_window's, in O(1): accounting at a
+    long context must not list its global positions)."""
+    return SA.window_counts(seq_len, cfg["window"], cfg["block_size"], cfg["global_first"],
+                            cfg["global_every"], cfg["global_reads"])
 
 
 def _keeps_everything(cfg) -> bool:
@@ -84,8 +92,8 @@ def kept_tokens(cfg, seq_len: int) -> int:
         return seq_len
     w = cfg["window"]
     recent = min(seq_len, w - 1)
-    older = SA.global_positions(seq_len - recent, cfg["global_first"], cfg["global_every"])
-    return recent + len(older)
+    older = SA.GlobalSet(seq_len - recent, cfg["global_first"], cfg["global_every"])
+    return recent + older.count(0, seq_len - recent)
 
 
 @register
@@ -219,7 +227,7 @@ class SparseAttention(Component):
             return self._flops_for_rows(cfg, model, seq_len, realized["padded_rows"])
         if cfg["pattern"] == "window":
             if conv.causal_attention == "dense":
-                pairs = _window_plan(cfg, seq_len).computed_pairs()
+                pairs = _window_counts(cfg, seq_len).computed_pairs()
             else:
                 pairs = SA.attended_pairs(seq_len, cfg["window"], cfg["global_first"], cfg["global_every"],
                                           cfg["global_reads"])
@@ -231,9 +239,9 @@ class SparseAttention(Component):
         if conv.causal_attention == "dense":
             return self._flops_for_rows(cfg, model, seq_len, self.expected_rows(cfg, seq_len))
         b, n_b = self._blocks(cfg, seq_len)
-        lengths = [min(seq_len, (m + 1) * b) - m * b for m in range(n_b)]
-        own_pairs = h * sum(n * (n + 1) // 2 for n in lengths)
-        gate_pairs = h * sum(m * lengths[m] for m in range(1, n_b))
+        last = seq_len - (n_b - 1) * b  # every block holds b queries but the last
+        own_pairs = h * ((n_b - 1) * b * (b + 1) // 2 + last * (last + 1) // 2)
+        gate_pairs = h * (b * (n_b - 1) * n_b // 2 - (b - last) * (n_b - 1))  # sum of m len_m, m >= 1
         flops = self._common(cfg, model, seq_len)
         flops.attention = 2 * hd * gate_pairs + 4 * hd * (own_pairs + b * s)
         flops.other += self._topk_other(cfg, seq_len, own_pairs + b * s, s)
@@ -289,9 +297,8 @@ class SparseAttention(Component):
         soft = max(4, e)
         cast = e if e < 4 else 0
         if cfg["pattern"] == "window":
-            plan = _window_plan(cfg, seq_len)
-            rows, n_gk, n_gq, tk = (plan.n_blocks * plan.block, len(plan.global_keys),
-                                    len(plan.global_queries), plan.query_key_len)
+            plan = _window_counts(cfg, seq_len)
+            rows, n_gk, n_gq, tk = plan.rows, plan.n_global_keys, plan.n_global_queries, plan.query_key_len
             # chunks are checkpointed: their inputs (blocked queries, padded keys and values,
             # global keys and values, the block mask) are kept, their scores recomputed
             elems = seq_len * (d + h * hd) + rows * h * hd + 2 * hkv * (rows + plan.window - 1 + n_gk) * hd

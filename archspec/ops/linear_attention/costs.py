@@ -26,6 +26,7 @@ gated_delta 1 + K + 2V + 3KV (scale q, decay, error and beta, outer product, add
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 from ...costs import Flops
 
@@ -64,7 +65,8 @@ def chunk_flops(rule: str, seq_lens: list[int], n_heads: int, k_dim: int, v_dim:
     """Forward FLOPs of chunk_rule over sequences of these lengths (module docstring)."""
     check_rule(rule)
     c, k, v = chunk_size, k_dim, v_dim
-    n_chunks = sum(-(-length // c) for length in seq_lens)
+    # lengths repeat (balanced routing has two values over all memories): count each once
+    n_chunks = sum(-(-length // c) * times for length, times in Counter(seq_lens).items())
     if rule in WITH_BETA:
         matmul = 4 * c * c * k + 2 * c * c * v + c * (c - 1) * (k + v) + 6 * c * k * v
         other = c * c + 2 * c * k + 3 * c * v + k * v

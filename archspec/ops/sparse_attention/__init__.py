@@ -13,7 +13,8 @@
     costs.py   plan_window(T, window, block_size, global_first, global_every, global_reads),
                attended_pairs(...), global_positions(...), selections_per_head(...),
                tile_rows(block_size): what the fast forms compute and the masks keep, from
-               shapes alone (torch-free; the accounting reads them)
+               shapes alone (torch-free; the accounting reads them); GlobalSet and
+               window_counts(...): the same counts in O(1), for accounting at long contexts
 
 The fast forms and the FLOPs they perform are described in window.py and topk.py; the tests
 (tests/test_sparse_attention.py) compare each with the dense form over the mask built from the
@@ -23,8 +24,8 @@ loaded with it, every other name on first use.
 from __future__ import annotations
 
 from ...lazy import lazy_exports
-from .costs import (CHUNK_ELEMENTS, MIN_TILE_ROWS, WindowPlan, attended_pairs, global_positions,
-                    plan_window, selections_per_head, tile_rows)
+from .costs import (CHUNK_ELEMENTS, MIN_TILE_ROWS, GlobalSet, WindowCounts, WindowPlan, attended_pairs,
+                    global_positions, plan_window, selections_per_head, tile_rows, window_counts)
 
 _LAZY = {
     ".naive": ["attend_one", "block_topk_mask", "dense_masked_attention", "is_global", "window_mask"],
@@ -32,6 +33,6 @@ _LAZY = {
     ".topk": ["TilePlan", "block_topk_attention", "plan_tiles", "select_blocks"],
 }
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)
-__all__ = ["CHUNK_ELEMENTS", "MIN_TILE_ROWS", "WindowPlan", "attended_pairs", "global_positions",
-           "plan_window", "selections_per_head", "tile_rows"]
+__all__ = ["CHUNK_ELEMENTS", "MIN_TILE_ROWS", "GlobalSet", "WindowCounts", "WindowPlan", "attended_pairs",
+           "global_positions", "plan_window", "selections_per_head", "tile_rows", "window_counts"]
 __all__ += [name for names in _LAZY.values() for name in names]

@@ -47,10 +47,14 @@ def selective_scan_flops(seq_len: int, channels: int, d_state: int, has_d: bool,
                          chunk: int = SCAN_CHUNK) -> Flops:
     """FLOPs of `selective_scan` on one sequence (module docstring)."""
     t, e, n = seq_len, channels, d_state
-    other = 0
-    for s, stop in scan_chunks(t, chunk):
-        length = stop - s
-        other += e * n * (3 * length + 2 + linear_scan_flops(length).other) + e * length
+
+    def per_chunk(length: int) -> int:
+        return e * n * (3 * length + 2 + linear_scan_flops(length).other) + e * length
+
+    # every chunk is `chunk` long but the last: two terms, not one per chunk (T / 128 of them at
+    # a long context); scan_chunks lists the same chunks for the forward
+    full, tail = divmod(t, chunk)
+    other = full * per_chunk(chunk) + (per_chunk(tail) if tail else 0)
     if has_d:
         other += 2 * t * e
     return Flops(matmul=2 * t * e * n, other=other)
