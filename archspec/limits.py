@@ -81,6 +81,12 @@ SUBLAYERS = Limit(16_384, "the deepest published networks have about 2,500 subla
                           "this limit takes seconds and tens of megabytes (100,000 sublayers made 160 MB "
                           "of JSON)")
 
+COMPONENTS = Limit(4_096, "specs define a handful of components (a model with a distinct one per layer "
+                          "has a few hundred); each distinct config is validated and accounted for on "
+                          "its own")
+OVERRIDES = Limit(4_096, "overrides change a few sublayers (`at` takes a list of them); each makes "
+                         "distinct configs to validate and account for")
+
 # --- the whole model ---------------------------------------------------------------------------
 PARAMS_CEILING = 10**15  # 500 times the largest published models (about 2T parameters)
 PARAMS_WHY = "the largest published models have about 2T parameters; the ceiling is 500 times that"
