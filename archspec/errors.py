@@ -3,6 +3,7 @@ wrong and how to fix it. Validation collects them all and raises once."""
 from __future__ import annotations
 
 import difflib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -100,8 +101,16 @@ def format_path(path: Iterable) -> str:
     return out or "<root>"
 
 
+MANY_CHOICES = 256  # past this, suggestions come from an index of the choices (_nearby)
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
-    """A 'did you mean' hint for a misspelled word, or None when nothing is close."""
+    """A 'did you mean' hint for a misspelled word, or None when nothing is close. Among many
+    choices (thousands of components or vars, each misspelled once) only those of about the
+    word's length and first letter are compared: a spec's errors cost linear time, not
+    errors x choices."""
+    if isinstance(choices, (set, frozenset, list, tuple, dict)) and len(choices) > MANY_CHOICES:
+        choices = _nearby(str(word), choices)
     choices = [c for c in choices if isinstance(c, str)]
     close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
     if not close:
@@ -109,6 +118,26 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
         if str(word).lower() in lowered:
             close = [lowered[str(word).lower()]]
     return f"did you mean '{close[0]}'?" if close else None
+
+
+_INDEXES: "OrderedDict[int, tuple[object, dict]]" = OrderedDict()
+
+
+def _nearby(word: str, choices) -> list[str]:
+    """The choices of length len(word) +- 2 starting with its first letter (either case), from an
+    index built once per collection (callers pass the same set or dict for all their errors)."""
+    entry = _INDEXES.get(id(choices))
+    if entry is None or entry[0] is not choices:
+        index: dict[tuple[str, int], list[str]] = {}
+        for c in choices:
+            if isinstance(c, str):
+                index.setdefault((c[:1].lower(), len(c)), []).append(c)
+        entry = _INDEXES[id(choices)] = (choices, index)  # the collection is held: its id stays its own
+        if len(_INDEXES) > 8:
+            _INDEXES.popitem(last=False)
+    index = entry[1]
+    first = word[:1].lower()
+    return [c for n in range(len(word) - 2, len(word) + 3) for c in index.get((first, n), ())]
 
 
 def one_of(choices: Iterable[str]) -> str:

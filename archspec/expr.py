@@ -16,6 +16,7 @@ import ast
 import math
 import operator
 import re
+import warnings
 from typing import Any
 
 from .errors import Path, Problem, did_you_mean, format_path
@@ -24,6 +25,7 @@ from .loader import Document
 REF = re.compile(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*)\s*\}")
 MAX_EXPR_CHARS = 500
 MAX_ABS_VALUE = 1 << 62  # beyond any real model size; stops 10**10**10
+MAX_REFERENCE_DEPTH = 64  # a reference to a reference to ...: a spec needs 2 or 3
 SHORTHAND_SCOPES = ("vars", "model")
 
 _BINOPS = {
@@ -44,7 +46,9 @@ def evaluate_arithmetic(text: str) -> int | float:
     if len(text) > MAX_EXPR_CHARS:
         raise ExprError(f"expression longer than {MAX_EXPR_CHARS} characters")
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        with warnings.catch_warnings():  # "invalid decimal literal" (`3and`) is ours to report
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError:
         raise ExprError(f"'{text}' is not an arithmetic expression") from None
     try:
@@ -118,6 +122,7 @@ class _Resolver:
         self.active: list[Path] = []
         self.failed: set[Path] = set()
         self.reports: dict[Path, ExprError] = {}  # each error once, at the path that causes it
+        self._names: list[str] | None = None
 
     def value_at(self, path: Path, from_path: Path):
         """Look up a reference target (evaluating it first if it is an expression)."""
@@ -128,7 +133,7 @@ class _Resolver:
             elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
                 node = node[int(part)]
             else:
-                choices = list(node) if isinstance(node, dict) else []
+                choices = node if isinstance(node, dict) else []  # the dict itself: did_you_mean indexes it once
                 raise ExprError(
                     f"reference '${{{'.'.join(path)}}}' is undefined: "
                     f"'{format_path(path[: i + 1])}' does not exist",
@@ -139,13 +144,19 @@ class _Resolver:
             raise _Broken(f"{format_path(path)} is not an acceptable number")
         return value
 
+    def shorthand_names(self) -> list[str]:
+        """The names a bare `${name}` may mean (vars, then model), listed once per resolver."""
+        if self._names is None:
+            self._names = [n for s in SHORTHAND_SCOPES if isinstance(self.data.get(s), dict) for n in self.data[s]]
+        return self._names
+
     def lookup(self, ref: str, from_path: Path):
         parts = tuple(ref.split("."))
         if len(parts) == 1:
             for scope in SHORTHAND_SCOPES:
                 if isinstance(self.data.get(scope), dict) and parts[0] in self.data[scope]:
                     return self.value_at((scope,) + parts, from_path)
-            names = [n for s in SHORTHAND_SCOPES if isinstance(self.data.get(s), dict) for n in self.data[s]]
+            names = self.shorthand_names()
             raise ExprError(
                 f"reference '${{{ref}}}' is undefined: no '{ref}' in `vars` or `model`",
                 did_you_mean(ref, names) or "define it under `vars:` or use a dotted path")
@@ -169,6 +180,12 @@ class _Resolver:
                 "break the cycle by writing one of the values as a number"))
             self.failed.update(cycle)
             raise _Broken(f"{format_path(path)} is in a cycle")
+        if len(self.active) >= MAX_REFERENCE_DEPTH:  # resolution recurses: bound it, as nesting is
+            chain = [format_path(p) for p in (*self.active[:2], self.active[-1], path)]
+            raise ExprError(f"references nested more than {MAX_REFERENCE_DEPTH} deep: {chain[0]} -> "
+                            f"{chain[1]} -> ... -> {chain[2]} -> {chain[3]}",
+                            "a spec's references go a few levels deep; write a value along the chain "
+                            "as a number")
         self.active.append(path)
         try:
             result = self._expression(value, path)

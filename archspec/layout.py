@@ -11,6 +11,7 @@ each layer has the sublayers in order; at layer i the last rule with i % period 
 """
 from __future__ import annotations
 
+import heapq
 import re
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from .errors import Path, Problem, did_you_mean
 
 Sublayer = tuple  # of symbols; length > 1 is a parallel group
 MAX_SUBLAYERS = L.SUBLAYERS.value  # a typo like `x 1000000` stops here instead of eating memory
+MAX_GROUP_DEPTH = 32  # `((A F) x 2 M) x 4` is 2 deep; the parser recurses per level
 _TOKEN = re.compile(r"\s*(?:(?P<open>[(\[])|(?P<close>[)\]])|(?P<bar>\|)|(?P<rep>[x×]\s*\d+(?:\.\d*)?\b)|(?P<word>[^\s()\[\]|]+))")
 
 
@@ -50,7 +52,11 @@ def _tokenize(text: str, symbols: set[str]) -> list[tuple[str, str, int]]:
     return tokens
 
 
-def _parse_seq(tokens, pos, text, symbols, closer):
+def _parse_seq(tokens, pos, text, symbols, closer, depth: int = 0):
+    """Sublayers of tokens[pos:] up to `closer`; groups recurse, `depth` levels deep so far."""
+    if depth > MAX_GROUP_DEPTH:
+        raise LayoutError(f"groups nested more than {MAX_GROUP_DEPTH} deep at position {tokens[pos - 1][2] + 1} "
+                          f"of the pattern", "a layout nests groups a level or two; check the brackets")
     out: list[Sublayer] = []
     while pos < len(tokens):
         kind, value, col = tokens[pos]
@@ -63,7 +69,7 @@ def _parse_seq(tokens, pos, text, symbols, closer):
             raise LayoutError(f"repetition '{value}' at position {col + 1} follows nothing",
                               "write the repeated part first, e.g. '(A F) x 4'")
         if kind == "open" and value == "(":
-            items, pos = _parse_seq(tokens, pos + 1, text, symbols, closer=")")
+            items, pos = _parse_seq(tokens, pos + 1, text, symbols, closer=")", depth=depth + 1)
             if pos >= len(tokens) or tokens[pos][1] != ")":
                 raise LayoutError(f"'(' at position {col + 1} of the pattern '{text}' is never closed",
                                   "add the missing ')'")
@@ -141,17 +147,40 @@ def _symbols_of_word(word: str, col: int, text: str, symbols: set[str]) -> list[
     if len(word) > 1 and all(ch in symbols for ch in word):
         return list(word)  # Megatron-style run of one-character symbols
     hint = did_you_mean(word, symbols)
-    singles = {s for s in symbols if len(s) == 1}
+    singles = _singles(symbols)
     if hint is None and len(word) > 1 and sum(ch in singles for ch in word) >= len(word) / 2:
         # a Megatron-style word with a stray character: name the character
         k = next(k for k, ch in enumerate(word) if ch not in singles)
         raise LayoutError(f"undefined layout symbol '{word[k]}' in '{word}' at position {col + k + 1} of "
                           f"the pattern '{text}'", did_you_mean(word[k], singles)
                           or f"one-character symbols defined: {', '.join(sorted(singles))}")
-    hint = hint or (f"defined components: {', '.join(sorted(symbols))}"
-                    if symbols else "define components under `components:`")
+    hint = hint or (f"defined components: {_some(symbols)}" if symbols else "define components under `components:`")
     raise LayoutError(f"undefined layout symbol '{word}' at position {col + 1} of the pattern '{text}'",
                       hint)
+
+
+_SINGLES: list = [None, frozenset()]  # (symbols, its one-character ones): the last set asked about
+
+
+def _singles(symbols: set[str]) -> frozenset[str]:
+    """The one-character symbols, found once per set of symbols (every undefined word of a
+    layout asks, and a spec may define thousands of components)."""
+    if _SINGLES[0] is not symbols:
+        _SINGLES[:] = [symbols, frozenset(s for s in symbols if len(s) == 1)]
+    return _SINGLES[1]
+
+
+_SOME: list = [None, ""]  # (symbols, the text _some made of them)
+
+
+def _some(names: set[str], shown: int = 20) -> str:
+    """The first `shown` names in order, and how many more (a hint, not a listing of
+    thousands), made once per set of names."""
+    if _SOME[0] is not names:
+        first = heapq.nsmallest(shown, names)
+        more = len(names) - len(first)
+        _SOME[:] = [names, ", ".join(first) + (f" and {more:,} more" if more > 0 else "")]
+    return _SOME[1]
 
 
 @dataclass

@@ -36,9 +36,9 @@ VOCAB = Limit(16_777_216, "the largest vocabularies in use hold about 256k token
                           "that")
 SEQ_LEN = Limit(16_777_216, "the longest published contexts are about 10M tokens (2**24 = 16.8M); "
                             "windows, positions and chunks are bounded by it too")
-WIDTH = Limit(1_048_576, "hidden widths in use are below 100,000 (an MLP 4 x the widest d_model is "
-                         "262,144); 2**20 leaves room")
-HEADS = Limit(4_096, "models in use have at most 128 heads (or groups); 32 times that")
+WIDTH = Limit(1_048_576, "hidden widths in use are below 100,000 (PaLM's MLP: 73,728); 2**20 is 8 times "
+                         "d_model's limit")
+HEADS = Limit(4_096, "models in use have at most a few hundred heads or groups (Falcon-180B: 232)")
 HEAD_DIM = Limit(4_096, "per-head widths in use are 64 to 256 (512 for some memories); 16 times the "
                         "largest")
 STATE = Limit(4_096, "SSM states in use are 16 (Mamba) to 256 wide; the state is this times the "
@@ -50,17 +50,17 @@ CHUNK = Limit(4_096, "chunked forms hold a chunk x chunk block per head (64 to 2
                      "16M elements per head")
 
 # --- routing -----------------------------------------------------------------------------------
-EXPERTS = Limit(4_096, "MoE layers in use have at most 256 routed experts (DeepSeek-V3); the router "
-                       "scores every expert for every token, and accounting and the module keep "
-                       "per-expert figures")
+EXPERTS = Limit(4_096, "MoE layers in use have a few hundred routed experts at most (DeepSeek-V3: 256, "
+                       "Kimi K2: 384); the router scores every expert for every token, and accounting "
+                       "and the module keep per-expert figures")
 MEMORIES = Limit(256, "MoM uses 2 to 8 memories; each is its own projections and state (four "
                       "parameter tensors and a state per memory in the module, the state dict and "
                       "the report's accounting)")
-SHARED_EXPERTS = Limit(64, "shared experts in use number 1 or 2")
+SHARED_EXPERTS = Limit(64, "shared experts in use number 1 to 4")
 CAPACITY = Limit(64.0, "capacity factors in use are 1 to 2; null (the default) is dropless")
 LOSS_SCALE = Limit(100.0, "auxiliary loss coefficients in use are 1e-4 to 1e-2")
-KEYS = Limit(16_384, "product-key memories in use have up to about 1,000 sub-keys per half (1M "
-                     "slots); 16,384 gives 268M value slots")
+KEYS = Limit(16_384, "product-key memories in use have 512 to a few thousand sub-keys per half; "
+                     "16,384 gives 268M value slots")
 KNN = Limit(1_024, "each head scores knn x knn candidate slots per token (32 in use)")
 
 # --- rates and scales --------------------------------------------------------------------------
@@ -76,10 +76,16 @@ DECAY = Limit(1e4, "Mamba2 starts -A in [1, 16] and leaves dt unclamped; beyond 
                    "everything at any step")
 
 # --- the layout ---------------------------------------------------------------------------------
-SUBLAYERS = Limit(16_384, "the deepest published networks have about 2,000 sublayers (DeepNet's 1,000 "
+SUBLAYERS = Limit(16_384, "the deepest published networks have about 2,500 sublayers (DeepNet's 1,000 "
                           "layers); the report lists every sublayer and every component in it, and at "
                           "this limit takes seconds and tens of megabytes (100,000 sublayers made 160 MB "
                           "of JSON)")
+
+COMPONENTS = Limit(4_096, "specs define a handful of components (a model with a distinct one per layer "
+                          "has a few hundred); each distinct config is validated and accounted for on "
+                          "its own")
+OVERRIDES = Limit(4_096, "overrides change a few sublayers (`at` takes a list of them); each makes "
+                         "distinct configs to validate and account for")
 
 # --- the whole model ---------------------------------------------------------------------------
 PARAMS_CEILING = 10**15  # 500 times the largest published models (about 2T parameters)

@@ -416,8 +416,9 @@ def load_with_extends(path: str | os.PathLike, _chain: tuple[str, ...] = ()) -> 
     base_path_key = ("extends",)
     if isinstance(bases, str):
         bases = [bases]
-    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise SpecError([Problem("`extends` must be a file name or a list of file names",
+    if not isinstance(bases, list) or not bases or not all(isinstance(b, str) for b in bases):
+        raise SpecError([Problem("`extends` must be a file name or a list of file names"
+                                 + (" (this list is empty)" if bases == [] else ""),
                                  base_path_key, doc.loc(base_path_key), "e.g. `extends: base.yaml`")])
     merged = Document({}, {}, {}, [])
     for i, base in enumerate(bases):

@@ -17,7 +17,7 @@ from .expr import resolve_references
 from .layout import Sublayer as Symbols, compact, expand_layout
 from .loader import Document, load_with_extends, parse
 from .schema import component_schema, strict_schema
-from .validate import dedupe, schema_problems, simply_valid
+from .validate import dedupe, schema_problems
 
 NORM_NAME = "model.norm"  # the model's norm, as the spec names it (model: norm:) and as a
                           # `backend` dict or the CLI names it
@@ -99,11 +99,11 @@ def resolve_document(doc: Document, source: str) -> ResolvedSpec:
     if any(p[:1] == ("model",) for p in bad_paths) or not isinstance(data.get("model"), dict):
         raise SpecError(problems)  # every component depends on the model's settings
     raw_components = data.get("components")
-    if isinstance(raw_components, dict):
+    if isinstance(raw_components, dict) and ("components",) not in bad:
         sublayer_symbols, found = _expand(data.get("layout"), set(raw_components), problems, doc)
         problems += found
-    else:  # reported by the schema; without symbols the layout's own check would only echo it
-        raw_components, sublayer_symbols = {}, []
+    else:  # not a mapping, empty or too many: reported by the schema, and nothing to configure
+        raw_components, sublayer_symbols = {}, []  # (the layout's check would only echo it)
     problems += _override_targets(data.get("overrides"), len(sublayer_symbols), bad, doc)
     # with a broken layout the depth is unknown: configure at depth 1 to report every problem
     model = _model_config(data, n_sublayers=max(1, len(sublayer_symbols)))
@@ -306,12 +306,9 @@ def _override_member(member: ComponentInstance, changed: dict, index: int, path:
     merged = {"type": member.type, "backend": member.backend,
               **{key: member.config[key] for key in member.written}, **changed}
     located = _override_locator(path, changed)
-    # the member's own keys passed already: only what the override sets is checked again, and
-    # plain values against plain properties without jsonschema (validate.simply_valid)
-    props = _partial_schema(member.type)["properties"]
-    found = [] if all(k in props and simply_valid(v, props[k]) for k, v in changed.items()) else \
-        schema_problems({"type": member.type, **changed}, doc, _partial_schema(member.type), ("x",),
-                        lambda p: located(p[1] if len(p) > 1 else None))
+    # the member's own keys passed already: only what the override sets is checked again
+    found = schema_problems({"type": member.type, **changed}, doc, _partial_schema(member.type), ("x",),
+                            lambda p: located(p[1] if len(p) > 1 else None))
     for f in found:
         f.path = located(f.path[1] if len(f.path) > 1 else None)
     if found:

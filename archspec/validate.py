@@ -18,92 +18,138 @@ _JSON_TYPES = {"integer": "an integer", "number": "a number", "string": "a strin
                "boolean": "true or false", "object": "a mapping", "array": "a list", "null": "null"}
 
 
-# --- a fast path for the commonest check ------------------------------------------------------
-# jsonschema spends ~0.1 ms on even a one-key mapping; a spec at the 1 MiB limit can hold 14,000
-# overrides. Their `set` values are plain numbers, strings and booleans against plain property
-# schemas: those are checked here directly, and anything else (or anything this check refuses)
-# goes to jsonschema, which says what is wrong. So this may only ever say "valid" where
-# jsonschema would (tests/test_validation.py checks it against jsonschema on every property).
-_SIMPLE_KEYWORDS = {"type", "enum", "const", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-                    "default", "description", "x-maximum-why"}
-_SIMPLE_TYPES = {"integer": lambda x: type(x) is int, "number": lambda x: type(x) in (int, float),
-                 "boolean": lambda x: type(x) is bool, "string": lambda x: type(x) is str,
-                 "null": lambda x: x is None}
+# --- a fast path: what is certainly valid is not handed to jsonschema ----------------------------
+# jsonschema spends ~0.1 ms on even a one-key mapping, and a spec at the 1 MiB limit holds
+# 100,000 values (16,000 components, 14,000 overrides). certainly_valid decides the schema
+# subset archspec's schemas use, conservatively: True only where jsonschema would find nothing,
+# False where it would or where it cannot tell (a keyword it does not know). The validator's
+# keywords below skip the children it passes, so jsonschema walks only down to what is wrong
+# and says what that is. tests/test_validation.py checks it against jsonschema on mutated specs.
+_ANNOTATIONS = {"description", "default", "title", "$comment", "$schema", "$id", "$defs", "examples", WHY_KEY}
+_TYPES = {"integer": lambda x: type(x) is int, "number": lambda x: type(x) in (int, float),
+          "boolean": lambda x: type(x) is bool, "string": lambda x: type(x) is str, "null": lambda x: x is None,
+          "object": lambda x: type(x) is dict, "array": lambda x: type(x) is list}
+_NUMBER = (int, float)
 
 
-def simply_valid(value, schema: dict) -> bool:
-    """True when `value` certainly satisfies `schema`, a plain property schema (type, enum,
-    const, bounds); False when it does not, or when the schema is not plain: ask jsonschema."""
-    if not schema.keys() <= _SIMPLE_KEYWORDS or type(value) not in (int, float, bool, str, type(None)):
+def _same(value, choice) -> bool:
+    """enum and const, for scalars: equal and of one type (1 is not True, nor 1.0: conservative)."""
+    return type(value) is type(choice) and type(value) in (int, float, bool, str, type(None)) and value == choice
+
+
+def _extras_valid(value: dict, extra, schema: dict) -> bool:
+    if "patternProperties" in schema:
         return False
-    if number_fault(value):  # NaN, infinities, past 2**62: number_problems says so
+    props = schema.get("properties", {})
+    extras = [k for k in value if k not in props]
+    return not extras if extra is False else all(certainly_valid(value[k], extra) for k in extras)
+
+
+_CHECKS = {
+    "type": lambda v, want, s: any(_TYPES[t](v) for t in ([want] if isinstance(want, str) else want)
+                                   if t in _TYPES) and all(t in _TYPES for t in ([want] if isinstance(want, str) else want)),
+    "enum": lambda v, want, s: any(_same(v, c) for c in want),
+    "const": lambda v, want, s: _same(v, want),
+    "minimum": lambda v, want, s: type(v) not in _NUMBER or v >= want,
+    "maximum": lambda v, want, s: type(v) not in _NUMBER or v <= want,
+    "exclusiveMinimum": lambda v, want, s: type(v) not in _NUMBER or v > want,
+    "exclusiveMaximum": lambda v, want, s: type(v) not in _NUMBER or v < want,
+    "minLength": lambda v, want, s: type(v) is not str or len(v) >= want,
+    "maxLength": lambda v, want, s: type(v) is not str or len(v) <= want,
+    "pattern": lambda v, want, s: type(v) is not str or re.search(want, v) is not None,
+    "not": lambda v, want, s: set(want) == {"pattern"} and type(v) is str and re.search(want["pattern"], v) is None,
+    "minItems": lambda v, want, s: type(v) is not list or len(v) >= want,
+    "maxItems": lambda v, want, s: type(v) is not list or len(v) <= want,
+    "minProperties": lambda v, want, s: type(v) is not dict or len(v) >= want,
+    "maxProperties": lambda v, want, s: type(v) is not dict or len(v) <= want,
+    "required": lambda v, want, s: type(v) is not dict or all(k in v for k in want),
+    "properties": lambda v, want, s: type(v) is not dict or all(
+        certainly_valid(v[k], sub) for k, sub in want.items() if k in v),
+    "additionalProperties": lambda v, want, s: type(v) is not dict or want is True or _extras_valid(v, want, s),
+    "items": lambda v, want, s: type(v) is not list or "prefixItems" not in s and (
+        not v if want is False else all(certainly_valid(x, want) for x in v)),
+    "propertyNames": lambda v, want, s: type(v) is not dict or all(certainly_valid(k, want) for k in v),
+    "anyOf": lambda v, want, s: any(certainly_valid(v, sub) for sub in want),
+    "allOf": lambda v, want, s: all(certainly_valid(v, sub) for sub in want),
+    "x-dispatch": lambda v, want, s: type(v) is not dict or not isinstance(v.get("type"), str) or (
+        v["type"] not in want or certainly_valid(v, want[v["type"]])),
+    "$ref": lambda v, want, s: want.startswith("#/$defs/") and certainly_valid(v, _defs()[want[8:]]),
+}
+
+
+def certainly_valid(value, schema) -> bool:
+    """True when `value` satisfies `schema` for certain (module comment); also False for numbers
+    number_fault refuses (number_problems reports them)."""
+    if schema is True:
+        return True
+    if type(schema) is not dict or number_fault(value):
         return False
-    types = schema.get("type")
-    if types is not None:
-        types = [types] if isinstance(types, str) else types
-        if not all(t in _SIMPLE_TYPES for t in types) or not any(_SIMPLE_TYPES[t](value) for t in types):
+    for key, want in schema.items():
+        if key not in _ANNOTATIONS and (key not in _CHECKS or not _CHECKS[key](value, want, schema)):
             return False
-    if "enum" in schema and not any(type(value) is type(c) and value == c for c in schema["enum"]):
-        return False
-    if "const" in schema and not (type(value) is type(schema["const"]) and value == schema["const"]):
-        return False
-    if type(value) in (int, float):
-        if value != value:  # NaN passes every comparison; number_problems reports it
-            return False
-        for key, holds in (("minimum", lambda b: value >= b), ("maximum", lambda b: value <= b),
-                           ("exclusiveMinimum", lambda b: value > b), ("exclusiveMaximum", lambda b: value < b)):
-            if key in schema and not holds(schema[key]):
-                return False
     return True
 
 
-def simply_valid_mapping(value: dict, schema: dict) -> bool:
-    """True when `value` certainly satisfies `schema`, a plain object schema (its required keys,
-    no others, each value simply_valid); False: ask jsonschema."""
-    if not schema.keys() <= {"type", "additionalProperties", "properties", "required", "description"} or \
-            schema.get("type") != "object" or schema.get("additionalProperties") is not False:
-        return False
-    props = schema.get("properties", {})
-    return all(k in value for k in schema.get("required", ())) and \
-        all(k in props and simply_valid(v, props[k]) for k, v in value.items())
+def _defs() -> dict:
+    """The strict schema's $defs, which every schema archspec validates with refers into."""
+    from .schema import strict_schema  # here: schema/ imports nothing of this module, but later
+    return strict_schema()["$defs"]
+
+
+_DEFAULT = jsonschema.Draft202012Validator.VALIDATORS
+
+
+def _properties(validator, properties, instance, schema):
+    """properties, descending only into the values certainly_valid does not pass."""
+    if validator.is_type(instance, "object"):
+        for prop, sub in properties.items():
+            if prop in instance and not certainly_valid(instance[prop], sub):
+                yield from validator.descend(instance[prop], sub, path=prop, schema_path=prop)
+
+
+def _additional_properties(validator, extra, instance, schema):
+    """additionalProperties with a schema: only the values certainly_valid does not pass."""
+    if isinstance(extra, dict) and "patternProperties" not in schema and validator.is_type(instance, "object"):
+        props = schema.get("properties", {})
+        for key in instance:
+            if key not in props and not certainly_valid(instance[key], extra):
+                yield from validator.descend(instance[key], extra, path=key)
+        return
+    yield from _DEFAULT["additionalProperties"](validator, extra, instance, schema)
+
+
+def _items(validator, items, instance, schema):
+    """items with a schema: only the items certainly_valid does not pass."""
+    if isinstance(items, dict) and "prefixItems" not in schema and validator.is_type(instance, "array"):
+        for index, item in enumerate(instance):
+            if not certainly_valid(item, items):
+                yield from validator.descend(item, items, path=index)
+        return
+    yield from _DEFAULT["items"](validator, items, instance, schema)
+
+
+def _property_names(validator, names, instance, schema):
+    """propertyNames, the names certainly_valid passes left out."""
+    if validator.is_type(instance, "object") and all(certainly_valid(k, names) for k in instance):
+        return
+    yield from _DEFAULT["propertyNames"](validator, names, instance, schema)
 
 
 def _dispatch(validator, schemas: dict, instance, schema):
     """The `x-dispatch` keyword (schema/__init__.py): a mapping is checked against the schema its
     `type` names, and no other. (allOf of if/then, the plain form, tries every type's condition
     on every component: ten times the work on a spec of thousands of components.) An unknown or
-    missing type is the `enum` or `required` beside it. A component of plain values is checked
-    here (simply_valid_mapping); jsonschema takes the rest, and says what is wrong."""
+    missing type is the `enum` or `required` beside it."""
     kind = instance.get("type") if isinstance(instance, dict) else None
-    if isinstance(kind, str) and kind in schemas and not simply_valid_mapping(instance, schemas[kind]):
+    if isinstance(kind, str) and kind in schemas and not certainly_valid(instance, schemas[kind]):
         yield from validator.descend(instance, schemas[kind])
-
-
-_NAME_KEYWORDS = {"pattern", "maxLength", "minLength", "not"}
-_DEFAULT_PROPERTY_NAMES = jsonschema.Draft202012Validator.VALIDATORS["propertyNames"]
-
-
-def _property_names(validator, names_schema: dict, instance, schema):
-    """propertyNames, with the component names' plain schema (pattern, lengths, not a pattern)
-    checked by regular expressions first: jsonschema is asked only when a name fails them."""
-    plain = names_schema.keys() <= _NAME_KEYWORDS and (
-        "not" not in names_schema or names_schema["not"].keys() == {"pattern"})
-    if plain and isinstance(instance, dict) and all(_plain_name_ok(n, names_schema) for n in instance):
-        return
-    yield from _DEFAULT_PROPERTY_NAMES(validator, names_schema, instance, schema)
-
-
-def _plain_name_ok(name, s: dict) -> bool:
-    """Whether a name passes a plain string schema (jsonschema's pattern is re.search)."""
-    return (isinstance(name, str) and len(name) <= s.get("maxLength", len(name)) and len(name) >= s.get("minLength", 0)
-            and ("pattern" not in s or re.search(s["pattern"], name) is not None)
-            and ("not" not in s or re.search(s["not"]["pattern"], name) is None))
 
 
 # JSON Schema counts 4.0 as an integer; a size of 4.0 (e.g. `${d_model} * 1.5`) is not one here
 _Validator = jsonschema.validators.extend(
     jsonschema.Draft202012Validator,
-    validators={"x-dispatch": _dispatch, "propertyNames": _property_names},
+    validators={"x-dispatch": _dispatch, "propertyNames": _property_names, "properties": _properties,
+                "additionalProperties": _additional_properties, "items": _items},
     type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
         "integer", lambda _checker, x: isinstance(x, int) and not isinstance(x, bool)),
 )
@@ -118,6 +164,8 @@ def schema_problems(data: dict, doc: Document, schema: dict, base_path: Path = (
     left out: the number is one mistake."""
     loc_path = loc_path or (lambda p: p)
     problems = number_problems(data, doc, base_path, loc_path)
+    if not problems and certainly_valid(data, schema):  # the common case, without jsonschema
+        return []
     bad_numbers = {p.path for p in problems}
     validator = _validator(schema)
     for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
@@ -257,6 +305,9 @@ def _translate(error: jsonschema.ValidationError, doc: Document, base: Path, loc
                         key_where(path + (bad,)),
                         "use a name like 'attn' or 'A', or one character of * + = ~ ! @ # % & ^ -; "
                         f"at most {MAX_NAME_CHARS} characters")]
+    if v in ("maxItems", "maxProperties"):  # the counts of components and overrides (limits.py)
+        what = {"components": "components", "overrides": "overrides"}.get(path[-1] if path else None, "entries")
+        return [Problem(f"at most {schema[v]:,} {what}, got {len(inst):,}", path, where(path), schema.get(WHY_KEY))]
     if v in ("minItems", "minProperties", "minLength"):
         hint = EMPTY_HINTS.get(path[-1] if path else None)
         return [Problem("must not be empty", path, where(path), hint)]

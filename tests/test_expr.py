@@ -119,3 +119,27 @@ layout: "A F"
     [p] = found
     assert p.path == ("components", "F", "d_ff") and "expected an integer" in p.message
     assert "hi" not in capfd.readouterr().out
+
+
+def test_a_malformed_number_warns_nothing(recwarn):
+    """`3and` makes Python's parser warn (invalid decimal literal) on stderr: the expression is
+    reported as an error, and nothing else is printed (found by fuzzing, issue 17)."""
+    with pytest.raises(ExprError):
+        evaluate_arithmetic("64 * 3and 2")
+    assert [w for w in recwarn if issubclass(w.category, SyntaxWarning)] == []
+
+
+def test_a_long_chain_of_references_is_an_error_not_a_recursion_error(problems):
+    """v0 -> v1 -> ... -> v300, each defined before the next: resolving recursed 300 levels (a
+    RecursionError, exit 3; found by fuzzing, issue 17). References nest at most 64 deep."""
+    lines = ["vars:"] + [f'  v{i}: "${{v{i + 1}}}"' for i in range(300)] + ["  v300: 64"]
+    text = "\n".join(lines) + "\nmodel: {vocab_size: 256, d_model: '${v0}', max_seq_len: 128}\n" \
+        "components:\n  F: {type: mlp, d_ff: 128}\nlayout: F\n"
+    found = problems(text)
+    first = found[0]
+    assert first.path == ("vars", "v63") and first.loc.line == 65
+    assert first.message == "references nested more than 64 deep: vars.v0 -> vars.v1 -> ... -> vars.v63 -> vars.v64"
+    assert all("nested more than 64 deep" in p.message for p in found)
+    shallow = "\n".join(["vars:"] + [f'  v{i}: "${{v{i + 1}}}"' for i in range(60)] + ["  v60: 64"])
+    assert loads(shallow + "\nmodel: {vocab_size: 256, d_model: '${v0}', max_seq_len: 128}\n"
+                 "components:\n  F: {type: mlp, d_ff: 128}\nlayout: F\n").model.d_model == 64

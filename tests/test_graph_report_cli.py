@@ -473,3 +473,11 @@ def test_accounting_works_once_per_distinct_instance(monkeypatch):
     assert len(rep["components"]) == 1 + 3 * 1000 + 2 and rep["components"][1]["sublayer"] == 0
     overridden = {r["index"] for r in rep["sublayers"] if r["overrides"]}
     assert overridden == {0, 2, 4}
+
+
+def test_units_reach_the_sizes_the_limits_allow():
+    """A model at the limits has exabytes of state and 1e26 FLOPs: the table says so in
+    readable units (it printed '150000000000.00P')."""
+    from archspec.units import human, human_bytes
+    assert (human(1.5e26), human(9e18), human(2e15), human(999)) == ("150.00Y", "9.00E", "2.00P", "999")
+    assert (human_bytes(4e15), human_bytes(3.6e19), human_bytes(2**90)) == ("3.55 PiB", "31.23 EiB", "1024.00 YiB")

@@ -65,6 +65,7 @@ def test_last_matching_rule_wins():
     ("((A x 1000) x 1000)", "more than"), ("Q", "undefined layout symbol 'Q'"),
     # issue 17: a fraction (a float from an expression) is a count that is not whole, not a symbol '.5'
     ("(A F) x 2.5", "repetition count '2.5' at position 7 of the pattern '(A F) x 2.5' is not a whole number"),
+    ("(" * 3000 + "A" + ")" * 3000, "groups nested more than 32 deep at position 33"),  # was a RecursionError
     ("A x2.0", "repetition count '2.0'"),
 ])
 def test_bad_patterns(text, words):

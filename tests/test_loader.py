@@ -317,3 +317,8 @@ def test_symlink_loop_given_on_the_command_line_is_named(tmp_path):
     (tmp_path / "b.yaml").symlink_to(tmp_path / "a.yaml")
     p = one(tmp_path / "a.yaml", file_error=FileProblem)
     assert "is a symbolic link that loops back on itself" in p.message
+
+
+def test_extends_with_an_empty_list_is_an_error(write):
+    p = one(write("extends: []\nlayout: A\n"))
+    assert p.path == ("extends",) and p.message.endswith("(this list is empty)") and p.hint

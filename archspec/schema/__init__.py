@@ -79,7 +79,11 @@ RULE_LIMITS = {"layers": L.SUBLAYERS, "period": L.SUBLAYERS, "offset": L.SUBLAYE
 
 
 def _add_limits(schema: dict) -> None:
-    """Put MODEL_LIMITS and RULE_LIMITS into the base schema."""
+    """Put MODEL_LIMITS, RULE_LIMITS and the counts of components and overrides into the base
+    schema."""
+    props = schema["properties"]
+    props["components"].update({"maxProperties": L.COMPONENTS.value, L.WHY_KEY: L.COMPONENTS.why})
+    props["overrides"].update({"maxItems": L.OVERRIDES.value, L.WHY_KEY: L.OVERRIDES.why})
     for key, limit in MODEL_LIMITS.items():
         schema["$defs"]["model"]["properties"][key].update(limit.schema())
     rules = next(b for b in schema["$defs"]["layout"]["anyOf"] if b.get("type") == "object")

@@ -177,7 +177,21 @@ class MoM(Component):
 
     def own_param_count(self, cfg, model):
         """numel(own_param_shapes) without listing a tensor per memory."""
-        return numel(self._single(cfg, model)) + self._n_banks(cfg) * numel(self._per_memory(cfg, model))
+        single, per_memory = self._counts(cfg, model)
+        return single + self._n_banks(cfg) * per_memory
+
+    _COUNTS: dict = {}  # (the sizes the shapes depend on) -> counts: configs differing in routing share
+
+    def _counts(self, cfg, model) -> tuple[int, int]:
+        """(parameters outside the memories, parameters of one memory)."""
+        key = (model.d_model, cfg["n_heads"], cfg["key_dim"], cfg["value_dim"], cfg["head_v_dim"], cfg["n_memories"],
+               cfg["rule"], cfg["d_conv"], cfg["output_gate"])
+        found = self._COUNTS.get(key)
+        if found is None:
+            if len(self._COUNTS) > 4096:
+                self._COUNTS.clear()
+            found = self._COUNTS[key] = (numel(self._single(cfg, model)), numel(self._per_memory(cfg, model)))
+        return found
 
     def _n_banks(self, cfg) -> int:
         return cfg["n_memories"] + (1 if cfg["shared_memory"] else 0)
@@ -268,7 +282,7 @@ class MoM(Component):
     def own_active_param_count(self, cfg, model):
         """All of them but the routed memories' projections, of which topk of n_memories."""
         m = cfg["n_memories"]
-        routed = m * numel(self._per_memory(cfg, model))
+        routed = m * self._counts(cfg, model)[1]
         return self.own_param_count(cfg, model) - routed + routed * cfg["topk"] // m
 
     # --- kernels ---------------------------------------------------------------------------
