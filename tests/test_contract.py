@@ -94,7 +94,11 @@ COUNT_CASES = [(t, None) for t in LAYOUT_TYPES] + [
     ("mom", {"n_heads": 2, "head_dim": 16, "n_memories": 5, "topk": 3, "rule": rule, "shared_memory": shared,
              "output_gate": gate})
     for rule in ("gated_delta", "delta", "gla", "linear") for shared, gate in ((True, False), (False, True))] + [
-    ("moe", {"n_experts": 6, "topk": 2, "d_ff": 32, "n_shared_experts": 2})]
+    ("moe", {"n_experts": 6, "topk": 2, "d_ff": 32, "n_shared_experts": 2}),
+    ("moe", {"n_experts": 6, "topk": 2, "d_ff": 32, "n_shared_experts": 2, "shared_expert_gate": True}),
+    ("attention", {"n_heads": 4, "n_kv_heads": 2, "bias": "qkv", "qk_norm": "head"}),
+    ("attention", {"n_heads": 4, "qk_norm": "projection", "bias": True}),
+    ("mamba", {"d_state": 8, "inner_norms": True, "inner_norm_weights": False})]
 
 
 @pytest.mark.parametrize("type_name, config", COUNT_CASES, ids=[f"{t}-{c}" for t, c in COUNT_CASES])
@@ -257,15 +261,22 @@ DECODING_CASES = [
     # a sliding window's ring buffer (prompts longer and shorter than it), MQA
     *[(Sub("attention", c, label=label), 40, 1e-5) for label, c in [
         ("window", {"n_heads": 4, "n_kv_heads": 2, "window": 8}),
-        ("mqa-bias", {"n_heads": 4, "n_kv_heads": 1, "bias": True})]],
+        ("mqa-bias", {"n_heads": 4, "n_kv_heads": 1, "bias": True}),
+        # issue 19's options: q/k/v biases, QK-norms, partial rotary, soft-capped scores
+        # (with a window: the eager path's mask and the ring buffer)
+        ("qkv-bias-qk_norm-head", {"n_heads": 4, "n_kv_heads": 2, "bias": "qkv", "qk_norm": "head"}),
+        ("qk_norm-projection-rope_dims", {"n_heads": 4, "qk_norm": "projection", "rope_dims": 6}),
+        ("softcap-window", {"n_heads": 4, "n_kv_heads": 2, "window": 8, "logit_softcap": 0.5})]],
     # 40 tokens: for mamba2 two full chunks and a padded one
     *[(Sub(t, c, d_model=32), 40, 1e-5) for t, c in [
         ("mamba", {"d_state": 8}), ("mamba", {"d_state": 8, "inner_norms": True}),
+        ("mamba", {"d_state": 8, "inner_norms": True, "inner_norm_weights": False}),
         ("mamba2", {"d_state": 16, "head_dim": 16, "n_groups": 2, "chunk_size": 16})]],
     # the capacity limit counts the whole decoded length
     *[(Sub("moe", _moe(router=router, capacity_factor=cf), d_model=16, dtype="float64",
            label=f"router={router},capacity_factor={cf}"), 27, 1e-12)
       for router in ("token", "chunk") for cf in (None, 0.7)],
+    (Sub("moe", _moe(shared_expert_gate=True), d_model=16, dtype="float64", label="shared_expert_gate"), 27, 1e-12),
     *[(Sub("mom", {"n_heads": 2, "head_dim": 8, "n_memories": 4, "topk": 2, "chunk_size": 8, "rule": rule,
                    "capacity_factor": capacity}, d_model=32, max_seq_len=96, label=f"rule={rule},capacity={capacity}"),
        19, 1e-5)
