@@ -437,6 +437,15 @@ GRADCHECK_CASES = [
       for t in LAYOUT_TYPES for form in _module_class(t).forms if form in (_module_class(t).forms[0], "reference")],
     *[pytest.param(t, "fast", None, id=t) for t in NORM_TYPES],
     pytest.param("mamba", "fast", {"d_state": 8, "inner_norms": True}, id="mamba-inner_norms"),
+    pytest.param("mamba", "fast", {"d_state": 8, "inner_norms": True, "inner_norm_weights": False},
+                 id="mamba-weightless-inner_norms"),
+    # issue 19's attention options: the eager soft-capped path, QK-norms, partial rotary
+    pytest.param("attention", "fast", {"n_heads": 4, "n_kv_heads": 2, "bias": "qkv", "qk_norm": "head",
+                                       "rope_dims": 2, "logit_softcap": 1.0}, id="attention-issue19-head"),
+    pytest.param("attention", "fast", {"n_heads": 4, "qk_norm": "projection", "window": 3, "logit_softcap": 1.0},
+                 id="attention-issue19-projection"),
+    pytest.param("moe", "fast", {"n_experts": 4, "topk": 2, "d_ff": 8, "n_shared_experts": 1,
+                                 "shared_expert_gate": True}, id="moe-shared_expert_gate"),
 ]
 
 

@@ -127,7 +127,7 @@ def apply_partial_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) ->
 def softcapped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cap: float,
                          mask: torch.Tensor | None) -> torch.Tensor:
     """Gemma-2's eager attention: s = q k^T / sqrt(hd), s <- cap tanh(s / cap), masked (mask:
-    bool [Tq, Tk], True = kept; None: all kept), softmax in float32, times v. q [B, H, Tq, hd],
+    bool [Tq, Tk], True = kept; None: all kept), softmax in float32 (float64 stays), times v. q [B, H, Tq, hd],
     k, v [B, H_kv, Tk, hd] (each key/value head serves H / H_kv query heads)."""
     group = q.shape[1] // k.shape[1]
     if group > 1:
@@ -136,7 +136,7 @@ def softcapped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cap:
     scores = torch.tanh(scores / cap) * cap
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(q.dtype)
     return torch.matmul(probs, v)
 
 
