@@ -320,7 +320,8 @@ def _mamba_once(module, cfg, seq_len) -> int:
     """Saved once per forward, not per sequence: A = -exp(A_log) and its exp (2 x [E, N]
     float32); in low precision D's float32 copy and the inner norms' float32 weights."""
     low = module.in_proj.weight.dtype != torch.float32
-    norms = 4 * (module.dt_rank + 2 * module.d_state) if low and cfg.get("inner_norms") else 0
+    weights = cfg.get("inner_norms") and cfg.get("inner_norm_weights", True)  # none when weightless
+    norms = 4 * (module.dt_rank + 2 * module.d_state) if low and weights else 0
     return 2 * 4 * module.A_log.numel() + (4 * module.D.numel() if low else 0) + norms
 
 
@@ -343,7 +344,8 @@ def _nothing(module, cfg, seq_len) -> int:
 
 
 MAMBA = [({"d_state": 8}, (40,)), ({"d_state": 8, "d_conv": 3}, (2,)),
-         ({"d_state": 8, "inner_norms": True}, (40, 2))]
+         ({"d_state": 8, "inner_norms": True}, (40, 2)),
+         ({"d_state": 8, "inner_norms": True, "inner_norm_weights": False}, (40, 2))]
 MAMBA2 = [({"d_state": 16, "head_dim": 16, "n_groups": 2, "chunk_size": 16}, (40, 32)),  # padded, exact chunks
           ({"d_state": 16, "head_dim": 16, "chunk_size": 16, "dt_limit": [0.001, 1]}, (7,))]  # one chunk
 PKM = {"n_keys": 16, "n_heads": 2, "knn": 6, "k_dim": 16}
@@ -352,8 +354,20 @@ PKM = {"n_keys": 16, "n_heads": 2, "knn": 6, "k_dim": 16}
 # estimate, ratio bounds (lo, hi) of (measured - once) / estimate, None: equal). Not here: moe
 # and mom, whose estimates are not checked against autograd (mom's leaves out the rule's chunk
 # intermediates).
+def _softcap_once(module, cfg, t: int) -> int:
+    """The soft-capped path's bool mask [T, T], built once per forward."""
+    return t * t
+
+
 ACTIVATION_CASES = [
     (Sub("attention"), (16, 40), 2, _nothing, None),
+    # issue 19's options: q/k/v biases (nothing more), partial rotary, QK-norms, soft-capping
+    *[(Sub("attention", {"n_heads": 4, "n_kv_heads": 2, **c}, label=label), (16, 40), 2, once, None)
+      for label, c, once in [
+          ("qkv-bias", {"bias": "qkv"}, _nothing), ("rope_dims", {"rope_dims": 6}, _nothing),
+          ("qk_norm-head", {"qk_norm": "head"}, _nothing), ("qk_norm-projection", {"qk_norm": "projection"}, _nothing),
+          ("softcap-window", {"logit_softcap": 5.0, "window": 8}, _softcap_once),
+          ("softcap-qk_norm-rope_dims", {"logit_softcap": 5.0, "qk_norm": "head", "rope_dims": 6}, _softcap_once)]],
     *[(Sub("mlp", dtype=dtype), (16, 40), 2, _nothing, None) for dtype in ("float32", "bfloat16")],
     *[(Sub("mamba", c, d_model=32, dtype=dtype), lens, 2, _mamba_once, None)
       for c, lens in MAMBA for dtype in ("float32", "bfloat16")],

@@ -204,5 +204,24 @@ class Attention(Component):
         # transpose+reshape is a view): H hd; and SDPA's float32 log-sum-exp, one per head.
         # Not per sequence, so not counted: the sliding-window float mask [T, T] and, in low
         # precision, the cos/sin tables cast to the model dtype.
-        elems = model.d_model + 2 * (h + hkv) * hd
-        return seq_len * (elems * model.dtype_bytes + 4 * h)
+        nb, t = model.dtype_bytes, seq_len
+        if cfg.get("logit_softcap") is not None:
+            # The eager soft-capped path (measured as above): x; q, and k and v as the matmuls
+            # get them (repeated to H heads under GQA; the un-repeated ones are not saved): 3 H hd;
+            # o_proj's input, a contiguous copy of the attention output: H hd; per query-key pair
+            # and head, all T^2 of them, 8 bytes: tanh's output and the float32 softmax output (in
+            # low precision 4 + 2 for the cast probabilities matmul saves, and tanh's 2). Not per
+            # sequence: the bool mask [T, T].
+            total = t * (model.d_model + 4 * h * hd) * nb + 8 * h * t * t
+        else:
+            elems = model.d_model + 2 * (h + hkv) * hd
+            total = t * (elems * nb + 4 * h)
+            if rope_width(cfg) and rope_width(cfg) < hd:
+                # partial rotary concatenates q: SDPA then lays its output out [B, H, T, hd], so
+                # o_proj's input is a copy of it, saved beside it
+                total += t * h * hd * nb
+        if cfg.get("qk_norm") is not None:
+            # each float32 RMSNorm saves its float32 input, x / rms and 1 / rms per group
+            groups = (h + hkv) if cfg["qk_norm"] == "head" else 2
+            total += t * 4 * (2 * (h + hkv) * hd + groups)
+        return total

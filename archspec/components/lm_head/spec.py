@@ -28,5 +28,7 @@ class LMHead(Component):
         return Flops(matmul=2 * seq_len * model.d_model * model.vocab_size, other=cap)
 
     def own_activation_bytes(self, cfg, model, seq_len):
-        # its input, and the logits the cross-entropy keeps (in float32)
-        return seq_len * (model.d_model * model.dtype_bytes + model.vocab_size * 4)
+        # its input, and the logits the cross-entropy keeps (in float32); soft-capped, also
+        # tanh's output (its backward reads it), in the model dtype
+        capped = model.vocab_size * model.dtype_bytes if model.logit_softcap is not None else 0
+        return seq_len * (model.d_model * model.dtype_bytes + model.vocab_size * 4 + capped)

@@ -203,10 +203,13 @@ class Mamba(Component):
         # Bm, Cm (2N) themselves. In low precision the norms save float32 copies of their inputs
         # (R + 2N), the scan's float32 copies of Bm, Cm are counted above, and x_proj's output
         # is no longer saved. Per forward, not counted: the weights' float32 copies.
+        # Weightless (Falcon-Mamba): no weight to differentiate, so x / rms is not saved; the
+        # float32 input (read in place in float32) and 1 / rms are.
         if not cfg["inner_norms"]:
             return 0
         _, _, n, r, _ = self._dims(cfg, model)
         nb = model.dtype_bytes
+        per_element = 8 if cfg["inner_norm_weights"] else 4
         if nb == 4:
-            return 8 * (r + 2 * n) + 3 * 4
-        return 8 * (r + 2 * n) + 3 * 4 + nb * r - nb * (r + 2 * n)
+            return per_element * (r + 2 * n) + 3 * 4
+        return per_element * (r + 2 * n) + 3 * 4 + nb * r - nb * (r + 2 * n)
