@@ -94,10 +94,7 @@ class Block(nn.Module):
         self.norm = norm
         self.members = nn.ModuleDict(members)
         self.gates = nn.Parameter(torch.empty(len(members))) if len(members) > 1 else None
-        if post_norm is not None:
-            self.post_norm = post_norm
-        else:
-            self.post_norm = None
+        self.post_norm = post_norm  # the sandwich norm (model: post_norm), or None
 
     def reset_gates(self) -> None:
         if self.gates is not None:
@@ -151,7 +148,6 @@ class Block(nn.Module):
         for gate, member in zip(self.gates[:-1], members[:-1]):
             out = out + gate.to(x.dtype) * member(h, ctx)
         return out, self.gates[-1].to(x.dtype) * members[-1](h, ctx)
-
 
     def _sandwiched(self, run) -> torch.Tensor:
         """post_norm(sum_j g_j run(name_j, member_j)) (no gate for one member): the update of a
