@@ -127,7 +127,7 @@ def test_model_softcap_of_zero_is_located(problems):
           F: {type: mlp}
         layout: F
         """)
-    assert_located(found, key="logit_softcap", at=1)
+    assert_located(found, key="logit_softcap", at=1, hint_words="null (the default) turns it off")
 
 
 def test_softcap_is_bounded(problems):
