@@ -8,7 +8,8 @@ Conventions (also printed by the report):
     seq_len). Causal attention counts the query-key pairs the mask keeps, T(T+1)/2 per head
     (`causal_attention='dense'` counts T^2 as FlopCounterMode does).
   * Training FLOPs per token = 3 x forward (the backward pass costs twice the forward).
-  * Embedding parameters = the token embedding; head = the untied LM head (0 when tied);
+  * Embedding parameters = the token embedding (and the learned position table, with
+    model: learned_positions); head = the untied LM head (0 when tied);
     non-embedding = total - embedding - head. Tied weights are counted once.
   * Inference state: bytes kept per sequence after seq_len tokens (KV cache, recurrent state).
   * Activation memory: bytes the reference path saves for backward, per sequence, without

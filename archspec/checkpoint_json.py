@@ -276,6 +276,10 @@ def _count(tree: dict) -> int:
 
 
 # --- the model, the build, the weights' aliases ---------------------------------------------------
+# model settings newer than the format's first files (issue 19's published-model options)
+MODEL_FIELDS_ADDED_LATER = frozenset({"learned_positions", "scale_embeddings", "logit_softcap", "post_norm"})
+
+
 def _model(r: _Reader, data: dict) -> ModelConfig | None:
     raw = r.get(data, "model", dict, ())
     if raw is None:
@@ -284,6 +288,8 @@ def _model(r: _Reader, data: dict) -> ModelConfig | None:
     fields = [f.name for f in dataclasses.fields(ModelConfig)]
     schema = _model_schema()
     for name in fields:
+        if name in MODEL_FIELDS_ADDED_LATER:
+            continue  # absent from older files: the default (what those models had)
         if name not in raw and name not in schema["required"]:  # the schema reports those
             r.problem(("model",), f"missing key '{name}'")
     r.unknown_keys(raw, fields, ("model",))

@@ -298,7 +298,7 @@ def cmd_components(args) -> int:
         if key == "type":
             continue
         kind = prop.get("enum") or prop.get("type", "")
-        kind = "|".join(map(str, kind)) if isinstance(kind, list) else kind
+        kind = "|".join(k if isinstance(k, str) else json.dumps(k) for k in kind) if isinstance(kind, list) else kind
         default = "required" if key in required else (
             f"default {json.dumps(prop['default'])}" if "default" in prop else "derived")
         print(f"  {key:<16} {kind:<24} {default:<22} {prop.get('description', '')}")

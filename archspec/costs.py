@@ -9,9 +9,11 @@ from dataclasses import dataclass
 # per element, stated once: components and ops import these rather than restating them
 SOFTMAX_FLOPS_PER_ELEMENT = 5   # scale, subtract the row max, exp, sum, divide
 ROPE_FLOPS_PER_ELEMENT = 3      # x cos + rotate(x) sin: two multiplies, an add
+SOFTCAP_FLOPS_PER_ELEMENT = 3   # c tanh(x / c): divide, tanh, multiply
 # silu = x / (1 + exp(-x)): negate+exp, add, divide, multiply; gelu = 0.5 x (1 + erf(x / sqrt 2)):
-# scale, erf, add, two multiplies; relu: a compare
-ACTIVATION_FLOPS = {"silu": 4, "gelu": 5, "relu": 1}
+# scale, erf, add, two multiplies; relu: a compare; gelu_tanh = 0.5 x (1 + tanh(sqrt(2/pi) (x +
+# 0.044715 x^3))): x^3 (2), its scale (1), the add (1), the scale (1), tanh, the add, two multiplies
+ACTIVATION_FLOPS = {"silu": 4, "gelu": 5, "relu": 1, "gelu_tanh": 9}
 SOFTPLUS_FLOPS_PER_ELEMENT = 3  # exp, add, log
 # RMSNorm, y = x / sqrt(mean(x^2) + eps) * w: square, sum, scale and weight per element, and the
 # mean's division and the eps add once per normalised group (row)

@@ -16,7 +16,7 @@ import math
 import networkx as nx
 
 from .accounting import Accounting, account
-from .plan import EMBEDDING, FINAL_NORM, HEAD, MEMBER, NORM, RESIDUAL, SHARED, Node, Plan
+from .plan import EMBEDDING, FINAL_NORM, HEAD, MEMBER, NORM, POST_NORM, RESIDUAL, SHARED, Node, Plan
 from .spec import ResolvedSpec
 
 
@@ -61,9 +61,12 @@ def _edges(the_plan: Plan):
         (norm,) = [n.name for n in nodes if n.role == NORM]
         (res,) = [n.name for n in nodes if n.role == RESIDUAL]
         yield prev, norm, "data"
+        post = [n.name for n in nodes if n.role == POST_NORM]
         for member in (n for n in nodes if n.role == MEMBER):
             yield norm, member.name, "data"
-            yield member.name, res, "data"
+            yield member.name, (post or [res])[0], "data"
+        if post:
+            yield post[0], res, "data"
         yield prev, res, "residual"
         prev = res
     (final,) = the_plan.with_role(FINAL_NORM)

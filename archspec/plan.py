@@ -6,6 +6,8 @@ formats or parses node names.
     for each sublayer i:
         sublayers.i.norm              role 'norm'        module 'sublayers.i.norm'
         sublayers.i.<symbol>          role 'member'      module 'sublayers.i.members.<symbol>'
+        sublayers.i.post_norm         role 'post_norm'   module 'sublayers.i.post_norm' (only with
+                                                         model: post_norm, the sandwich norm)
         sublayers.i.residual          role 'residual'    module 'sublayers.i' (the gates of a
                                                          parallel group: 'sublayers.i.gates')
     shared.<key>                      role 'shared'      module 'shared.<key>' (weights several
@@ -27,8 +29,9 @@ from .spec import NORM_NAME, ComponentInstance, ResolvedSpec
 
 EMBEDDING, NORM, MEMBER, RESIDUAL, SHARED, FINAL_NORM, HEAD, CHILD = (
     "embedding", "norm", "member", "residual", "shared", "final_norm", "head", "child")
-ROLES = (EMBEDDING, NORM, MEMBER, RESIDUAL, SHARED, FINAL_NORM, HEAD)  # the plan's own nodes
-CONFIGURABLE = (NORM, MEMBER, FINAL_NORM)  # nodes whose backend the spec or the caller chooses
+POST_NORM = "post_norm"
+ROLES = (EMBEDDING, NORM, MEMBER, POST_NORM, RESIDUAL, SHARED, FINAL_NORM, HEAD)  # the plan's own nodes
+CONFIGURABLE = (NORM, MEMBER, POST_NORM, FINAL_NORM)  # nodes whose backend the spec or the caller chooses
 
 
 @dataclass(frozen=True, slots=True)  # slots: a deep model has hundreds of thousands of nodes
@@ -114,6 +117,9 @@ def plan(spec: ResolvedSpec) -> Plan:
             name, path = f"{prefix}.{m.name}", member_path(sub.index, m.name)
             nodes.append(Node(name, MEMBER, m, path, sub.index, m.name, reads_shared=keys,
                               children=_children(m, model, name, path, sub.index, children[id(m)])))
+        if model.post_norm:
+            nodes.append(Node(f"{prefix}.post_norm", POST_NORM, spec.norm, f"{prefix}.post_norm", sub.index,
+                              NORM_NAME))
         shape = (sub.parallel, len(sub.members))
         if shape not in residuals:
             residuals[shape] = _model_part("residual", {"gated": shape[0], "members": shape[1]})

@@ -196,7 +196,10 @@ def _model_config(data: dict, n_sublayers: int) -> C.base.ModelConfig:
     return C.base.ModelConfig(
         vocab_size=m["vocab_size"], d_model=m["d_model"], max_seq_len=m["max_seq_len"],
         dtype=m["dtype"], tie_embeddings=m["tie_embeddings"], init_std=float(m["init_std"]), n_sublayers=n_sublayers,
-        name=m.get("name") or "model")
+        name=m.get("name") or "model", learned_positions=m.get("learned_positions", False),
+        scale_embeddings=m.get("scale_embeddings", False),
+        logit_softcap=None if m.get("logit_softcap") is None else float(m["logit_softcap"]),
+        post_norm=m.get("post_norm", False))
 
 
 def _fill_defaults(type_name: str, written: dict) -> dict:

@@ -293,6 +293,8 @@ def _translate(error: jsonschema.ValidationError, doc: Document, base: Path, loc
         op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[v]
         bound = schema[v]
         hint = "sizes and counts must be positive" if op in (">=", ">") and bound in (0, 1) else None
+        if hint and "null" in (schema.get("type") or []) and schema.get("default", 0) is None:  # a soft-cap
+            hint = "it must be positive; null (the default) turns it off"
         if op in ("<=", "<"):  # every maximum says why it is there (archspec/limits.py)
             hint = schema.get(WHY_KEY)
             return [Problem(f"must be {op} {_number(bound)}, got {_number(inst)}", path, where(path), hint)]

@@ -94,7 +94,11 @@ COUNT_CASES = [(t, None) for t in LAYOUT_TYPES] + [
     ("mom", {"n_heads": 2, "head_dim": 16, "n_memories": 5, "topk": 3, "rule": rule, "shared_memory": shared,
              "output_gate": gate})
     for rule in ("gated_delta", "delta", "gla", "linear") for shared, gate in ((True, False), (False, True))] + [
-    ("moe", {"n_experts": 6, "topk": 2, "d_ff": 32, "n_shared_experts": 2})]
+    ("moe", {"n_experts": 6, "topk": 2, "d_ff": 32, "n_shared_experts": 2}),
+    ("moe", {"n_experts": 6, "topk": 2, "d_ff": 32, "n_shared_experts": 2, "shared_expert_gate": True}),
+    ("attention", {"n_heads": 4, "n_kv_heads": 2, "bias": "qkv", "qk_norm": "head"}),
+    ("attention", {"n_heads": 4, "qk_norm": "projection", "bias": True}),
+    ("mamba", {"d_state": 8, "inner_norms": True, "inner_norm_weights": False})]
 
 
 @pytest.mark.parametrize("type_name, config", COUNT_CASES, ids=[f"{t}-{c}" for t, c in COUNT_CASES])
@@ -257,15 +261,22 @@ DECODING_CASES = [
     # a sliding window's ring buffer (prompts longer and shorter than it), MQA
     *[(Sub("attention", c, label=label), 40, 1e-5) for label, c in [
         ("window", {"n_heads": 4, "n_kv_heads": 2, "window": 8}),
-        ("mqa-bias", {"n_heads": 4, "n_kv_heads": 1, "bias": True})]],
+        ("mqa-bias", {"n_heads": 4, "n_kv_heads": 1, "bias": True}),
+        # issue 19's options: q/k/v biases, QK-norms, partial rotary, soft-capped scores
+        # (with a window: the eager path's mask and the ring buffer)
+        ("qkv-bias-qk_norm-head", {"n_heads": 4, "n_kv_heads": 2, "bias": "qkv", "qk_norm": "head"}),
+        ("qk_norm-projection-rope_dims", {"n_heads": 4, "qk_norm": "projection", "rope_dims": 6}),
+        ("softcap-window", {"n_heads": 4, "n_kv_heads": 2, "window": 8, "logit_softcap": 0.5})]],
     # 40 tokens: for mamba2 two full chunks and a padded one
     *[(Sub(t, c, d_model=32), 40, 1e-5) for t, c in [
         ("mamba", {"d_state": 8}), ("mamba", {"d_state": 8, "inner_norms": True}),
+        ("mamba", {"d_state": 8, "inner_norms": True, "inner_norm_weights": False}),
         ("mamba2", {"d_state": 16, "head_dim": 16, "n_groups": 2, "chunk_size": 16})]],
     # the capacity limit counts the whole decoded length
     *[(Sub("moe", _moe(router=router, capacity_factor=cf), d_model=16, dtype="float64",
            label=f"router={router},capacity_factor={cf}"), 27, 1e-12)
       for router in ("token", "chunk") for cf in (None, 0.7)],
+    (Sub("moe", _moe(shared_expert_gate=True), d_model=16, dtype="float64", label="shared_expert_gate"), 27, 1e-12),
     *[(Sub("mom", {"n_heads": 2, "head_dim": 8, "n_memories": 4, "topk": 2, "chunk_size": 8, "rule": rule,
                    "capacity_factor": capacity}, d_model=32, max_seq_len=96, label=f"rule={rule},capacity={capacity}"),
        19, 1e-5)
@@ -309,7 +320,8 @@ def _mamba_once(module, cfg, seq_len) -> int:
     """Saved once per forward, not per sequence: A = -exp(A_log) and its exp (2 x [E, N]
     float32); in low precision D's float32 copy and the inner norms' float32 weights."""
     low = module.in_proj.weight.dtype != torch.float32
-    norms = 4 * (module.dt_rank + 2 * module.d_state) if low and cfg.get("inner_norms") else 0
+    weights = cfg.get("inner_norms") and cfg.get("inner_norm_weights", True)  # none when weightless
+    norms = 4 * (module.dt_rank + 2 * module.d_state) if low and weights else 0
     return 2 * 4 * module.A_log.numel() + (4 * module.D.numel() if low else 0) + norms
 
 
@@ -332,7 +344,8 @@ def _nothing(module, cfg, seq_len) -> int:
 
 
 MAMBA = [({"d_state": 8}, (40,)), ({"d_state": 8, "d_conv": 3}, (2,)),
-         ({"d_state": 8, "inner_norms": True}, (40, 2))]
+         ({"d_state": 8, "inner_norms": True}, (40, 2)),
+         ({"d_state": 8, "inner_norms": True, "inner_norm_weights": False}, (40, 2))]
 MAMBA2 = [({"d_state": 16, "head_dim": 16, "n_groups": 2, "chunk_size": 16}, (40, 32)),  # padded, exact chunks
           ({"d_state": 16, "head_dim": 16, "chunk_size": 16, "dt_limit": [0.001, 1]}, (7,))]  # one chunk
 PKM = {"n_keys": 16, "n_heads": 2, "knn": 6, "k_dim": 16}
@@ -341,8 +354,20 @@ PKM = {"n_keys": 16, "n_heads": 2, "knn": 6, "k_dim": 16}
 # estimate, ratio bounds (lo, hi) of (measured - once) / estimate, None: equal). Not here: moe
 # and mom, whose estimates are not checked against autograd (mom's leaves out the rule's chunk
 # intermediates).
+def _softcap_once(module, cfg, t: int) -> int:
+    """The soft-capped path's bool mask [T, T], built once per forward."""
+    return t * t
+
+
 ACTIVATION_CASES = [
     (Sub("attention"), (16, 40), 2, _nothing, None),
+    # issue 19's options: q/k/v biases (nothing more), partial rotary, QK-norms, soft-capping
+    *[(Sub("attention", {"n_heads": 4, "n_kv_heads": 2, **c}, label=label), (16, 40), 2, once, None)
+      for label, c, once in [
+          ("qkv-bias", {"bias": "qkv"}, _nothing), ("rope_dims", {"rope_dims": 6}, _nothing),
+          ("qk_norm-head", {"qk_norm": "head"}, _nothing), ("qk_norm-projection", {"qk_norm": "projection"}, _nothing),
+          ("softcap-window", {"logit_softcap": 5.0, "window": 8}, _softcap_once),
+          ("softcap-qk_norm-rope_dims", {"logit_softcap": 5.0, "qk_norm": "head", "rope_dims": 6}, _softcap_once)]],
     *[(Sub("mlp", dtype=dtype), (16, 40), 2, _nothing, None) for dtype in ("float32", "bfloat16")],
     *[(Sub("mamba", c, d_model=32, dtype=dtype), lens, 2, _mamba_once, None)
       for c, lens in MAMBA for dtype in ("float32", "bfloat16")],
@@ -426,6 +451,15 @@ GRADCHECK_CASES = [
       for t in LAYOUT_TYPES for form in _module_class(t).forms if form in (_module_class(t).forms[0], "reference")],
     *[pytest.param(t, "fast", None, id=t) for t in NORM_TYPES],
     pytest.param("mamba", "fast", {"d_state": 8, "inner_norms": True}, id="mamba-inner_norms"),
+    pytest.param("mamba", "fast", {"d_state": 8, "inner_norms": True, "inner_norm_weights": False},
+                 id="mamba-weightless-inner_norms"),
+    # issue 19's attention options: the eager soft-capped path, QK-norms, partial rotary
+    pytest.param("attention", "fast", {"n_heads": 4, "n_kv_heads": 2, "bias": "qkv", "qk_norm": "head",
+                                       "rope_dims": 2, "logit_softcap": 1.0}, id="attention-issue19-head"),
+    pytest.param("attention", "fast", {"n_heads": 4, "qk_norm": "projection", "window": 3, "logit_softcap": 1.0},
+                 id="attention-issue19-projection"),
+    pytest.param("moe", "fast", {"n_experts": 4, "topk": 2, "d_ff": 8, "n_shared_experts": 1,
+                                 "shared_expert_gate": True}, id="moe-shared_expert_gate"),
 ]
 
 

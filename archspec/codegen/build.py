@@ -30,7 +30,7 @@ from ..components.base import DTYPE_BYTES, Backend, Component
 from ..components.modules import DTYPE_NAMES, TORCH_DTYPES
 from ..errors import BuildRefused, KernelFallbackWarning
 from ..ops import triton_support
-from ..plan import EMBEDDING, FINAL_NORM, HEAD, MEMBER, NORM, SHARED, Node, Plan, plan
+from ..plan import EMBEDDING, FINAL_NORM, HEAD, MEMBER, NORM, POST_NORM, SHARED, Node, Plan, plan
 from ..spec import ResolvedSpec
 from ..units import human_bytes
 from .model import BackendChoice, Block, CausalLM
@@ -87,7 +87,9 @@ def _construct(the_plan: Plan, override, device: torch.device, dtype: torch.dtyp
     for sub in spec.sublayers:
         nodes = the_plan.of_sublayer(sub.index)
         (norm,) = [n for n in nodes if n.role == NORM]
-        blocks.append(Block(modules[norm.name], {n.symbol: modules[n.name] for n in nodes if n.role == MEMBER}))
+        post = [modules[n.name] for n in nodes if n.role == POST_NORM]
+        blocks.append(Block(modules[norm.name], {n.symbol: modules[n.name] for n in nodes if n.role == MEMBER},
+                            *post))
     shared = {n.shared_key: n.component.build_shared(n.shared_key, n.instance.config, model_cfg)
               for n in the_plan.with_role(SHARED)}
     (embedding,), (final_norm,), (head,) = (the_plan.with_role(r) for r in (EMBEDDING, FINAL_NORM, HEAD))

@@ -3,6 +3,8 @@
     tokens [B, T] -> embedding -> sublayers -> final norm -> LM head -> logits [B, T, V]
     sublayer i:  x <- x + f(norm(x))                       (one member)
                  x <- x + sum_j g_j f_j(norm(x))           (parallel group; gates g init 1)
+    model: post_norm (sandwich, Gemma-2): the update passes a second norm of its own before
+    the add, x <- x + post_norm(f(norm(x))) (of the gated sum in a parallel group).
 
 `labels` [B, T] are the targets of each position (already shifted; -100 is ignored). The
 output carries the LM loss, the sum of the components' auxiliary losses, and their total.
@@ -85,13 +87,14 @@ class ModelOutput:
 
 
 class Block(nn.Module):
-    """One pre-norm residual sublayer."""
+    """One pre-norm residual sublayer (with `post_norm`, a sandwich: the update normed too)."""
 
-    def __init__(self, norm: nn.Module, members: dict[str, nn.Module]):
+    def __init__(self, norm: nn.Module, members: dict[str, nn.Module], post_norm: nn.Module | None = None):
         super().__init__()
         self.norm = norm
         self.members = nn.ModuleDict(members)
         self.gates = nn.Parameter(torch.empty(len(members))) if len(members) > 1 else None
+        self.post_norm = post_norm  # the sandwich norm (model: post_norm), or None
 
     def reset_gates(self) -> None:
         if self.gates is not None:
@@ -99,6 +102,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         h = self.norm(x)
+        if self.post_norm is not None:
+            return x + self._sandwiched(lambda name, member: member(h, ctx))
         if self.gates is None:
             (member,) = self.members.values()
             return x + member(h, ctx)
@@ -118,6 +123,8 @@ class Block(nn.Module):
     def _decode(self, x: torch.Tensor, states: dict, ctx: ForwardContext, how: str) -> torch.Tensor:
         """x + sum_j g_j f_j(norm(x)) (no gate for one member), f_j = member.<how>."""
         h = self.norm(x)
+        if self.post_norm is not None:
+            return x + self._sandwiched(lambda name, member: getattr(member, how)(h, states[name], ctx))
         if self.gates is None:
             ((name, member),) = self.members.items()
             return x + getattr(member, how)(h, states[name], ctx)
@@ -131,6 +138,8 @@ class Block(nn.Module):
         """(x', delta'): the stream x + delta (added by the norm's kernel) and this sublayer's
         update, whose sum x' + delta' is what `forward(x + delta)` returns."""
         h, x = self.norm.forward_add(x, delta)
+        if self.post_norm is not None:
+            return x, self._sandwiched(lambda name, member: member(h, ctx))
         if self.gates is None:
             (member,) = self.members.values()
             return x, member(h, ctx)
@@ -139,6 +148,19 @@ class Block(nn.Module):
         for gate, member in zip(self.gates[:-1], members[:-1]):
             out = out + gate.to(x.dtype) * member(h, ctx)
         return out, self.gates[-1].to(x.dtype) * members[-1](h, ctx)
+
+    def _sandwiched(self, run) -> torch.Tensor:
+        """post_norm(sum_j g_j run(name_j, member_j)) (no gate for one member): the update of a
+        sandwich-normed sublayer."""
+        if self.gates is None:
+            ((name, member),) = self.members.items()
+            return self.post_norm(run(name, member))
+        out = None
+        for gate, (name, member) in zip(self.gates, self.members.items()):
+            y = run(name, member)
+            y = gate.to(y.dtype) * y
+            out = y if out is None else out + y
+        return self.post_norm(out)
 
 
 class CausalLM(nn.Module):
@@ -193,7 +215,7 @@ class CausalLM(nn.Module):
     def step(self, tokens_t: torch.Tensor, state: "ModelState") -> torch.Tensor:
         """tokens_t [B] at position state.pos -> logits [B, V] of the next token."""
         state.check(tokens_t.shape[0], state.pos + 1)
-        logits = self._decode(self.embedding(tokens_t), state, "step")
+        logits = self._decode(self.embedding(tokens_t, state.pos), state, "step")
         state.pos += 1
         return logits
 

@@ -35,6 +35,12 @@ class ModelConfig:
     init_std: float = 0.02
     n_sublayers: int = 1
     name: str = "model"
+    # the published models' options (docs/spec.md): a learned position table in the embedding,
+    # its output times sqrt(d_model), c tanh(logits / c) in the head, a norm after each sublayer
+    learned_positions: bool = False
+    scale_embeddings: bool = False
+    logit_softcap: float | None = None
+    post_norm: bool = False
 
     @property
     def dtype_bytes(self) -> int:

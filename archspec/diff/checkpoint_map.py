@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from ..accounting import Accounting
-from ..plan import MEMBER, NORM, RESIDUAL, Node, Plan
+from ..plan import MEMBER, NORM, POST_NORM, RESIDUAL, Node, Plan
 
 COMPAT_KINDS = ("unchanged", "renamed", "reshaped", "new", "removed")
 _SHAPE_COLUMN = {"unchanged": 1, "renamed": 2, "reshaped": 3, "new": 1, "removed": 1}  # B's shape
@@ -130,9 +130,10 @@ def _node_targets(plan_a: Plan, plan_b: Plan, member_pairs: dict) -> dict[str, N
     targets: dict[str, Node] = {}
     for (i, j), mps in member_pairs.items():
         a_nodes, b_nodes = plan_a.of_sublayer(i), plan_b.of_sublayer(j)
-        for role in (NORM, RESIDUAL):
-            (a,), (b,) = ([n for n in nodes if n.role == role] for nodes in (a_nodes, b_nodes))
-            targets[a.name] = b
+        for role in (NORM, POST_NORM, RESIDUAL):
+            found = [[n for n in nodes if n.role == role] for nodes in (a_nodes, b_nodes)]
+            if all(found):  # a post norm (model: post_norm) maps when both models have one
+                targets[found[0][0].name] = found[1][0]
         b_members = {n.symbol: n for n in b_nodes if n.role == MEMBER}
         for a in (n for n in a_nodes if n.role == MEMBER):
             for ma, mb in mps:

@@ -74,7 +74,8 @@ def _plain_dispatch(node):
 
 # maxima of the model's settings and the layout's counts, from archspec/limits.py (one place
 # for every limit and its reason; spec.base.schema.json holds the rest of the model's schema)
-MODEL_LIMITS = {"vocab_size": L.VOCAB, "d_model": L.D_MODEL, "max_seq_len": L.SEQ_LEN, "init_std": L.INIT_STD}
+MODEL_LIMITS = {"vocab_size": L.VOCAB, "d_model": L.D_MODEL, "max_seq_len": L.SEQ_LEN, "init_std": L.INIT_STD,
+                "logit_softcap": L.SOFTCAP}
 RULE_LIMITS = {"layers": L.SUBLAYERS, "period": L.SUBLAYERS, "offset": L.SUBLAYERS}
 
 

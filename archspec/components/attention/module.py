@@ -7,26 +7,37 @@ import torch
 from torch import nn
 
 from ..base import ModelConfig
-from ..modules import ComponentModule, fresh, state_device_dtype
+from ..modules import ComponentModule, at_least_float32, fresh, state_device_dtype
 
 
 class AttentionProjections(ComponentModule):
     """The q/k/v/o projections and RoPE tables of the attention components (attention,
     sparse_attention): q = x W_q^T [B, H, T, hd]; k = x W_k^T, v = x W_v^T [B, H_kv, T, hd];
     RoPE rotates q and k at their absolute positions; out = o W_o^T with o [B, T, H hd].
-    Initialisation: W_q, W_k, W_v ~ N(0, init_std), W_o ~ N(0, out_proj_std), biases 0."""
+    With `qk_norm` (attention's option; spec.py), q and k are RMS-normalised per head or over
+    the projection before RoPE; with `rope_dims` RoPE rotates only the first rope_dims values of
+    each head. Initialisation: W_q, W_k, W_v ~ N(0, init_std), W_o ~ N(0, out_proj_std), biases
+    0, QK-norm weights 1."""
 
     def __init__(self, cfg: dict, model: ModelConfig):
         super().__init__()
         d, hd = model.d_model, cfg["head_dim"]
         self.n_heads, self.n_kv_heads, self.head_dim = cfg["n_heads"], cfg["n_kv_heads"], hd
         self.use_rope, self.theta = cfg["rope"], float(cfg["rope_theta"])
+        self.rope_dims = cfg.get("rope_dims") or hd
         self.max_seq_len = model.max_seq_len
         self.std, self.out_std = model.init_std, model.out_proj_std
-        self.q_proj = nn.Linear(d, self.n_heads * hd, bias=cfg["bias"])
-        self.k_proj = nn.Linear(d, self.n_kv_heads * hd, bias=cfg["bias"])
-        self.v_proj = nn.Linear(d, self.n_kv_heads * hd, bias=cfg["bias"])
-        self.o_proj = nn.Linear(self.n_heads * hd, d, bias=cfg["bias"])
+        qkv_bias = bool(cfg["bias"])  # true or "qkv"
+        self.q_proj = nn.Linear(d, self.n_heads * hd, bias=qkv_bias)
+        self.k_proj = nn.Linear(d, self.n_kv_heads * hd, bias=qkv_bias)
+        self.v_proj = nn.Linear(d, self.n_kv_heads * hd, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.n_heads * hd, d, bias=cfg["bias"] is True)
+        self.qk_norm = cfg.get("qk_norm")
+        if self.qk_norm is not None:
+            self.qk_norm_eps = float(cfg["qk_norm_eps"])
+            per_head = self.qk_norm == "head"
+            self.q_norm = _NormWeight(hd if per_head else self.n_heads * hd)
+            self.k_norm = _NormWeight(hd if per_head else self.n_kv_heads * hd)
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
 
@@ -37,7 +48,10 @@ class AttentionProjections(ComponentModule):
         for lin in (self.q_proj, self.k_proj, self.v_proj, self.o_proj):
             if lin.bias is not None:
                 nn.init.zeros_(lin.bias)
-        self.rope_cos, self.rope_sin = rope_tables(self.max_seq_len, self.head_dim, self.theta,
+        if self.qk_norm is not None:
+            nn.init.ones_(self.q_norm.weight)
+            nn.init.ones_(self.k_norm.weight)
+        self.rope_cos, self.rope_sin = rope_tables(self.max_seq_len, self.rope_dims, self.theta,
                                                    self.q_proj.weight.device)
 
     def rope_tables_for(self, device, t: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,21 +60,41 @@ class AttentionProjections(ComponentModule):
         visibly wrong at positions in the thousands."""
         cos = self.rope_cos
         if not (cos.dtype == torch.float32 and cos.device == device and cos.shape[0] >= t):
-            self.rope_cos, self.rope_sin = rope_tables(max(self.max_seq_len, t), self.head_dim,
+            self.rope_cos, self.rope_sin = rope_tables(max(self.max_seq_len, t), self.rope_dims,
                                                        self.theta, device)
         return self.rope_cos, self.rope_sin
 
     def qkv(self, x: torch.Tensor, start: int = 0):
         """q [B, H, T, hd], k, v [B, H_kv, T, hd] for positions start .. start + T - 1."""
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = self.q_proj(x), self.k_proj(x)
+        if self.qk_norm == "projection":
+            q, k = self._norm(q, self.q_norm), self._norm(k, self.k_norm)
+        q = q.view(b, t, self.n_heads, self.head_dim)
+        k = k.view(b, t, self.n_kv_heads, self.head_dim)
+        if self.qk_norm == "head":
+            q, k = self._norm(q, self.q_norm), self._norm(k, self.k_norm)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if self.use_rope:
             cos, sin = self.rope_tables_for(x.device, start + t)
             cos, sin = cos[start:start + t], sin[start:start + t]
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q, k = apply_partial_rope(q, cos, sin), apply_partial_rope(k, cos, sin)
         return q, k, v
+
+    def _norm(self, x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+        """RMSNorm over the last dimension in float32 (float64 stays), cast back (OLMoE, Qwen3)."""
+        y = nn.functional.rms_norm(at_least_float32(x), (x.shape[-1],), at_least_float32(norm.weight),
+                                   self.qk_norm_eps)
+        return y.to(x.dtype)
+
+
+class _NormWeight(nn.Module):
+    """Holds a QK-norm's weight under the published name ('q_norm.weight')."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(size))
 
 
 def rope_tables(max_len: int, head_dim: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,6 +116,30 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x * cos[:t].to(x.dtype) + rotated * sin[:t].to(x.dtype))
 
 
+def apply_partial_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on the first cos.shape[-1] values of each head of x [B, H, T, hd]; the rest pass."""
+    r = cos.shape[-1]
+    if r == x.shape[-1]:
+        return apply_rope(x, cos, sin)
+    return torch.cat([apply_rope(x[..., :r], cos, sin), x[..., r:]], dim=-1)
+
+
+def softcapped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cap: float,
+                         mask: torch.Tensor | None) -> torch.Tensor:
+    """Gemma-2's eager attention: s = q k^T / sqrt(hd), s <- cap tanh(s / cap), masked (mask:
+    bool [Tq, Tk], True = kept; None: all kept), softmax in float32 (float64 stays), times v. q [B, H, Tq, hd],
+    k, v [B, H_kv, Tk, hd] (each key/value head serves H / H_kv query heads)."""
+    group = q.shape[1] // k.shape[1]
+    if group > 1:
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    scores = torch.tanh(scores / cap) * cap
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(q.dtype)
+    return torch.matmul(probs, v)
+
+
 def sliding_window_mask(t: int, window: int, device) -> torch.Tensor:
     """[T, T] bool: query i sees keys j with i - window < j <= i."""
     i = torch.arange(t, device=device)[:, None]
@@ -93,6 +151,7 @@ class AttentionModule(AttentionProjections):
     def __init__(self, cfg: dict, model: ModelConfig):
         super().__init__(cfg, model)
         self.window = cfg["window"]
+        self.softcap = None if cfg["logit_softcap"] is None else float(cfg["logit_softcap"])
 
     def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
         b, t, _ = x.shape
@@ -126,6 +185,9 @@ class AttentionModule(AttentionProjections):
         state.write(k, v, p)
         state.pos = p + 1
         n = min(p + 1, state.k.shape[2])
+        if self.softcap is not None:
+            o = softcapped_attention(q, state.k[:, :, :n], state.v[:, :, :n], self.softcap, None)
+            return self.o_proj(o.reshape(b, self.n_heads * self.head_dim))
         o = nn.functional.scaled_dot_product_attention(
             q, state.k[:, :, :n], state.v[:, :, :n], enable_gqa=self.n_kv_heads != self.n_heads)
         return self.o_proj(o.reshape(b, self.n_heads * self.head_dim))
@@ -133,6 +195,9 @@ class AttentionModule(AttentionProjections):
     def _attend(self, q, k, v, t: int) -> torch.Tensor:
         """SDPA over q [B, H, T, hd], k, v [B, H_kv, T, hd], causal and windowed."""
         gqa = self.n_kv_heads != self.n_heads
+        if self.softcap is not None:
+            window = t if self.window is None else self.window
+            return softcapped_attention(q, k, v, self.softcap, sliding_window_mask(t, window, q.device))
         if self.window is None or self.window >= t:
             return nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         return nn.functional.scaled_dot_product_attention(

@@ -9,16 +9,31 @@
 An optional `window` keeps only the last `window` keys of each query (sliding window). The
 reference path is torch's scaled_dot_product_attention (SDPA).
 
+Options of the published models (attention only; sparse_attention shares the projections):
+  * `bias: qkv`: biases on q, k, v but not on the output projection (Qwen2/2.5, Qwen1.5-MoE);
+    `bias: true` puts one on all four.
+  * `qk_norm: head` (Qwen3, Gemma3): q, k <- RMSNorm over each head's hd values, weights
+    q_norm.weight, k_norm.weight [hd]; `qk_norm: projection` (OLMoE, OLMo-2): over the whole
+    projection before the split into heads, weights [H hd] and [H_kv hd]. Float32, eps
+    `qk_norm_eps`, weights init 1.
+  * `rope_dims: r` (partial rotary, even, <= hd): RoPE rotates the first r values of each head
+    (rotate-half within them, frequencies theta^(-2i/r)) and passes the rest through.
+  * `logit_softcap: c` (Gemma-2): scores s = q k^T / sqrt(hd) <- c tanh(s / c) before the mask
+    and the softmax (float32). SDPA has no such hook, so this path computes the two matmuls
+    itself (the same count FlopCounterMode gives SDPA: 4 hd H T^2 for T queries).
+
 FLOPs for one sequence: projections 2 T d hd (2H + 2H_kv); scores and values 4 hd H P, where
 P is the number of query-key pairs (see FlopConvention: T(T+1)/2 causal by default);
-elementwise: softmax 5 per pair and head, RoPE 3 per rotated element.
+elementwise: softmax 5 per pair and head, RoPE 3 per rotated element, soft-capping 3 per pair
+and head (divide, tanh, multiply), QK-norm 4 per element + 2 per normalised group.
 Inference state: the KV cache, 2 H_kv hd min(T, window) elements per sequence.
 Activation memory (saved for backward) per token: (d + 2 (H + H_kv) hd) elements (input; q, k
 after RoPE, v; the attention output) plus a float32 log-sum-exp per head.
 """
 from __future__ import annotations
 
-from ...costs import ROPE_FLOPS_PER_ELEMENT, SOFTMAX_FLOPS_PER_ELEMENT
+from ...costs import (RMSNORM_FLOPS_PER_ELEMENT, RMSNORM_FLOPS_PER_GROUP, ROPE_FLOPS_PER_ELEMENT,
+                      SOFTCAP_FLOPS_PER_ELEMENT, SOFTMAX_FLOPS_PER_ELEMENT)
 from ... import limits as L
 from ..base import CheckIssue, Component, Flops, ModelConfig, register
 
@@ -44,16 +59,48 @@ def derive_heads(cfg: dict, model: ModelConfig) -> dict:
     return cfg
 
 
+# attention's own options beside HEADS_SCHEMA (module docstring)
+OPTIONS_SCHEMA = {
+    "bias": {"enum": [True, False, "qkv"], "default": False,
+             "description": "biases on q/k/v/o (true), on q/k/v only (qkv: Qwen2), or none"},
+    "qk_norm": {"enum": [None, "head", "projection"], "default": None,
+                "description": "RMSNorm on q and k: per head (Qwen3, Gemma3) or over the whole "
+                               "projection (OLMoE); null: none"},
+    "qk_norm_eps": {"type": "number", "exclusiveMinimum": 0, **L.EPS.schema(), "default": 1e-5,
+                    "description": "eps of the QK-norms"},
+    "rope_dims": {"type": ["integer", "null"], "minimum": 2, **L.HEAD_DIM.schema(), "default": None,
+                  "description": "partial rotary: RoPE on the first rope_dims values of each head "
+                                 "(even, <= head_dim); null: all of them"},
+    "logit_softcap": {"type": ["number", "null"], "exclusiveMinimum": 0, **L.SOFTCAP.schema(),
+                      "default": None,
+                      "description": "soft-cap the attention scores: c tanh(s / c) (Gemma-2: 50); "
+                                     "null: none"},
+}
+
+
 def projection_shapes(cfg: dict, model: ModelConfig) -> dict:
-    """W_q [H hd, d], W_k, W_v [H_kv hd, d], W_o [d, H hd] (and their biases)."""
+    """W_q [H hd, d], W_k, W_v [H_kv hd, d], W_o [d, H hd] (and their biases: all four with
+    `bias: true`, q/k/v with `bias: qkv`), and the QK-norm weights."""
     d, hd = model.d_model, cfg["head_dim"]
     q, kv = cfg["n_heads"] * hd, cfg["n_kv_heads"] * hd
     shapes = {"q_proj.weight": (q, d), "k_proj.weight": (kv, d), "v_proj.weight": (kv, d),
               "o_proj.weight": (d, q)}
     if cfg["bias"]:
-        shapes.update({"q_proj.bias": (q,), "k_proj.bias": (kv,), "v_proj.bias": (kv,),
-                       "o_proj.bias": (d,)})
+        shapes.update({"q_proj.bias": (q,), "k_proj.bias": (kv,), "v_proj.bias": (kv,)})
+    if cfg["bias"] is True:
+        shapes["o_proj.bias"] = (d,)
+    qk_norm = cfg.get("qk_norm")
+    if qk_norm is not None:
+        shapes.update({"q_norm.weight": (hd if qk_norm == "head" else q,),
+                       "k_norm.weight": (hd if qk_norm == "head" else kv,)})
     return shapes
+
+
+def rope_width(cfg: dict) -> int:
+    """How many values of each head RoPE rotates (0 without RoPE)."""
+    if not cfg["rope"]:
+        return 0
+    return cfg.get("rope_dims") or cfg["head_dim"]
 
 
 def check_heads(cfg: dict, model: ModelConfig, written: frozenset) -> list[CheckIssue]:
@@ -72,9 +119,28 @@ def check_heads(cfg: dict, model: ModelConfig, written: frozenset) -> list[Check
                                  "each key/value head serves n_heads / n_kv_heads query heads; "
                                  "pick a divisor of n_heads"))
     head_dim_known = "head_dim" in written or model.d_model % h == 0
-    if cfg["rope"] and head_dim_known and cfg["head_dim"] % 2:
+    if cfg["rope"] and head_dim_known and cfg["head_dim"] % 2 and cfg.get("rope_dims") is None:
         issues.append(CheckIssue("head_dim", f"RoPE needs an even head_dim, got {cfg['head_dim']}",
                                  "use an even head_dim or set `rope: false`"))
+    return issues
+
+
+def check_options(cfg: dict, model: ModelConfig, written: frozenset) -> list[CheckIssue]:
+    """Partial rotary dims even and within the head, and only with RoPE."""
+    issues = []
+    r = cfg["rope_dims"]
+    if r is None:
+        return issues
+    if not cfg["rope"]:
+        issues.append(CheckIssue("rope_dims", "rope_dims is set but `rope: false`",
+                                 "drop rope_dims, or set `rope: true`"))
+    if r % 2:
+        issues.append(CheckIssue("rope_dims", f"rope_dims={r} is odd: RoPE rotates pairs of values",
+                                 f"use an even number, e.g. {r - 1}"))
+    if r > cfg["head_dim"]:
+        issues.append(CheckIssue("rope_dims", f"rope_dims={r} exceeds head_dim={cfg['head_dim']}",
+                                 f"rotate at most the whole head: rope_dims <= {cfg['head_dim']}, or "
+                                 "null for all of it"))
     return issues
 
 
@@ -86,6 +152,7 @@ class Attention(Component):
     schema = {
         "properties": {
             **HEADS_SCHEMA,
+            **OPTIONS_SCHEMA,
             "window": {"type": ["integer", "null"], "minimum": 1, **L.SEQ_LEN.schema(), "default": None,
                        "description": "sliding window in tokens (null = full causal)"},
         },
@@ -97,7 +164,7 @@ class Attention(Component):
         return derive_heads(cfg, model)
 
     def check(self, cfg, model, written=frozenset()):
-        issues = check_heads(cfg, model, written)
+        issues = check_heads(cfg, model, written) + check_options(cfg, model, written)
         if cfg["window"] is not None and cfg["window"] > model.max_seq_len:
             issues.append(CheckIssue("window", f"window={cfg['window']} exceeds max_seq_len="
                                      f"{model.max_seq_len}",
@@ -111,10 +178,16 @@ class Attention(Component):
         d, hd, h, hkv = model.d_model, cfg["head_dim"], cfg["n_heads"], cfg["n_kv_heads"]
         pairs = conv.pairs(seq_len, cfg["window"])
         other = SOFTMAX_FLOPS_PER_ELEMENT * h * pairs
-        if cfg["rope"]:
-            other += ROPE_FLOPS_PER_ELEMENT * seq_len * (h + hkv) * hd
+        other += ROPE_FLOPS_PER_ELEMENT * seq_len * (h + hkv) * rope_width(cfg)
         if cfg["bias"]:
-            other += seq_len * ((h + 2 * hkv) * hd + d)
+            other += seq_len * (h + 2 * hkv) * hd
+        if cfg["bias"] is True:
+            other += seq_len * d
+        if cfg["qk_norm"] is not None:
+            groups = (h + hkv) if cfg["qk_norm"] == "head" else 2
+            other += seq_len * (RMSNORM_FLOPS_PER_ELEMENT * (h + hkv) * hd + RMSNORM_FLOPS_PER_GROUP * groups)
+        if cfg["logit_softcap"] is not None:
+            other += SOFTCAP_FLOPS_PER_ELEMENT * h * pairs
         return Flops(matmul=2 * seq_len * d * hd * (2 * h + 2 * hkv),
                      attention=4 * hd * h * pairs, other=other)
 
@@ -131,5 +204,24 @@ class Attention(Component):
         # transpose+reshape is a view): H hd; and SDPA's float32 log-sum-exp, one per head.
         # Not per sequence, so not counted: the sliding-window float mask [T, T] and, in low
         # precision, the cos/sin tables cast to the model dtype.
-        elems = model.d_model + 2 * (h + hkv) * hd
-        return seq_len * (elems * model.dtype_bytes + 4 * h)
+        nb, t = model.dtype_bytes, seq_len
+        if cfg.get("logit_softcap") is not None:
+            # The eager soft-capped path (measured as above): x; q, and k and v as the matmuls
+            # get them (repeated to H heads under GQA; the un-repeated ones are not saved): 3 H hd;
+            # o_proj's input, a contiguous copy of the attention output: H hd; per query-key pair
+            # and head, all T^2 of them, 8 bytes: tanh's output and the float32 softmax output (in
+            # low precision 4 + 2 for the cast probabilities matmul saves, and tanh's 2). Not per
+            # sequence: the bool mask [T, T].
+            total = t * (model.d_model + 4 * h * hd) * nb + 8 * h * t * t
+        else:
+            elems = model.d_model + 2 * (h + hkv) * hd
+            total = t * (elems * nb + 4 * h)
+            if rope_width(cfg) and rope_width(cfg) < hd:
+                # partial rotary concatenates q: SDPA then lays its output out [B, H, T, hd], so
+                # o_proj's input is a copy of it, saved beside it
+                total += t * h * hd * nb
+        if cfg.get("qk_norm") is not None:
+            # each float32 RMSNorm saves its float32 input, x / rms and 1 / rms per group
+            groups = (h + hkv) if cfg["qk_norm"] == "head" else 2
+            total += t * 4 * (2 * (h + hkv) * hd + groups)
+        return total

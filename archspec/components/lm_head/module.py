@@ -13,6 +13,7 @@ class LMHeadModule(ComponentModule):
         super().__init__()
         self.init_std = model.init_std
         self.tied = model.tie_embeddings
+        self.softcap = model.logit_softcap
         if not self.tied:
             self.weight = nn.Parameter(torch.empty(model.vocab_size, model.d_model))
 
@@ -21,4 +22,7 @@ class LMHeadModule(ComponentModule):
             nn.init.normal_(self.weight, mean=0.0, std=self.init_std)
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        return nn.functional.linear(x, self.weight if weight is None else weight)
+        logits = nn.functional.linear(x, self.weight if weight is None else weight)
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits

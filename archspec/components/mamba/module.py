@@ -38,7 +38,7 @@ class MambaModule(ComponentModule):
         self.D = nn.Parameter(torch.empty(e))
         self.out_proj = nn.Linear(e, d, bias=cfg["bias"])
         self.inner_norm_eps = float(cfg["inner_norm_eps"]) if cfg["inner_norms"] else None
-        if cfg["inner_norms"]:
+        if cfg["inner_norms"] and cfg["inner_norm_weights"]:
             self.dt_layernorm = _ScaleOnly(r)
             self.b_layernorm = _ScaleOnly(n)
             self.c_layernorm = _ScaleOnly(n)
@@ -62,23 +62,24 @@ class MambaModule(ComponentModule):
         a = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device)
         self.A_log.copy_(torch.log(a).expand(self.inner, -1))
         nn.init.ones_(self.D)
-        if self.inner_norm_eps is not None:
+        if self.inner_norm_eps is not None and self.cfg["inner_norm_weights"]:
             for norm in (self.dt_layernorm, self.b_layernorm, self.c_layernorm):
                 nn.init.ones_(norm.weight)
 
-    def _inner_norm(self, v: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    def _inner_norm(self, v: torch.Tensor, name: str) -> torch.Tensor:
         # float32 as archspec's RMSNorm (Jamba's casts back before the scale: same to rounding);
-        # float64 stays float64
-        y = nn.functional.rms_norm(at_least_float32(v), (v.shape[-1],), at_least_float32(norm.weight),
-                                   self.inner_norm_eps)
+        # float64 stays float64. Weightless (Falcon-Mamba): no scale.
+        norm = getattr(self, name, None)
+        weight = None if norm is None else at_least_float32(norm.weight)
+        y = nn.functional.rms_norm(at_least_float32(v), (v.shape[-1],), weight, self.inner_norm_eps)
         return y.to(v.dtype)
 
     def _ssm_inputs(self, u: torch.Tensor):
         dt0, b, c = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         if self.inner_norm_eps is not None:
-            dt0 = self._inner_norm(dt0, self.dt_layernorm)
-            b = self._inner_norm(b, self.b_layernorm)
-            c = self._inner_norm(c, self.c_layernorm)
+            dt0 = self._inner_norm(dt0, "dt_layernorm")
+            b = self._inner_norm(b, "b_layernorm")
+            c = self._inner_norm(c, "c_layernorm")
         dt = nn.functional.softplus(at_least_float32(self.dt_proj(dt0)))
         return dt, -torch.exp(at_least_float32(self.A_log)), b, c
 

@@ -6,7 +6,8 @@
     u = silu(causal depthwise conv_k(u0) + b_conv)       conv1d.weight: [E, 1, k]
     [dt0, Bm, Cm] = u W_x^T                              W_x: [R + 2N, E]  -> [B, T, R], [B, T, N] x 2
     (inner_norms: dt0, Bm, Cm = rmsnorm(dt0), rmsnorm(Bm), rmsnorm(Cm), each with its own
-     weight [R], [N], [N], as Jamba's Mamba layers)
+     weight [R], [N], [N], as Jamba's Mamba layers; with inner_norm_weights: false without
+     weights, x / sqrt(mean(x^2) + eps), as Falcon-Mamba's)
     dt = softplus(dt0 W_dt^T + b_dt)                     W_dt: [E, R]      -> [B, T, E]
     A = -exp(A_log)                                      A_log: [E, N]
     h_t = exp(dt_t A) * h_{t-1} + (dt_t u_t) Bm_t        h: [B, E, N] (float32)
@@ -14,7 +15,7 @@
     out = (y * silu(z)) W_out^T                          W_out: [d, E]     -> [B, T, d]
 
 Parameters: 3 d E + E (k + 2R + 3N + 3) with the conv bias and no linear biases (d = 768:
-3,770,880), + R + 2N with inner_norms (weights init 1).
+3,770,880), + R + 2N with inner_norms (weights init 1; none when weightless).
 Initialisation as the reference: A_log = log(1..N) in every row; D = 1; b_dt the
 inverse softplus of dt ~ log-uniform in [dt_min, dt_max], floored at dt_init_floor; W_dt
 uniform in +-dt_scale R^-1/2 (or that constant); the conv torch's default for Conv1d;
@@ -31,7 +32,7 @@ FLOPs for one sequence (1 FLOP = one multiply or one add; exp, log = 1 each):
           the scan, selective_scan_flops (~8 per token, channel and state: see that module,
           and how it compares with the authors' 9 B L E N); the gate y silu(z): 5 per channel
           and token; linear biases when enabled; inner_norms, 4 (R + 2N) + 6 per token (three
-          RMSNorms, as archspec/components/rmsnorm.py counts them).
+          RMSNorms, as archspec/components/rmsnorm.py counts them), 3 (R + 2N) + 6 weightless.
 Inference state per sequence: the conv's last k - 1 inputs, (k - 1) E in the model dtype, and
 h, E N in float32.
 """
@@ -39,7 +40,7 @@ from __future__ import annotations
 
 import math
 
-from ...costs import ACTIVATION_FLOPS, RMSNORM_FLOPS_PER_GROUP, SOFTPLUS_FLOPS_PER_ELEMENT
+from ...costs import ACTIVATION_FLOPS, RMSNORM_FLOPS_PER_ELEMENT, RMSNORM_FLOPS_PER_GROUP, SOFTPLUS_FLOPS_PER_ELEMENT
 from ...ops.conv import conv_flops
 from ...ops.ssm import SCAN_CHUNK, selective_scan_flops
 from ... import limits as L
@@ -110,6 +111,9 @@ class Mamba(Component):
             "inner_norms": {"type": "boolean", "default": False,
                             "description": "RMSNorms (learned scale, init 1) on dt0, B and C after "
                                            "x_proj, as Jamba's Mamba layers"},
+            "inner_norm_weights": {"type": "boolean", "default": True,
+                                   "description": "the inner RMSNorms learn a scale (Jamba); false: "
+                                                  "weightless (Falcon-Mamba)"},
             "inner_norm_eps": {"type": "number", "exclusiveMinimum": 0, **L.EPS.schema(), "default": 1e-6,
                                "description": "eps of the inner RMSNorms (Jamba: 1e-6)"},
         },
@@ -122,7 +126,11 @@ class Mamba(Component):
         return cfg
 
     def check(self, cfg, model, written=frozenset()):
-        return check_inner_width(cfg, model) + check_dt_range(cfg, written)
+        issues = check_inner_width(cfg, model) + check_dt_range(cfg, written)
+        if not cfg["inner_norms"] and "inner_norm_weights" in written:
+            issues.append(CheckIssue("inner_norm_weights", "inner_norm_weights is set but inner_norms "
+                                     "is false", "set inner_norms: true, or drop inner_norm_weights"))
+        return issues
 
     @staticmethod
     def _dims(cfg, model):
@@ -140,7 +148,7 @@ class Mamba(Component):
                        "A_log": (e, n), "D": (e,), "out_proj.weight": (d, e)})
         if cfg["bias"]:
             shapes["out_proj.bias"] = (d,)
-        if cfg["inner_norms"]:
+        if cfg["inner_norms"] and cfg["inner_norm_weights"]:
             shapes.update({"dt_layernorm.weight": (r,), "b_layernorm.weight": (n,), "c_layernorm.weight": (n,)})
         return shapes
 
@@ -154,7 +162,8 @@ class Mamba(Component):
         if cfg["bias"]:
             other += t * (2 * e + d)
         if cfg["inner_norms"]:
-            other += t * (4 * (r + 2 * n) + 3 * RMSNORM_FLOPS_PER_GROUP)
+            per_element = RMSNORM_FLOPS_PER_ELEMENT - (0 if cfg["inner_norm_weights"] else 1)  # no weight
+            other += t * (per_element * (r + 2 * n) + 3 * RMSNORM_FLOPS_PER_GROUP)
         return Flops(matmul=matmul, other=other)
 
     def own_notes(self, cfg, model):
@@ -194,10 +203,13 @@ class Mamba(Component):
         # Bm, Cm (2N) themselves. In low precision the norms save float32 copies of their inputs
         # (R + 2N), the scan's float32 copies of Bm, Cm are counted above, and x_proj's output
         # is no longer saved. Per forward, not counted: the weights' float32 copies.
+        # Weightless (Falcon-Mamba): no weight to differentiate, so x / rms is not saved; the
+        # float32 input (read in place in float32) and 1 / rms are.
         if not cfg["inner_norms"]:
             return 0
         _, _, n, r, _ = self._dims(cfg, model)
         nb = model.dtype_bytes
+        per_element = 8 if cfg["inner_norm_weights"] else 4
         if nb == 4:
-            return 8 * (r + 2 * n) + 3 * 4
-        return 8 * (r + 2 * n) + 3 * 4 + nb * r - nb * (r + 2 * n)
+            return per_element * (r + 2 * n) + 3 * 4
+        return per_element * (r + 2 * n) + 3 * 4 + nb * r - nb * (r + 2 * n)

@@ -9,7 +9,13 @@ from ..modules import ComponentModule
 from .spec import ACTIVATIONS
 
 
-TORCH_ACTIVATIONS = {"silu": nn.functional.silu, "gelu": nn.functional.gelu, "relu": nn.functional.relu}
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GeLU's tanh approximation (GPT-2's gelu_new, Gemma's gelu_pytorch_tanh)."""
+    return nn.functional.gelu(x, approximate="tanh")
+
+
+TORCH_ACTIVATIONS = {"silu": nn.functional.silu, "gelu": nn.functional.gelu, "relu": nn.functional.relu,
+                     "gelu_tanh": gelu_tanh}
 
 
 class MLPModule(ComponentModule):

@@ -1,5 +1,8 @@
 """Feed-forward MLP, gated (SwiGLU, GeGLU) or plain (GeLU, ReLU, SiLU).
 
+`gelu_tanh` (GPT-2's gelu_new) and `geglu_tanh` (Gemma's gated form) use the tanh approximation
+gelu(x) ~ 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), 9 FLOPs per element.
+
 Gated (Shazeer, 2020):   y = W_down( act(W_gate x) * (W_up x) )
 Plain:                   y = W_down( act(W_up x) )
     x: [B, T, d];  W_gate, W_up: [d_ff, d];  W_down: [d, d_ff]
@@ -17,19 +20,21 @@ from ...costs import ACTIVATION_FLOPS
 from ... import limits as L
 from ..base import CheckIssue, Component, Flops, register
 
-ACTIVATIONS = {"swiglu": ("silu", True), "geglu": ("gelu", True),
-               "silu": ("silu", False), "gelu": ("gelu", False), "relu": ("relu", False)}
+ACTIVATIONS = {"swiglu": ("silu", True), "geglu": ("gelu", True), "geglu_tanh": ("gelu_tanh", True),
+               "silu": ("silu", False), "gelu": ("gelu", False), "gelu_tanh": ("gelu_tanh", False),
+               "relu": ("relu", False)}
 
 
 @register
 class MLP(Component):
     type = "mlp"
     module = "archspec.components.mlp.module:MLPModule"
-    summary = "feed-forward network (SwiGLU / GeGLU / GeLU / ReLU / SiLU)"
+    summary = "feed-forward network (SwiGLU / GeGLU / GeLU / ReLU / SiLU; tanh-approximate GeLU)"
     schema = {
         "properties": {
             "activation": {"enum": sorted(ACTIVATIONS), "default": "swiglu",
-                           "description": "gated (swiglu, geglu) or plain (gelu, relu, silu)"},
+                           "description": "gated (swiglu, geglu, geglu_tanh) or plain (gelu, gelu_tanh, relu, "
+                                          "silu); _tanh: the tanh approximation of GeLU"},
             "d_ff": {"type": "integer", "minimum": 1, **L.WIDTH.schema(),
                      "description": "hidden width; default 8d/3 rounded up to multiple_of when "
                                     "gated, else 4d"},

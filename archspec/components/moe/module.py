@@ -37,6 +37,10 @@ class MoEModule(ComponentModule):
         self.experts.up_proj = nn.Parameter(torch.empty(e, f, d))
         self.experts.down_proj = nn.Parameter(torch.empty(e, d, f))
         self.shared = build_child(get(MoE.type).children(cfg, model).get("shared"), model)
+        if cfg["shared_expert_gate"]:
+            self.shared_expert_gate = nn.Linear(d, 1, bias=False)
+        else:
+            self.shared_expert_gate = None
 
     @torch.no_grad()
     def reset_parameters(self):
@@ -48,6 +52,8 @@ class MoEModule(ComponentModule):
         nn.init.normal_(self.experts.down_proj, std=self.out_std)
         if self.shared is not None:
             self.shared.reset_parameters()
+        if self.shared_expert_gate is not None:
+            nn.init.normal_(self.shared_expert_gate.weight, std=self.std)
 
     def _weights(self):
         ex = self.experts
@@ -120,8 +126,15 @@ class MoEModule(ComponentModule):
             y = O.grouped_experts(flat, self.assignments(x, routing, limit), *self._weights(), self.act)
         y = y.view(b, t, d)
         if self.shared is not None:
-            y = y + self.shared(x)
+            y = y + self._shared(x)
         return y
+
+    def _shared(self, x: torch.Tensor) -> torch.Tensor:
+        """The shared experts on x [..., d], scaled by their sigmoid gate when there is one."""
+        out = self.shared(x)
+        if self.shared_expert_gate is not None:
+            out = torch.sigmoid(self.shared_expert_gate(x)) * out
+        return out
 
     def _aux_losses(self, routing: dict, ctx, dtype) -> None:
         if self.aux_scale and self.router_kind != "expert_choice":
@@ -200,7 +213,7 @@ class MoEModule(ComponentModule):
         combine = torch.zeros(chosen.shape, dtype=weights.dtype, device=x_t.device).scatter_(1, idx, weights)
         y = O.dense_experts(x_t, combine * chosen, *self._weights(), self.act)
         if self.shared is not None:
-            y = y + self.shared(x_t)
+            y = y + self._shared(x_t)
         return y
 
 

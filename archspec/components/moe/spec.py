@@ -8,6 +8,7 @@ chunk-level routing after Hydra, arXiv 2508.15099, made causal; expert choice, Z
     y_t = sum_{e in S(t)} w_e(t) expert_e(x_t) + shared(x_t)
         shared = one gated MLP of width n_s f_s (n_s experts of width f_s side by side: the same
         function and parameters as n_s separate ones summed)
+    shared_expert_gate (Qwen1.5/2-MoE): shared(x_t) <- sigmoid(x_t W_sg^T) shared(x_t), W_sg [1, d]
 
 Routers (`router`):
   * token (default, causal): r = x_t; (w, S(t)) = top-k(p_t); renormalize: w <- w / sum w.
@@ -42,7 +43,8 @@ Auxiliary losses (ctx.add_aux_loss, summed over layers; from the routing before 
   moe_z_loss = z_loss_scale * mean_t logsumexp(l_t)^2   (ST-MoE; per token, a chunk's value
       counted for each of its tokens)
 
-Parameters: E d (router) + [d (router_start, chunk router)] + 3 E d f + 3 d n_s f_s.
+Parameters: E d (router) + [d (router_start, chunk router)] + 3 E d f + 3 d n_s f_s
+[+ d (shared_expert_gate)].
 Active per token: router (+ start) + k experts (expert choice: cf k on average, at most E)
 + the shared experts.
 
@@ -54,7 +56,8 @@ bounds are k min(T, L) .. min(k T, E L)); shared experts 6 d n_s f_s T. `other`:
 router row; renormalisation 2k - 1 per router row; chunk summaries C d per summarised chunk (C - 1
 adds and a divide per channel); per assignment f (act + 1) (activation as in mlp.py, SiLU 4,
 GeLU 5, plus the gate multiply) and 2 d (weight, accumulate); shared n_s f_s (act + 1) + d per
-token. Top-k selection (comparisons), casts and the auxiliary losses (training only) count 0.
+token; the shared expert gate 2 d matmul and 3 + d other per token (the sigmoid: exp, add,
+divide; scaling the shared output: d multiplies). Top-k selection (comparisons), casts and the auxiliary losses (training only) count 0.
 Inference state per sequence: token routing none (with capacity, E int64 counts of tokens taken);
 chunk routing the running sum of the current chunk [d] (float32, or the dtype if wider) and its
 routing (k int64 experts, k weights in the router's dtype), plus the counts with capacity; expert choice has no incremental form.
@@ -116,6 +119,9 @@ class MoE(Component):
                                  "description": "experts every token uses, beside the routed ones"},
             "shared_d_ff": {"type": "integer", "minimum": 1, **L.WIDTH.schema(),
                             "description": "hidden width of each shared expert (default d_ff)"},
+            "shared_expert_gate": {"type": "boolean", "default": False,
+                                   "description": "scale the shared experts' output by sigmoid(x W^T), "
+                                                  "W [1, d] (Qwen1.5/2-MoE)"},
             "aux_loss_scale": {"type": "number", "minimum": 0, **L.LOSS_SCALE.schema(), "default": 0.01,
                                "description": "coefficient of the load-balancing loss E sum f_e P_e"},
             "z_loss_scale": {"type": "number", "minimum": 0, **L.LOSS_SCALE.schema(), "default": 1e-3,
@@ -152,6 +158,10 @@ class MoE(Component):
         if cfg["n_shared_experts"] == 0 and "shared_d_ff" in written:
             issues.append(CheckIssue("shared_d_ff", "shared_d_ff is set but n_shared_experts is 0",
                                      "set n_shared_experts >= 1, or drop shared_d_ff"))
+        if cfg["n_shared_experts"] == 0 and cfg["shared_expert_gate"]:
+            issues.append(CheckIssue("shared_expert_gate", "shared_expert_gate is set but n_shared_experts "
+                                     "is 0: there is no shared expert to gate",
+                                     "set n_shared_experts >= 1, or drop shared_expert_gate"))
         if router != "chunk" and "chunk_size" in written:
             issues.append(CheckIssue("chunk_size", f"chunk_size applies only to router: chunk (router is "
                                      f"'{router}')", "set router: chunk, or drop chunk_size"))
@@ -174,6 +184,8 @@ class MoE(Component):
             shapes["router_start"] = (d,)
         shapes.update({"experts.gate_proj": (e, f, d), "experts.up_proj": (e, f, d),
                        "experts.down_proj": (e, d, f)})
+        if cfg["shared_expert_gate"]:
+            shapes["shared_expert_gate.weight"] = (1, d)
         return shapes
 
     def children(self, cfg, model):
@@ -214,6 +226,9 @@ class MoE(Component):
             other += (rows - 1) * cfg["chunk_size"] * d
         if cfg["n_shared_experts"]:
             other += seq_len * d  # adding the shared experts' output (their own work: children)
+        if cfg["shared_expert_gate"]:
+            matmul += 2 * seq_len * d
+            other += seq_len * (3 + d)  # the sigmoid, and scaling the shared output
         return Flops(matmul=matmul, other=other)
 
     def own_flops_bounds(self, cfg, model, seq_len, conv):

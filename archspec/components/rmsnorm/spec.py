@@ -2,6 +2,9 @@
 
     x: [..., d]  ->  y = x / sqrt(mean(x^2) + eps) * w,   w: [d] (init 1)
 
+`unit_offset: true` (Gemma): y = x / sqrt(mean(x^2) + eps) * (1 + w), w init 0, the sum in
+float32 (d more FLOPs per forward; the kernels are not used for it).
+
 Computed in float32 and cast back. FLOPs per token: 4d + 2 (square, sum, scale, weight; the
 mean's division and the eps add). Activation memory per token: 8d + 4 bytes (float32 input,
 float32 x / rms, float32 1/rms).
@@ -29,13 +32,16 @@ class RMSNorm(Component):
     summary = "root-mean-square norm with a learned scale"
     module = "archspec.components.rmsnorm.module:RMSNormModule"
     has_kernels = True
-    schema = {"properties": dict(NORM_SCHEMA)}
+    schema = {"properties": {**NORM_SCHEMA, "unit_offset": {
+        "type": "boolean", "default": False,
+        "description": "scale by (1 + w), w init 0 (Gemma's RMSNorm), rather than by w (init 1)"}}}
 
     def own_param_shapes(self, cfg, model):
         return {"weight": (model.d_model,)}
 
     def own_flops(self, cfg, model, seq_len, conv, realized=None):
-        return Flops(other=seq_len * (4 * model.d_model + 2))
+        offset = model.d_model if cfg.get("unit_offset") else 0  # 1 + w, once per forward
+        return Flops(other=seq_len * (4 * model.d_model + 2) + offset)
 
     def own_activation_bytes(self, cfg, model, seq_len):
         # Computed in float32 whatever the model dtype, and rms_norm decomposes in autograd: it
@@ -45,6 +51,8 @@ class RMSNorm(Component):
 
     def kernels_unsupported(self, cfg, model):
         """The kernels normalise rows of d_model columns: up to ops.norm's MAX_WIDTH."""
+        if cfg.get("unit_offset"):
+            return "unit_offset: the kernels scale by the weight as stored, not by 1 + w"
         reason = width_unsupported(model.d_model)
         if reason is not None:
             return f"d_model {model.d_model}: {reason}"
