@@ -69,6 +69,8 @@ INIT_STD = Limit(1.0, "initialisation stds in use are 0.002 to 0.05; above 1 a p
 EPS = Limit(1.0, "an epsilon guards a division (1e-6 to 1e-5 in use); above 1 it swamps the variance "
                  "it regularises")
 ROPE_THETA = Limit(1e12, "RoPE bases in use are 1e4 to 1e7")
+SOFTMAX_SCALE = Limit(100.0, "attention scales in use are 1 / sqrt(head_dim), 0.04 to 0.25 (Zamba2: "
+                      "1 / sqrt(head_dim / 2)); above 100 the softmax is a hard max from the start")
 DT = Limit(10.0, "Mamba's step sizes start in 1e-3 to 0.1; a step of 10 already forgets the state "
                  "within one token")
 INIT_SCALE = Limit(100.0, "scales of initial weights in use are about 1")

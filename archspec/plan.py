@@ -8,6 +8,8 @@ formats or parses node names.
         sublayers.i.<symbol>          role 'member'      module 'sublayers.i.members.<symbol>'
         sublayers.i.residual          role 'residual'    module 'sublayers.i' (the gates of a
                                                          parallel group: 'sublayers.i.gates')
+                                      (a feed sublayer, Component.feeds_next, has only its member:
+                                      its output goes into the next sublayer's input)
     shared.<key>                      role 'shared'      module 'shared.<key>' (weights several
                                                          members read; counted and saved once)
     final_norm                        role 'final_norm'  module 'final_norm'
@@ -103,7 +105,9 @@ def plan(spec: ResolvedSpec) -> Plan:
     residuals: dict[tuple[bool, int], ComponentInstance] = {}
     for sub in spec.sublayers:
         prefix = sublayer_path(sub.index)
-        nodes.append(Node(f"{prefix}.norm", NORM, spec.norm, f"{prefix}.norm", sub.index, NORM_NAME))
+        feeds = is_feed(sub)
+        if not feeds:
+            nodes.append(Node(f"{prefix}.norm", NORM, spec.norm, f"{prefix}.norm", sub.index, NORM_NAME))
         for m in sub.members:
             if id(m) not in shared_keys:
                 shared_keys[id(m)] = tuple(m.component.shared_params(m.config, model))
@@ -114,6 +118,8 @@ def plan(spec: ResolvedSpec) -> Plan:
             name, path = f"{prefix}.{m.name}", member_path(sub.index, m.name)
             nodes.append(Node(name, MEMBER, m, path, sub.index, m.name, reads_shared=keys,
                               children=_children(m, model, name, path, sub.index, children[id(m)])))
+        if feeds:
+            continue
         shape = (sub.parallel, len(sub.members))
         if shape not in residuals:
             residuals[shape] = _model_part("residual", {"gated": shape[0], "members": shape[1]})
@@ -123,6 +129,13 @@ def plan(spec: ResolvedSpec) -> Plan:
     nodes.append(Node("final_norm", FINAL_NORM, spec.norm, "final_norm", symbol=NORM_NAME))
     nodes.append(Node("lm_head", HEAD, _model_part("head", {"tied": model.tie_embeddings}), "lm_head"))
     return Plan(spec, nodes)
+
+
+def is_feed(sub) -> bool:
+    """Whether a sublayer is a feed (Component.feeds_next): its member reads the stream
+    un-normed and its output is added to the next sublayer's input, so it has no norm and no
+    residual node."""
+    return any(m.component.feeds_next for m in sub.members)
 
 
 def _children(inst: ComponentInstance, model, name: str, path: str, sublayer: int,

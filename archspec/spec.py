@@ -124,6 +124,7 @@ def resolve_document(doc: Document, source: str) -> ResolvedSpec:
     if problems:
         raise SpecError(problems)
     problems += _shared_weight_conflicts(sublayers, model, doc)
+    problems += _feed_problems(sublayers, doc)
     problems += _params_ceiling(sublayers, model, doc)
     if problems:
         raise SpecError(problems)
@@ -184,6 +185,52 @@ def _shared_weight_conflicts(sublayers: list[Sublayer], model, doc: Document) ->
                         f"shares weights '{key}' with component '{owner.name}' but needs other "
                         f"shapes ({_shapes_text(shapes)} vs {_shapes_text(expected)})", where,
                         doc.loc(where), "give both the same sizes, or share under different names"))
+    return problems
+
+
+def _feed_problems(sublayers: list[Sublayer], doc: Document) -> list[Problem]:
+    """A feed (Component.feeds_next: its output goes into the next sublayer's input) stands
+    alone in its sublayer, and the next sublayer is not another feed, whose output would
+    replace it. Each wrong place is reported once per symbol, at the layout."""
+    problems: list[Problem] = []
+    reported = set()
+    for sub, nxt in zip(sublayers, sublayers[1:] + [None]):
+        feeds = [m for m in sub.members if m.component.feeds_next]
+        if not feeds:
+            continue
+        name = feeds[0].name
+        if sub.parallel and ("parallel", name) not in reported:
+            reported.add(("parallel", name))
+            problems.append(Problem(
+                f"'{name}' ({feeds[0].type}) feeds the next sublayer's input, so it cannot be a member "
+                f"of the parallel group at sublayer {sub.index}", ("layout",), doc.loc(("layout",)),
+                f"give '{name}' a sublayer of its own, just before the sublayer it feeds"))
+        if nxt is not None and any(m.component.feeds_next for m in nxt.members) and ("twice", name) not in reported:
+            reported.add(("twice", name))
+            problems.append(Problem(
+                f"'{name}' at sublayer {sub.index} feeds sublayer {nxt.index}, which is a feed itself: "
+                "its output would be lost", ("layout",), doc.loc(("layout",)),
+                "put an ordinary sublayer (the one the block feeds, e.g. a Mamba2 layer) after each feed"))
+    return problems + _lonely_share_groups(sublayers, doc)
+
+
+def _lonely_share_groups(sublayers: list[Sublayer], doc: Document) -> list[Problem]:
+    """A `share` group used at one sublayer only while a similar group name exists is a
+    misspelt group: its block would silently get weights of its own."""
+    users: dict[str, list[str]] = {}
+    for sub in sublayers:
+        for m in sub.members:
+            group = m.config.get("share") if m.component.feeds_next or "share" in m.written else None
+            if isinstance(group, str):
+                users.setdefault(group, []).append(m.name)
+    problems = []
+    for group, names in users.items():
+        near = did_you_mean(group, [g for g in users if g != group])
+        if len(names) == 1 and near:
+            (name,) = names
+            where = ("components", name, "share")
+            problems.append(Problem(f"share group '{group}' is used once (by '{name}'), so it shares nothing",
+                                    where, doc.loc(where), near))
     return problems
 
 

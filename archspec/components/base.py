@@ -96,6 +96,10 @@ class Component:
     # False for a type whose parameters a model part owns (the residual's gates are the block's):
     # it is accounted for here but has no module, so no backends
     has_module: ClassVar[bool] = True
+    # True for a type whose output feeds the next sublayer's input instead of the residual
+    # stream (feed_block): it reads the stream un-normed, stands alone in its sublayer, and its
+    # sublayer has no norm and no residual of the model's (plan.py)
+    feeds_next: ClassVar[bool] = False
     # JSON Schema (Draft 2020-12) fragment for the component's hyperparameters: `properties`,
     # `required`, with reference defaults. `type` and `backend` are added by the registry.
     schema: ClassVar[dict] = {"properties": {}}

@@ -43,6 +43,9 @@ class ForwardContext:
         self.aux_losses: dict[str, torch.Tensor] = {}
         # weights shared across sublayers (Component.shared_params), by key: model.shared[key]
         self.shared = shared if shared is not None else {}
+        # the embedding output [B, T, d] (or [B, d] in a decoding step), for components that
+        # read it beside the stream (feed_block's concat_embeddings); set by the model
+        self.embeddings: torch.Tensor | None = None
 
     def add_aux_loss(self, name: str, value: torch.Tensor) -> None:
         self.aux_losses[name] = self.aux_losses[name] + value if name in self.aux_losses else value

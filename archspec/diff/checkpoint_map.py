@@ -131,8 +131,9 @@ def _node_targets(plan_a: Plan, plan_b: Plan, member_pairs: dict) -> dict[str, N
     for (i, j), mps in member_pairs.items():
         a_nodes, b_nodes = plan_a.of_sublayer(i), plan_b.of_sublayer(j)
         for role in (NORM, RESIDUAL):
-            (a,), (b,) = ([n for n in nodes if n.role == role] for nodes in (a_nodes, b_nodes))
-            targets[a.name] = b
+            a_role, b_role = ([n for n in nodes if n.role == role] for nodes in (a_nodes, b_nodes))
+            if a_role and b_role:  # a feed sublayer (plan.is_feed) has neither
+                targets[a_role[0].name] = b_role[0]
         b_members = {n.symbol: n for n in b_nodes if n.role == MEMBER}
         for a in (n for n in a_nodes if n.role == MEMBER):
             for ma, mb in mps:

@@ -1,0 +1,267 @@
+"""Weight sharing across depths and Zamba2's shared block (feed_block; docs/spec.md, "Reusing
+a symbol and sharing weights").
+
+Zamba2-1.2B's total against transformers' own count of Zamba2ForCausalLM on the meta device,
+built in-process from the published hyperparameters; a tiny transformers Zamba2 with its weights
+copied into the archspec build of specs/zamba2-tiny.yaml gives the same logits; a shared block's
+weights are one tensor, counted once, trained by every use, while its FLOPs count per use; and
+every misuse is a located error.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import archspec
+from archspec.accounting import account
+from archspec.costs import FlopConvention
+
+from helpers import assert_located
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+
+
+def _hf_config(**overrides):
+    from transformers import Zamba2Config
+    return Zamba2Config(**overrides)
+
+
+# Zyphra/Zamba2-1.2B's config.json: 38 layers, hybrid every sixth from layer 5, one memory block
+# with MLP adapters of rank 128, RoPE in the shared attention, tied embeddings
+ZAMBA2_1_2B = dict(
+    vocab_size=32000, hidden_size=2048, num_hidden_layers=38,
+    layers_block_type=(["mamba"] * 5 + ["hybrid"]) * 6 + ["mamba"] * 2,
+    mamba_d_state=128, mamba_d_conv=4, mamba_expand=2, mamba_ngroups=1, n_mamba_heads=64,
+    intermediate_size=8192, hidden_act="gelu", num_attention_heads=32, num_key_value_heads=32,
+    num_mem_blocks=1, use_shared_attention_adapter=False, adapter_rank=128, use_mem_rope=True,
+    rms_norm_eps=1e-5, max_position_embeddings=4096, chunk_size=256, tie_word_embeddings=True)
+
+
+def test_zamba2_1_2b_total_equals_transformers_count():
+    pytest.importorskip("transformers")
+    from transformers import Zamba2ForCausalLM
+    with torch.device("meta"):
+        hf = Zamba2ForCausalLM(_hf_config(**ZAMBA2_1_2B))
+    expected = sum(p.numel() for p in hf.parameters())  # tied tensors (the shared block, the head) once
+    report = archspec.report(archspec.load(SPECS / "zamba2-1.2b.yaml"))
+    assert report["totals"]["params"] == expected == 1_196_190_336
+
+
+def test_zamba2_1_2b_builds_with_the_reported_parameters():
+    spec = archspec.load(SPECS / "zamba2-1.2b.yaml")
+    model = archspec.build(spec, meta=True)
+    assert sum(p.numel() for p in model.parameters()) == account(spec).total().params == 1_196_190_336
+
+
+# --- logits against transformers' Zamba2 ------------------------------------------------------
+
+TINY_LAYERS = ["mamba", "mamba", "hybrid", "mamba", "hybrid"] * 2 + ["mamba"]  # zamba2-tiny's layout
+
+
+def _tiny_hf_model():
+    from transformers import Zamba2ForCausalLM
+    config = _hf_config(
+        vocab_size=256, hidden_size=64, num_hidden_layers=len(TINY_LAYERS), layers_block_type=TINY_LAYERS,
+        mamba_d_state=16, mamba_d_conv=4, mamba_expand=2, mamba_ngroups=1, n_mamba_heads=8,
+        intermediate_size=128, hidden_act="gelu", num_attention_heads=4, num_key_value_heads=4,
+        num_mem_blocks=2, use_shared_attention_adapter=True, adapter_rank=8, use_mem_rope=True,
+        rms_norm_eps=1e-5, max_position_embeddings=128, chunk_size=32, tie_word_embeddings=True,
+        attn_implementation="eager")
+    torch.manual_seed(0)
+    hf = Zamba2ForCausalLM(config).float().eval()
+    with torch.no_grad():  # norms start at one: move them, so a misplaced norm weight shows
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.add_(0.2 * torch.randn_like(p))
+    return hf
+
+
+def _copy_hf_weights(hf, model, spec) -> int:
+    """Copy every weight of the transformers model into the archspec build; returns how many
+    archspec parameters were written (each exactly once)."""
+    hf_params = dict(hf.named_parameters(remove_duplicate=False))
+    ours = dict(model.named_parameters())
+    written = set()
+
+    def put(name: str, value: torch.Tensor):
+        assert name not in written, name
+        ours[name].data.copy_(value)
+        written.add(name)
+
+    put("embedding.weight", hf_params["model.embed_tokens.weight"])
+    put("final_norm.weight", hf_params["model.final_layernorm.weight"])
+    layer, use, feed = 0, 0, None
+    for sub in spec.sublayers:
+        (m,) = sub.members
+        if m.type == "feed_block":
+            feed = m
+            continue
+        prefix = f"model.layers.{layer}." + ("mamba_decoder." if feed is not None else "")
+        for local in ("dt_bias", "A_log", "D", "in_proj.weight", "conv1d.weight", "conv1d.bias",
+                      "norm.weight", "out_proj.weight"):
+            put(f"sublayers.{sub.index}.members.{m.name}.{local}", hf_params[prefix + "mamba." + local])
+        put(f"sublayers.{sub.index}.norm.weight", hf_params[prefix + "input_layernorm.weight"])
+        if feed is not None:
+            block = f"model.layers.{layer}.shared_transformer."
+            ours_use = f"sublayers.{sub.index - 1}.members.{feed.name}."
+            put(ours_use + "linear.weight", hf_params[f"model.layers.{layer}.linear.weight"])
+            for target, hf_list in (("q", "self_attn.linear_q_adapter_list"), ("k", "self_attn.linear_k_adapter_list"),
+                                    ("v", "self_attn.linear_v_adapter_list"),
+                                    ("gate_up", "feed_forward.gate_up_proj_adapter_list")):
+                put(ours_use + f"lora.{target}.down.weight", hf_params[f"{block}{hf_list}.{use}.0.weight"])
+                put(ours_use + f"lora.{target}.up.weight", hf_params[f"{block}{hf_list}.{use}.1.weight"])
+            shared = f"shared.feed_block_{feed.config['share']}."
+            for local in ("input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                          "self_attn.v_proj.weight", "self_attn.o_proj.weight", "pre_ff_layernorm.weight",
+                          "feed_forward.gate_up_proj.weight", "feed_forward.down_proj.weight"):
+                if shared + local not in written:  # the block's first use; later uses are tied to it
+                    put(shared + local, hf_params[block + local])
+                else:
+                    assert torch.equal(ours[shared + local], hf_params[block + local]), local
+            use, feed = use + 1, None
+        layer += 1
+    assert layer == len(TINY_LAYERS)
+    return len(written)
+
+
+def test_zamba2_tiny_gives_transformers_logits():
+    """fp32, normwise 1e-4 of the largest logit. The two compute the same sums in different
+    orders: SSD's chunked scan (archspec's ops vs transformers' torch path), SDPA against eager
+    attention, the RMSNorms' reductions; through 11 layers, measured 7.2e-7. A wrong
+    piece (the residual taking the block's output, an adapter at the wrong use, the scale of
+    the scores, the norm of [x ; e]) moves the logits by 1e-2 or more of the largest."""
+    pytest.importorskip("transformers")
+    hf = _tiny_hf_model()
+    spec = archspec.load(SPECS / "zamba2-tiny.yaml")
+    model = archspec.build(spec, dtype="float32", seed=0).eval()
+    assert _copy_hf_weights(hf, model, spec) == len(dict(model.named_parameters()))
+    assert sum(p.numel() for p in hf.parameters()) == sum(p.numel() for p in model.parameters())
+    tokens = torch.randint(1, 256, (2, 48), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = hf(tokens).logits.double()
+        got = model(tokens).logits.double()
+    err = ((got - expected).abs().max() / expected.abs().max()).item()
+    assert err < 1e-4, err
+
+
+# --- sharing: weights once, FLOPs per use ----------------------------------------------------
+
+def _zamba_like(uses: int, share: str | None = "g", extra: str = "") -> archspec.ResolvedSpec:
+    share_text = "null" if share is None else share
+    return archspec.loads(
+        "model: {vocab_size: 97, d_model: 32, max_seq_len: 64}\n"
+        "components:\n"
+        "  M: {type: mamba2, d_state: 8, head_dim: 16, chunk_size: 16}\n"
+        f"  T: {{type: feed_block, n_heads: 4, d_ff: 64, share: {share_text}, lora_rank: 4{extra}}}\n"
+        f"layout: \"(T M) x {uses}\"\n")
+
+
+def test_a_shared_block_counts_once_and_its_flops_per_use():
+    one, three, own = _zamba_like(1), _zamba_like(3), _zamba_like(3, share=None)
+    p1, p3, own3 = (account(s).total().params for s in (one, three, own))
+    inst = three.sublayers[0].members[0]
+    per_use = inst.component.param_count(inst.config, three.model)  # LoRA + output projection
+    block = sum(p.cost.params for p in account(three).parts if p.role == "shared")
+    mamba = account(one).params_of_type("mamba2") + 32  # the Mamba2 layer and its norm
+    assert block > 0 and per_use > 0
+    assert p3 == p1 + 2 * (per_use + mamba)  # the block once, whatever the number of uses
+    assert own3 == p3 + 2 * block  # independent blocks: three copies
+    conv = FlopConvention()
+    f1, f3 = (inst.component.flops(inst.config, s.model, 64, conv) for s in (one, three))
+    assert f1 == f3  # every use does the block's whole work
+    model = archspec.build(three, seed=0)
+    assert sum(p.numel() for p in model.parameters()) == p3
+    assert archspec.report(three)["totals"]["forward_flops_per_token"] == \
+        archspec.report(own)["totals"]["forward_flops_per_token"]
+
+
+def test_every_use_trains_the_shared_block():
+    spec = _zamba_like(3)
+    model = archspec.build(spec, seed=0)
+    uses = [m for b in model.sublayers for m in b.members.values() if hasattr(m, "key") and m.key]
+    assert len(uses) == 3 and all(u.block is None for u in uses)
+    shared = model.shared["feed_block_g"]
+    tokens = torch.randint(0, 97, (2, 16))
+    # the gradient of the block's weights is the sum over its uses: with the last use's output
+    # projection zeroed (that use contributes nothing), it is the first two uses' alone
+    def grad():
+        model.zero_grad()
+        model(tokens, labels=tokens).loss.backward()
+        return shared.feed_forward.down_proj.weight.grad.clone()
+    full = grad()
+    with torch.no_grad():
+        uses[2].linear.weight.zero_()
+    without_last = grad()
+    assert full.abs().sum() > 0 and without_last.abs().sum() > 0
+    assert not torch.allclose(full, without_last)
+    # through a block used at three depths: its weights move in one optimizer step
+    before = shared.feed_forward.down_proj.weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt.zero_grad()
+    model(tokens, labels=tokens).loss.backward()
+    opt.step()
+    assert not torch.equal(before, shared.feed_forward.down_proj.weight)
+    assert len(model.state_dict()) == len(dict(model.named_parameters()))  # saved once
+
+
+def test_zamba2_tiny_trains():
+    spec = archspec.load(SPECS / "zamba2-tiny.yaml")
+    model = archspec.build(spec, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 16, (4, 33), generator=gen)  # a small alphabet: learnable in a few steps
+    losses = []
+    for _ in range(20):
+        out = model(tokens[:, :-1], labels=tokens[:, 1:])
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    # from ln(256) = 5.5 toward ln(16) = 2.8 and below (the batch is memorisable)
+    assert losses[-1] < losses[0] - 1.0, losses
+
+
+# --- misuse: located errors -------------------------------------------------------------------
+
+BASE = ("model: {vocab_size: 97, d_model: 32, max_seq_len: 64}\n"
+        "components:\n"
+        "  M: {type: mamba2, d_state: 8, head_dim: 16, chunk_size: 16}\n")
+
+
+def test_a_lora_rank_larger_than_the_projection_is_located(problems):
+    found = problems(BASE + "  T: {type: feed_block, n_heads: 4, d_ff: 64, lora_rank: 65}\nlayout: T M\n")
+    assert_located(found, key="lora_rank", at=(4, 58), words="larger than the gate_up projection",
+                   hint_words="at most 32")
+
+
+def test_blocks_sharing_weights_with_other_shapes_are_located(problems):
+    found = problems(BASE + "  T: {type: feed_block, n_heads: 4, d_ff: 64, share: g}\n"
+                             "  U: {type: feed_block, n_heads: 4, d_ff: 96, share: g}\nlayout: T M U M\n")
+    assert_located(found, path=("components", "U"), at=5, words="shares weights 'feed_block_g' with component 'T'")
+
+
+def test_a_misspelt_share_group_is_located(problems):
+    found = problems(BASE + "  T: {type: feed_block, n_heads: 4, d_ff: 64, share: block}\n"
+                             "  U: {type: feed_block, n_heads: 4, d_ff: 64, share: blokc}\n"
+                             "layout: T M T M U M\n")
+    assert_located(found, path=("components", "U", "share"), at=(5, 54), words="used once", hint_words="block")
+
+
+@pytest.mark.parametrize("layout, words", [
+    ("[T | M] M", "cannot be a member of the parallel group at sublayer 0"),
+    ("T T M", "feeds sublayer 1, which is a feed itself"),
+])
+def test_a_feed_in_the_wrong_place_is_located(problems, layout, words):
+    found = problems(BASE + "  T: {type: feed_block, n_heads: 4, d_ff: 64}\n" + f"layout: \"{layout}\"\n")
+    assert_located(found, path=("layout",), at=5, words=words)
+
+
+def test_a_feed_reading_embeddings_outside_a_model_says_so():
+    spec = _zamba_like(1)
+    module = archspec.build(spec, seed=0).sublayers[0].members["T"]
+    with pytest.raises(ValueError, match="concatenates the model's embeddings"):
+        module(torch.randn(1, 4, 32))
