@@ -111,7 +111,8 @@ def plan(spec: ResolvedSpec) -> Plan:
         for m in sub.members:
             if id(m) not in shared_keys:
                 shared_keys[id(m)] = tuple(m.component.shared_params(m.config, model))
-                children[id(m)] = m.component.children(m.config, model)
+                # a `share` group's instance holds no weights: its children live in shared.<key>
+                children[id(m)] = {} if m.component.whole_share_key(m.config) else m.component.children(m.config, model)
             keys = shared_keys[id(m)]
             for key in keys:
                 owners.setdefault(key, m)

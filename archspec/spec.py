@@ -6,6 +6,7 @@ filled, and the canonical list of sublayers) or raises SpecError with every prob
 from __future__ import annotations
 
 import copy
+import json
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -124,7 +125,7 @@ def resolve_document(doc: Document, source: str) -> ResolvedSpec:
     if problems:
         raise SpecError(problems)
     problems += _shared_weight_conflicts(sublayers, model, doc)
-    problems += _feed_problems(sublayers, doc)
+    problems += _feed_problems(sublayers, doc, check_groups=not problems)
     problems += _params_ceiling(sublayers, model, doc)
     if problems:
         raise SpecError(problems)
@@ -188,10 +189,12 @@ def _shared_weight_conflicts(sublayers: list[Sublayer], model, doc: Document) ->
     return problems
 
 
-def _feed_problems(sublayers: list[Sublayer], doc: Document) -> list[Problem]:
+def _feed_problems(sublayers: list[Sublayer], doc: Document, check_groups: bool = True) -> list[Problem]:
     """A feed (Component.feeds_next: its output goes into the next sublayer's input) stands
     alone in its sublayer, and the next sublayer is not another feed, whose output would
-    replace it. Each wrong place is reported once per symbol, at the layout."""
+    replace it. Each wrong place is reported once per symbol, at the layout. With
+    `check_groups`, the `share` groups too (not when their shapes already conflict: the same
+    mistake, reported once)."""
     problems: list[Problem] = []
     reported = set()
     for sub, nxt in zip(sublayers, sublayers[1:] + [None]):
@@ -211,7 +214,46 @@ def _feed_problems(sublayers: list[Sublayer], doc: Document) -> list[Problem]:
                 f"'{name}' at sublayer {sub.index} feeds sublayer {nxt.index}, which is a feed itself: "
                 "its output would be lost", ("layout",), doc.loc(("layout",)),
                 "put an ordinary sublayer (the one the block feeds, e.g. a Mamba2 layer) after each feed"))
-    return problems + _lonely_share_groups(sublayers, doc)
+    problems += _lonely_share_groups(sublayers, doc)
+    return problems + (_share_group_conflicts(sublayers, doc) if check_groups else [])
+
+
+def _share_group_conflicts(sublayers: list[Sublayer], doc: Document) -> list[Problem]:
+    """The uses of a `share` group (Component.whole_share_key, or a type's own `share` such as
+    feed_block's) run one module, built from the first use's config: every use must have that
+    config but for the type's `per_use_keys` (an override that changes one is an error, not a
+    silently ignored setting), and a group belongs to one type."""
+    first: dict[str, ComponentInstance] = {}
+    problems: list[Problem] = []
+    reported = set()
+    for sub in sublayers:
+        for m in sub.members:
+            if not isinstance(m.config.get("share"), str):
+                continue
+            group = m.config["share"]
+            owner = first.setdefault(group, m)
+            if owner is m or (group, m.name) in reported:
+                continue
+            if owner.type != m.type:
+                reported.add((group, m.name))
+                where = ("components", m.name, "share")
+                problems.append(Problem(
+                    f"share group '{group}' is already the group of {owner.type} '{owner.name}'; a {m.type} "
+                    "cannot share its weights", where, doc.loc(where), "give each type its own group name"))
+                continue
+            per_use = {"backend", *m.component.per_use_keys}
+            differs = [k for k in sorted(set(owner.config) | set(m.config))
+                       if k not in per_use and owner.config.get(k) != m.config.get(k)]
+            if differs:
+                reported.add((group, m.name))
+                k = differs[0]
+                where = ("components", m.name)
+                problems.append(Problem(
+                    f"'{m.name}' at sublayer {sub.index} shares group '{group}' with '{owner.name}' but sets "
+                    f"{k}={json.dumps(m.config.get(k))} (vs {json.dumps(owner.config.get(k))}); a group is one "
+                    "module, built once",
+                    where, doc.loc(where), "give the uses the same settings, or a group each"))
+    return problems
 
 
 def _lonely_share_groups(sublayers: list[Sublayer], doc: Document) -> list[Problem]:

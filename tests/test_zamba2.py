@@ -265,3 +265,69 @@ def test_a_feed_reading_embeddings_outside_a_model_says_so():
     module = archspec.build(spec, seed=0).sublayers[0].members["T"]
     with pytest.raises(ValueError, match="concatenates the model's embeddings"):
         module(torch.randn(1, 4, 32))
+
+
+# --- `share: G` on any component: one module at several depths --------------------------------
+
+def _stack(share: str = "") -> archspec.ResolvedSpec:
+    return archspec.loads(
+        "model: {vocab_size: 97, d_model: 32, max_seq_len: 64}\n"
+        "components:\n"
+        "  M: {type: mamba2, d_state: 8, head_dim: 16, chunk_size: 16}\n"
+        f"  A: {{type: attention, n_heads: 4, n_kv_heads: 2{share}}}\n"
+        "  F: {type: mlp, d_ff: 64}\n"
+        "layout: \"(M M M A F) x 3\"\n")
+
+
+def test_a_reused_symbol_is_independent_unless_shared():
+    own, shared = _stack(), _stack(", share: attn")
+    attention = 2 * 32 * 32 + 2 * 16 * 32  # q, o [32, 32]; k, v [16, 32]
+    assert account(own).params_of_type("attention") == 3 * attention  # the default: three blocks
+    assert account(shared).params_of_type("attention") == attention  # one, in shared.attention_attn
+    assert account(own).total().params - account(shared).total().params == 2 * attention
+    model = archspec.build(shared, seed=0)
+    names = [n for n, _ in model.named_parameters() if "attention" in n or ".A." in n]
+    assert names == [f"shared.attention_attn.{w}_proj.weight" for w in "qkvo"]
+    assert sum(p.numel() for p in model.parameters()) == account(shared).total().params
+    # FLOPs and the KV caches count per use, as with independent blocks
+    r_own, r_shared = archspec.report(own), archspec.report(shared)
+    for key in ("forward_flops_per_token", "inference_state_bytes_per_sequence"):
+        assert r_own["totals"][key] == r_shared["totals"][key]
+
+
+def test_a_shared_attention_decodes_like_its_forward_with_a_cache_per_use():
+    """fp32, normwise 1e-5 (as tests/test_generate.py): each use keeps its own KV cache; one
+    cache for all uses would mix three layers' keys and miss by 1e-2 or more."""
+    from archspec.components.modules import state_nbytes
+    spec = _stack(", share: attn")
+    model = archspec.build(spec, dtype="float32", seed=0).eval()
+    tokens = torch.randint(0, 97, (2, 30), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model(tokens).logits
+        state = model.init_state(2, 30)
+        outs = [model.prefill(tokens[:, :9], state)] + [model.step(tokens[:, i], state)[:, None] for i in range(9, 30)]
+    err = ((torch.cat(outs, 1).double() - full.double()).abs().max() / full.double().abs().max()).item()
+    assert err < 1e-5, err
+    assert state_nbytes(state.states) == 2 * archspec.report(spec, seq_len=30)["totals"]["inference_state_bytes_per_sequence"]
+
+
+def test_settings_that_differ_within_a_share_group_are_located(problems):
+    found = problems(
+        "model: {vocab_size: 97, d_model: 32, max_seq_len: 64}\n"
+        "components:\n"
+        "  A: {type: attention, n_heads: 4, share: attn}\n"
+        "  B: {type: attention, n_heads: 4, window: 8, share: attn}\n"
+        "  F: {type: mlp, d_ff: 64, share: attn}\n"
+        "overrides:\n"
+        "  - {at: 2, set: {rope_theta: 500}}\n"
+        "layout: \"(A F) x 2 B\"\n")
+    assert_located(found, key="A", at=3, words="at sublayer 2 shares group 'attn' with 'A' but sets rope_theta=500")
+    assert_located(found, key="B", at=4, words="sets window=8 (vs null)")
+    assert_located(found, key="share", at=(5, 35), words="already the group of attention 'A'")
+
+
+def test_a_type_with_its_own_sharing_scheme_takes_no_share_key(problems):
+    found = problems("model: {vocab_size: 97, d_model: 32, max_seq_len: 64}\n"
+                     "components:\n  P: {type: pkm, n_keys: 16, n_heads: 2, knn: 4, k_dim: 16, share: g}\n"
+                     "layout: P P\n")
+    assert_located(found, key="share", words="unknown key 'share'")

@@ -90,6 +90,7 @@ class FeedBlock(Component):
     type = "feed_block"
     module = "archspec.components.feed_block.module:FeedBlockModule"
     feeds_next = True
+    per_use_keys = ("lora_rank", "lora_targets", "out_proj")  # a shared block's uses may differ here
     summary = ("attention + gated MLP whose output feeds the next sublayer's input (Zamba2's shared "
                "block): optional embedding concat, weights shared by group, per-use LoRA and projection")
     schema = {
