@@ -331,3 +331,27 @@ def test_a_type_with_its_own_sharing_scheme_takes_no_share_key(problems):
                      "components:\n  P: {type: pkm, n_keys: 16, n_heads: 2, knn: 4, k_dim: 16, share: g}\n"
                      "layout: P P\n")
     assert_located(found, key="share", words="unknown key 'share'")
+
+
+@pytest.mark.parametrize("which", ["zamba2-tiny", "shared-attention"])
+def test_flops_of_shared_blocks_equal_flopcountermode(which):
+    """Integer counts of the same matmuls, exact (archspec/flopcount.py): a shared block's
+    work is counted at every use, [x ; e] at its 2 d_model width, the adapters and projections."""
+    from archspec.flopcount import analytic_comparable, measure_flopcounter
+    spec = archspec.load(SPECS / "zamba2-tiny.yaml") if which == "zamba2-tiny" else _stack(", share: attn")
+    model = archspec.build(spec, seed=0)
+    for t in (7, 40):
+        tokens = torch.randint(0, spec.model.vocab_size, (2, t))
+        assert measure_flopcounter(model, tokens) == analytic_comparable(spec, t, batch=2), t
+
+
+@pytest.mark.parametrize("which", ["zamba2-tiny", "shared-attention"])
+def test_a_saved_model_with_shared_weights_loads_back(which, tmp_path):
+    spec = archspec.load(SPECS / "zamba2-tiny.yaml") if which == "zamba2-tiny" else _stack(", share: attn")
+    model = archspec.build(spec, seed=3)
+    archspec.save(model, tmp_path / "out")
+    loaded, _ = archspec.load_saved(tmp_path / "out")
+    assert len(loaded.state_dict()) == len(dict(loaded.named_parameters()))  # each weight once
+    tokens = torch.randint(0, spec.model.vocab_size, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(model(tokens).logits, loaded(tokens).logits)
