@@ -355,3 +355,26 @@ def test_a_saved_model_with_shared_weights_loads_back(which, tmp_path):
     tokens = torch.randint(0, spec.model.vocab_size, (2, 12))
     with torch.no_grad():
         assert torch.equal(model(tokens).logits, loaded(tokens).logits)
+
+
+@pytest.mark.parametrize("config", [
+    {"n_heads": 4, "d_ff": 96, "concat_embeddings": False},
+    {"n_heads": 4, "n_kv_heads": 2, "d_ff": 96, "lora_rank": 4, "lora_targets": ["q", "k", "v", "gate_up"],
+     "out_proj": False, "concat_embeddings": False},
+    {"n_heads": 4, "d_ff": 80, "lora_rank": 2, "concat_embeddings": True},
+], ids=["plain", "gqa-lora-no-proj", "concat"])
+def test_feed_block_activation_bytes_equal_what_autograd_saves(config):
+    """fp32, exact (helpers.saved_bytes: every saved storage once, weights and buffers left
+    out), as tests/test_contract.py checks the other types."""
+    from archspec.components.modules import ForwardContext
+    from helpers import saved_bytes
+    spec = archspec.loads("model: {vocab_size: 97, d_model: 32, max_seq_len: 64}\n"
+                          f"components:\n  T: {{type: feed_block, {str(config)[1:-1]}}}\n  M: {{type: mlp, d_ff: 64}}\n"
+                          "layout: T M\n".replace("'", ""))
+    module = archspec.build(spec, seed=0).sublayers[0].members["T"]
+    inst = spec.sublayers[0].members[0]
+    for t in (16, 40):
+        ctx = ForwardContext()
+        ctx.embeddings = torch.randn(2, t, 32)
+        measured = saved_bytes(module, torch.randn(2, t, 32, requires_grad=True), ctx)
+        assert measured == 2 * inst.component.activation_bytes(inst.config, spec.model, t), t

@@ -81,7 +81,9 @@ class FeedBlockModule(ComponentModule):
         dims = lora_dims(cfg, model)
         self.lora = nn.ModuleDict({t: LoRA(i, o, cfg["lora_rank"]) for t, (i, o) in dims.items()}) if dims else None
         self.linear = nn.Linear(model.d_model, model.d_model, bias=False) if cfg["out_proj"] else None
-        self.rope_cos = self.rope_sin = None  # float32 tables, built on first use
+        # float32 RoPE tables (buffers: they follow the module's device; rebuilt when stale)
+        self.register_buffer("rope_cos", torch.empty(0), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(0), persistent=False)
 
     def reset_parameters(self):
         if self.block is not None:
@@ -91,6 +93,9 @@ class FeedBlockModule(ComponentModule):
             nn.init.zeros_(lora.up.weight)
         if self.linear is not None:
             nn.init.normal_(self.linear.weight, std=self.out_std)
+        if self.use_rope:
+            self.rope_cos, self.rope_sin = rope_tables(self.max_seq_len, self.head_dim, self.theta,
+                                                       self.rope_cos.device)
 
     def _core(self, ctx) -> FeedBlockCore:
         if self.key is None:
@@ -127,7 +132,7 @@ class FeedBlockModule(ComponentModule):
 
     def _rope(self, device, t: int):
         cos = self.rope_cos
-        if cos is None or cos.device != device or cos.shape[0] < t:
+        if not (cos.dtype == torch.float32 and cos.device == device and cos.shape[0] >= t):
             self.rope_cos, self.rope_sin = rope_tables(max(self.max_seq_len, t), self.head_dim, self.theta, device)
         return self.rope_cos, self.rope_sin
 

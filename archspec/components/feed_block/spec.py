@@ -38,9 +38,11 @@ FLOPs for one sequence (1 FLOP = one multiply or one add):
            and gate T d_ff (ACTIVATION_FLOPS + 1), and the add of t into the next input T d.
 Inference state: the KV cache, 2 H_kv hd T elements per sequence (per use: a shared block keeps
 one cache at each depth, since each depth attends over its own inputs).
-Activation memory per token (an estimate): u and its norm 2 D, q k v (H + 2 H_kv) hd, o H hd,
-a and h 2 d, [g ; p], act(g) and the product 4 d_ff, m d, r per adapter, and a float32
-log-sum-exp per head.
+Activation memory per token, what autograd saves (measured, tests/test_zamba2.py): each RMSNorm
+its input, its normalised input before and after the weight (3 D and 3 d) and a float32 rsqrt;
+q, k, v as SDPA gets them and its output (2 H + 2 H_kv) hd, and a float32 log-sum-exp per head
+(RoPE's multiplies keep only the cos/sin tables); [g ; p], act(g) and the product 4 d_ff; r per
+adapter (its down projection's output); m d with out_proj.
 """
 from __future__ import annotations
 
@@ -202,9 +204,9 @@ class FeedBlock(Component):
 
     def own_activation_bytes(self, cfg, model, seq_len):
         d, width, hd, h, hkv = model.d_model, in_width(cfg, model), cfg["head_dim"], cfg["n_heads"], cfg["n_kv_heads"]
-        elems = 2 * width + (2 * h + 2 * hkv) * hd + 3 * d + 4 * cfg["d_ff"]
-        elems += cfg["lora_rank"] * len(lora_dims(cfg, model))
-        return seq_len * (elems * model.dtype_bytes + 4 * h)
+        elems = 3 * width + (2 * h + 2 * hkv) * hd + 3 * d + 4 * cfg["d_ff"]
+        elems += cfg["lora_rank"] * len(lora_dims(cfg, model)) + (d if cfg["out_proj"] else 0)
+        return seq_len * (elems * model.dtype_bytes + 4 * (h + 2))  # + the two norms' rsqrt
 
     def own_notes(self, cfg, model):
         return ["a feed_block's output is added to the next sublayer's input (before its norm), not "
