@@ -125,7 +125,7 @@ def resolve_document(doc: Document, source: str) -> ResolvedSpec:
     if problems:
         raise SpecError(problems)
     problems += _shared_weight_conflicts(sublayers, model, doc)
-    problems += _feed_problems(sublayers, doc, check_groups=not problems)
+    problems += _feed_problems(sublayers, doc, data.get("overrides"), check_groups=not problems)
     problems += _params_ceiling(sublayers, model, doc)
     if problems:
         raise SpecError(problems)
@@ -189,7 +189,8 @@ def _shared_weight_conflicts(sublayers: list[Sublayer], model, doc: Document) ->
     return problems
 
 
-def _feed_problems(sublayers: list[Sublayer], doc: Document, check_groups: bool = True) -> list[Problem]:
+def _feed_problems(sublayers: list[Sublayer], doc: Document, overrides=None,
+                   check_groups: bool = True) -> list[Problem]:
     """A feed (Component.feeds_next: its output goes into the next sublayer's input) stands
     alone in its sublayer, and the next sublayer is not another feed, whose output would
     replace it. Each wrong place is reported once per symbol, at the layout. With
@@ -215,10 +216,10 @@ def _feed_problems(sublayers: list[Sublayer], doc: Document, check_groups: bool 
                 "its output would be lost", ("layout",), doc.loc(("layout",)),
                 "put an ordinary sublayer (the one the block feeds, e.g. a Mamba2 layer) after each feed"))
     problems += _lonely_share_groups(sublayers, doc)
-    return problems + (_share_group_conflicts(sublayers, doc) if check_groups else [])
+    return problems + (_share_group_conflicts(sublayers, doc, overrides) if check_groups else [])
 
 
-def _share_group_conflicts(sublayers: list[Sublayer], doc: Document) -> list[Problem]:
+def _share_group_conflicts(sublayers: list[Sublayer], doc: Document, overrides=None) -> list[Problem]:
     """The uses of a `share` group (Component.whole_share_key, or a type's own `share` such as
     feed_block's) run one module, built from the first use's config: every use must have that
     config but for the type's `per_use_keys` (an override that changes one is an error, not a
@@ -247,13 +248,24 @@ def _share_group_conflicts(sublayers: list[Sublayer], doc: Document) -> list[Pro
             if differs:
                 reported.add((group, m.name))
                 k = differs[0]
-                where = ("components", m.name)
+                where = _override_setting(overrides, sub.index, k) if k in m.overrides else ("components", m.name)
                 problems.append(Problem(
                     f"'{m.name}' at sublayer {sub.index} shares group '{group}' with '{owner.name}' but sets "
                     f"{k}={json.dumps(m.config.get(k))} (vs {json.dumps(owner.config.get(k))}); a group is one "
                     "module, built once",
                     where, doc.loc(where), "give the uses the same settings, or a group each"))
     return problems
+
+
+def _override_setting(overrides: list, index: int, key: str) -> Path:
+    """The path of the last override that sets `key` at sublayer `index` (overrides were
+    applied, so one does)."""
+    found = ("overrides",)
+    for k, ov in enumerate(overrides or []):
+        at = ov.get("at") if isinstance(ov, dict) else None
+        if (at == index or isinstance(at, list) and index in at) and key in ov.get("set", {}):
+            found = ("overrides", k, "set", key)
+    return found
 
 
 def _lonely_share_groups(sublayers: list[Sublayer], doc: Document) -> list[Problem]:

@@ -321,7 +321,8 @@ def test_settings_that_differ_within_a_share_group_are_located(problems):
         "overrides:\n"
         "  - {at: 2, set: {rope_theta: 500}}\n"
         "layout: \"(A F) x 2 B\"\n")
-    assert_located(found, key="A", at=3, words="at sublayer 2 shares group 'attn' with 'A' but sets rope_theta=500")
+    assert_located(found, key="rope_theta", path=("overrides", 0, "set", "rope_theta"), at=(7, 31),
+                   words="at sublayer 2 shares group 'attn' with 'A' but sets rope_theta=500")
     assert_located(found, key="B", at=4, words="sets window=8 (vs null)")
     assert_located(found, key="share", at=(5, 35), words="already the group of attention 'A'")
 
