@@ -2,7 +2,8 @@
 head, whose nodes carry the resolved config and accounting; exported as JSON or Graphviz DOT.
 
 Each sublayer i is three kinds of node: `sublayers.i.norm`, one node per member
-(`sublayers.i.A`) and `sublayers.i.residual` (the add, with the gates of a parallel group).
+(`sublayers.i.A`) and `sublayers.i.residual` (the add, with the gates of a parallel group);
+a feed sublayer (feed_block) is its member alone, with a data edge into the next norm.
 Edges have kind 'data', 'residual' (the skip connection around the sublayer), 'shared' (from
 a `shared.<key>` node, weights stored once, to each member that reads them) or 'child' (from a
 member to a component it is built from, e.g. MoE's shared experts `sublayers.i.E.shared`; such a
@@ -56,9 +57,17 @@ def _edges(the_plan: Plan):
     """(from, to, kind) in model order: the data path, each sublayer's skip connection, and the
     shared weights to each member that reads them."""
     prev = the_plan.with_role(EMBEDDING)[0].name
+    feed = None  # a feed sublayer's member: its output goes into the next norm's input
     for sub in the_plan.spec.sublayers:
         nodes = the_plan.of_sublayer(sub.index)
+        if not any(n.role == NORM for n in nodes):
+            (feed,) = [n.name for n in nodes if n.role == MEMBER]
+            yield prev, feed, "data"
+            continue
         (norm,) = [n.name for n in nodes if n.role == NORM]
+        if feed is not None:
+            yield feed, norm, "data"
+            feed = None
         (res,) = [n.name for n in nodes if n.role == RESIDUAL]
         yield prev, norm, "data"
         post = [n.name for n in nodes if n.role == POST_NORM]
@@ -71,6 +80,8 @@ def _edges(the_plan: Plan):
         prev = res
     (final,) = the_plan.with_role(FINAL_NORM)
     yield prev, final.name, "data"
+    if feed is not None:
+        yield feed, final.name, "data"
     shared = {n.shared_key: n.name for n in the_plan.with_role(SHARED)}
     for member in the_plan.with_role(MEMBER):
         for key in member.reads_shared:

@@ -71,6 +71,8 @@ EPS = Limit(1.0, "an epsilon guards a division (1e-6 to 1e-5 in use); above 1 it
 ROPE_THETA = Limit(1e12, "RoPE bases in use are 1e4 to 1e7")
 SOFTCAP = Limit(1e4, "soft-caps in use are 30 (Gemma-2's logits) to 50 (its attention scores); "
                      "above 1e4 tanh never bends a score in float32 range")
+SOFTMAX_SCALE = Limit(100.0, "attention scales in use are 1 / sqrt(head_dim), 0.04 to 0.25 (Zamba2: "
+                      "1 / sqrt(head_dim / 2)); above 100 the softmax is a hard max from the start")
 DT = Limit(10.0, "Mamba's step sizes start in 1e-3 to 0.1; a step of 10 already forgets the state "
                  "within one token")
 INIT_SCALE = Limit(100.0, "scales of initial weights in use are about 1")

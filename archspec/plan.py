@@ -10,6 +10,8 @@ formats or parses node names.
                                                          model: post_norm, the sandwich norm)
         sublayers.i.residual          role 'residual'    module 'sublayers.i' (the gates of a
                                                          parallel group: 'sublayers.i.gates')
+                                      (a feed sublayer, Component.feeds_next, has only its member:
+                                      its output goes into the next sublayer's input)
     shared.<key>                      role 'shared'      module 'shared.<key>' (weights several
                                                          members read; counted and saved once)
     final_norm                        role 'final_norm'  module 'final_norm'
@@ -106,17 +108,22 @@ def plan(spec: ResolvedSpec) -> Plan:
     residuals: dict[tuple[bool, int], ComponentInstance] = {}
     for sub in spec.sublayers:
         prefix = sublayer_path(sub.index)
-        nodes.append(Node(f"{prefix}.norm", NORM, spec.norm, f"{prefix}.norm", sub.index, NORM_NAME))
+        feeds = is_feed(sub)
+        if not feeds:
+            nodes.append(Node(f"{prefix}.norm", NORM, spec.norm, f"{prefix}.norm", sub.index, NORM_NAME))
         for m in sub.members:
             if id(m) not in shared_keys:
                 shared_keys[id(m)] = tuple(m.component.shared_params(m.config, model))
-                children[id(m)] = m.component.children(m.config, model)
+                # a `share` group's instance holds no weights: its children live in shared.<key>
+                children[id(m)] = {} if m.component.whole_share_key(m.config) else m.component.children(m.config, model)
             keys = shared_keys[id(m)]
             for key in keys:
                 owners.setdefault(key, m)
             name, path = f"{prefix}.{m.name}", member_path(sub.index, m.name)
             nodes.append(Node(name, MEMBER, m, path, sub.index, m.name, reads_shared=keys,
                               children=_children(m, model, name, path, sub.index, children[id(m)])))
+        if feeds:
+            continue
         if model.post_norm:
             nodes.append(Node(f"{prefix}.post_norm", POST_NORM, spec.norm, f"{prefix}.post_norm", sub.index,
                               NORM_NAME))
@@ -129,6 +136,13 @@ def plan(spec: ResolvedSpec) -> Plan:
     nodes.append(Node("final_norm", FINAL_NORM, spec.norm, "final_norm", symbol=NORM_NAME))
     nodes.append(Node("lm_head", HEAD, _model_part("head", {"tied": model.tie_embeddings}), "lm_head"))
     return Plan(spec, nodes)
+
+
+def is_feed(sub) -> bool:
+    """Whether a sublayer is a feed (Component.feeds_next): its member reads the stream
+    un-normed and its output is added to the next sublayer's input, so it has no norm and no
+    residual node."""
+    return any(m.component.feeds_next for m in sub.members)
 
 
 def _children(inst: ComponentInstance, model, name: str, path: str, sublayer: int,

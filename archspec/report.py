@@ -208,6 +208,11 @@ def render(rep: dict, fmt: str = "table") -> str:
     lines += ["Per sublayer (norm + components + residual)" if not md else "### Per sublayer", "",
               _table(["#", "components", "params", "fwd FLOPs/token", "state/seq", "backend"], sub_rows, md,
                      text_columns=(1, 5)), ""]
+    shared = [[c["name"], c["type"], f"{c['params']:,}"] for c in rep["components"] if c.get("role") == "shared"]
+    if shared:  # weights several sublayers use (`share`, pkm's share_values): once each
+        title = "Shared weights (counted once; their FLOPs and state count in every sublayer that uses them)"
+        lines += [title if not md else "### Shared weights", "",
+                  _table(["weights", "type", "params"], shared, md, text_columns=(0, 1)), ""]
     if rep.get("notes"):
         lines += ["Notes" if not md else "### Notes", ""]
         lines += [f"- {n}" for n in rep["notes"]] + [""]

@@ -6,6 +6,7 @@ filled, and the canonical list of sublayers) or raises SpecError with every prob
 from __future__ import annotations
 
 import copy
+import json
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -124,6 +125,7 @@ def resolve_document(doc: Document, source: str) -> ResolvedSpec:
     if problems:
         raise SpecError(problems)
     problems += _shared_weight_conflicts(sublayers, model, doc)
+    problems += _feed_problems(sublayers, doc, data.get("overrides"), check_groups=not problems)
     problems += _params_ceiling(sublayers, model, doc)
     if problems:
         raise SpecError(problems)
@@ -184,6 +186,105 @@ def _shared_weight_conflicts(sublayers: list[Sublayer], model, doc: Document) ->
                         f"shares weights '{key}' with component '{owner.name}' but needs other "
                         f"shapes ({_shapes_text(shapes)} vs {_shapes_text(expected)})", where,
                         doc.loc(where), "give both the same sizes, or share under different names"))
+    return problems
+
+
+def _feed_problems(sublayers: list[Sublayer], doc: Document, overrides=None,
+                   check_groups: bool = True) -> list[Problem]:
+    """A feed (Component.feeds_next: its output goes into the next sublayer's input) stands
+    alone in its sublayer, and the next sublayer is not another feed, whose output would
+    replace it. Each wrong place is reported once per symbol, at the layout. With
+    `check_groups`, the `share` groups too (not when their shapes already conflict: the same
+    mistake, reported once)."""
+    problems: list[Problem] = []
+    reported = set()
+    for sub, nxt in zip(sublayers, sublayers[1:] + [None]):
+        feeds = [m for m in sub.members if m.component.feeds_next]
+        if not feeds:
+            continue
+        name = feeds[0].name
+        if sub.parallel and ("parallel", name) not in reported:
+            reported.add(("parallel", name))
+            problems.append(Problem(
+                f"'{name}' ({feeds[0].type}) feeds the next sublayer's input, so it cannot be a member "
+                f"of the parallel group at sublayer {sub.index}", ("layout",), doc.loc(("layout",)),
+                f"give '{name}' a sublayer of its own, just before the sublayer it feeds"))
+        if nxt is not None and any(m.component.feeds_next for m in nxt.members) and ("twice", name) not in reported:
+            reported.add(("twice", name))
+            problems.append(Problem(
+                f"'{name}' at sublayer {sub.index} feeds sublayer {nxt.index}, which is a feed itself: "
+                "its output would be lost", ("layout",), doc.loc(("layout",)),
+                "put an ordinary sublayer (the one the block feeds, e.g. a Mamba2 layer) after each feed"))
+    problems += _lonely_share_groups(sublayers, doc)
+    return problems + (_share_group_conflicts(sublayers, doc, overrides) if check_groups else [])
+
+
+def _share_group_conflicts(sublayers: list[Sublayer], doc: Document, overrides=None) -> list[Problem]:
+    """The uses of a `share` group (Component.whole_share_key, or a type's own `share` such as
+    feed_block's) run one module, built from the first use's config: every use must have that
+    config but for the type's `per_use_keys` (an override that changes one is an error, not a
+    silently ignored setting), and a group belongs to one type."""
+    first: dict[str, ComponentInstance] = {}
+    problems: list[Problem] = []
+    reported = set()
+    for sub in sublayers:
+        for m in sub.members:
+            if not isinstance(m.config.get("share"), str):
+                continue
+            group = m.config["share"]
+            owner = first.setdefault(group, m)
+            if owner is m or (group, m.name) in reported:
+                continue
+            if owner.type != m.type:
+                reported.add((group, m.name))
+                where = ("components", m.name, "share")
+                problems.append(Problem(
+                    f"share group '{group}' is already the group of {owner.type} '{owner.name}'; a {m.type} "
+                    "cannot share its weights", where, doc.loc(where), "give each type its own group name"))
+                continue
+            per_use = {"backend", *m.component.per_use_keys}
+            differs = [k for k in sorted(set(owner.config) | set(m.config))
+                       if k not in per_use and owner.config.get(k) != m.config.get(k)]
+            if differs:
+                reported.add((group, m.name))
+                k = differs[0]
+                where = _override_setting(overrides, sub.index, k) if k in m.overrides else ("components", m.name)
+                problems.append(Problem(
+                    f"'{m.name}' at sublayer {sub.index} shares group '{group}' with '{owner.name}' but sets "
+                    f"{k}={json.dumps(m.config.get(k))} (vs {json.dumps(owner.config.get(k))}); a group is one "
+                    "module, built once",
+                    where, doc.loc(where), "give the uses the same settings, or a group each"))
+    return problems
+
+
+def _override_setting(overrides: list, index: int, key: str) -> Path:
+    """The path of the last override that sets `key` at sublayer `index` (overrides were
+    applied, so one does)."""
+    found = ("overrides",)
+    for k, ov in enumerate(overrides or []):
+        at = ov.get("at") if isinstance(ov, dict) else None
+        if (at == index or isinstance(at, list) and index in at) and key in ov.get("set", {}):
+            found = ("overrides", k, "set", key)
+    return found
+
+
+def _lonely_share_groups(sublayers: list[Sublayer], doc: Document) -> list[Problem]:
+    """A `share` group used at one sublayer only while a similar group name exists is a
+    misspelt group: its block would silently get weights of its own."""
+    users: dict[str, list[str]] = {}
+    for sub in sublayers:
+        for m in sub.members:
+            group = m.config.get("share") if m.component.feeds_next or "share" in m.written else None
+            if isinstance(group, str):
+                users.setdefault(group, []).append(m.name)
+    problems = []
+    for group, names in users.items():
+        near = did_you_mean(group, [g for g in users if g != group])
+        if len(names) == 1 and near:
+            (name,) = names
+            where = ("components", name, "share")
+            problems.append(Problem(f"share group '{group}' is used once (by '{name}'), so it shares nothing",
+                                    where, doc.loc(where), near))
     return problems
 
 

@@ -167,11 +167,12 @@ def test_markdown_tables_keep_their_columns_with_parallel_groups():
     md = render(report(load(SPECS_DIR / "hydra-tiny.yaml")), "markdown")
     tables = [list(rows) for is_table, rows in groupby(md.splitlines(), lambda ln: ln.startswith("|"))
               if is_table]
-    assert len(tables) == 3  # totals, by type, per sublayer
+    assert len(tables) == 4  # totals, by type, per sublayer, shared weights (the PKM value table)
     for table in tables:
         cells = [re.split(r"(?<!\\)\|", row)[1:-1] for row in table]
         assert {len(c) for c in cells} == {len(cells[0])}, table
-    per_sublayer = tables[-1]
+    per_sublayer = tables[2]
+    assert tables[3][2] == "| shared.pkm_values_facts | pkm | 16,384 |"
     assert "| 1 | M:mamba2 \\| A:sparse_attention \\| E:moe |" in per_sublayer[3]
 
 

@@ -27,7 +27,7 @@ import torch
 from ..accounting import account
 from ..backends import check_override, choose, requested
 from ..components.base import DTYPE_BYTES, Backend, Component
-from ..components.modules import DTYPE_NAMES, TORCH_DTYPES
+from ..components.modules import DTYPE_NAMES, TORCH_DTYPES, SharedUse
 from ..errors import BuildRefused, KernelFallbackWarning
 from ..ops import triton_support
 from ..plan import EMBEDDING, FINAL_NORM, HEAD, MEMBER, NORM, POST_NORM, SHARED, Node, Plan, plan
@@ -83,15 +83,19 @@ def _construct(the_plan: Plan, override, device: torch.device, dtype: torch.dtyp
     for node in the_plan.configurable:
         impl, chosen[node.name] = choose(node)
         modules[node.name] = impl.factory(node.instance.config, model_cfg)
+    shared = {n.shared_key: n.component.build_shared(n.shared_key, n.instance.config, model_cfg)
+              for n in the_plan.with_role(SHARED)}
+    for node in the_plan.with_role(MEMBER):  # the uses of a `share` group run its one module
+        key = node.component.whole_share_key(node.instance.config)
+        if key is not None:  # the group's module is its reference (build_shared)
+            modules[node.name], chosen[node.name] = SharedUse(key, shared[key]), BackendChoice("reference")
     blocks = []
     for sub in spec.sublayers:
         nodes = the_plan.of_sublayer(sub.index)
-        (norm,) = [n for n in nodes if n.role == NORM]
+        norm = [modules[n.name] for n in nodes if n.role == NORM]  # none: a feed sublayer
         post = [modules[n.name] for n in nodes if n.role == POST_NORM]
-        blocks.append(Block(modules[norm.name], {n.symbol: modules[n.name] for n in nodes if n.role == MEMBER},
-                            *post))
-    shared = {n.shared_key: n.component.build_shared(n.shared_key, n.instance.config, model_cfg)
-              for n in the_plan.with_role(SHARED)}
+        blocks.append(Block(norm[0] if norm else None,
+                            {n.symbol: modules[n.name] for n in nodes if n.role == MEMBER}, *post))
     (embedding,), (final_norm,), (head,) = (the_plan.with_role(r) for r in (EMBEDDING, FINAL_NORM, HEAD))
     model = CausalLM(_reference(embedding, model_cfg), blocks, modules[final_norm.name],
                      _reference(head, model_cfg), model_cfg.tie_embeddings, shared)

@@ -5,6 +5,9 @@
                  x <- x + sum_j g_j f_j(norm(x))           (parallel group; gates g init 1)
     model: post_norm (sandwich, Gemma-2): the update passes a second norm of its own before
     the add, x <- x + post_norm(f(norm(x))) (of the gated sum in a parallel group).
+    a feed:      t = f(x), read with the embeddings as ctx.embeddings; the next sublayer is
+                 x <- x + f'(norm(x + t)) (its residual is x) and the final norm reads x + t
+                 (Component.feeds_next: Zamba2's shared block feeding a Mamba2 layer)
 
 `labels` [B, T] are the targets of each position (already shifted; -100 is ignored). The
 output carries the LM loss, the sum of the components' auxiliary losses, and their total.
@@ -87,21 +90,30 @@ class ModelOutput:
 
 
 class Block(nn.Module):
-    """One pre-norm residual sublayer (with `post_norm`, a sandwich: the update normed too)."""
+    """One pre-norm residual sublayer (with `post_norm`, a sandwich: the update normed too);
+    without a norm, a feed (module docstring): it returns its member's output t, which the model
+    adds to the next sublayer's norm input (`feed`)."""
 
-    def __init__(self, norm: nn.Module, members: dict[str, nn.Module], post_norm: nn.Module | None = None):
+    def __init__(self, norm: nn.Module | None, members: dict[str, nn.Module], post_norm: nn.Module | None = None):
         super().__init__()
         self.norm = norm
         self.members = nn.ModuleDict(members)
         self.gates = nn.Parameter(torch.empty(len(members))) if len(members) > 1 else None
         self.post_norm = post_norm  # the sandwich norm (model: post_norm), or None
 
+    @property
+    def feeds(self) -> bool:
+        return self.norm is None
+
     def reset_gates(self) -> None:
         if self.gates is not None:
             nn.init.ones_(self.gates)
 
-    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        h = self.norm(x)
+    def forward(self, x: torch.Tensor, ctx: ForwardContext, feed: torch.Tensor | None = None) -> torch.Tensor:
+        if self.feeds:
+            (member,) = self.members.values()
+            return member(x, ctx)
+        h = self.norm(x if feed is None else x + feed)
         if self.post_norm is not None:
             return x + self._sandwiched(lambda name, member: member(h, ctx))
         if self.gates is None:
@@ -112,17 +124,21 @@ class Block(nn.Module):
             out = out + gate.to(x.dtype) * member(h, ctx)
         return out
 
-    def prefill(self, x: torch.Tensor, states: dict, ctx: ForwardContext) -> torch.Tensor:
+    def prefill(self, x: torch.Tensor, states: dict, ctx: ForwardContext, feed=None) -> torch.Tensor:
         """forward over x [B, T, d], each member filling states[symbol]."""
-        return self._decode(x, states, ctx, "prefill")
+        return self._decode(x, states, ctx, "prefill", feed)
 
-    def step(self, x_t: torch.Tensor, states: dict, ctx: ForwardContext) -> torch.Tensor:
+    def step(self, x_t: torch.Tensor, states: dict, ctx: ForwardContext, feed=None) -> torch.Tensor:
         """One position x_t [B, d] -> [B, d], each member stepping states[symbol]."""
-        return self._decode(x_t, states, ctx, "step")
+        return self._decode(x_t, states, ctx, "step", feed)
 
-    def _decode(self, x: torch.Tensor, states: dict, ctx: ForwardContext, how: str) -> torch.Tensor:
-        """x + sum_j g_j f_j(norm(x)) (no gate for one member), f_j = member.<how>."""
-        h = self.norm(x)
+    def _decode(self, x: torch.Tensor, states: dict, ctx: ForwardContext, how: str, feed=None) -> torch.Tensor:
+        """x + sum_j g_j f_j(norm(x + feed)) (no gate for one member), f_j = member.<how>; a
+        feed returns its member's output."""
+        if self.feeds:
+            ((name, member),) = self.members.items()
+            return getattr(member, how)(x, states[name], ctx)
+        h = self.norm(x if feed is None else x + feed)
         if self.post_norm is not None:
             return x + self._sandwiched(lambda name, member: getattr(member, how)(h, states[name], ctx))
         if self.gates is None:
@@ -179,7 +195,8 @@ class CausalLM(nn.Module):
 
     @property
     def fused_residual_norms(self) -> bool:
-        """Whether every norm fuses the residual add before it (see the module docstring)."""
+        """Whether every norm fuses the residual add before it (see the module docstring); a
+        feed sublayer has no norm, so a model with one never fuses."""
         return all(hasattr(n, "forward_add") and n.backend == "triton"
                    for n in [self.final_norm, *(b.norm for b in self.sublayers)])
 
@@ -223,23 +240,34 @@ class CausalLM(nn.Module):
         """embedding output x ([B, T, d] or [B, d]) through every block's `how` (prefill or
         step), the final norm and the head."""
         ctx = ForwardContext(shared=self.shared)
+        ctx.embeddings = x
+        feed = None
         for i, block in enumerate(self.sublayers):
             states = {name: state.states[f"sublayers.{i}.{name}"] for name in block.members}
-            x = getattr(block, how)(x, states, ctx)
+            if block.feeds:
+                feed = getattr(block, how)(x, states, ctx)
+                continue
+            x, feed = getattr(block, how)(x, states, ctx, feed), None
+        x = x if feed is None else x + feed
         return self.lm_head(self.final_norm(x), self.embedding.weight if self.tied else None)
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
         ctx = ForwardContext(shared=self.shared)
         x = self.embedding(tokens)
+        ctx.embeddings = x
         if self.fused_residual_norms:
             delta = None
             for block in self.sublayers:
                 x, delta = block.forward_fused(x, delta, ctx)
             x, _ = self.final_norm.forward_add(x, delta)
         else:
+            feed = None  # a feed sublayer's output, for the next norm's input
             for block in self.sublayers:
-                x = block(x, ctx)
-            x = self.final_norm(x)
+                if block.feeds:
+                    feed = block(x, ctx)
+                    continue
+                x, feed = block(x, ctx, feed), None
+            x = self.final_norm(x if feed is None else x + feed)
         logits = self.lm_head(x, self.embedding.weight if self.tied else None)
         out = ModelOutput(logits=logits, aux_losses=dict(ctx.aux_losses))
         if ctx.aux_losses:

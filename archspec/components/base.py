@@ -102,6 +102,13 @@ class Component:
     # False for a type whose parameters a model part owns (the residual's gates are the block's):
     # it is accounted for here but has no module, so no backends
     has_module: ClassVar[bool] = True
+    # True for a type whose output feeds the next sublayer's input instead of the residual
+    # stream (feed_block): it reads the stream un-normed, stands alone in its sublayer, and its
+    # sublayer has no norm and no residual of the model's (plan.py)
+    feeds_next: ClassVar[bool] = False
+    # config keys that may differ between the uses of one `share` group (per-use weights, such
+    # as feed_block's adapters); every other key must be the same in all of them
+    per_use_keys: ClassVar[tuple[str, ...]] = ()
     # JSON Schema (Draft 2020-12) fragment for the component's hyperparameters: `properties`,
     # `required`, with reference defaults. `type` and `backend` are added by the registry.
     schema: ClassVar[dict] = {"properties": {}}
@@ -177,7 +184,11 @@ class Component:
         return {}
 
     def param_shapes(self, cfg: dict, model: ModelConfig) -> dict[str, tuple[int, ...]]:
-        """Every parameter of the module, its children's included, by its `named_parameters()` name."""
+        """Every parameter of the module, its children's included, by its `named_parameters()` name
+        (none for an instance of a `share` group: its weights are the group's, shared_params)."""
+        return {} if self.whole_share_key(cfg) else self._unshared_param_shapes(cfg, model)
+
+    def _unshared_param_shapes(self, cfg: dict, model: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes = dict(self.own_param_shapes(cfg, model))
         for name, child in self.children(cfg, model).items():
             shapes.update({f"{name}.{k}": s for k, s in child.component.param_shapes(child.config, model).items()})
@@ -185,6 +196,8 @@ class Component:
 
     def param_count(self, cfg: dict, model: ModelConfig) -> int:
         """numel(param_shapes(...)), children included, without listing the tensors."""
+        if self.whole_share_key(cfg):
+            return 0
         return self.own_param_count(cfg, model) + sum(
             c.component.param_count(c.config, model) for c in self.children(cfg, model).values())
 
@@ -221,26 +234,46 @@ class Component:
         return out
 
     def active_param_count(self, cfg: dict, model: ModelConfig) -> int:
+        return 0 if self.whole_share_key(cfg) else self._unshared_active_param_count(cfg, model)
+
+    def _unshared_active_param_count(self, cfg: dict, model: ModelConfig) -> int:
         return self.own_active_param_count(cfg, model) + sum(
             c.component.active_param_count(c.config, model) for c in self.children(cfg, model).values())
 
     # --- weights shared across sublayers ---------------------------------------------------
+    def whole_share_key(self, cfg: dict) -> str | None:
+        """`share: G` on a type without a sharing scheme of its own (one that keeps the default
+        shared_params; schema/__init__.py offers the key only there): every instance of group G
+        is one module, `shared.<type>_G`, holding all its weights (counted and saved once; its
+        FLOPs and decoding state count per use). None: the instance's weights are its own."""
+        group = cfg.get("share")
+        if group is None or type(self).shared_params is not Component.shared_params:
+            return None
+        return f"{self.type}_{group}"
+
     def shared_params(self, cfg: dict, model: ModelConfig) -> dict[str, dict[str, tuple[int, ...]]]:
         """Weights shared by every instance that names the same key (PKM values shared across
-        layers, a Zamba block): {key: {parameter name: shape}}. Each key is built once, by
+        layers, a Zamba2 block): {key: {parameter name: shape}}. Each key is built once, by
         `build_shared`, as `model.shared[key]`; it is counted once and saved once, and the
         instances' modules read it from `ctx.shared[key]` in forward. `param_shapes` lists only
-        the instance's own weights. Keys are module names (no dots)."""
-        return {}
+        the instance's own weights. Keys are module names (no dots). A type that overrides this
+        has its own scheme; the default serves `share: G` (whole_share_key)."""
+        key = self.whole_share_key(cfg)
+        return {} if key is None else {key: self._unshared_param_shapes(cfg, model)}
 
     def shared_active_param_count(self, key: str, cfg: dict, model: ModelConfig) -> int:
         """Parameters of shared weights `key` this instance uses per token (PKM: the value rows
         it reads); the shared part's active count sums this over its users, capped at its
-        size. Default: all of them."""
+        size. Default: all of them (a whole shared instance: its own active count)."""
+        if key == self.whole_share_key(cfg):
+            return self._unshared_active_param_count(cfg, model)
         return numel(self.shared_params(cfg, model)[key])
 
     def build_shared(self, key: str, cfg: dict, model: ModelConfig):
-        """The module holding shared weights `key` (see shared_params)."""
+        """The module holding shared weights `key` (see shared_params); for `share: G`, the
+        type's own module (its reference backend), which every instance of the group runs."""
+        if key == self.whole_share_key(cfg):
+            return self.build(cfg, model, "reference")
         raise NotImplementedError(f"'{self.type}' declares shared weights but no build_shared")
 
     # --- kernels ---------------------------------------------------------------------------

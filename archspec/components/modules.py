@@ -43,6 +43,9 @@ class ForwardContext:
         self.aux_losses: dict[str, torch.Tensor] = {}
         # weights shared across sublayers (Component.shared_params), by key: model.shared[key]
         self.shared = shared if shared is not None else {}
+        # the embedding output [B, T, d] (or [B, d] in a decoding step), for components that
+        # read it beside the stream (feed_block's concat_embeddings); set by the model
+        self.embeddings: torch.Tensor | None = None
 
     def add_aux_loss(self, name: str, value: torch.Tensor) -> None:
         self.aux_losses[name] = self.aux_losses[name] + value if name in self.aux_losses else value
@@ -97,6 +100,33 @@ class ComponentModule(nn.Module):
 
     def reset_parameters(self) -> None:  # pragma: no cover - every subclass overrides
         raise NotImplementedError(f"{type(self).__name__} must define reset_parameters")
+
+
+class SharedUse(ComponentModule):
+    """One use of a `share` group (Component.whole_share_key): no weights of its own; forward,
+    prefill and step run the group's module, `model.shared[key]`, with this use's own decoding
+    state. `target` is kept outside the module tree, so its weights are counted and saved once,
+    under `shared.<key>`."""
+
+    def __init__(self, key: str, target: nn.Module):
+        super().__init__()
+        self.key = key
+        self.__dict__["target"] = target  # not a submodule: the model owns it as shared[key]
+
+    def reset_parameters(self) -> None:
+        pass  # the weights are the group's: CausalLM resets shared[key] once
+
+    def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
+        return self.target(x, ctx)
+
+    def init_state(self, batch: int, max_len: int, device=None, dtype=None):
+        return self.target.init_state(batch, max_len, device, dtype)
+
+    def prefill(self, x: torch.Tensor, state, ctx=None) -> torch.Tensor:
+        return self.target.prefill(x, state, ctx)
+
+    def step(self, x_t: torch.Tensor, state, ctx=None) -> torch.Tensor:
+        return self.target.step(x_t, state, ctx)
 
 
 def with_kernels(module: ComponentModule) -> ComponentModule:

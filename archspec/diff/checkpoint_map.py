@@ -132,7 +132,7 @@ def _node_targets(plan_a: Plan, plan_b: Plan, member_pairs: dict) -> dict[str, N
         a_nodes, b_nodes = plan_a.of_sublayer(i), plan_b.of_sublayer(j)
         for role in (NORM, POST_NORM, RESIDUAL):
             found = [[n for n in nodes if n.role == role] for nodes in (a_nodes, b_nodes)]
-            if all(found):  # a post norm (model: post_norm) maps when both models have one
+            if all(found):  # a post norm (model: post_norm) maps when both models have one; a feed sublayer (plan.is_feed) has no norm or residual
                 targets[found[0][0].name] = found[1][0]
         b_members = {n.symbol: n for n in b_nodes if n.role == MEMBER}
         for a in (n for n in a_nodes if n.role == MEMBER):

@@ -22,6 +22,9 @@ EDITOR_FILE = HERE / "archspec.schema.json"
 SCHEMA_ID = "https://archspec.dev/schema/archspec.schema.json"
 
 
+SHARE_GROUP_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"  # a group becomes part of a module name
+
+
 @lru_cache(maxsize=None)
 def component_schema(type_name: str) -> dict:
     """A component type's full schema: its fragment plus `type` and `backend`. Built once per
@@ -32,6 +35,11 @@ def component_schema(type_name: str) -> dict:
     if comp.role in ("sublayer", "norm"):  # what a spec may configure, and so choose a backend for
         props["backend"] = {"enum": ["auto", *sorted(comp.backends)], "default": "auto",
                             "description": "kernel backend; auto picks the fastest one the device runs"}
+    if comp.role == "sublayer" and "share" not in fragment.get("properties", {}) and comp.whole_share_key({"share": "g"}):
+        # no default: an absent key leaves every existing config (and report) as it was
+        props["share"] = {"type": "string", "pattern": SHARE_GROUP_PATTERN,
+                          "description": "group name: every component of this type naming it is one module "
+                                         "(weights counted and saved once; FLOPs and state per use)"}
     props.update(fragment.get("properties", {}))
     out = {"type": "object", "additionalProperties": False, "properties": props}
     if comp.summary:
