@@ -672,11 +672,16 @@ def cmd_train(args) -> int:
     try:
         result = train(args.source, args.data, progress=not args.no_progress, **settings)
     except TrainError as e:
+        if os.environ.get("RANK", "0") != "0":  # under torchrun every rank refuses: rank 0 says why
+            return EXIT_USAGE
         raise UsageError(str(e)) from None
     except KeyboardInterrupt:
-        print("\narchspec train: interrupted; continue from the last checkpoint with --resume",
-              file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            print("\narchspec train: interrupted; continue from the last checkpoint with --resume",
+                  file=sys.stderr)
         return 130
+    if os.environ.get("RANK", "0") != "0":
+        return EXIT_OK
     last = f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else ""
     print(f"trained to step {result.step}{last}; the model is in {result.out} "
           f"(archspec generate {result.out} --prompt ...)")

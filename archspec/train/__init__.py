@@ -36,12 +36,18 @@ def train(source: str, data: list[str] | str, *, on_step: Callable[[dict], None]
     """Train `source` (spec file or saved model directory) on `data` (file paths); `settings`
     are TrainConfig's fields. `on_step(metrics)` is called after every step (raising from it
     stops the run, as a kill would). Returns the TrainResult (losses of this call's steps)."""
-    from .loop import Run
+    from .loop import Run, init_distributed
     unknown = set(settings) - set(TrainConfig.__dataclass_fields__)
     if unknown:
         raise TypeError(f"train() got unknown settings: {', '.join(sorted(unknown))}")
     cfg = TrainConfig(data=[data] if isinstance(data, str) else list(data), **settings)
-    return Run(source, cfg, on_step).loop()
+    import torch.distributed as dist
+    owns_group = init_distributed(cfg)
+    try:
+        return Run(source, cfg, on_step).loop()
+    finally:
+        if owns_group and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 __all__ = ["train", "TrainConfig", "TrainResult", "TrainError"]

@@ -20,6 +20,18 @@ from .errors import TrainError
 from .schedule import lr_factor
 from .throughput import human_flops, peak_flops
 
+def init_distributed(cfg: TrainConfig) -> bool:
+    """Under torchrun (WORLD_SIZE > 1 in the environment) join the process group, unless the
+    caller already did: nccl on CUDA, gloo on CPUs. Returns whether this call created it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    cuda = (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return True
+
+
 def pick_device(cfg: TrainConfig) -> torch.device:
     """The device this process trains on (under torchrun with CUDA: cuda:LOCAL_RANK), and a
     TrainError when it is absent or lacks --dtype."""
