@@ -255,3 +255,59 @@ def test_resume_refuses_another_spec_a_damaged_checkpoint_and_a_second_run(text,
     (ckpt / "archspec.json").write_text("{not json")
     _refused(capsys, [TINY, *common, "--steps", "2", "--resume"], "damaged", "archspec.json")
     assert [s for s, _ in ck.complete_checkpoints(out)] == [1]  # nothing written by the refusals
+
+
+def test_text_through_a_tokenizer(text, tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")  # the optional package `--tokenizer` needs
+    from tokenizers import models, pre_tokenizers, trainers
+    tok = tokenizers.Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
+    tok.train([str(text)], trainers.BpeTrainer(vocab_size=200, special_tokens=["[UNK]"]))
+    (tmp_path / "tok").mkdir()
+    tok.save(str(tmp_path / "tok" / "tokenizer.json"))
+    ids = tok.encode(text.read_bytes().decode("utf-8", errors="replace")).ids
+    stream = read_stream(str(text), 256, tok)
+    assert stream.tokens.tolist() == ids and len(ids) < 0.8 * text.stat().st_size  # BPE merged bytes
+    out = tmp_path / "run"
+    result = train(TINY, [str(text)], out=str(out), steps=1, tokenizer=str(tmp_path / "tok"), **FAST)
+    assert result.step == 1
+    with pytest.raises(TrainError, match="no tokenizer.json"):
+        train(TINY, [str(text)], out=str(tmp_path / "x"), steps=1, tokenizer=str(tmp_path), **FAST)
+
+
+def test_activation_checkpointing_and_bf16_single_process(text, tmp_path):
+    plain = train(TINY, [str(text)], out=str(tmp_path / "plain"), steps=2, **FAST)
+    recomputed = train(TINY, [str(text)], out=str(tmp_path / "ac"), steps=2, activation_checkpointing=True,
+                       **FAST)
+    assert recomputed.losses == plain.losses  # the same forward, recomputed: bitwise equal on a CPU
+    from archspec.checkpoint import load_saved
+    load_saved(tmp_path / "ac")  # the checkpoint wrappers leave the saved names as they were
+    bf16 = train(TINY, [str(text)], out=str(tmp_path / "bf16"), steps=2, dtype="bf16", **FAST)
+    # bf16 autocast: logits to ~3 significant digits; the loss (~5.4) within 0.05 of fp32's
+    assert bf16.losses == pytest.approx(plain.losses, abs=0.05) and bf16.losses != plain.losses
+
+
+def test_mfu_uses_the_report_flops_and_the_device_peak(text, tmp_path, monkeypatch):
+    import archspec.train.loop as loop
+    from archspec.accounting import account, training_flops_per_token
+    from archspec.spec import load
+    monkeypatch.setattr(loop, "peak_flops", lambda device, dtype: 1e9)  # as if on a 1 GFLOP/s device
+    out = tmp_path / "run"
+    train(TINY, [str(text)], out=str(out), steps=1, **FAST)
+    m = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    per_token = training_flops_per_token(account(load(TINY), 32))
+    assert m["flops_per_s"] == pytest.approx(m["tokens_per_s"] * per_token, rel=1e-12)
+    assert m["mfu"] == pytest.approx(m["flops_per_s"] / 1e9, rel=1e-12)
+    assert "MFU" in loop._postfix(m) and "FLOP/s" not in loop._postfix(m)
+
+
+def test_warm_start_from_a_saved_model(text, tmp_path):
+    from archspec.checkpoint import load_saved
+    first = tmp_path / "first"
+    train(TINY, [str(text)], out=str(first), steps=2, **FAST)
+    again = train(str(first), [str(text)], out=str(tmp_path / "again"), steps=1, lr=1e-12, warmup=0,
+                  batch_size=4, seq_len=32, progress=False)
+    # lr 1e-12: the weights stay those loaded, to rounding (updates <= 1e-12 each)
+    a, b = load_saved(first)[0].state_dict(), load_saved(tmp_path / "again")[0].state_dict()
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-9) for k in a)
+    assert again.step == 1

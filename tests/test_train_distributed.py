@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from archspec.train import TrainError, train
+from archspec.train import TrainError
 from archspec.train.config import TrainConfig, check_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,3 +148,16 @@ def test_a_global_batch_the_world_size_does_not_divide():
     with pytest.raises(TrainError, match="--batch-size: 6 sequences do not split evenly over 4 process"):
         check_config(TrainConfig(data=["x"], batch_size=6), world=4)
     check_config(TrainConfig(data=["x"], batch_size=8), world=4)
+
+
+@pytest.mark.slow
+def test_bad_input_under_torchrun_stops_every_rank_with_one_message(text, tmp_path):
+    (tmp_path / "file").write_text("")
+    for extra, needle in ((["--batch-size", "3"], "--batch-size: 3 sequences do not split evenly over 2"),
+                          (["--out", str(tmp_path / "file" / "run")], "not writable")):
+        done = torchrun("-m", "archspec", "train", TINY, "--data", str(text), "--steps", "2", "--seq-len", "32",
+                        "--batch-size", "4", "--out", str(tmp_path / "out"), "--no-progress", *extra)
+        # every rank exits 2 (torchrun itself then exits 1); rank 0 alone says why; none hangs
+        assert done.returncode != 0 and "exitcode: 2" in done.stderr
+        assert done.stderr.count("archspec: error:") == 1 and needle in done.stderr
+    assert not (tmp_path / "out").exists()

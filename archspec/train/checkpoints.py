@@ -55,6 +55,25 @@ def barrier() -> None:
         dist.barrier()
 
 
+def on_rank0(fn, *args):
+    """fn(*args) on rank 0 only; a TrainError there is raised on every rank (the others would
+    otherwise wait for rank 0 at the next collective forever). Returns fn's result on rank 0."""
+    rank, world = rank_world()
+    result, error = None, None
+    if rank == 0:
+        try:
+            result = fn(*args)
+        except TrainError as e:
+            error = str(e)
+    if world > 1:
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error is not None:
+        raise TrainError(error)
+    return result
+
+
 def prepare_out(out: str | os.PathLike, resume: bool) -> Path:
     """OUT, created and checked writable (a probe file written and removed). Without `resume`,
     an OUT holding a run is refused; with it, one without a complete checkpoint is."""

@@ -117,8 +117,7 @@ class Run:
         self.windows = Windows(streams, cfg.seq_len, cfg.eval_fraction)
         self.order = Order(len(self.windows.train), cfg.seed)
         self.spec_json = ck.spec_text(self.plain)
-        self.out = ck.prepare_out(cfg.out, cfg.resume) if self.rank == 0 else Path(cfg.out)
-        ck.barrier()
+        self.out = ck.on_rank0(ck.prepare_out, cfg.out, cfg.resume) or Path(cfg.out)
         self.resume_from = None
         if cfg.resume:
             self.resume_from = ck.complete_checkpoints(self.out)[-1][1]
@@ -126,7 +125,8 @@ class Run:
         if self.world > 1:
             from ..parallel import shard
             self.model = shard(self.model, mixed_precision=cfg.dtype == "bf16",
-                               activation_checkpointing=cfg.activation_checkpointing)
+                               activation_checkpointing=cfg.activation_checkpointing,
+                               compile_sublayers=cfg.compile)
         elif cfg.activation_checkpointing:
             from ..parallel import checkpoint_sublayers
             checkpoint_sublayers(self.model)
@@ -141,7 +141,8 @@ class Run:
                 raise TrainError(f"--steps {cfg.steps}: the run already reached step {self.step}; give "
                                  "a larger --steps to train on")
             self._note_changes(state.get("config", {}))
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        # one process compiles the whole model; FSDP compiles each sublayer (parallel.shard)
+        self.forward = torch.compile(self.model) if cfg.compile and self.world == 1 else self.model
         from ..accounting import account, training_flops_per_token
         self.flops_per_token = training_flops_per_token(account(self.spec, cfg.seq_len))
         self.peak = peak_flops(self.device, cfg.dtype)
