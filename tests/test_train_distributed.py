@@ -42,7 +42,7 @@ def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
 def _archspec_train(out: Path, data: Path, steps: int, *extra: str, nproc: int = 1) -> None:
     args = ["-m", "archspec", "train", TINY, "--data", str(data), "--out", str(out), "--steps", str(steps),
             "--batch-size", "4", "--seq-len", "32", "--warmup", "2", "--checkpoint-every", "10",
-            "--no-progress", *extra]
+            "--eval-sequences", "7", "--no-progress", *extra]
     if nproc == 1:
         done = subprocess.run([sys.executable, *args], env=_env(), capture_output=True, text=True, timeout=600)
     else:
@@ -50,8 +50,8 @@ def _archspec_train(out: Path, data: Path, steps: int, *extra: str, nproc: int =
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def losses(out: Path) -> list[float]:
-    return [m["loss"] for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in m]
+def losses(out: Path, key: str = "loss") -> list[float]:
+    return [m[key] for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if key in m]
 
 
 def _resume_copy(src: Path, dst: Path) -> Path:
@@ -76,6 +76,9 @@ def test_two_ranks_match_one_and_checkpoints_reshard(text, tmp_path):
     l1, l2 = losses(one), losses(two)
     assert len(l1) == len(l2) == 20
     assert l2 == pytest.approx(l1, rel=RTOL)
+    # 7 held-out sequences: shares of 4 and 3, the shorter padded with a weight-0 repeat
+    assert len(losses(one, "eval_loss")) == 2 and losses(two, "eval_loss") == pytest.approx(
+        losses(one, "eval_loss"), rel=RTOL)
     assert l1[-1] < l1[0] - 0.3  # it learns: the comparison is not of two flat lines
     assert sorted(p.name for p in (two / "checkpoints" / "step-00000020").iterdir()
                   if p.suffix == ".distcp") == ["__0_0.distcp", "__1_0.distcp"]  # one shard per rank

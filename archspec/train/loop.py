@@ -84,11 +84,13 @@ def param_groups(model, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def _all_mean(values: torch.Tensor) -> torch.Tensor:
-    if ck.rank_world()[1] > 1:
-        dist.all_reduce(values, op=dist.ReduceOp.AVG if values.device.type != "cpu" else dist.ReduceOp.SUM)
-        if values.device.type == "cpu":  # gloo has no AVG
-            values /= ck.rank_world()[1]
+def _all_mean(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The mean over ranks of a small CPU tensor of metrics (sent via `device`: nccl needs CUDA)."""
+    world = ck.rank_world()[1]
+    if world > 1:
+        values = values.to(device)
+        dist.all_reduce(values)  # SUM: gloo has no AVG
+        values = values.cpu() / world
     return values
 
 
@@ -193,7 +195,7 @@ class Run:
         self.optimizer.zero_grad(set_to_none=True)
         names = sorted(aux)
         values = _all_mean(torch.cat([sums / cfg.grad_accum,
-                                      torch.tensor([aux[n] for n in names], dtype=torch.float64)]))
+                                      torch.tensor([aux[n] for n in names], dtype=torch.float64)]), self.device)
         self.step += 1
         self.position += cfg.batch_size
         self.tokens += cfg.batch_size * cfg.seq_len
@@ -203,21 +205,31 @@ class Run:
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
-        """Mean LM loss over the first eval_sequences held-out windows (each rank a share)."""
+        """Mean LM loss over the first eval_sequences held-out windows (each rank a share).
+        Every rank runs the same number of forwards (FSDP's gathers are collective): a rank
+        whose share is shorter repeats a window with weight 0."""
         held = self.windows.held_out[:self.cfg.eval_sequences]
         if not held:
             return None
         self.model.eval()
         mine = held[self.rank::self.world]
+        rows = -(-len(held) // self.world)  # the longest share
+        weights = [1.0] * len(mine) + [0.0] * (rows - len(mine))
+        mine = mine + [held[0]] * (rows - len(mine))
         total = torch.zeros(2, dtype=torch.float64)
         micro = max(1, self.cfg.batch_size // (self.world * self.cfg.grad_accum))
-        for i in range(0, len(mine), micro):
+        for i in range(0, rows, micro):
             part = self.windows.tokens(mine[i:i + micro]).to(self.device)
             with self.autocast:
-                out = self.forward(part[:, :-1], labels=part[:, 1:])
-            total += torch.tensor([float(out.lm_loss) * part.shape[0], part.shape[0]], dtype=torch.float64)
+                logits = self.forward(part[:, :-1]).logits.float()
+            per_row = torch.nn.functional.cross_entropy(logits.transpose(1, 2), part[:, 1:],
+                                                        reduction="none").mean(1).double().cpu()
+            w = torch.tensor(weights[i:i + micro], dtype=torch.float64)
+            total += torch.stack([(per_row * w).sum(), w.sum()])
         if self.world > 1:
+            total = total.to(self.device)
             dist.all_reduce(total)
+            total = total.cpu()
         self.model.train()
         return float(total[0] / total[1])
 
