@@ -311,3 +311,28 @@ def test_warm_start_from_a_saved_model(text, tmp_path):
     a, b = load_saved(first)[0].state_dict(), load_saved(tmp_path / "again")[0].state_dict()
     assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-9) for k in a)
     assert again.step == 1
+
+
+def test_mfu_flops_against_flopcountermode_on_a_training_step():
+    """The MFU numerator (the report's training FLOPs: 3 x forward, matmul + attention + the
+    elementwise `other`) against torch's FlopCounterMode over one real forward + backward. On
+    a model of matmuls only (embedding, MLPs, untied head), FlopCounterMode counts each matmul's
+    backward as exactly 2 forwards, so it equals 3 x the report's matmul FLOPs exactly, and the
+    MFU numerator exceeds it by exactly 3 x the elementwise FLOPs FlopCounterMode does not count."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from archspec.accounting import account, training_flops_per_token
+    from archspec.codegen.build import build
+    from archspec.flopcount import flopcounter_mapping
+    from archspec.spec import loads
+    spec = loads("model: {name: t, vocab_size: 96, d_model: 48, max_seq_len: 64, tie_embeddings: false}\n"
+                 "components:\n  F: {type: mlp, activation: swiglu, d_ff: 96}\nlayout: \"F F\"\n")
+    model = build(spec, seed=0)
+    tokens = torch.randint(0, 96, (2, 33))
+    with FlopCounterMode(display=False, custom_mapping=flopcounter_mapping()) as counter:
+        model(tokens[:, :-1], labels=tokens[:, 1:]).loss.backward()
+    flops = account(spec, 32).total().flops
+    n_tokens = 2 * 32
+    assert counter.get_total_flops() == 3 * n_tokens * flops.matmul / 32
+    assert training_flops_per_token(account(spec, 32)) * n_tokens == pytest.approx(
+        counter.get_total_flops() + 3 * n_tokens * flops.other / 32, rel=1e-12)  # float sums
