@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -336,3 +337,19 @@ def test_mfu_flops_against_flopcountermode_on_a_training_step():
     assert counter.get_total_flops() == 3 * n_tokens * flops.matmul / 32
     assert training_flops_per_token(account(spec, 32)) * n_tokens == pytest.approx(
         counter.get_total_flops() + 3 * n_tokens * flops.other / 32, rel=1e-12)  # float sums
+
+
+def test_a_diverging_run_stops_without_saving_the_spoilt_weights(text, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", TINY, "--data", str(text), "--out", str(out), "--batch-size", "4", "--seq-len", "32",
+            "--no-progress", "--warmup", "0", "--checkpoint-every", "1", "--grad-clip", "0"]
+    assert main([*args, "--steps", "1"]) == 0
+    # a learning rate of 1e30 (the lr is checked finite and positive, not sensible): the resumed
+    # step 2 moves the weights to ~1e30; step 3's gradient overflows, and the run stops before
+    # its optimizer step, so no saved weights are NaN
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # archspec.save warns when it saves NaN or infinite weights
+        assert main([*args, "--steps", "6", "--resume", "--lr", "1e30"]) == 2
+    err = capsys.readouterr().err
+    assert "step 3: the gradient norm is nan: training diverged; resume from step 2" in err, err
+    assert [s for s, _ in ck.complete_checkpoints(out)] == [1, 2]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -191,6 +192,8 @@ class Run:
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
             norm = norm.full_tensor()
+        if not math.isfinite(float(norm)):  # stop before the optimizer step spoils the weights
+            self._diverged(f"step {self.step + 1}: the gradient norm is {float(norm)}")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         names = sorted(aux)
@@ -202,6 +205,12 @@ class Run:
         return {"step": self.step, "loss": float(values[0]), "lm_loss": float(values[1]),
                 "aux": {n: float(v) for n, v in zip(names, values[2:])}, "lr": cfg.lr * factor,
                 "grad_norm": float(norm), "tokens": self.tokens}
+
+    def _diverged(self, what: str) -> None:
+        last = ck.complete_checkpoints(self.out)
+        raise TrainError(f"{what}: training diverged; " + (
+            f"resume from step {last[-1][0]} (--resume) with a lower --lr" if last
+            else "start again with a lower --lr"))
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -274,6 +283,8 @@ class Run:
                     m["mfu"] = m["flops_per_s"] / (self.peak * self.world)
                 result.losses.append(m["loss"])
                 self._log(metrics, m)
+                if not math.isfinite(m["loss"]):  # its step has spoilt the weights: nothing more is saved
+                    self._diverged(f"step {self.step}: the loss is {m['loss']}")
                 bar.set_postfix_str(_postfix(m), refresh=False)
                 bar.update(1)
                 evaluate_now = (cfg.eval_every and self.step % cfg.eval_every == 0)
