@@ -164,3 +164,11 @@ def test_bad_input_under_torchrun_stops_every_rank_with_one_message(text, tmp_pa
         assert done.returncode != 0 and "exitcode: 2" in done.stderr
         assert done.stderr.count("archspec: error:") == 1 and needle in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_shard_needs_a_process_group():
+    from archspec.codegen.build import build
+    from archspec.parallel import shard
+    from archspec.spec import load
+    with pytest.raises(RuntimeError, match="needs torch.distributed initialised"):
+        shard(build(load(TINY), seed=0))
