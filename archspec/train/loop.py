@@ -283,8 +283,6 @@ class Run:
                     m["mfu"] = m["flops_per_s"] / (self.peak * self.world)
                 result.losses.append(m["loss"])
                 self._log(metrics, m)
-                if not math.isfinite(m["loss"]):  # its step has spoilt the weights: nothing more is saved
-                    self._diverged(f"step {self.step}: the loss is {m['loss']}")
                 bar.set_postfix_str(_postfix(m), refresh=False)
                 bar.update(1)
                 evaluate_now = (cfg.eval_every and self.step % cfg.eval_every == 0)
