@@ -281,6 +281,7 @@ class Run:
                 m["flops_per_s"] = m["tokens_per_s"] * self.flops_per_token
                 if self.peak is not None:
                     m["mfu"] = m["flops_per_s"] / (self.peak * self.world)
+                m["peak_memory_bytes"] = _peak_memory(self.device)  # this rank's (rank 0 logs)
                 result.losses.append(m["loss"])
                 self._log(metrics, m)
                 bar.set_postfix_str(_postfix(m), refresh=False)
@@ -310,6 +311,14 @@ class Run:
         if metrics is not None:
             metrics.write(json.dumps(m) + "\n")
             metrics.flush()
+
+
+def _peak_memory(device: torch.device) -> int | None:
+    """CUDA: the allocator's peak; CPU: the process's peak resident set (VmHWM)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    from ..smoke import _cpu_peak
+    return _cpu_peak()
 
 
 def _postfix(m: dict) -> str:
