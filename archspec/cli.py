@@ -152,7 +152,71 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--tokenizer", default=None, metavar="TOKDIR",
                      help="a directory holding a Hugging Face tokenizer.json (needs the `tokenizers` "
                      "package) to use instead of byte-level tokens")
+    _train_parser(sub)
     return p
+
+
+def _train_parser(sub) -> None:
+    """`archspec train`: the flags are archspec.train.TrainConfig's fields (defaults from there)."""
+    from .train.config import DTYPES, TrainConfig
+    from .train.schedule import SCHEDULES
+    d = TrainConfig(data=[])
+    t = sub.add_parser(
+        "train", help="train a spec (or a saved model) on text or token files, with checkpoints",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train SPEC (a fresh build) or DIR (a saved model: its weights) on --data files. "
+        "Shows a progress bar (loss, tokens/s, MFU on known GPUs or FLOP/s), writes OUT/metrics.jsonl, "
+        "checkpoints (model, optimizer, data position, RNG) to OUT/checkpoints, and the trained model "
+        "to OUT, so `archspec generate OUT` and archspec.load_saved(OUT) read it. Under `torchrun "
+        "--nproc_per_node N archspec train ...` the model is sharded with FSDP2. Exit 2 for bad input.",
+        epilog="data files: NAME.u16 / NAME.u32 hold pre-tokenized little-endian uint16 / uint32 ids "
+        "(memory-mapped); any other file is text: its UTF-8 bytes are the tokens (ids 0-255), or "
+        "--tokenizer's ids.\nexamples:\n"
+        "  archspec train specs/hydra-tiny.yaml --data notes.txt --steps 200 --seq-len 128 --out runs/h\n"
+        "  archspec train specs/hydra-tiny.yaml --data notes.txt --steps 400 --seq-len 128 --out runs/h --resume\n"
+        "  archspec generate runs/h --prompt 'The '\n"
+        "  torchrun --nproc_per_node 2 -m archspec train specs/tiny.yaml --data tokens.u16 --out runs/t")
+    t.add_argument("source", metavar="SPEC|DIR", help="a spec file, or a saved model directory to start from")
+    t.add_argument("--data", nargs="+", required=True, metavar="PATH", help="training files (text, .u16, .u32)")
+    t.add_argument("--out", default=d.out, metavar="DIR", help=f"output directory (default {d.out})")
+    t.add_argument("--steps", type=positive_int, default=d.steps, help=f"optimizer steps in all (default {d.steps})")
+    t.add_argument("--batch-size", type=positive_int, default=d.batch_size, metavar="B",
+                   help=f"sequences per step over all processes and micro-batches (default {d.batch_size})")
+    t.add_argument("--seq-len", type=positive_int, metavar="T", help="tokens per sequence (default "
+                   "min(256, max_seq_len))")
+    t.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    t.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio,
+                   help=f"final lr / peak for cosine and linear (default {d.min_lr_ratio})")
+    t.add_argument("--warmup", type=int, default=d.warmup, metavar="N", help=f"linear warmup steps (default {d.warmup})")
+    t.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help=f"after warmup (default {d.schedule})")
+    t.add_argument("--grad-accum", type=positive_int, default=d.grad_accum, metavar="K",
+                   help="micro-batches per step (default 1)")
+    t.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help=f"AdamW decoupled weight decay of >= 2-D weights (default {d.weight_decay})")
+    t.add_argument("--grad-clip", type=float, default=d.grad_clip,
+                   help=f"max global gradient norm, 0: none (default {d.grad_clip})")
+    t.add_argument("--dtype", choices=DTYPES, default=d.dtype,
+                   help="compute dtype: bf16 (autocast / FSDP mixed precision, fp32 weights) or fp32 (default)")
+    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute each sublayer's activations in the backward")
+    t.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, metavar="N",
+                   help="checkpoint every N steps (default 0: at the end only)")
+    t.add_argument("--keep-checkpoints", type=positive_int, default=d.keep_checkpoints, metavar="N",
+                   help=f"newest checkpoints kept (default {d.keep_checkpoints})")
+    t.add_argument("--eval-fraction", type=float, default=d.eval_fraction, metavar="F",
+                   help=f"share of each file's sequences held out for the eval loss (default {d.eval_fraction})")
+    t.add_argument("--eval-every", type=int, default=d.eval_every, metavar="N",
+                   help="eval loss every N steps (default 0: at each checkpoint and the end)")
+    t.add_argument("--eval-sequences", type=positive_int, default=d.eval_sequences, metavar="N",
+                   help=f"held-out sequences an evaluation reads (default {d.eval_sequences})")
+    t.add_argument("--tokenizer", default=None, metavar="TOKDIR",
+                   help="a directory holding a Hugging Face tokenizer.json for text files")
+    t.add_argument("--seed", type=int, default=d.seed, help=f"initialisation and data order (default {d.seed})")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last "
+                   "complete checkpoint (the same spec, exactly as if never stopped)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -601,9 +665,32 @@ def _progress(done: int, total: int, result) -> None:
           file=sys.stderr, flush=True)
 
 
+def cmd_train(args) -> int:
+    """Train with archspec.train (archspec/train/): every bad input a TrainError, exit 2."""
+    from .train import TrainError, train
+    settings = {k: v for k, v in vars(args).items() if k not in ("command", "source", "data", "no_progress")}
+    try:
+        result = train(args.source, args.data, progress=not args.no_progress, **settings)
+    except TrainError as e:
+        if os.environ.get("RANK", "0") != "0":  # under torchrun every rank refuses: rank 0 says why
+            return EXIT_USAGE
+        raise UsageError(str(e)) from None
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") == "0":
+            print("\narchspec train: interrupted; continue from the last checkpoint with --resume",
+                  file=sys.stderr)
+        return 130
+    if os.environ.get("RANK", "0") != "0":
+        return EXIT_OK
+    last = f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else ""
+    print(f"trained to step {result.step}{last}; the model is in {result.out} "
+          f"(archspec generate {result.out} --prompt ...)")
+    return EXIT_OK
+
+
 COMMANDS = {"validate": cmd_validate, "kernels": cmd_kernels, "report": cmd_report, "build": cmd_build, "graph": cmd_graph,
             "schema": cmd_schema, "components": cmd_components,
-            "diff": cmd_diff, "generate": cmd_generate}
+            "diff": cmd_diff, "generate": cmd_generate, "train": cmd_train}
 
 
 def entry() -> None:
