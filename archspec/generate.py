@@ -43,19 +43,24 @@ def generate(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, t
     out: list[list[int]] = [[] for _ in rows]
     if max_new_tokens == 0:
         return out
-    done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+    done = [False] * len(rows)
 
     def choose(i: int, logits: torch.Tensor) -> torch.Tensor:
         """Every row's new token i: sampled for the rows still generating, recorded, streamed."""
-        nxt = torch.zeros(len(rows), dtype=torch.long, device=device)
-        rows_now = (~done).nonzero().flatten()
-        if len(rows_now):
-            nxt[rows_now] = next_tokens(logits[rows_now], temperature, top_k, top_p, gen)
-        for r in rows_now.tolist():
-            out[r].append(int(nxt[r]))
+        live = [r for r, finished in enumerate(done) if not finished]
+        if len(live) == len(rows):  # the common case: no gather, no scatter
+            nxt = next_tokens(logits, temperature, top_k, top_p, gen)
+            chosen = nxt.tolist()
+        else:
+            index = torch.tensor(live, device=device)
+            nxt = torch.zeros(len(rows), dtype=torch.long, device=device)
+            nxt[index] = next_tokens(logits[index], temperature, top_k, top_p, gen)
+            chosen = nxt[index].tolist()
+        for r, token in zip(live, chosen):
+            out[r].append(token)
             if on_token is not None:
-                on_token(r, int(nxt[r]))
-            if len(out[r]) == max_new_tokens or (eos_token_id is not None and int(nxt[r]) == eos_token_id):
+                on_token(r, token)
+            if len(out[r]) == max_new_tokens or (eos_token_id is not None and token == eos_token_id):
                 done[r] = True
         return nxt
 
@@ -63,7 +68,7 @@ def generate(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, t
     model.eval()
     try:
         with torch.no_grad():
-            ragged_decode(model, rows, max_new_tokens, choose, lambda: bool(done.all()))
+            ragged_decode(model, rows, max_new_tokens, choose, lambda: all(done))
     finally:
         model.train(was_training)
     return out

@@ -189,6 +189,11 @@ class KVCache:
         self.check(start + t)
         if t > slots:  # a window's ring keeps the last L
             k, v, start = k[:, :, t - slots:], v[:, :, t - slots:], start + t - slots
-        idx = torch.arange(start, start + k.shape[2], device=k.device) % slots
+        first, t = start % slots, k.shape[2]
+        if first + t <= slots:  # one run of slots (every step): a slice, no index tensor
+            self.k[:, :, first:first + t] = k.to(self.k.dtype)
+            self.v[:, :, first:first + t] = v.to(self.v.dtype)
+            return
+        idx = torch.arange(start, start + t, device=k.device) % slots
         self.k[:, :, idx] = k.to(self.k.dtype)
         self.v[:, :, idx] = v.to(self.v.dtype)
