@@ -21,6 +21,7 @@ class SparseAttentionModule(AttentionProjections):
         self.cfg = dict(cfg)
         self.pattern = cfg["pattern"]
         self.last_padded_rows = 0  # block_topk: R of the latest fast forward (all sequences)
+        self._global_slots = None  # decoding: the global slots' positions (_global_slot_positions)
 
     def mask(self, q, k, t: int) -> torch.Tensor:
         """The definition's mask: [T, T] (window) or [B, H, T, T] (block_topk)."""
@@ -94,7 +95,9 @@ class SparseAttentionModule(AttentionProjections):
         q, k, v = self.qkv(x_t[:, None], start=p, positions=None if state.lag is None else rows)
         keys, vals = torch.cat([state.k, k], 2), torch.cat([state.v, v], 2)
         pos = torch.cat([self._slot_positions(rows, state.k.shape[2], state.max_len), rows[:, None]], 1)
-        if self.pattern == "window":
+        if self.pattern == "window" and not _keeps_everything(self.cfg):
+            reads = (pos >= 0)[:, None]  # the slots hold only what p_b may read: [B, 1, n]
+        elif self.pattern == "window":
             c = self.cfg
             reads = (rows[:, None] - pos < c["window"]) | self._is_global(pos)
             if c["global_reads"] == "prefix":
@@ -132,11 +135,19 @@ class SparseAttentionModule(AttentionProjections):
         latest = rows[:, None] - 1 - (rows[:, None] - 1 - s) % max(ring, 1)  # [B, R]
         held = [torch.where(latest >= 0, latest, -1)]
         if n_global:
-            i = torch.arange(n_global, device=rows.device)
-            f, every = self.cfg["global_first"], self.cfg["global_every"]
-            glob = torch.where(i < f, i, (f // every) * every + every - 1 + (i - f) * every) if every else i
+            glob = self._global_slot_positions(n_global, rows.device)
             held.append(torch.where(glob < (rows[:, None] - ring), glob, -1))
         return torch.cat(held, 1)
+
+    def _global_slot_positions(self, n_global: int, device) -> torch.Tensor:
+        """int64 [G]: the i-th global position (global slot i's), made once per size."""
+        glob = self._global_slots
+        if glob is None or glob.shape[0] != n_global or glob.device != device:
+            f, every = self.cfg["global_first"], self.cfg["global_every"]
+            i = torch.arange(n_global, device=device)
+            glob = torch.where(i < f, i, (f // every) * every + every - 1 + (i - f) * every) if every else i
+            self._global_slots = glob
+        return glob
 
     def _globals_below(self, pos: torch.Tensor) -> torch.Tensor:
         """int64, like pos: how many global positions are below each (its global slot index)."""
