@@ -9,15 +9,13 @@ softmax(logits / temperature) restricted to the top_k most likely tokens and to 
 whose probability reaches top_p (nucleus), drawn from a torch.Generator seeded with `seed`, so a
 seed gives the same tokens on every run.
 
-Prompts of different lengths decode as one batch in one step loop, every row at the same
-position of one state (so no component needs per-row positions, and no padding ever enters a KV
-cache, a RoPE position or a recurrent state): the first m = (shortest prompt) tokens of every row
-are prefilled together, then each step feeds every row its next token: a row still inside its
-prompt is fed its own prompt token (teacher forcing: its logits there are not sampled), a row past
-it the token just chosen for it. A longer prompt's tail thus runs through `step` one token at a
-time instead of the parallel prefill: exact, and the price of one shared position (a prompt much
-longer than the others costs its excess in steps). Rows are returned in the order given; with a
-seed, each step draws the rows that are generating from one generator in row order.
+Prompts of different lengths decode as one batch in one step loop: each group of prompts of
+equal length is prefilled whole (the parallel form) into its own state, then the states merge
+into one (model.cat_states), where every row keeps its own position (its RoPE position, its KV
+slots and the keys it may read), so no padding ever enters a KV cache, a RoPE position or a
+recurrent state, and no prompt token goes through `step`. Every step then feeds each row the
+token just chosen for it. Rows are returned in the order given; with a seed, each step draws the
+rows still generating from one generator in row order.
 
 A row stops at `eos_token_id` (included in its output) or after max_new_tokens. Every argument is
 checked before any work: a clear ValueError names the first problem.
@@ -45,21 +43,24 @@ def generate(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, t
     out: list[list[int]] = [[] for _ in rows]
     if max_new_tokens == 0:
         return out
-    done = torch.zeros(len(rows), dtype=torch.bool, device=device)
-    lengths = torch.tensor([len(r) for r in rows], device=device)
+    done = [False] * len(rows)
 
-    def choose(p: int, logits: torch.Tensor) -> torch.Tensor:
-        """The tokens of position p: sampled for the rows generating, recorded and streamed."""
-        generating = (lengths <= p) & ~done
-        nxt = torch.zeros(len(rows), dtype=torch.long, device=device)
-        rows_now = generating.nonzero().flatten()
-        if len(rows_now):
-            nxt[rows_now] = next_tokens(logits[rows_now], temperature, top_k, top_p, gen)
-        for r in rows_now.tolist():
-            out[r].append(int(nxt[r]))
+    def choose(i: int, logits: torch.Tensor) -> torch.Tensor:
+        """Every row's new token i: sampled for the rows still generating, recorded, streamed."""
+        live = [r for r, finished in enumerate(done) if not finished]
+        if len(live) == len(rows):  # the common case: no gather, no scatter
+            nxt = next_tokens(logits, temperature, top_k, top_p, gen)
+            chosen = nxt.tolist()
+        else:
+            index = torch.tensor(live, device=device)
+            nxt = torch.zeros(len(rows), dtype=torch.long, device=device)
+            nxt[index] = next_tokens(logits[index], temperature, top_k, top_p, gen)
+            chosen = nxt[index].tolist()
+        for r, token in zip(live, chosen):
+            out[r].append(token)
             if on_token is not None:
-                on_token(r, int(nxt[r]))
-            if len(out[r]) == max_new_tokens or (eos_token_id is not None and int(nxt[r]) == eos_token_id):
+                on_token(r, token)
+            if len(out[r]) == max_new_tokens or (eos_token_id is not None and token == eos_token_id):
                 done[r] = True
         return nxt
 
@@ -67,7 +68,7 @@ def generate(model, prompts, max_new_tokens: int, *, temperature: float = 0.0, t
     model.eval()
     try:
         with torch.no_grad():
-            ragged_decode(model, rows, max_new_tokens, choose, lambda: bool(done.all()))
+            ragged_decode(model, rows, max_new_tokens, choose, lambda: all(done))
     finally:
         model.train(was_training)
     return out
@@ -78,28 +79,33 @@ def ragged_decode(model, rows: list[list[int]], max_new_tokens: int,
                   finished: Callable[[], bool]) -> None:
     """One batched decoding loop over prompts of any lengths (module docstring).
 
-    Prefills the first m = min(len) tokens of every row into one state, then at each position
-    p = m, m + 1, ...: `choose(p, logits [B, V])` (logits of every row's position p - 1, i.e. its
-    prediction of token p) returns tokens [B]; a row whose prompt is longer than p is fed its
-    prompt token instead, every other row the chosen one. Stops when `finished()` is true or
-    every row has had max_new_tokens positions past its prompt."""
+    Prefills each group of equal-length prompts with its own state, merges the states, then
+    for i = 0, 1, ...: `choose(i, logits [B, V])` (every row's prediction of its new token i,
+    rows in the order given) returns the tokens [B] each row is fed next. Stops when
+    `finished()` is true or after max_new_tokens choices."""
     device = model.embedding.weight.device
-    lengths = [len(r) for r in rows]
-    m, longest = min(lengths), max(lengths)
-    padded = torch.zeros(len(rows), longest, dtype=torch.long, device=device)
-    for i, r in enumerate(rows):  # the zeros past a short prompt are never fed (see below)
-        padded[i, :len(r)] = torch.tensor(r, dtype=torch.long, device=device)
-    in_prompt = torch.tensor(lengths, device=device)[:, None] > torch.arange(longest, device=device)
-    state = model.init_state(len(rows), longest + max_new_tokens)
-    logits = model.prefill(padded[:, :m], state)[:, -1]
-    last = longest + max_new_tokens - 1  # the longest row's last chosen position
-    for p in range(m, last + 1):
-        nxt = choose(p, logits)
-        if p == last or finished():
+    groups: dict[int, list[int]] = {}
+    for r, row in enumerate(rows):
+        groups.setdefault(len(row), []).append(r)
+    max_len = max(groups) + max_new_tokens
+    states, logits, order = [], [], []
+    for members in groups.values():
+        state = model.init_state(len(members), max_len)
+        tokens = torch.tensor([rows[r] for r in members], dtype=torch.long, device=device)
+        logits.append(model.prefill(tokens, state)[:, -1])
+        states.append(state)
+        order += members
+    state = model.cat_states(states) if len(states) > 1 else states[0]
+    logits = torch.cat(logits)
+    # the merged state's row j is row order[j]: logits go back to the given order, tokens forth
+    ordered = order == sorted(order)
+    to_state = torch.tensor(order, device=device)
+    to_rows = to_state.argsort()
+    for i in range(max_new_tokens):
+        nxt = choose(i, logits if ordered else logits[to_rows])
+        if i == max_new_tokens - 1 or finished():
             return
-        if p < longest:
-            nxt = torch.where(in_prompt[:, p], padded[:, p], nxt)
-        logits = model.step(nxt, state)
+        logits = model.step(nxt if ordered else nxt[to_state], state)
 
 
 def next_tokens(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float,

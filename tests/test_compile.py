@@ -49,11 +49,6 @@ def test_backward_under_aot_autograd_matches_eager():
 # --- decoding: model.step under torch.compile(fullgraph=True) ----------------------------------
 
 SMALL = sorted(p.name for p in SPECS.glob("*.yaml") if archspec.load(p).model.d_model <= 512)
-# sparse_attention's step keeps a set of positions whose size changes with the position (the
-# window's last w - 1 plus the globals so far), chosen by boolean indexing: a data-dependent shape
-# dynamo cannot trace as one graph. Its state would need a fixed-capacity slot layout first.
-NOT_YET = {name for name in SMALL
-           if any(c.type == "sparse_attention" for c in archspec.load(SPECS / name).components.values())}
 
 
 def decode_both(model, step, t: int = 40, prompt: int = 4):
@@ -71,9 +66,7 @@ def decode_both(model, step, t: int = 40, prompt: int = 4):
 
 
 @pytest.mark.slow  # dynamo traces every component's step: ~1-17 s a spec on one CPU thread
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
-    strict=True, reason="sparse_attention's step has a data-dependent kept set")) if n in NOT_YET else n
-    for n in SMALL])
+@pytest.mark.parametrize("name", SMALL)
 def test_step_traces_as_one_graph(name):
     """torch.compile(model.step, fullgraph=True) (raises on any graph break) over 36 steps: at
     most three graphs, not one per token (dynamo specialises the first position, then makes the
@@ -85,6 +78,40 @@ def test_step_traces_as_one_graph(name):
     compiled, eager = decode_both(model, torch.compile(model.step, backend="eager", fullgraph=True))
     assert counters["stats"]["unique_graphs"] <= 3, dict(counters["stats"])
     assert torch.equal(compiled, eager)
+
+
+def ragged_state(model, lengths: list[int], max_len: int):
+    """One state of rows prefilled alone over prompts of `lengths`, merged (rows at their own
+    positions), and the tokens [B, max_len]."""
+    tokens = torch.randint(0, model.spec.model.vocab_size, (len(lengths), max_len),
+                           generator=torch.Generator().manual_seed(1))
+    parts = [model.init_state(1, max_len) for _ in lengths]
+    with torch.no_grad():
+        for r, (n, part) in enumerate(zip(lengths, parts)):
+            model.prefill(tokens[r:r + 1, :n], part)
+    return model.cat_states(parts), tokens
+
+
+@pytest.mark.slow  # as above: dynamo traces every component's step
+@pytest.mark.parametrize("name", ["tiny.yaml", "sparse-tiny.yaml", "moe-tiny.yaml", "hydra-tiny.yaml"])
+def test_step_of_rows_at_their_own_positions_traces_as_one_graph(name):
+    """The ragged path (generate's merged state, per-row positions): compiled with
+    fullgraph=True, at most three graphs over 20 steps, the very logits of eager steps."""
+    from torch._dynamo.utils import counters
+    model = archspec.build(archspec.load(SPECS / name), dtype="float32", seed=0).eval()
+    lengths = [9, 2, 5]
+    states = [ragged_state(model, lengths, 40)[0] for _ in range(2)]
+    _, tokens = ragged_state(model, lengths, 40)
+    counters.clear()
+    step = torch.compile(model.step, backend="eager", fullgraph=True)
+    outs = ([], [])
+    with torch.no_grad():
+        for i in range(20):
+            t = torch.stack([tokens[r, n + i] for r, n in enumerate(lengths)])
+            outs[0].append(step(t, states[0]))
+            outs[1].append(model.step(t, states[1]))
+    assert counters["stats"]["unique_graphs"] <= 3, dict(counters["stats"])
+    assert torch.equal(torch.stack(outs[0]), torch.stack(outs[1]))
 
 
 @pytest.mark.slow  # inductor generates and builds C++ for the step: ~20-60 s a spec

@@ -70,8 +70,8 @@ def greedy_by_full_forwards(model, prompt: list[int], n: int) -> list[int]:
 
 @pytest.mark.parametrize("name", SMALL)
 def test_greedy_generation_equals_argmax_of_full_forwards(name, monkeypatch):
-    """Prompts of lengths 3, 9, 9 and 14 in one call, decoded in one batch: one prefill of the
-    first 3 tokens of all four rows, then (14 - 3) + 4 - 1 = 14 steps of the whole batch. Exact
+    """Prompts of lengths 3, 9, 9 and 14 in one call, decoded in one batch: one prefill per
+    length (the two 9-token rows together), then 4 - 1 = 3 steps of the whole batch. Exact
     tokens: the logits agree to ~1e-7 of their scale (above), far below the gap between a random
     model's top two logits (a near tie would need ~1e-6). Each row alone gives the same tokens."""
     model, spec = tiny(name)
@@ -79,7 +79,7 @@ def test_greedy_generation_equals_argmax_of_full_forwards(name, monkeypatch):
     prompts = [random_tokens(spec.model.vocab_size, (n,), seed=i).tolist() for i, n in enumerate(lengths)]
     calls = count_decoding_calls(model, monkeypatch)
     new = archspec.generate(model, prompts, max_new_tokens=4)
-    assert calls == {"prefill": [(4, 3)], "step": [4] * 14}
+    assert calls == {"prefill": [(1, 3), (2, 9), (1, 14)], "step": [4] * 3}
     assert new == [greedy_by_full_forwards(model, p, 4) for p in prompts]
     monkeypatch.undo()
     assert new == [archspec.generate(model, [p], max_new_tokens=4)[0] for p in prompts]
@@ -105,28 +105,59 @@ def count_decoding_calls(model, monkeypatch) -> dict:
 
 @pytest.mark.parametrize("name", SMALL)
 def test_a_ragged_batch_gives_each_rows_own_forward(name):
-    """Prompts of lengths 3, 9 and 14 continued by 6 given tokens each, in one batched loop
-    (archspec.generate.ragged_decode, which generate runs): at every position past the shortest
-    prompt, every row's logits equal the full forward over that row alone. fp32, normwise 1e-5
-    of the row's largest logit, as test_prefill_then_steps_give_the_forward (measured ~1e-7);
-    a row absorbing another's position or a padding token is off by 1e-2 or more."""
+    """Prompts of lengths 14, 3, 9 and 3 continued by 6 given tokens each, in one batched loop
+    (archspec.generate.ragged_decode, which generate runs: each length prefilled whole, the
+    states merged, every row stepping at its own position): every row's logits at every new
+    position equal the full forward over that row alone. fp32, normwise 1e-5 of the row's
+    largest logit, as test_prefill_then_steps_give_the_forward (measured ~1e-7); a row absorbing
+    another's position, a padding token or a key of another row is off by 1e-2 or more."""
     model, spec = tiny(name)
-    lengths, new = [3, 9, 14], 6
+    lengths, new = [14, 3, 9, 3], 6
     seqs = [random_tokens(spec.model.vocab_size, (n + new,), seed=10 + i) for i, n in enumerate(lengths)]
     seen: dict[int, torch.Tensor] = {}
 
-    def forced(p, logits):  # every row's continuation is given: teacher forcing all the way
-        seen[p] = logits.clone()
-        return torch.stack([s[p] if p < len(s) else s[-1] for s in seqs])
+    def forced(i, logits):  # every row's continuation is given: teacher forcing all the way
+        seen[i] = logits.clone()
+        return torch.stack([s[n + i] for s, n in zip(seqs, lengths)])
 
     with torch.no_grad():
-        ragged_decode(
-            model, [s[:n].tolist() for s, n in zip(seqs, lengths)], new, forced, lambda: False)
-        for r, s in enumerate(seqs):
+        ragged_decode(model, [s[:n].tolist() for s, n in zip(seqs, lengths)], new, forced, lambda: False)
+        for r, (s, n) in enumerate(zip(seqs, lengths)):
             full = model(s[None]).logits[0].double()
-            decoded = torch.stack([seen[p][r] for p in range(3, len(s))]).double()
-            err = ((decoded - full[2:-1]).abs().max() / full.abs().max()).item()
+            decoded = torch.stack([seen[i][r] for i in range(new)]).double()
+            err = ((decoded - full[n - 1:-1]).abs().max() / full.abs().max()).item()
             assert err < 1e-5, (r, err)
+
+
+def test_a_long_tail_is_prefilled_not_stepped(monkeypatch):
+    """A 100-token prompt beside 2-token ones: one prefill per length (100 tokens in the
+    parallel form), no step before the first new token, and greedy tokens equal to each row
+    generated alone (the tiny spec: attention with RoPE, so per-row positions matter)."""
+    model, spec = tiny()
+    lengths = [2, 100, 2, 37]
+    prompts = [random_tokens(spec.model.vocab_size, (n,), seed=20 + i).tolist() for i, n in enumerate(lengths)]
+    calls = count_decoding_calls(model, monkeypatch)
+    new = archspec.generate(model, prompts, max_new_tokens=5)
+    assert calls == {"prefill": [(2, 2), (1, 100), (1, 37)], "step": [4] * 4}
+    monkeypatch.undo()
+    assert new == [archspec.generate(model, [p], max_new_tokens=5)[0] for p in prompts]
+
+
+def test_cat_states_keeps_each_rows_position():
+    """model.cat_states of states at positions 5 and 11: pos is the furthest row's and every
+    positional member state records each row's offset behind it; merging states made for
+    different lengths is a clear error."""
+    model, spec = tiny()
+    a, b = model.init_state(1, 20), model.init_state(2, 20)
+    with torch.no_grad():
+        model.prefill(random_tokens(spec.model.vocab_size, (1, 5)), a)
+        model.prefill(random_tokens(spec.model.vocab_size, (2, 11)), b)
+    merged = model.cat_states([a, b])
+    assert (merged.batch, merged.pos) == (3, 11)
+    lags = [s.lag.tolist() for s in merged.states.values() if getattr(s, "lag", None) is not None]
+    assert lags and all(lag == [6, 0, 0] for lag in lags)
+    with pytest.raises(ValueError, match="max_len"):
+        model.cat_states([a, model.init_state(1, 21)])
 
 
 def test_sampling_is_deterministic_under_a_seed():

@@ -28,9 +28,11 @@ Decoding (the members' contract: archspec/components/modules.py):
     logits = model.prefill(tokens [B, T], state)  [B, T, V]: the forward, filling the states
     logits_t = model.step(tokens_t [B], state)    [B, V]: the next position of every row
 
-All rows of a state sit at the same position: prompts of different lengths decode in one state
-by prefilling the shortest length and feeding the longer prompts' tails through `step`
-(archspec/generate.py, ragged_decode), so no state ever holds padding. Norms, residual
+    state = model.cat_states([s_1, s_2, ...])   one state of all their rows, each at its own position
+
+Prompts of different lengths: each group of equal length is prefilled with its own state, then
+cat_states merges them (every member's cat_states: its rows keep their own positions, so no
+state ever holds padding) and one step loop decodes them all (archspec/generate.py). Norms, residual
 gates and the head are per token: they need no state. A module several sublayers share keeps
 one state per node.
 """
@@ -236,6 +238,18 @@ class CausalLM(nn.Module):
         state.pos += 1
         return logits
 
+    def cat_states(self, states: list["ModelState"]) -> "ModelState":
+        """One state holding the rows of `states` (made with the same max_len) in order, each
+        row at its own position: every member's cat_states. `pos` is the furthest row's."""
+        if len({s.max_len for s in states}) > 1:
+            raise ValueError(f"cat_states needs states made for one max_len, got {[s.max_len for s in states]}")
+        merged = {}
+        for i, block in enumerate(self.sublayers):
+            for name, member in block.members.items():
+                node = f"sublayers.{i}.{name}"
+                merged[node] = member.cat_states([s.states[node] for s in states])
+        return ModelState(merged, sum(s.batch for s in states), states[0].max_len, max(s.pos for s in states))
+
     def _decode(self, x: torch.Tensor, state: "ModelState", how: str) -> torch.Tensor:
         """embedding output x ([B, T, d] or [B, d]) through every block's `how` (prefill or
         step), the final norm and the head."""
@@ -282,7 +296,8 @@ class CausalLM(nn.Module):
 @dataclass
 class ModelState:
     """A model's decoding state: every member's state by node name ('sublayers.3.A'), the
-    batch it holds, the length it was made for and the position every row is at."""
+    batch it holds, the length it was made for and the position of its furthest row (of every
+    row unless cat_states merged rows at different positions)."""
     states: dict
     batch: int
     max_len: int

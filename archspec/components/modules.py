@@ -15,9 +15,18 @@ Decoding (every sublayer type; the defaults below serve a stateless one: mlp, ga
                      fresh state as T steps would: y [B, T, d]
     y_t = module.step(x_t [B, d], state, ctx)        one token (x_t has no time axis), updating
                      `state` in place: y_t [B, d]
+    state = module.cat_states([s_1, s_2, ...])      one state holding the rows of several, in
+                     order, each row at its own position (prompts of different lengths, each
+                     group prefilled alone): default `cat_rows`
 prefill on x[:, :P] and then steps on x[:, P], x[:, P + 1], ... give forward(x) (to rounding),
 and the state's tensors hold batch x `state_bytes(cfg, model, max_len)` bytes after max_len
 tokens (tests/test_contract.py). `ctx` carries the shared weights (ctx.shared) as in forward.
+
+Positions: a state's `pos` (an int) counts the tokens its furthest row consumed. A state whose
+step depends on the position (RoPE, a KV slot, a chunk boundary) has a field `lag`: None when
+every row is at `pos`, else int64 [B] (after cat_states of states at different positions): row
+b is at position pos - lag[b], and its step reads only what that row has written. A merged
+state so holds 8 bytes per row more than the figure (the per-row offset), and no padding.
 """
 from __future__ import annotations
 
@@ -98,6 +107,11 @@ class ComponentModule(nn.Module):
         """x_t [B, d] -> y_t [B, d], updating `state` (stateless: the forward of one token)."""
         return self(x_t[:, None], ctx)[:, 0]
 
+    def cat_states(self, states: list):
+        """One state holding the rows of `states` (this module's, same max_len) in order, each
+        row at its own position (module docstring: `lag`); None: stateless."""
+        return cat_rows(states)
+
     def reset_parameters(self) -> None:  # pragma: no cover - every subclass overrides
         raise NotImplementedError(f"{type(self).__name__} must define reset_parameters")
 
@@ -167,6 +181,57 @@ def state_nbytes(state) -> int:
     if isinstance(state, (list, tuple)):
         return sum(state_nbytes(v) for v in state)
     return 0
+
+
+def cat_rows(states: list):
+    """The default cat_states: a state of the same dataclass whose tensors are those of
+    `states` concatenated along the batch axis (the class's `batch_axes` names the fields whose
+    batch axis is not 0; None stays None), `pos` the largest, `lag` (where the class has one)
+    each row's distance behind it, and every other field equal in all (else a ValueError)."""
+    first = states[0]
+    if first is None or len(states) == 1:
+        return first
+    axes = getattr(type(first), "batch_axes", {})
+    pos = max(s.pos for s in states)
+    out = {}
+    for f in dataclasses.fields(first):
+        values = [getattr(s, f.name) for s in states]
+        if f.name == "pos":
+            out["pos"] = pos
+        elif f.name == "lag":
+            out["lag"] = cat_lags(states, pos, axes)
+        elif isinstance(values[0], torch.Tensor):
+            out[f.name] = torch.cat(values, axes.get(f.name, 0))
+        elif any(v != values[0] for v in values):
+            raise ValueError(f"cat_states: the states disagree in {f.name} ({values}); "
+                             "make them with the same init_state arguments")
+        else:
+            out[f.name] = values[0]
+    return type(first)(**out)
+
+
+def cat_lags(states: list, pos: int, axes: dict) -> torch.Tensor | None:
+    """The merged `lag` [B] (int64; None when every row is at `pos`): each state's rows are
+    pos - state.pos behind, plus their own lag."""
+    if all(s.pos == pos and s.lag is None for s in states):
+        return None
+    lags = []
+    for s in states:
+        tensors = [(f.name, getattr(s, f.name)) for f in dataclasses.fields(s)
+                   if isinstance(getattr(s, f.name), torch.Tensor)]
+        if not tensors:  # a state without tensors (moe's token router) has nothing per position
+            return None
+        name, t = tensors[0]
+        own = torch.zeros(t.shape[axes.get(name, 0)], dtype=torch.long, device=t.device) if s.lag is None else s.lag
+        lags.append(own + (pos - s.pos))
+    return torch.cat(lags)
+
+
+def row_positions(state, batch: int, device) -> torch.Tensor:
+    """int64 [B]: each row's position (the next token's): pos - lag, or pos for every row."""
+    if state.lag is None:
+        return torch.full((batch,), state.pos, dtype=torch.long, device=device)
+    return state.pos - state.lag
 
 
 def fresh(state) -> None:

@@ -64,8 +64,9 @@ class AttentionProjections(ComponentModule):
                                                        self.theta, device)
         return self.rope_cos, self.rope_sin
 
-    def qkv(self, x: torch.Tensor, start: int = 0):
-        """q [B, H, T, hd], k, v [B, H_kv, T, hd] for positions start .. start + T - 1."""
+    def qkv(self, x: torch.Tensor, start: int = 0, positions: torch.Tensor | None = None):
+        """q [B, H, T, hd], k, v [B, H_kv, T, hd] for positions start .. start + T - 1; or
+        with `positions` (int64 [B], each < start + T), one token per row at its own position."""
         b, t, _ = x.shape
         q, k = self.q_proj(x), self.k_proj(x)
         if self.qk_norm == "projection":
@@ -76,7 +77,11 @@ class AttentionProjections(ComponentModule):
             q, k = self._norm(q, self.q_norm), self._norm(k, self.k_norm)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if self.use_rope:
+        if self.use_rope and positions is not None:  # rows take the time axis' place: T = 1
+            cos, sin = self.rope_tables_for(x.device, start + t)
+            cos, sin = cos[positions], sin[positions]
+            q, k = (apply_rope(y.transpose(0, 2), cos, sin).transpose(0, 2) for y in (q, k))
+        elif self.use_rope:
             cos, sin = self.rope_tables_for(x.device, start + t)
             cos, sin = cos[start:start + t], sin[start:start + t]
             q, k = apply_partial_rope(q, cos, sin), apply_partial_rope(k, cos, sin)
@@ -180,6 +185,8 @@ class AttentionModule(AttentionProjections):
         """x_t [B, d] at position p = state.pos: its K, V go to slot p mod L, then its query
         reads the min(p + 1, L) filled slots (every key it may see: slot order does not matter
         to softmax, and RoPE already rotated each key at its own position)."""
+        if state.lag is not None:
+            return self._step_rows(x_t, state)
         b, p = x_t.shape[0], state.pos
         q, k, v = self.qkv(x_t[:, None], start=p)
         state.write(k, v, p)
@@ -190,6 +197,26 @@ class AttentionModule(AttentionProjections):
             return self.o_proj(o.reshape(b, self.n_heads * self.head_dim))
         o = nn.functional.scaled_dot_product_attention(
             q, state.k[:, :, :n], state.v[:, :, :n], enable_gqa=self.n_kv_heads != self.n_heads)
+        return self.o_proj(o.reshape(b, self.n_heads * self.head_dim))
+
+    def _step_rows(self, x_t: torch.Tensor, state: "KVCache") -> torch.Tensor:
+        """step with rows at their own positions p_b = state.pos - lag_b (modules.py): RoPE at
+        p_b, K and V to slot p_b mod L, and row b reads the slots it has filled (j <= p_b; all
+        of a ring once p_b >= L - 1) among the first min(pos + 1, L)."""
+        b, p = x_t.shape[0], state.pos
+        state.check(p + 1)
+        rows = p - state.lag
+        q, k, v = self.qkv(x_t[:, None], start=p, positions=rows)
+        slots = state.k.shape[2]
+        batch = torch.arange(b, device=x_t.device)
+        state.k[batch, :, rows % slots] = k[:, :, 0].to(state.k.dtype)
+        state.v[batch, :, rows % slots] = v[:, :, 0].to(state.v.dtype)
+        state.pos = p + 1
+        n = min(p + 1, slots)
+        seen = torch.arange(n, device=x_t.device) <= rows[:, None]  # [B, n]
+        o = nn.functional.scaled_dot_product_attention(
+            q, state.k[:, :, :n], state.v[:, :, :n], attn_mask=seen[:, None, None],
+            enable_gqa=self.n_kv_heads != self.n_heads)
         return self.o_proj(o.reshape(b, self.n_heads * self.head_dim))
 
     def _attend(self, q, k, v, t: int) -> torch.Tensor:
@@ -207,21 +234,31 @@ class AttentionModule(AttentionProjections):
 @dataclass
 class KVCache:
     """An attention layer's decoding state: k, v [B, H_kv, L, hd] in the model dtype (position
-    p in slot p mod L) and `pos`, the tokens consumed so far."""
+    p in slot p mod L), `pos`, the tokens consumed so far, and `lag`, the rows' offsets
+    behind pos (None: none; components/modules.py)."""
     k: torch.Tensor
     v: torch.Tensor
     max_len: int
     pos: int = 0
+    lag: torch.Tensor | None = None
+
+    def check(self, t: int) -> None:
+        if t > self.max_len:
+            raise ValueError(f"this KV cache holds {self.max_len} positions (init_state's max_len); "
+                             f"writing positions up to {t - 1} needs a larger max_len")
 
     def write(self, k: torch.Tensor, v: torch.Tensor, start: int) -> None:
         """Store k, v [B, H_kv, T, hd] of positions start .. start + T - 1 (the last L of
         them, each in slot p mod L)."""
         slots, t = self.k.shape[2], k.shape[2]
-        if start + t > self.max_len:
-            raise ValueError(f"this KV cache holds {self.max_len} positions (init_state's max_len); "
-                             f"writing positions up to {start + t - 1} needs a larger max_len")
+        self.check(start + t)
         if t > slots:  # a window's ring keeps the last L
             k, v, start = k[:, :, t - slots:], v[:, :, t - slots:], start + t - slots
-        idx = torch.arange(start, start + k.shape[2], device=k.device) % slots
+        first, t = start % slots, k.shape[2]
+        if first + t <= slots:  # one run of slots (every step): a slice, no index tensor
+            self.k[:, :, first:first + t] = k.to(self.k.dtype)
+            self.v[:, :, first:first + t] = v.to(self.v.dtype)
+            return
+        idx = torch.arange(start, start + t, device=k.device) % slots
         self.k[:, :, idx] = k.to(self.k.dtype)
         self.v[:, :, idx] = v.to(self.v.dtype)

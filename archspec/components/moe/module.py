@@ -189,7 +189,9 @@ class MoEModule(ComponentModule):
     def step(self, x_t: torch.Tensor, state: "RouterState", ctx=None) -> torch.Tensor:
         """x_t [B, d] -> y_t [B, d]. A chunk router decides at each chunk's first token from
         the mean of the previous chunk (router_start at the first), then accumulates x_t."""
-        if self.router_kind == "chunk":
+        if self.router_kind == "chunk" and state.lag is not None:
+            weights, idx = self._chunk_decision_rows(x_t, state)
+        elif self.router_kind == "chunk":
             if state.pos % self.chunk_size == 0:
                 if state.pos == 0:
                     summary = self.router_start.expand(x_t.shape[0], -1)
@@ -216,6 +218,21 @@ class MoEModule(ComponentModule):
             y = y + self._shared(x_t)
         return y
 
+    def _chunk_decision_rows(self, x_t: torch.Tensor, state: "RouterState"):
+        """The chunk router's step with rows at their own positions p_b = pos - lag_b
+        (modules.py): a row at a chunk's first token takes a new decision (as step does),
+        every other row keeps its own. (weights, idx) [B, k]."""
+        rows = state.pos - state.lag
+        first = (rows % self.chunk_size == 0)[:, None]
+        summary = torch.where((rows == 0)[:, None], self.router_start.to(state.sum.dtype),
+                              state.sum / self.chunk_size)
+        r = summary.to(state.sum.dtype if self.router_f32 else x_t.dtype)
+        _, weights, idx = O.token_choice(self._logits(r), self.topk, self.renormalize)
+        state.weights.copy_(torch.where(first, weights.to(state.weights.dtype), state.weights))
+        state.idx.copy_(torch.where(first, idx, state.idx))
+        state.sum.copy_(torch.where(first, 0, state.sum) + x_t.to(state.sum.dtype))
+        return state.weights, state.idx
+
 
 @dataclass
 class RouterState:
@@ -227,3 +244,4 @@ class RouterState:
     idx: torch.Tensor | None = None
     weights: torch.Tensor | None = None
     pos: int = 0
+    lag: torch.Tensor | None = None  # rows' offsets behind pos (components/modules.py)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -248,6 +249,7 @@ class MoMModule(ComponentModule):
 class MemoryState:
     """mom's decoding state (init_state says what each tensor holds); `limit` (tokens per
     memory and sequence, None: no capacity), `max_len` and `pos` are plain numbers."""
+    batch_axes: ClassVar[dict] = {"conv": 1, "state": 1}  # [banks, B, ...] (cat_states)
     conv: torch.Tensor
     state: torch.Tensor
     taken: torch.Tensor | None

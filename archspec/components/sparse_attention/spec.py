@@ -52,6 +52,9 @@ Inference state: KV (2 H_kv D elements per token) of what later positions can st
 window's last w - 1 tokens plus the older global tokens (window pattern; the whole sequence
 when global_every is set and global tokens read their prefix, since a later global position
 reads every earlier key), or every token (block_topk: any earlier block can be selected).
+The decoding state made for T tokens holds that many slots from the start (a fixed capacity, so
+that step has static shapes): a ring of min(T, w - 1) and one slot per global position older
+than it; the figure for T is what it holds.
 """
 from __future__ import annotations
 
@@ -86,8 +89,8 @@ def _keeps_everything(cfg) -> bool:
 
 
 def kept_tokens(cfg, seq_len: int) -> int:
-    """Tokens whose K and V the decoding state holds after `seq_len` tokens: those a later
-    position can read (window: j >= T + 1 - w, plus the older global ones)."""
+    """Tokens whose K and V a later position can read after `seq_len` tokens (window:
+    j >= T + 1 - w, plus the older global ones): the slots of a decoding state made for seq_len."""
     if _keeps_everything(cfg):
         return seq_len
     w = cfg["window"]
