@@ -80,7 +80,7 @@ class AttentionProjections(ComponentModule):
         if self.use_rope and positions is not None:  # rows take the time axis' place: T = 1
             cos, sin = self.rope_tables_for(x.device, start + t)
             cos, sin = cos[positions], sin[positions]
-            q, k = (apply_rope(y.transpose(0, 2), cos, sin).transpose(0, 2) for y in (q, k))
+            q, k = (apply_partial_rope(y.transpose(0, 2), cos, sin).transpose(0, 2) for y in (q, k))
         elif self.use_rope:
             cos, sin = self.rope_tables_for(x.device, start + t)
             cos, sin = cos[start:start + t], sin[start:start + t]
@@ -214,6 +214,9 @@ class AttentionModule(AttentionProjections):
         state.pos = p + 1
         n = min(p + 1, slots)
         seen = torch.arange(n, device=x_t.device) <= rows[:, None]  # [B, n]
+        if self.softcap is not None:
+            o = softcapped_attention(q, state.k[:, :, :n], state.v[:, :, :n], self.softcap, seen[:, None, None])
+            return self.o_proj(o.reshape(b, self.n_heads * self.head_dim))
         o = nn.functional.scaled_dot_product_attention(
             q, state.k[:, :, :n], state.v[:, :, :n], attn_mask=seen[:, None, None],
             enable_gqa=self.n_kv_heads != self.n_heads)

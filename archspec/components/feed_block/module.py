@@ -117,14 +117,19 @@ class FeedBlockModule(ComponentModule):
                              "run it inside the model, or set ctx.embeddings")
         return torch.cat([x, e], dim=-1)
 
-    def _qkv(self, core: FeedBlockCore, u: torch.Tensor, start: int):
-        """q [B, H, T, hd], k, v [B, H_kv, T, hd] of u [B, T, D] (normed) at positions start..."""
+    def _qkv(self, core: FeedBlockCore, u: torch.Tensor, start: int, positions: torch.Tensor | None = None):
+        """q [B, H, T, hd], k, v [B, H_kv, T, hd] of u [B, T, D] (normed) at positions start...;
+        or with `positions` (int64 [B]), one token per row at its own position."""
         b, t, _ = u.shape
         a = core.self_attn
         q = self._adapted("q", u, a.q_proj(u)).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self._adapted("k", u, a.k_proj(u)).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self._adapted("v", u, a.v_proj(u)).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if self.use_rope:
+        if self.use_rope and positions is not None:  # rows take the time axis' place: T = 1
+            cos, sin = self._rope(u.device, start + t)
+            cos, sin = cos[positions], sin[positions]
+            q, k = (apply_rope(y.transpose(0, 2), cos, sin).transpose(0, 2) for y in (q, k))
+        elif self.use_rope:
             cos, sin = self._rope(u.device, start + t)
             cos, sin = cos[start:start + t], sin[start:start + t]
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -174,9 +179,19 @@ class FeedBlockModule(ComponentModule):
     def step(self, x_t: torch.Tensor, state: KVCache, ctx=None) -> torch.Tensor:
         u, core = self._input(x_t, ctx), self._core(ctx)
         b, p = x_t.shape[0], state.pos
-        q, k, v = self._qkv(core, core.input_layernorm(u)[:, None], p)
-        state.write(k, v, p)
+        rows = None if state.lag is None else p - state.lag  # each row's own position (modules.py)
+        q, k, v = self._qkv(core, core.input_layernorm(u)[:, None], p, rows)
+        seen = None
+        if rows is None:
+            state.write(k, v, p)
+        else:  # row b writes slot p_b and reads the slots it has filled, j <= p_b
+            state.check(p + 1)
+            batch = torch.arange(b, device=x_t.device)
+            state.k[batch, :, rows] = k[:, :, 0].to(state.k.dtype)
+            state.v[batch, :, rows] = v[:, :, 0].to(state.v.dtype)
+            seen = (torch.arange(p + 1, device=x_t.device) <= rows[:, None])[:, None, None]
         state.pos = p + 1
         o = nn.functional.scaled_dot_product_attention(q, state.k[:, :, :p + 1], state.v[:, :, :p + 1],
-                                                       scale=self.scale, enable_gqa=self.n_kv_heads != self.n_heads)
+                                                       attn_mask=seen, scale=self.scale,
+                                                       enable_gqa=self.n_kv_heads != self.n_heads)
         return self._after_attention(core, o.reshape(b, -1))
