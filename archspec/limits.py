@@ -86,6 +86,8 @@ COMPONENTS = Limit(4_096, "specs define a handful of components (a model with a 
                           "its own")
 OVERRIDES = Limit(4_096, "overrides change a few sublayers (`at` takes a list of them); each makes "
                          "distinct configs to validate and account for")
+FREEZE = Limit(4_096, "a freeze list names model parts and components (at most 4,096 of those) and "
+                      "their children: a few entries in use")
 
 # --- the whole model ---------------------------------------------------------------------------
 PARAMS_CEILING = 10**15  # 500 times the largest published models (about 2T parameters)

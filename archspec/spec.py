@@ -14,6 +14,7 @@ from . import components as C
 from . import limits as L
 from .errors import Path, Problem, SpecError, did_you_mean, format_path
 from .expr import resolve_references
+from .freeze import check as check_freeze
 from .layout import Sublayer as Symbols, compact, expand_layout
 from .loader import Document, load_with_extends, parse
 from .schema import component_schema, strict_schema
@@ -68,6 +69,7 @@ class ResolvedSpec:
     components: dict[str, ComponentInstance]
     sublayers: list[Sublayer]
     data: dict  # the evaluated spec (extends merged, references resolved)
+    freeze: tuple[str, ...] = ()  # what does not train (archspec/freeze.py)
 
     @property
     def layout_text(self) -> str:
@@ -121,13 +123,15 @@ def resolve_document(doc: Document, source: str) -> ResolvedSpec:
     sublayers = [Sublayer(i, [defs[s] for s in syms]) for i, syms in enumerate(sublayer_symbols)]
     # overrides of sound components are checked even when others are broken: all errors at once
     problems += _apply_overrides(sublayers, data.get("overrides"), bad, model, doc)
+    freeze, found = check_freeze(data.get("freeze") if ("freeze",) not in bad else None, sublayers, norm, model, doc)
+    problems += found
     if problems:
         raise SpecError(problems)
     problems += _shared_weight_conflicts(sublayers, model, doc)
     problems += _params_ceiling(sublayers, model, doc)
     if problems:
         raise SpecError(problems)
-    return ResolvedSpec(source, doc.files, model, norm, defs, sublayers, data)
+    return ResolvedSpec(source, doc.files, model, norm, defs, sublayers, data, freeze)
 
 
 def _params_ceiling(sublayers: list[Sublayer], model, doc: Document) -> list[Problem]:

@@ -102,6 +102,8 @@ def model_changes(a: ResolvedSpec, b: ResolvedSpec, skip: Ignore) -> list[FieldC
     for fc in _instance_changes(na, nb, Ignore(())):
         if not skip.model(f"norm.{fc.field}"):
             out.append(FieldChange(f"model.norm.{fc.field}", fc.a, fc.b))
+    if set(a.freeze) != set(b.freeze):  # what trains (the order of the list means nothing)
+        out.append(FieldChange("freeze", list(a.freeze), list(b.freeze)))
     return out
 
 
