@@ -61,6 +61,8 @@ CAPACITY = Limit(64.0, "capacity factors in use are 1 to 2; null (the default) i
 LOSS_SCALE = Limit(100.0, "auxiliary loss coefficients in use are 1e-4 to 1e-2")
 KEYS = Limit(16_384, "product-key memories in use have 512 to a few thousand sub-keys per half; "
                      "16,384 gives 268M value slots")
+ADAPTERS = Limit(64, "mixtures of domain adapters in use hold 1 to 8 adapters (a few domains and a task "
+                     "adapter); each is its own mlp, accounted for and built on its own")
 KNN = Limit(1_024, "each head scores knn x knn candidate slots per token (32 in use)")
 
 # --- rates and scales --------------------------------------------------------------------------

@@ -163,9 +163,13 @@ class CausalLM(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Initialise every weight (used after materialising a meta-device build)."""
+        """Initialise every weight (used after materialising a meta-device build). A component
+        resets the components it is built from (its children) itself, and may then adjust them
+        (mixda zeroes its adapters' outputs): they are not reset again here."""
+        nested = {id(m) for module in self.modules() if isinstance(module, ComponentModule)
+                  for m in module.modules() if m is not module}
         for module in self.modules():
-            if isinstance(module, ComponentModule):
+            if isinstance(module, ComponentModule) and id(module) not in nested:
                 module.reset_parameters()
             elif isinstance(module, Block):
                 module.reset_gates()
