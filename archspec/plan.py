@@ -7,7 +7,8 @@ formats or parses node names.
         sublayers.i.norm              role 'norm'        module 'sublayers.i.norm'
         sublayers.i.<symbol>          role 'member'      module 'sublayers.i.members.<symbol>'
         sublayers.i.residual          role 'residual'    module 'sublayers.i' (the gates of a
-                                                         parallel group: 'sublayers.i.gates')
+                                                         parallel group: 'sublayers.i.gates', or
+                                                         token gates 'sublayers.i.gates.weight')
     shared.<key>                      role 'shared'      module 'shared.<key>' (weights several
                                                          members read; counted and saved once)
     final_norm                        role 'final_norm'  module 'final_norm'
@@ -103,7 +104,7 @@ def plan(spec: ResolvedSpec) -> Plan:
     owners: dict[str, ComponentInstance] = {}
     shared_keys: dict[int, tuple[str, ...]] = {}
     children: dict[int, dict] = {}
-    residuals: dict[tuple[bool, int], ComponentInstance] = {}
+    residuals: dict[tuple[bool, int, str], ComponentInstance] = {}
     for sub in spec.sublayers:
         prefix = sublayer_path(sub.index)
         nodes.append(Node(f"{prefix}.norm", NORM, spec.norm, f"{prefix}.norm", sub.index, NORM_NAME,
@@ -120,9 +121,10 @@ def plan(spec: ResolvedSpec) -> Plan:
                               children=_children(m, model, name, path, sub.index, children[id(m)],
                                                  _frozen_below(m.name, freeze)),
                               frozen=m.name in freeze))
-        shape = (sub.parallel, len(sub.members))
+        shape = (sub.parallel, len(sub.members), sub.gates)
         if shape not in residuals:
-            residuals[shape] = _model_part("residual", {"gated": shape[0], "members": shape[1]})
+            token = {"gate": sub.gates} if sub.gates != "scalar" else {}  # token gates (residual/spec.py)
+            residuals[shape] = _model_part("residual", {"gated": shape[0], "members": shape[1], **token})
         nodes.append(Node(f"{prefix}.residual", RESIDUAL, residuals[shape], prefix, sub.index,
                           frozen="gates" in freeze))
     # shared weights freeze with their readers (validation makes those agree: freeze.py)

@@ -52,7 +52,7 @@ def report(spec: ResolvedSpec, seq_len: int | None = None,
             "n_sublayers": len(spec.sublayers), "d_model": spec.model.d_model,
             "vocab_size": spec.model.vocab_size, "max_seq_len": spec.model.max_seq_len,
             "dtype": spec.model.dtype, "tie_embeddings": spec.model.tie_embeddings,
-            "freeze": list(spec.freeze),
+            "freeze": list(spec.freeze), "group_gates": spec.model.group_gates,
         },
         "seq_len": t,
         "conventions": conventions,
@@ -148,6 +148,7 @@ def _by_type(acc: Accounting) -> list[dict]:
 def _sublayer_row(sub, cost, seq_len: int) -> dict:
     return {"index": sub.index, "symbols": list(sub.symbols), "types": [m.type for m in sub.members],
             "overrides": {m.name: m.overrides for m in sub.members if m.overrides},
+            "gates": sub.gates if sub.parallel else None,
             "params": cost.params, "forward_flops_per_token": cost.flops.total / seq_len,
             "state_bytes": cost.state_bytes, "activation_bytes": cost.activation_bytes}
 
@@ -219,6 +220,8 @@ def render(rep: dict, fmt: str = "table") -> str:
                 f"{sym}: " + ", ".join(f"{k}={v}" for k, v in changed.items()) if len(r["symbols"]) > 1
                 else ", ".join(f"{k}={v}" for k, v in changed.items())
                 for sym, changed in r["overrides"].items()) + ")"
+        if r.get("gates") not in (None, "scalar"):
+            what += f"  ({r['gates']} gates)"
         backend = ",".join(sorted({c.get("backend", "-") for c in members.get(r["index"], [])}))
         sub_rows.append([str(r["index"]), what, f"{r['params']:,}", human(r["forward_flops_per_token"]),
                          human(r["state_bytes"], "B"), backend])

@@ -141,7 +141,7 @@ def test_report_keys_and_rendering():
                          "by_type", "sublayers", "components"]
     assert rep["seq_len"] == 32
     assert set(rep["spec"]) == {"name", "source", "files", "layout", "n_sublayers", "d_model",
-                                "vocab_size", "max_seq_len", "dtype", "tie_embeddings", "freeze"}
+                                "vocab_size", "max_seq_len", "dtype", "tie_embeddings", "freeze", "group_gates"}
     assert set(rep["totals"]) == {
         "params", "active_params", "embedding_params", "head_params", "non_embedding_params",
         "weight_bytes", "forward_flops_per_sequence", "forward_flops_per_token",

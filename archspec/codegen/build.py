@@ -113,7 +113,8 @@ def _construct(the_plan: Plan, override, device: torch.device, dtype: torch.dtyp
     for sub in spec.sublayers:
         nodes = the_plan.of_sublayer(sub.index)
         (norm,) = [n for n in nodes if n.role == NORM]
-        blocks.append(Block(modules[norm.name], {n.symbol: modules[n.name] for n in nodes if n.role == MEMBER}))
+        blocks.append(Block(modules[norm.name], {n.symbol: modules[n.name] for n in nodes if n.role == MEMBER},
+                            sub.gates, model_cfg.d_model, model_cfg.init_std))
     shared = {n.shared_key: n.component.build_shared(n.shared_key, n.instance.config, model_cfg)
               for n in the_plan.with_role(SHARED)}
     (embedding,), (final_norm,), (head,) = (the_plan.with_role(r) for r in (EMBEDDING, FINAL_NORM, HEAD))

@@ -3,6 +3,8 @@
     tokens [B, T] -> embedding -> sublayers -> final norm -> LM head -> logits [B, T, V]
     sublayer i:  x <- x + f(norm(x))                       (one member)
                  x <- x + sum_j g_j f_j(norm(x))           (parallel group; gates g init 1)
+                 x <- x + sum_j g_j(h) f_j(h), h = norm(x) (token gates: softmax or sigmoid of
+                                                            a Linear(d, n) of h; residual/spec.py)
 
 `labels` [B, T] are the targets of each position (already shifted; -100 is ignored). The
 output carries the LM loss, the sum of the components' auxiliary losses, and their total.
@@ -36,7 +38,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..components.modules import ComponentModule, ForwardContext
+from ..components.modules import ComponentModule, ForwardContext, at_least_float32
 
 
 class BackendChoice(str):
@@ -87,15 +89,34 @@ class ModelOutput:
 class Block(nn.Module):
     """One pre-norm residual sublayer."""
 
-    def __init__(self, norm: nn.Module, members: dict[str, nn.Module]):
+    def __init__(self, norm: nn.Module, members: dict[str, nn.Module], gates: str = "scalar",
+                 d_model: int | None = None, init_std: float = 0.02):
         super().__init__()
         self.norm = norm
         self.members = nn.ModuleDict(members)
-        self.gates = nn.Parameter(torch.empty(len(members))) if len(members) > 1 else None
+        self.gate_kind, self.init_std = gates, init_std
+        if len(members) < 2:
+            self.gates = None
+        elif gates == "scalar":
+            self.gates = nn.Parameter(torch.empty(len(members)))
+        else:  # token gates: g(h) = softmax or sigmoid of gates(h)
+            self.gates = nn.Linear(d_model, len(members))
 
     def reset_gates(self) -> None:
-        if self.gates is not None:
+        if isinstance(self.gates, nn.Linear):
+            nn.init.normal_(self.gates.weight, std=self.init_std)
+            nn.init.zeros_(self.gates.bias)
+        elif self.gates is not None:
             nn.init.ones_(self.gates)
+
+    def gate_values(self, h: torch.Tensor) -> list[torch.Tensor]:
+        """Each member's gate in h's dtype: a scalar, or per token [..., 1] (token gates) from
+        the normed input h ([B, T, d] or, decoding a step, [B, d])."""
+        if self.gate_kind == "scalar":
+            return [g.to(h.dtype) for g in self.gates]
+        logits = at_least_float32(self.gates(h))
+        g = torch.softmax(logits, dim=-1) if self.gate_kind == "softmax" else torch.sigmoid(logits)
+        return [g[..., j:j + 1].to(h.dtype) for j in range(g.shape[-1])]
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         h = self.norm(x)
@@ -103,7 +124,7 @@ class Block(nn.Module):
             (member,) = self.members.values()
             return x + member(h, ctx)
         out = x
-        for gate, member in zip(self.gates, self.members.values()):
+        for gate, member in zip(self.gate_values(h), self.members.values()):
             out = out + gate.to(x.dtype) * member(h, ctx)
         return out
 
@@ -122,7 +143,7 @@ class Block(nn.Module):
             ((name, member),) = self.members.items()
             return x + getattr(member, how)(h, states[name], ctx)
         out = x
-        for gate, (name, member) in zip(self.gates, self.members.items()):
+        for gate, (name, member) in zip(self.gate_values(h), self.members.items()):
             out = out + gate.to(x.dtype) * getattr(member, how)(h, states[name], ctx)
         return out
 
@@ -134,11 +155,11 @@ class Block(nn.Module):
         if self.gates is None:
             (member,) = self.members.values()
             return x, member(h, ctx)
-        members = list(self.members.values())
+        members, gates = list(self.members.values()), self.gate_values(h)
         out = x
-        for gate, member in zip(self.gates[:-1], members[:-1]):
+        for gate, member in zip(gates[:-1], members[:-1]):
             out = out + gate.to(x.dtype) * member(h, ctx)
-        return out, self.gates[-1].to(x.dtype) * members[-1](h, ctx)
+        return out, gates[-1].to(x.dtype) * members[-1](h, ctx)
 
 
 class CausalLM(nn.Module):

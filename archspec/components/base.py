@@ -35,6 +35,7 @@ class ModelConfig:
     init_std: float = 0.02
     n_sublayers: int = 1
     name: str = "model"
+    group_gates: str = "scalar"  # parallel groups' gates: scalar, or per token softmax / sigmoid
 
     @property
     def dtype_bytes(self) -> int:

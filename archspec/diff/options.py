@@ -10,7 +10,7 @@ from ..errors import did_you_mean
 from ..schema import component_schema
 from ..spec import ResolvedSpec
 
-MODEL_FIELDS = ("vocab_size", "d_model", "max_seq_len", "dtype", "tie_embeddings", "init_std")
+MODEL_FIELDS = ("vocab_size", "d_model", "max_seq_len", "dtype", "tie_embeddings", "init_std", "group_gates")
 
 
 class DiffOptionError(ValueError):
