@@ -54,6 +54,10 @@ def check(raw, sublayers, norm, model, doc) -> tuple[tuple[str, ...], list[Probl
             if m is not None and all(m is not u for u in uses.setdefault(m.name, [])):
                 uses[m.name].append(m)
     parallel = any(sub.parallel for sub in sublayers)
+    # what an unknown entry is compared with, made once (did_you_mean indexes one collection)
+    names = [*MODEL_PARTS, *uses]
+    listing = ", ".join([*MODEL_PARTS, *sorted(uses)[:20]])
+    asked = _Asked()
     seen: set[str] = set()
     for i, entry in enumerate(raw):
         where = ("freeze", i)
@@ -65,7 +69,7 @@ def check(raw, sublayers, norm, model, doc) -> tuple[tuple[str, ...], list[Probl
             problem(f"'{entry}' is listed twice", "list each part once")
             continue
         seen.add(entry)
-        why = _entry_problem(entry, uses, parallel, norm, model)
+        why = _entry_problem(entry, uses, parallel, norm, model, names, listing, asked)
         if why is not None:
             problem(*why)
     problems += _shared_problems(raw, uses, model, doc)
@@ -78,8 +82,20 @@ def check(raw, sublayers, norm, model, doc) -> tuple[tuple[str, ...], list[Probl
     return tuple(raw), problems
 
 
-def _entry_problem(entry: str, uses: dict, parallel: bool, norm, model) -> tuple[str, str | None] | None:
-    """(message, hint) when `entry` names nothing to freeze, else None."""
+class _Asked:
+    """What one check has worked out: each instance's child_paths, and how many more misspelled
+    child paths get a 'did you mean' (each compares the entry with every child of the component,
+    so thousands of them would cost errors x children; the rest get the list of children)."""
+
+    def __init__(self, hints: int = 64):
+        self.paths: dict[int, dict] = {}
+        self.hints_left = hints
+
+
+def _entry_problem(entry: str, uses: dict, parallel: bool, norm, model, names: list[str],
+                   listing: str, asked: _Asked) -> tuple[str, str | None] | None:
+    """(message, hint) when `entry` names nothing to freeze, else None; `names` and `listing`:
+    what it may name, for a hint."""
     if entry in (EMBEDDING, HEAD):
         return None  # a tied head is the embedding's table: checked with it (check)
     if entry == NORMS:
@@ -94,16 +110,20 @@ def _entry_problem(entry: str, uses: dict, parallel: bool, norm, model) -> tuple
     symbol, _, below = entry.partition(".") if entry not in uses else (entry, "", "")
     if symbol not in uses:
         return (f"'{entry}' names no component the layout uses nor a model part",
-                did_you_mean(entry, [*MODEL_PARTS, *uses]) or
-                f"name one of: {', '.join([*MODEL_PARTS, *sorted(uses)][:20])}, or SYMBOL.CHILD")
+                did_you_mean(entry, names) or f"name one of: {listing}, or SYMBOL.CHILD")
     if not below:
         if all(m.component.param_count(m.config, model) == 0 for m in uses[symbol]):
             return f"component '{symbol}' has no parameters: freezing it freezes nothing", "remove it"
         return None
     for m in uses[symbol]:
-        paths = child_paths(m, model)
+        if id(m) not in asked.paths:
+            asked.paths[id(m)] = child_paths(m, model)
+        paths = asked.paths[id(m)]
         if below not in paths:
-            hint = (did_you_mean(below, list(paths)) or f"its children: {', '.join(paths)}") if paths \
+            asked.hints_left -= 1
+            close = did_you_mean(below, list(paths)) if asked.hints_left >= 0 else None
+            shown = ", ".join(list(paths)[:20]) + (f" and {len(paths) - 20} more" if len(paths) > 20 else "")
+            hint = (close or f"its children: {shown}") if paths \
                 else f"'{symbol}' ({m.type}) is built from no other component: freeze '{symbol}' itself"
             return f"component '{symbol}' ({m.type}) has no child '{below}'", hint
         c = paths[below]

@@ -99,6 +99,7 @@ def plan(spec: ResolvedSpec) -> Plan:
     the accounting computes each once."""
     model = spec.model
     freeze = set(spec.freeze)
+    below = _frozen_below(freeze)
     nodes = [Node("embedding", EMBEDDING, _model_part("embedding", {}), "embedding",
                   frozen=EMBEDDING in freeze)]
     owners: dict[str, ComponentInstance] = {}
@@ -119,7 +120,7 @@ def plan(spec: ResolvedSpec) -> Plan:
             name, path = f"{prefix}.{m.name}", member_path(sub.index, m.name)
             nodes.append(Node(name, MEMBER, m, path, sub.index, m.name, reads_shared=keys,
                               children=_children(m, model, name, path, sub.index, children[id(m)],
-                                                 _frozen_below(m.name, freeze)),
+                                                 below.get(m.name, frozenset())),
                               frozen=m.name in freeze))
         shape = (sub.parallel, len(sub.members), sub.gates)
         if shape not in residuals:
@@ -154,9 +155,14 @@ def _children(inst: ComponentInstance, model, name: str, path: str, sublayer: in
     return tuple(out)
 
 
-def _frozen_below(symbol: str, freeze: set[str]) -> frozenset:
-    """The children of `symbol` that a freeze list names (`D.ffn` -> 'ffn')."""
-    return frozenset(e[len(symbol) + 1:] for e in freeze if e.startswith(symbol + "."))
+def _frozen_below(freeze: set[str]) -> dict[str, frozenset]:
+    """Per symbol, the paths of its children a freeze list names (`D.ffn` -> {'D': {'ffn'}})."""
+    out: dict[str, set] = {}
+    for entry in freeze:
+        symbol, dot, path = entry.partition(".")
+        if dot:
+            out.setdefault(symbol, set()).add(path)
+    return {k: frozenset(v) for k, v in out.items()}
 
 
 def _model_part(role: str, config: dict) -> ComponentInstance:
