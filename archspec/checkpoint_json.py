@@ -282,6 +282,11 @@ def _count(tree: dict) -> int:
 
 
 # --- the model, the build, the weights' aliases ---------------------------------------------------
+# model settings newer than format 1, absent from older records: their default is what an older
+# archspec built (parallel groups' gates were scalars)
+ADDED_MODEL_KEYS = {"group_gates"}
+
+
 def _model(r: _Reader, data: dict) -> ModelConfig | None:
     raw = r.get(data, "model", dict, ())
     if raw is None:
@@ -290,8 +295,8 @@ def _model(r: _Reader, data: dict) -> ModelConfig | None:
     fields = [f.name for f in dataclasses.fields(ModelConfig)]
     schema = _model_schema()
     for name in fields:
-        if name not in raw and name not in schema["required"]:  # the schema reports those
-            r.problem(("model",), f"missing key '{name}'")
+        if name not in raw and name not in schema["required"] and name not in ADDED_MODEL_KEYS:
+            r.problem(("model",), f"missing key '{name}'")  # (the schema reports the required)
     r.unknown_keys(raw, fields, ("model",))
     settings = {k: v for k, v in raw.items() if k in fields and k != "n_sublayers"}
     r.problems += _schema_problems(settings, schema, ("model",))

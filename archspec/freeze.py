@@ -42,17 +42,20 @@ class _AsInstance:
         self.component, self.config = c.component, c.config
 
 
-def check(raw, sublayers, norm, model, doc) -> tuple[tuple[str, ...], list[Problem]]:
+def check(raw, sublayers, norm, model, doc, broken=frozenset()) -> tuple[tuple[str, ...], list[Problem]]:
     """The freeze entries of a spec (`raw`: its `freeze:` value, None when absent) against its
-    resolved sublayers: (entries, problems), every problem located at its entry."""
+    resolved sublayers: (entries, problems), every problem located at its entry. Entries naming
+    a `broken` component (its own problems reported) are left alone."""
     if not isinstance(raw, list) or not all(isinstance(e, str) for e in raw):
         return (), []  # absent, or refused by the schema
     problems: list[Problem] = []
     uses: dict[str, list] = {}  # symbol -> its distinct instances in the layout
+    known: set[int] = set()
     for sub in sublayers:
         for m in sub.members:
-            if m is not None and all(m is not u for u in uses.setdefault(m.name, [])):
-                uses[m.name].append(m)
+            if m is not None and id(m) not in known:
+                known.add(id(m))
+                uses.setdefault(m.name, []).append(m)
     parallel = any(sub.parallel for sub in sublayers)
     # what an unknown entry is compared with, made once (did_you_mean indexes one collection)
     names = [*MODEL_PARTS, *uses]
@@ -65,6 +68,8 @@ def check(raw, sublayers, norm, model, doc) -> tuple[tuple[str, ...], list[Probl
         def problem(message: str, hint: str | None) -> None:
             problems.append(Problem(message, where, doc.loc(where), hint))
 
+        if entry.partition(".")[0] in broken:
+            continue
         if entry in seen:
             problem(f"'{entry}' is listed twice", "list each part once")
             continue

@@ -126,7 +126,8 @@ def resolve_document(doc: Document, source: str) -> ResolvedSpec:
     problems += _group_gates(sublayers, data, doc)
     # overrides of sound components are checked even when others are broken: all errors at once
     problems += _apply_overrides(sublayers, data.get("overrides"), bad, model, doc)
-    freeze, found = check_freeze(data.get("freeze") if ("freeze",) not in bad else None, sublayers, norm, model, doc)
+    freeze, found = check_freeze(data.get("freeze") if ("freeze",) not in bad else None, sublayers, norm, model,
+                                 doc, {name for name, inst in defs.items() if inst is None})
     problems += found
     if problems:
         raise SpecError(problems)

@@ -144,3 +144,11 @@ def test_a_component_the_layout_does_not_use_is_an_error(problems):
 
 def test_schema_refuses_a_non_list(problems):
     assert_located(problems(_frozen_spec("A")), path=("freeze",))
+
+
+def test_a_broken_component_is_not_reported_again(problems):
+    """`A`'s own error is reported; the freeze entry naming it adds nothing."""
+    spec = _frozen_spec("[A, Q]") + "components:\n  A: {type: attention, n_heads: 0}\n"
+    found = problems(spec)
+    assert not [p for p in found if p.path == ("freeze", 0)], [p.format() for p in found]
+    assert_located(found, key=1, path=("freeze", 1), words="'Q' names no component")

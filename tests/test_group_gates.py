@@ -176,3 +176,14 @@ def test_diff_shows_one_groups_gates():
     assert (change.a_index, change.gates) == (1, ("softmax", "sigmoid"))
     assert "gates softmax -> sigmoid" in render_diff(d, "table")
     assert to_json(d)["sublayers"][0]["gates"] == ["softmax", "sigmoid"]
+
+
+def test_a_model_saved_before_group_gates_loads(tmp_path):
+    """archspec.json of an older archspec has no model.group_gates: its groups had scalar gates."""
+    import json
+    archspec.save(archspec.build(archspec.load(SPECS / "tiny-parallel.yaml"), seed=0), tmp_path / "old")
+    record = json.loads((tmp_path / "old" / "archspec.json").read_text())
+    del record["model"]["group_gates"]
+    (tmp_path / "old" / "archspec.json").write_text(json.dumps(record))
+    model, spec = archspec.load_saved(tmp_path / "old")
+    assert spec.model.group_gates == "scalar" and isinstance(model.sublayers[0].gates, torch.nn.Parameter)
