@@ -67,8 +67,10 @@ def record(model, aliases: dict[str, str], sha256: str | None = None) -> dict:
             "norm": _instance_json(spec.norm),
             "components": {k: _instance_json(v) for k, v in spec.components.items()},
             "sublayers": [{"index": s.index,
-                           "members": [{"symbol": m.name, **_instance_json(m)} for m in s.members]}
+                           "members": [{"symbol": m.name, **_instance_json(m)} for m in s.members],
+                           **({"gates": s.gates} if s.gates != "scalar" else {})}  # token gates
                           for s in spec.sublayers],
+            **({"freeze": list(spec.freeze)} if spec.freeze else {}),
             "build": build_record(model), "weights": weights,
             "spec": spec.data}
 
@@ -126,7 +128,11 @@ def _spec(r: _Reader, model: ModelConfig, sections: dict, data: dict, file: str)
         return None
     _shared_weight_conflicts(r, sublayers, model)
     files = data.get("files") or [file]
-    return ResolvedSpec(file, files, model, norm, components, sublayers, data.get("spec") or {})
+    freeze = data.get("freeze", [])
+    if not isinstance(freeze, list) or not all(isinstance(e, str) for e in freeze):
+        r.problem(("freeze",), f"expected a list of names, got {_describe(freeze)}")
+        return None
+    return ResolvedSpec(file, files, model, norm, components, sublayers, data.get("spec") or {}, tuple(freeze))
 
 
 def format_version(data: Any, file: str) -> int:
@@ -276,8 +282,11 @@ def _count(tree: dict) -> int:
 
 
 # --- the model, the build, the weights' aliases ---------------------------------------------------
-# model settings newer than the format's first files (issue 19's published-model options)
-MODEL_FIELDS_ADDED_LATER = frozenset({"learned_positions", "scale_embeddings", "logit_softcap", "post_norm"})
+# model settings newer than the format's first files, absent from older records: their default
+# is what an older archspec built (issue 19's published-model options; parallel groups' gates
+# were scalars)
+MODEL_FIELDS_ADDED_LATER = frozenset({"learned_positions", "scale_embeddings", "logit_softcap", "post_norm",
+                                      "group_gates"})
 
 
 def _model(r: _Reader, data: dict) -> ModelConfig | None:
@@ -391,7 +400,10 @@ def _sublayer(r: _Reader, raw: Any, k: int, model: ModelConfig,
     if index is not None and index != k:
         r.problem(path + ("index",), f"index {index} at position {k}: sublayers are saved in order")
     members_raw = r.get(raw, "members", list, path)
-    r.unknown_keys(raw, ("index", "members"), path)
+    r.unknown_keys(raw, ("index", "members", "gates"), path)
+    gates = raw.get("gates", "scalar")
+    if gates not in ("scalar", "softmax", "sigmoid"):
+        r.problem(path + ("gates",), f"expected scalar, softmax or sigmoid, got {_describe(gates)}")
     if not members_raw:
         if members_raw is not None:
             r.problem(path + ("members",), "a sublayer needs at least one member")
@@ -400,7 +412,7 @@ def _sublayer(r: _Reader, raw: Any, k: int, model: ModelConfig,
     symbols = [m.name for m in members if m is not None]
     for s in {s for s in symbols if symbols.count(s) > 1}:
         r.problem(path + ("members",), f"member '{s}' appears twice (a parallel group names each once)")
-    return Sublayer(k, members) if all(m is not None for m in members) else None
+    return Sublayer(k, members, gates) if all(m is not None for m in members) else None
 
 
 def _member(r: _Reader, raw: Any, path: Path, model: ModelConfig,

@@ -61,6 +61,8 @@ CAPACITY = Limit(64.0, "capacity factors in use are 1 to 2; null (the default) i
 LOSS_SCALE = Limit(100.0, "auxiliary loss coefficients in use are 1e-4 to 1e-2")
 KEYS = Limit(16_384, "product-key memories in use have 512 to a few thousand sub-keys per half; "
                      "16,384 gives 268M value slots")
+ADAPTERS = Limit(64, "mixtures of domain adapters in use hold 1 to 8 adapters (a few domains and a task "
+                     "adapter); each is its own mlp, accounted for and built on its own")
 KNN = Limit(1_024, "each head scores knn x knn candidate slots per token (32 in use)")
 
 # --- rates and scales --------------------------------------------------------------------------
@@ -90,6 +92,8 @@ COMPONENTS = Limit(4_096, "specs define a handful of components (a model with a 
                           "its own")
 OVERRIDES = Limit(4_096, "overrides change a few sublayers (`at` takes a list of them); each makes "
                          "distinct configs to validate and account for")
+FREEZE = Limit(4_096, "a freeze list names model parts and components (at most 4,096 of those) and "
+                      "their children: a few entries in use")
 
 # --- the whole model ---------------------------------------------------------------------------
 PARAMS_CEILING = 10**15  # 500 times the largest published models (about 2T parameters)

@@ -9,7 +9,8 @@ formats or parses node names.
         sublayers.i.post_norm         role 'post_norm'   module 'sublayers.i.post_norm' (only with
                                                          model: post_norm, the sandwich norm)
         sublayers.i.residual          role 'residual'    module 'sublayers.i' (the gates of a
-                                                         parallel group: 'sublayers.i.gates')
+                                                         parallel group: 'sublayers.i.gates', or
+                                                         token gates 'sublayers.i.gates.weight')
                                       (a feed sublayer, Component.feeds_next, has only its member:
                                       its output goes into the next sublayer's input)
     shared.<key>                      role 'shared'      module 'shared.<key>' (weights several
@@ -51,6 +52,7 @@ class Node:
     # components this one is built from (Component.children), role 'child': their parameters
     # and costs are part of this node's; the graph draws them
     children: tuple["Node", ...] = ()
+    frozen: bool = False  # its parameters (its children's included) do not train (freeze.py)
 
     @property
     def type(self) -> str:
@@ -101,16 +103,20 @@ def plan(spec: ResolvedSpec) -> Plan:
     residuals of the same shape share one instance: a deep layout repeats a few instances, and
     the accounting computes each once."""
     model = spec.model
-    nodes = [Node("embedding", EMBEDDING, _model_part("embedding", {}), "embedding")]
+    freeze = set(spec.freeze)
+    below = _frozen_below(freeze)
+    nodes = [Node("embedding", EMBEDDING, _model_part("embedding", {}), "embedding",
+                  frozen=EMBEDDING in freeze)]
     owners: dict[str, ComponentInstance] = {}
     shared_keys: dict[int, tuple[str, ...]] = {}
     children: dict[int, dict] = {}
-    residuals: dict[tuple[bool, int], ComponentInstance] = {}
+    residuals: dict[tuple[bool, int, str], ComponentInstance] = {}
     for sub in spec.sublayers:
         prefix = sublayer_path(sub.index)
         feeds = is_feed(sub)
         if not feeds:
-            nodes.append(Node(f"{prefix}.norm", NORM, spec.norm, f"{prefix}.norm", sub.index, NORM_NAME))
+            nodes.append(Node(f"{prefix}.norm", NORM, spec.norm, f"{prefix}.norm", sub.index, NORM_NAME,
+                              frozen="norms" in freeze))
         for m in sub.members:
             if id(m) not in shared_keys:
                 shared_keys[id(m)] = tuple(m.component.shared_params(m.config, model))
@@ -121,20 +127,27 @@ def plan(spec: ResolvedSpec) -> Plan:
                 owners.setdefault(key, m)
             name, path = f"{prefix}.{m.name}", member_path(sub.index, m.name)
             nodes.append(Node(name, MEMBER, m, path, sub.index, m.name, reads_shared=keys,
-                              children=_children(m, model, name, path, sub.index, children[id(m)])))
+                              children=_children(m, model, name, path, sub.index, children[id(m)],
+                                                 below.get(m.name, frozenset())),
+                              frozen=m.name in freeze))
         if feeds:
             continue
         if model.post_norm:
             nodes.append(Node(f"{prefix}.post_norm", POST_NORM, spec.norm, f"{prefix}.post_norm", sub.index,
-                              NORM_NAME))
-        shape = (sub.parallel, len(sub.members))
+                              NORM_NAME, frozen="norms" in freeze))
+        shape = (sub.parallel, len(sub.members), sub.gates)
         if shape not in residuals:
-            residuals[shape] = _model_part("residual", {"gated": shape[0], "members": shape[1]})
-        nodes.append(Node(f"{prefix}.residual", RESIDUAL, residuals[shape], prefix, sub.index))
-    nodes += [Node(shared_path(key), SHARED, inst, shared_path(key), shared_key=key)
+            token = {"gate": sub.gates} if sub.gates != "scalar" else {}  # token gates (residual/spec.py)
+            residuals[shape] = _model_part("residual", {"gated": shape[0], "members": shape[1], **token})
+        nodes.append(Node(f"{prefix}.residual", RESIDUAL, residuals[shape], prefix, sub.index,
+                          frozen="gates" in freeze))
+    # shared weights freeze with their readers (validation makes those agree: freeze.py)
+    nodes += [Node(shared_path(key), SHARED, inst, shared_path(key), shared_key=key, frozen=inst.name in freeze)
               for key, inst in owners.items()]
-    nodes.append(Node("final_norm", FINAL_NORM, spec.norm, "final_norm", symbol=NORM_NAME))
-    nodes.append(Node("lm_head", HEAD, _model_part("head", {"tied": model.tie_embeddings}), "lm_head"))
+    nodes.append(Node("final_norm", FINAL_NORM, spec.norm, "final_norm", symbol=NORM_NAME,
+                      frozen="norms" in freeze))
+    nodes.append(Node("lm_head", HEAD, _model_part("head", {"tied": model.tie_embeddings}), "lm_head",
+                      frozen=HEAD in freeze))
     return Plan(spec, nodes)
 
 
@@ -146,17 +159,30 @@ def is_feed(sub) -> bool:
 
 
 def _children(inst: ComponentInstance, model, name: str, path: str, sublayer: int,
-              of_instance: dict | None = None) -> tuple[Node, ...]:
+              of_instance: dict | None = None, frozen: frozenset = frozenset()) -> tuple[Node, ...]:
     """The child nodes of an instance (and theirs), named and placed under it; `of_instance`:
-    the instance's children when already asked."""
+    the instance's children when already asked; `frozen`: the paths of its frozen children
+    ('ffn', 'adapters.0'), whose own children freeze with them."""
     out = []
     kids = inst.component.children(inst.config, model) if of_instance is None else of_instance
     for key, c in kids.items():
         child_inst = ComponentInstance(key, c.type, c.config, "reference")
         child_name, child_path = f"{name}.{key}", f"{path}.{key}"
+        below = frozenset(p[len(key) + 1:] for p in frozen if p.startswith(key + "."))
         out.append(Node(child_name, CHILD, child_inst, child_path, sublayer,
-                        children=_children(child_inst, model, child_name, child_path, sublayer)))
+                        children=_children(child_inst, model, child_name, child_path, sublayer, frozen=below),
+                        frozen=key in frozen))
     return tuple(out)
+
+
+def _frozen_below(freeze: set[str]) -> dict[str, frozenset]:
+    """Per symbol, the paths of its children a freeze list names (`D.ffn` -> {'D': {'ffn'}})."""
+    out: dict[str, set] = {}
+    for entry in freeze:
+        symbol, dot, path = entry.partition(".")
+        if dot:
+            out.setdefault(symbol, set()).add(path)
+    return {k: frozenset(v) for k, v in out.items()}
 
 
 def _model_part(role: str, config: dict) -> ComponentInstance:

@@ -8,6 +8,7 @@ from collections import OrderedDict
 
 from .accounting import TRAIN_FLOPS_FACTOR, Accounting, account
 from .components.base import FlopConvention
+from .freeze import frozen_params
 from .backends import check_override, planned
 from .plan import MEMBER, Plan
 from .spec import ResolvedSpec
@@ -43,6 +44,7 @@ def report(spec: ResolvedSpec, seq_len: int | None = None,
         "with a window" if convention.causal_attention == "attended"
         else "dense: T^2 query-key pairs per head, as FlopCounterMode and fvcore count SDPA")
     backends = planned(acc.plan, device, backend)
+    frozen = _frozen(acc)
     return {
         "schema_version": SCHEMA_VERSION,
         "spec": {
@@ -50,6 +52,7 @@ def report(spec: ResolvedSpec, seq_len: int | None = None,
             "n_sublayers": len(spec.sublayers), "d_model": spec.model.d_model,
             "vocab_size": spec.model.vocab_size, "max_seq_len": spec.model.max_seq_len,
             "dtype": spec.model.dtype, "tie_embeddings": spec.model.tie_embeddings,
+            "freeze": list(spec.freeze), "group_gates": spec.model.group_gates,
         },
         "seq_len": t,
         "conventions": conventions,
@@ -67,20 +70,29 @@ def report(spec: ResolvedSpec, seq_len: int | None = None,
             "training_flops_per_token": TRAIN_FLOPS_FACTOR * total.flops.total / t,
             "inference_state_bytes_per_sequence": total.state_bytes,
             "activation_bytes_per_sequence": total.activation_bytes,
+            "trainable_params": total.params - sum(frozen),
+            "frozen_params": sum(frozen),
         },
         "notes": _notes(acc.plan),
         "by_type": _by_type(acc),
         "sublayers": [_sublayer_row(sub, cost, t) for sub, cost in zip(spec.sublayers, acc.sublayer_costs())],
-        "components": _component_rows(acc, backends, t),
+        "components": _component_rows(acc, backends, t, frozen),
     }
 
 
-def _component_rows(acc: Accounting, backends: dict[str, str], t: int) -> list[dict]:
+def _frozen(acc: Accounting) -> list[int]:
+    """Each part's parameters that do not train (spec `freeze:`), in the order of acc.parts."""
+    cache: dict = {}
+    model = acc.spec.model
+    return [frozen_params(p.node, p.cost.params, model, cache) for p in acc.parts]
+
+
+def _component_rows(acc: Accounting, backends: dict[str, str], t: int, frozen: list[int]) -> list[dict]:
     """One row per node of the plan. The figures depend only on the node's cost, which the
     nodes of one instance share: they are worked out once per cost (a deep layout has a few)."""
     figures: dict[int, tuple] = {}
     rows = []
-    for p in acc.parts:
+    for p, frozen_here in zip(acc.parts, frozen):
         node, cost = p.node, p.cost
         f = figures.get(id(cost))
         if f is None:
@@ -88,7 +100,8 @@ def _component_rows(acc: Accounting, backends: dict[str, str], t: int) -> list[d
                                      cost.state_bytes, cost.activation_bytes)
         row = {"name": node.name, "type": node.instance.type, "role": node.role, "sublayer": node.sublayer,
                "params": f[0], "active_params": f[1], "forward_flops_per_token": f[2],
-               "forward_flops_by_kind": f[3].copy(), "state_bytes": f[4], "activation_bytes": f[5]}
+               "forward_flops_by_kind": f[3].copy(), "state_bytes": f[4], "activation_bytes": f[5],
+               "frozen_params": frozen_here}
         if node.name in backends:
             row["backend"] = backends[node.name]
         rows.append(row)
@@ -135,6 +148,7 @@ def _by_type(acc: Accounting) -> list[dict]:
 def _sublayer_row(sub, cost, seq_len: int) -> dict:
     return {"index": sub.index, "symbols": list(sub.symbols), "types": [m.type for m in sub.members],
             "overrides": {m.name: m.overrides for m in sub.members if m.overrides},
+            "gates": sub.gates if sub.parallel else None,
             "params": cost.params, "forward_flops_per_token": cost.flops.total / seq_len,
             "state_bytes": cost.state_bytes, "activation_bytes": cost.activation_bytes}
 
@@ -171,12 +185,16 @@ def render(rep: dict, fmt: str = "table") -> str:
              f"d_model {s['d_model']}, vocab {s['vocab_size']}, max_seq_len {s['max_seq_len']}, "
              f"{s['dtype']}, embeddings {'tied' if s['tie_embeddings'] else 'untied'}; "
              f"accounting at seq_len {rep['seq_len']}", ""]
+    if s.get("freeze"):
+        lines[-1:] = [f"frozen (does not train): {', '.join(s['freeze'])}", ""]
     totals = [
         ["parameters", f"{t['params']:,}", human(t["params"])],
         ["  active per token", f"{t['active_params']:,}", human(t["active_params"])],
         ["  embedding", f"{t['embedding_params']:,}", human(t["embedding_params"])],
         ["  LM head (untied)", f"{t['head_params']:,}", human(t["head_params"])],
         ["  non-embedding", f"{t['non_embedding_params']:,}", human(t["non_embedding_params"])],
+        *([["  trainable", f"{t['trainable_params']:,}", human(t["trainable_params"])],
+           ["  frozen", f"{t['frozen_params']:,}", human(t["frozen_params"])]] if t["frozen_params"] else []),
         ["weights", f"{t['weight_bytes']:,} B", human(t["weight_bytes"], "B")],
         ["forward FLOPs / token", f"{t['forward_flops_per_token']:,.0f}", human(t["forward_flops_per_token"])],
         ["training FLOPs / token", f"{t['training_flops_per_token']:,.0f}", human(t["training_flops_per_token"])],
@@ -202,6 +220,8 @@ def render(rep: dict, fmt: str = "table") -> str:
                 f"{sym}: " + ", ".join(f"{k}={v}" for k, v in changed.items()) if len(r["symbols"]) > 1
                 else ", ".join(f"{k}={v}" for k, v in changed.items())
                 for sym, changed in r["overrides"].items()) + ")"
+        if r.get("gates") not in (None, "scalar"):
+            what += f"  ({r['gates']} gates)"
         backend = ",".join(sorted({c.get("backend", "-") for c in members.get(r["index"], [])}))
         sub_rows.append([str(r["index"]), what, f"{r['params']:,}", human(r["forward_flops_per_token"]),
                          human(r["state_bytes"], "B"), backend])

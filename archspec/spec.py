@@ -15,6 +15,7 @@ from . import components as C
 from . import limits as L
 from .errors import Path, Problem, SpecError, did_you_mean, format_path
 from .expr import resolve_references
+from .freeze import check as check_freeze
 from .layout import Sublayer as Symbols, compact, expand_layout
 from .loader import Document, load_with_extends, parse
 from .schema import component_schema, strict_schema
@@ -48,6 +49,7 @@ class Sublayer:
 
     index: int
     members: list[ComponentInstance]
+    gates: str = "scalar"  # a parallel group's gates: scalar, softmax or sigmoid (model.group_gates)
 
     @property
     def parallel(self) -> bool:
@@ -69,6 +71,7 @@ class ResolvedSpec:
     components: dict[str, ComponentInstance]
     sublayers: list[Sublayer]
     data: dict  # the evaluated spec (extends merged, references resolved)
+    freeze: tuple[str, ...] = ()  # what does not train (archspec/freeze.py)
 
     @property
     def layout_text(self) -> str:
@@ -119,9 +122,14 @@ def resolve_document(doc: Document, source: str) -> ResolvedSpec:
         inst, found = _configure(raw, name, model, doc, ("components", name))
         defs[name] = inst
         problems += found
-    sublayers = [Sublayer(i, [defs[s] for s in syms]) for i, syms in enumerate(sublayer_symbols)]
+    sublayers = [Sublayer(i, [defs[s] for s in syms], model.group_gates if len(syms) > 1 else "scalar")
+                 for i, syms in enumerate(sublayer_symbols)]
+    problems += _group_gates(sublayers, data, doc)
     # overrides of sound components are checked even when others are broken: all errors at once
     problems += _apply_overrides(sublayers, data.get("overrides"), bad, model, doc)
+    freeze, found = check_freeze(data.get("freeze") if ("freeze",) not in bad else None, sublayers, norm, model,
+                                 doc, {name for name, inst in defs.items() if inst is None})
+    problems += found
     if problems:
         raise SpecError(problems)
     problems += _shared_weight_conflicts(sublayers, model, doc)
@@ -129,7 +137,7 @@ def resolve_document(doc: Document, source: str) -> ResolvedSpec:
     problems += _params_ceiling(sublayers, model, doc)
     if problems:
         raise SpecError(problems)
-    return ResolvedSpec(source, doc.files, model, norm, defs, sublayers, data)
+    return ResolvedSpec(source, doc.files, model, norm, defs, sublayers, data, freeze)
 
 
 def _params_ceiling(sublayers: list[Sublayer], model, doc: Document) -> list[Problem]:
@@ -300,7 +308,7 @@ def _model_config(data: dict, n_sublayers: int) -> C.base.ModelConfig:
         name=m.get("name") or "model", learned_positions=m.get("learned_positions", False),
         scale_embeddings=m.get("scale_embeddings", False),
         logit_softcap=None if m.get("logit_softcap") is None else float(m["logit_softcap"]),
-        post_norm=m.get("post_norm", False))
+        post_norm=m.get("post_norm", False), group_gates=m.get("group_gates", "scalar"))
 
 
 def _fill_defaults(type_name: str, written: dict) -> dict:
@@ -338,6 +346,40 @@ def _configure(raw: dict, name: str, model, doc: Document, path: Path,
     problems = [Problem(i.message, where(i.key), doc.loc(where(i.key)), i.hint)
                 for i in comp.check(cfg, model, written)]
     return inst, problems
+
+
+def _group_gates(sublayers: list[Sublayer], data: dict, doc: Document) -> list[Problem]:
+    """Token gates (model.group_gates, an override's group_gates) need a parallel group: set
+    the overrides' kinds on their sublayers, and locate a gate asked of a group of one."""
+    problems: list[Problem] = []
+    kind = data["model"].get("group_gates", "scalar")
+    if kind != "scalar" and sublayers and not any(s.parallel for s in sublayers):
+        where = ("model", "group_gates")
+        problems.append(Problem(f"group_gates: {kind} gates the members of parallel groups, and the layout "
+                                "has none", where, doc.loc(where),
+                                "write a parallel group such as '[A | F]', or remove group_gates"))
+    overrides = data.get("overrides")
+    for k, ov in enumerate(overrides if isinstance(overrides, list) else []):
+        if not isinstance(ov, dict):
+            continue
+        path = ("overrides", k)
+        if "set" not in ov and "group_gates" not in ov:
+            problems.append(Problem("missing required key 'set'", path, doc.loc(path),
+                                    "add `set:` (hyperparameters to change) or `group_gates:`"))
+        if not isinstance(ov.get("group_gates"), str):
+            continue
+        for sub_path, index in _override_indices(ov):
+            if index >= len(sublayers):
+                continue  # reported by _override_targets
+            sub = sublayers[index]
+            if sub.parallel:
+                sub.gates = ov["group_gates"]
+            else:
+                where = path + ("group_gates",)
+                problems.append(Problem(f"sublayer {index} is one component ({', '.join(sub.symbols)}), not a "
+                                        "parallel group: it has no gate", where, doc.loc(where),
+                                        "gate a parallel group such as '[A | F]', or drop this sublayer from `at`"))
+    return dedupe(problems)
 
 
 def _override_indices(ov) -> list[tuple[Path, int]]:
@@ -381,8 +423,8 @@ def _apply_overrides(sublayers: list[Sublayer], overrides, bad: set, model, doc:
     n = len(sublayers)
     for k, ov in enumerate(overrides):
         path = ("overrides", k)
-        if path in bad or not isinstance(ov, dict) or "type" in ov.get("set", {}):
-            continue
+        if path in bad or not isinstance(ov, dict) or "type" in ov.get("set", {}) or "set" not in ov:
+            continue  # (an override of only group_gates changes no component: _group_gates)
         # one override changes equal members equally: each distinct member (an instance that
         # many sublayers share) is checked and configured once, and its problems reported once
         done: dict[int, ComponentInstance | None] = {}

@@ -395,6 +395,8 @@ ACTIVATION_CASES = [
           ("softcap-window", {"logit_softcap": 5.0, "window": 8}, _softcap_once),
           ("softcap-qk_norm-rope_dims", {"logit_softcap": 5.0, "qk_norm": "head", "rope_dims": 6}, _softcap_once)]],
     *[(Sub("mlp", dtype=dtype), (16, 40), 2, _nothing, None) for dtype in ("float32", "bfloat16")],
+    *[(Sub("mixda", {"d_ff": 24, "n_adapters": n, "bottleneck": 8, "gate": gate}, d_model=32), (16, 40), 2,
+       _nothing, None) for n, gate in ((3, "softmax"), (1, "sigmoid"))],
     *[(Sub("mamba", c, d_model=32, dtype=dtype), lens, 2, _mamba_once, None)
       for c, lens in MAMBA for dtype in ("float32", "bfloat16")],
     *[(Sub("mamba2", c, d_model=32), lens, 2, _mamba2_once, None) for c, lens in MAMBA2],
@@ -439,6 +441,8 @@ def test_activation_estimate_equals_what_autograd_saves(sub, seq_lens, batch, on
     ("{type: moe, router: expert_choice, n_experts: 4, topk: 2, capacity_factor: 3}", "capacity_factor", "<="),
     ("{type: moe, shared_d_ff: 64}", "shared_d_ff", "n_shared_experts"),
     ("{type: mom, n_heads: 2, head_dim: 8, n_memories: 2, topk: 3}", "topk", "n_memories"),
+    ("{type: mixda, n_adapters: 1}", "n_adapters", "gate: sigmoid"),
+    ("{type: mixda, n_adapters: 1, gate: softmax}", "gate", "gate: sigmoid"),
     ("{type: pkm, n_keys: 16, k_dim: 15, knn: 4}", "k_dim", "even"),
     ("{type: pkm, n_keys: 16, knn: 20}", "knn", "knn <= n_keys"),
     ("{type: pkm, n_keys: 16, knn: 1}", "knn", "knn >= 2"),

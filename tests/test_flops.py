@@ -64,6 +64,15 @@ SPECS = {
     "untied": _spec("tie_embeddings: false", "  A: {type: attention, n_heads: 4}\n  F: {type: mlp}", "A F"),
     "parallel": _spec("", "  A: {type: attention, n_heads: 4, n_kv_heads: 2}\n  F: {type: mlp}",
                       "[A | F] x 2 A"),
+    # token gates (softmax of a Linear(d, 2) per group) and mixda (its gate, FFN and adapters)
+    "parallel_token_gates": _spec("group_gates: softmax",
+                                  "  A: {type: attention, n_heads: 4, n_kv_heads: 2}\n  F: {type: mlp}",
+                                  "[A | F] x 2 A"),
+    "mixda": _spec("group_gates: sigmoid",
+                   "  A: {type: attention, n_heads: 4}\n"
+                   "  D: {type: mixda, d_ff: 64, n_adapters: 3, bottleneck: 8}\n"
+                   "  S: {type: mixda, n_adapters: 1, gate: sigmoid, activation: gelu, adapter_activation: relu}",
+                   "A D [A | S]"),
 }
 
 
@@ -122,7 +131,8 @@ def test_fvcore_equals_analytic_exactly(built, name, seq_len):
     assert set(result.unsupported) <= {"aten::mul", "aten::add", "aten::rms_norm", "aten::neg",
                                        "aten::silu", "aten::gelu", "aten::embedding", "aten::div",
                                        "aten::sub", "aten::rsub", "aten::where", "aten::scalar_tensor",
-                                       "aten::le", "aten::lt", "aten::sin", "aten::cos", "aten::add_"}
+                                       "aten::le", "aten::lt", "aten::sin", "aten::cos", "aten::add_",
+                                       "aten::softmax", "aten::sigmoid"}  # gates: token, mixda
     assert result.by_operator.get("scaled_dot_product_attention", 0) > 0  # attention not zero
     # Exact: fvcore's count is integer MACs of the same matmuls; x 2 for FLOPs.
     assert result.flops == measure_fvcore(model, tokens) == analytic_comparable(spec, seq_len, BATCH)

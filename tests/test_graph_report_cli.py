@@ -141,12 +141,13 @@ def test_report_keys_and_rendering():
                          "by_type", "sublayers", "components"]
     assert rep["seq_len"] == 32
     assert set(rep["spec"]) == {"name", "source", "files", "layout", "n_sublayers", "d_model",
-                                "vocab_size", "max_seq_len", "dtype", "tie_embeddings"}
+                                "vocab_size", "max_seq_len", "dtype", "tie_embeddings", "freeze", "group_gates"}
     assert set(rep["totals"]) == {
         "params", "active_params", "embedding_params", "head_params", "non_embedding_params",
         "weight_bytes", "forward_flops_per_sequence", "forward_flops_per_token",
         "forward_flops_per_token_by_kind", "training_flops_per_token",
-        "inference_state_bytes_per_sequence", "activation_bytes_per_sequence"}
+        "inference_state_bytes_per_sequence", "activation_bytes_per_sequence", "trainable_params",
+        "frozen_params"}
     assert all(isinstance(v, str) and v for v in rep["conventions"].values())
     members = [c for c in rep["components"] if c["type"] in ("attention", "mlp", "rmsnorm")]
     assert members and all(c["backend"] == "reference" for c in members)

@@ -403,12 +403,14 @@ MODEL_TOL = {"float32": 1e-5, "bfloat16": 2e-2}
 
 
 @pytest.mark.parametrize("spec,dtype", [("tiny", "float32"), ("parallel", "float32"),
-                                        ("tiny", "bfloat16")])
+                                        ("parallel_token", "float32"), ("tiny", "bfloat16")])
 def test_triton_norms_match_the_reference_build(kernel_device, spec, dtype):
     """Same seed, same weights (same module tree and parameter names); logits and every
     parameter's gradient within MODEL_TOL. The parallel spec exercises a gated group handing its
-    last update on to the next norm."""
-    s = load(TINY) if spec == "tiny" else loads(PARALLEL)
+    last update on to the next norm (parallel_token: with token gates, computed from the norm's
+    output)."""
+    s = load(TINY) if spec == "tiny" else loads(PARALLEL if spec == "parallel" else
+                                                PARALLEL.replace("norm: {type: rmsnorm}}", "norm: {type: rmsnorm}, group_gates: softmax}"))
     ref = build(s, seed=0, device=kernel_device, dtype=dtype)
     tri = build(s, seed=0, device=kernel_device, dtype=dtype, backend={"model.norm": "triton"})
     assert not ref.fused_residual_norms and tri.fused_residual_norms

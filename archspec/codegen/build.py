@@ -65,11 +65,37 @@ def build(spec: ResolvedSpec, device: str | torch.device = "cpu", dtype: str | N
         model = _construct(plan(spec), backend, target, TORCH_DTYPES[dtype_name])
     model = model.to(TORCH_DTYPES[dtype_name])
     if meta:
-        return model
+        return freeze(model)
     if seed is not None:
         torch.manual_seed(seed)
     model = model.to_empty(device=device)
     model.reset_parameters()
+    return freeze(model)
+
+
+def freeze(model: CausalLM) -> CausalLM:
+    """requires_grad=False on every parameter of the nodes the spec freezes (`freeze:`,
+    archspec/freeze.py); returns the model."""
+    spec_model = model.spec.model
+    frozen: set[str] = set()
+    shapes: dict[tuple, list[str]] = {}  # parameter names of an instance (or its shared key), asked once
+
+    def visit(node: Node) -> None:
+        if node.frozen:
+            inst, key = node.instance, (id(node.instance), node.shared_key)
+            if key not in shapes:
+                shapes[key] = list(inst.component.shared_params(inst.config, spec_model)[node.shared_key]
+                                   if node.role == SHARED else inst.component.param_shapes(inst.config, spec_model))
+            frozen.update(node.param_name(k) for k in shapes[key])
+        else:
+            for c in node.children:
+                visit(c)
+
+    for node in plan(model.spec):
+        visit(node)
+    for name, p in model.named_parameters():
+        if name in frozen:
+            p.requires_grad_(False)
     return model
 
 
@@ -95,7 +121,8 @@ def _construct(the_plan: Plan, override, device: torch.device, dtype: torch.dtyp
         norm = [modules[n.name] for n in nodes if n.role == NORM]  # none: a feed sublayer
         post = [modules[n.name] for n in nodes if n.role == POST_NORM]
         blocks.append(Block(norm[0] if norm else None,
-                            {n.symbol: modules[n.name] for n in nodes if n.role == MEMBER}, *post))
+                            {n.symbol: modules[n.name] for n in nodes if n.role == MEMBER},
+                            post[0] if post else None, sub.gates, model_cfg.d_model, model_cfg.init_std))
     (embedding,), (final_norm,), (head,) = (the_plan.with_role(r) for r in (EMBEDDING, FINAL_NORM, HEAD))
     model = CausalLM(_reference(embedding, model_cfg), blocks, modules[final_norm.name],
                      _reference(head, model_cfg), model_cfg.tie_embeddings, shared)

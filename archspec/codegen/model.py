@@ -3,6 +3,8 @@
     tokens [B, T] -> embedding -> sublayers -> final norm -> LM head -> logits [B, T, V]
     sublayer i:  x <- x + f(norm(x))                       (one member)
                  x <- x + sum_j g_j f_j(norm(x))           (parallel group; gates g init 1)
+                 x <- x + sum_j g_j(h) f_j(h), h = norm(x) (token gates: softmax or sigmoid of
+                                                            a Linear(d, n) of h; residual/spec.py)
     model: post_norm (sandwich, Gemma-2): the update passes a second norm of its own before
     the add, x <- x + post_norm(f(norm(x))) (of the gated sum in a parallel group).
     a feed:      t = f(x), read with the embeddings as ctx.embeddings; the next sublayer is
@@ -43,7 +45,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..components.modules import ComponentModule, ForwardContext
+from ..components.modules import ComponentModule, ForwardContext, at_least_float32
 
 
 class BackendChoice(str):
@@ -96,11 +98,18 @@ class Block(nn.Module):
     without a norm, a feed (module docstring): it returns its member's output t, which the model
     adds to the next sublayer's norm input (`feed`)."""
 
-    def __init__(self, norm: nn.Module | None, members: dict[str, nn.Module], post_norm: nn.Module | None = None):
+    def __init__(self, norm: nn.Module | None, members: dict[str, nn.Module], post_norm: nn.Module | None = None,
+                 gates: str = "scalar", d_model: int | None = None, init_std: float = 0.02):
         super().__init__()
         self.norm = norm
         self.members = nn.ModuleDict(members)
-        self.gates = nn.Parameter(torch.empty(len(members))) if len(members) > 1 else None
+        self.gate_kind, self.init_std = gates, init_std
+        if len(members) < 2:
+            self.gates = None
+        elif gates == "scalar":
+            self.gates = nn.Parameter(torch.empty(len(members)))
+        else:  # token gates: g(h) = softmax or sigmoid of gates(h)
+            self.gates = nn.Linear(d_model, len(members))
         self.post_norm = post_norm  # the sandwich norm (model: post_norm), or None
 
     @property
@@ -108,8 +117,20 @@ class Block(nn.Module):
         return self.norm is None
 
     def reset_gates(self) -> None:
-        if self.gates is not None:
+        if isinstance(self.gates, nn.Linear):
+            nn.init.normal_(self.gates.weight, std=self.init_std)
+            nn.init.zeros_(self.gates.bias)
+        elif self.gates is not None:
             nn.init.ones_(self.gates)
+
+    def gate_values(self, h: torch.Tensor) -> list[torch.Tensor]:
+        """Each member's gate in h's dtype: a scalar, or per token [..., 1] (token gates) from
+        the normed input h ([B, T, d] or, decoding a step, [B, d])."""
+        if self.gate_kind == "scalar":
+            return [g.to(h.dtype) for g in self.gates]
+        logits = at_least_float32(self.gates(h))
+        g = torch.softmax(logits, dim=-1) if self.gate_kind == "softmax" else torch.sigmoid(logits)
+        return [g[..., j:j + 1].to(h.dtype) for j in range(g.shape[-1])]
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext, feed: torch.Tensor | None = None) -> torch.Tensor:
         if self.feeds:
@@ -117,12 +138,12 @@ class Block(nn.Module):
             return member(x, ctx)
         h = self.norm(x if feed is None else x + feed)
         if self.post_norm is not None:
-            return x + self._sandwiched(lambda name, member: member(h, ctx))
+            return x + self._sandwiched(h, lambda name, member: member(h, ctx))
         if self.gates is None:
             (member,) = self.members.values()
             return x + member(h, ctx)
         out = x
-        for gate, member in zip(self.gates, self.members.values()):
+        for gate, member in zip(self.gate_values(h), self.members.values()):
             out = out + gate.to(x.dtype) * member(h, ctx)
         return out
 
@@ -142,12 +163,12 @@ class Block(nn.Module):
             return getattr(member, how)(x, states[name], ctx)
         h = self.norm(x if feed is None else x + feed)
         if self.post_norm is not None:
-            return x + self._sandwiched(lambda name, member: getattr(member, how)(h, states[name], ctx))
+            return x + self._sandwiched(h, lambda name, member: getattr(member, how)(h, states[name], ctx))
         if self.gates is None:
             ((name, member),) = self.members.items()
             return x + getattr(member, how)(h, states[name], ctx)
         out = x
-        for gate, (name, member) in zip(self.gates, self.members.items()):
+        for gate, (name, member) in zip(self.gate_values(h), self.members.items()):
             out = out + gate.to(x.dtype) * getattr(member, how)(h, states[name], ctx)
         return out
 
@@ -157,24 +178,24 @@ class Block(nn.Module):
         update, whose sum x' + delta' is what `forward(x + delta)` returns."""
         h, x = self.norm.forward_add(x, delta)
         if self.post_norm is not None:
-            return x, self._sandwiched(lambda name, member: member(h, ctx))
+            return x, self._sandwiched(h, lambda name, member: member(h, ctx))
         if self.gates is None:
             (member,) = self.members.values()
             return x, member(h, ctx)
-        members = list(self.members.values())
+        members, gates = list(self.members.values()), self.gate_values(h)
         out = x
-        for gate, member in zip(self.gates[:-1], members[:-1]):
+        for gate, member in zip(gates[:-1], members[:-1]):
             out = out + gate.to(x.dtype) * member(h, ctx)
-        return out, self.gates[-1].to(x.dtype) * members[-1](h, ctx)
+        return out, gates[-1].to(x.dtype) * members[-1](h, ctx)
 
-    def _sandwiched(self, run) -> torch.Tensor:
-        """post_norm(sum_j g_j run(name_j, member_j)) (no gate for one member): the update of a
-        sandwich-normed sublayer."""
+    def _sandwiched(self, h: torch.Tensor, run) -> torch.Tensor:
+        """post_norm(sum_j g_j run(name_j, member_j)) (no gate for one member; g_j from the normed
+        input h): the update of a sandwich-normed sublayer."""
         if self.gates is None:
             ((name, member),) = self.members.items()
             return self.post_norm(run(name, member))
         out = None
-        for gate, (name, member) in zip(self.gates, self.members.items()):
+        for gate, (name, member) in zip(self.gate_values(h), self.members.items()):
             y = run(name, member)
             y = gate.to(y.dtype) * y
             out = y if out is None else out + y
@@ -204,9 +225,13 @@ class CausalLM(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Initialise every weight (used after materialising a meta-device build)."""
+        """Initialise every weight (used after materialising a meta-device build). A component
+        resets the components it is built from (its children) itself, and may then adjust them
+        (mixda zeroes its adapters' outputs): they are not reset again here."""
+        nested = {id(m) for module in self.modules() if isinstance(module, ComponentModule)
+                  for m in module.modules() if m is not module}
         for module in self.modules():
-            if isinstance(module, ComponentModule):
+            if isinstance(module, ComponentModule) and id(module) not in nested:
                 module.reset_parameters()
             elif isinstance(module, Block):
                 module.reset_gates()

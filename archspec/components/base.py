@@ -41,6 +41,7 @@ class ModelConfig:
     scale_embeddings: bool = False
     logit_softcap: float | None = None
     post_norm: bool = False
+    group_gates: str = "scalar"  # parallel groups' gates: scalar, or per token softmax / sigmoid
 
     @property
     def dtype_bytes(self) -> int:

@@ -64,7 +64,8 @@ def _sublayer(s) -> dict:
             "members": [{"change": m.kind, "symbol_a": m.symbol_a, "symbol_b": m.symbol_b,
                          "type_a": m.type_a, "type_b": m.type_b, "fields": _fields(m.fields)}
                         for m in s.members],
-            "overrides_a": _json_value(s.overrides_a), "overrides_b": _json_value(s.overrides_b)}
+            "overrides_a": _json_value(s.overrides_a), "overrides_b": _json_value(s.overrides_b),
+            "gates": list(s.gates) if s.gates else None}
 
 
 def _by_len(ds: dict[int, CostDelta]) -> dict[str, dict]:

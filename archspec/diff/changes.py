@@ -73,6 +73,7 @@ class SublayerChange:
     members: list[MemberChange]  # what changed, for 'changed' and 'type changed'
     overrides_a: dict = field(default_factory=dict)  # {symbol: {key: value}} as the spec wrote them
     overrides_b: dict = field(default_factory=dict)
+    gates: tuple | None = None  # (A's, B's) gates of a parallel group when they differ (group_gates)
 
 
 # --- fields ---------------------------------------------------------------------------------------
@@ -102,6 +103,8 @@ def model_changes(a: ResolvedSpec, b: ResolvedSpec, skip: Ignore) -> list[FieldC
     for fc in _instance_changes(na, nb, Ignore(())):
         if not skip.model(f"norm.{fc.field}"):
             out.append(FieldChange(f"model.norm.{fc.field}", fc.a, fc.b))
+    if set(a.freeze) != set(b.freeze):  # what trains (the order of the list means nothing)
+        out.append(FieldChange("freeze", list(a.freeze), list(b.freeze)))
     return out
 
 
@@ -155,11 +158,14 @@ def sublayer_changes(a: ResolvedSpec, b: ResolvedSpec, pairs, added, removed, re
     out: list[tuple[tuple, SublayerChange]] = []
     for i, j in pairs:
         members = _member_changes(a, b, member_pairs[(i, j)], renames, skip)
-        if members:
-            sa, sb = a.sublayers[i], b.sublayers[j]
+        sa, sb = a.sublayers[i], b.sublayers[j]
+        # a group's gates, unless the model's group_gates changed them all (listed there)
+        gates = (sa.gates, sb.gates) if sa.gates != sb.gates and sa.parallel and sb.parallel and not (
+            sa.gates == a.model.group_gates and sb.gates == b.model.group_gates) else None
+        if members or gates:
             kind = "type changed" if (i, j) in retyped else "changed"
             out.append(((i, j), SublayerChange(kind, i, j, _members(sa), _members(sb), members,
-                                               _overrides(sa), _overrides(sb))))
+                                               _overrides(sa), _overrides(sb), gates)))
     out += _added(b, added, pairs) + _removed(a, removed, pairs)
     return [c for _, c in sorted(out, key=lambda kv: (kv[0][1], kv[0][0]))]
 

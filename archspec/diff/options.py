@@ -11,7 +11,7 @@ from ..schema import component_schema
 from ..spec import ResolvedSpec
 
 MODEL_FIELDS = ("vocab_size", "d_model", "max_seq_len", "dtype", "tie_embeddings", "init_std",
-                "learned_positions", "scale_embeddings", "logit_softcap", "post_norm")
+                "learned_positions", "scale_embeddings", "logit_softcap", "post_norm", "group_gates")
 
 
 class DiffOptionError(ValueError):

@@ -177,6 +177,8 @@ def _sublayer_row(s: SublayerChange, arrow: str) -> list[str]:
     if s.change == "removed":
         return ["-", where, f"{_members_text(s.a_members)} removed"]
     text = "; ".join(_member_change_text(m, arrow) for m in s.members)
+    if s.gates:
+        text += ("; " if text else "") + f"gates {s.gates[0]} {arrow} {s.gates[1]}"
     return ["~", where, text + _overrides_text(s)]
 
 

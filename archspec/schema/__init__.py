@@ -93,6 +93,7 @@ def _add_limits(schema: dict) -> None:
     props = schema["properties"]
     props["components"].update({"maxProperties": L.COMPONENTS.value, L.WHY_KEY: L.COMPONENTS.why})
     props["overrides"].update({"maxItems": L.OVERRIDES.value, L.WHY_KEY: L.OVERRIDES.why})
+    props["freeze"].update({"maxItems": L.FREEZE.value, L.WHY_KEY: L.FREEZE.why})
     for key, limit in MODEL_LIMITS.items():
         schema["$defs"]["model"]["properties"][key].update(limit.schema())
     rules = next(b for b in schema["$defs"]["layout"]["anyOf"] if b.get("type") == "object")
