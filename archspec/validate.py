@@ -32,6 +32,15 @@ _TYPES = {"integer": lambda x: type(x) is int, "number": lambda x: type(x) in (i
 _NUMBER = (int, float)
 
 
+
+def _yaml_word(value) -> str:
+    """A schema choice as a spec writes it: null, true, false, or the name."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
 def _same(value, choice) -> bool:
     """enum and const, for scalars: equal and of one type (1 is not True, nor 1.0: conservative)."""
     return type(value) is type(choice) and type(value) in (int, float, bool, str, type(None)) and value == choice
@@ -266,13 +275,14 @@ def _translate(error: jsonschema.ValidationError, doc: Document, base: Path, loc
         choices = schema["enum"] if v == "enum" else [schema["const"]]
         what = "component type" if path[-1:] == ("type",) else "value"
         if isinstance(inst, (dict, list)):  # not a name at all (and not hashable)
-            return [Problem(f"expected a {what} ({one_of(map(str, choices))}), got {_describe(inst)}",
+            return [Problem(f"expected a {what} ({one_of(map(_yaml_word, choices))}), got {_describe(inst)}",
                             path, where(path), f"write one name, e.g. `{path[-1] if path else 'value'}: {choices[0]}`")]
         hint = _misplaced_type_hint(inst, path) or did_you_mean(str(inst), [str(c) for c in choices])
-        if hint is None and SYNONYMS.get(str(inst).lower()) in choices:
-            hint = f"did you mean '{SYNONYMS[str(inst).lower()]}'?"
+        synonym = SYNONYMS.get(str(inst).lower())
+        if hint is None and synonym is not None and synonym in choices:  # an enum may hold null
+            hint = f"did you mean '{synonym}'?"
         return [Problem(f"unknown {what} '{inst}'", path, where(path),
-                        hint or f"expected one of: {one_of(map(str, choices))}")]
+                        hint or f"expected one of: {one_of(map(_yaml_word, choices))}")]
     if v == "type":
         want = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
         expected = " or ".join(_JSON_TYPES.get(t, t) for t in want)

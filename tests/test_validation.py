@@ -68,6 +68,17 @@ def test_unknown_component_type_did_you_mean(problems):
                    at=(6, 13), message="unknown component type 'atention'", hint="did you mean 'attention'?")
 
 
+def test_unknown_value_of_a_choice_that_includes_null_or_booleans(problems):
+    """An enum holding null (qk_norm) or booleans (bias) lists them as YAML writes them; an
+    unknown word there was an internal error (a synonym lookup that found None among the
+    choices)."""
+    found = problems(SPEC.replace("n_kv_heads: 2", "n_kv_heads: 2, qk_norm: aaaa, bias: maybe"))
+    by = {p.path: p for p in found}
+    assert by[("components", "A", "qk_norm")].message == "unknown value 'aaaa'"
+    assert by[("components", "A", "qk_norm")].hint == "expected one of: 'head', 'null', 'projection'"
+    assert by[("components", "A", "bias")].hint == "expected one of: 'false', 'qkv', 'true'"
+
+
 def test_undefined_layout_symbol_did_you_mean(problems):
     assert_located(problems(SPEC.replace("A:", "attn:").replace('"(A F) x 2"', '"(atn F) x 2"')), path=("layout",),
                    at=(8, 9), words="undefined layout symbol 'atn'", hint="did you mean 'attn'?")
