@@ -242,6 +242,11 @@ class ArchspecForCausalLM(PreTrainedModel, GenerationMixin):
             device = torch.get_default_device()
             meta = device.type == "meta"
             model = build(spec, device="cpu" if meta else device, dtype=dtype, meta=meta)
+        if next(model.parameters()).device.type != "meta":
+            # archspec initialised these weights (or they are a trained model's): post_init's
+            # transformers initialisation must not redo them
+            for m in model.modules():
+                m._is_hf_initialized = True
         self.model = model
         self.post_init()
 
@@ -250,10 +255,7 @@ class ArchspecForCausalLM(PreTrainedModel, GenerationMixin):
     def from_archspec(cls, model: CausalLM) -> "ArchspecForCausalLM":
         """Wrap a model archspec built (archspec.build, archspec.load_saved): the same module
         and weights, not a copy."""
-        hf = cls(ArchspecConfig.from_model(model), model=model)
-        for m in hf.modules():  # its weights are archspec's: no transformers init may redo them
-            m._is_hf_initialized = True
-        return hf
+        return cls(ArchspecConfig.from_model(model), model=model)
 
     @classmethod
     def from_spec(cls, spec, device: str | torch.device = "cpu", dtype: str | None = None,
