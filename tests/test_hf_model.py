@@ -191,6 +191,23 @@ def test_from_pretrained_rebuilds_from_the_saved_record_not_todays_yaml(tmp_path
     assert dtype == "float32" and rebuilt.components == spec.components
 
 
+def test_from_pretrained_keeps_the_saved_dtype_or_takes_the_one_asked(tmp_path):
+    spec = archspec.load(SPECS / "tiny.yaml")
+    hf = ArchspecForCausalLM.from_archspec(build(spec, dtype="bfloat16", seed=0).eval())
+    hf.save_pretrained(tmp_path)
+    tokens = random_tokens(spec.model.vocab_size, (2, 8))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    as_fp32 = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    assert {p.dtype for p in as_fp32.parameters()} == {torch.float32}
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens).logits, hf(tokens).logits)
+        # bf16 weights are exact in fp32, so only the bf16 model's rounding differs (8-bit
+        # mantissa: 2^-8 relative per op): measured 0.004 at logits up to 1.4; 0.02 is 5x that,
+        # while weights loaded wrongly move logits by ~1
+        assert (as_fp32(tokens).logits - hf(tokens).logits.float()).abs().max() < 0.02
+
+
 def test_from_pretrained_is_strict_about_the_weights(tmp_path):
     model, spec = tiny("tiny")
     ArchspecForCausalLM.from_archspec(model).save_pretrained(tmp_path)
@@ -327,6 +344,17 @@ def test_the_trainer_lowers_the_loss_of_a_mom_model(tmp_path):
     # from ~ln(vocab 256) = 5.5 at initialisation; 30 steps on an 8-token cycle take it well
     # below half (measured: 5.63 -> 1.16); a model the Trainer does not update stays at 5.6
     assert after < 0.5 * before, (before, after)
+
+
+# --- the docs -----------------------------------------------------------------------------------------
+def test_the_docs_example_runs(tmp_path, monkeypatch):
+    """docs/hf.md's first python block, run as written (from a directory of its own)."""
+    text = (ROOT / "docs" / "hf.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "specs").symlink_to(SPECS)
+    exec(compile(code, "docs/hf.md", "exec"), {})
+    assert (tmp_path / "hydra-hf" / "config.json").is_file()
 
 
 # --- layering -----------------------------------------------------------------------------------------

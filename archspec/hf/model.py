@@ -61,7 +61,7 @@ from transformers.utils import ModelOutput
 from ..checkpoint_json import read_record, record
 from ..codegen.build import build
 from ..codegen.model import Block, CausalLM
-from ..components.modules import ComponentModule
+from ..components.modules import DTYPE_NAMES, ComponentModule
 from ..errors import CheckpointError
 
 MODEL_TYPE = "archspec"
@@ -237,10 +237,14 @@ class ArchspecForCausalLM(PreTrainedModel, GenerationMixin):
         super().__init__(config)
         if model is None:
             spec, dtype = config.resolved()
-            # from_pretrained constructs under `torch.device("meta")` and loads the weights
-            # afterwards; a direct construction builds (and initialises) real weights
+            # from_pretrained constructs under `torch.device("meta")`, with the dtype it was
+            # asked for as torch's default (the saved one unless `dtype=` says otherwise), and
+            # loads the weights afterwards; a direct construction builds (and initialises) real
+            # weights in the spec's dtype
             device = torch.get_default_device()
             meta = device.type == "meta"
+            if meta and torch.get_default_dtype() in DTYPE_NAMES:
+                dtype = DTYPE_NAMES[torch.get_default_dtype()]
             model = build(spec, device="cpu" if meta else device, dtype=dtype, meta=meta)
         if next(model.parameters()).device.type != "meta":
             # archspec initialised these weights (or they are a trained model's): post_init's
