@@ -53,16 +53,25 @@ import json
 from dataclasses import dataclass
 
 import torch
+import transformers
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
-from transformers.cache_utils import Cache
-from transformers.utils import ModelOutput
 
-from ..checkpoint_json import read_record, record
-from ..codegen.build import build
-from ..codegen.model import Block, CausalLM
-from ..components.modules import DTYPE_NAMES, ComponentModule
-from ..errors import CheckpointError
+MIN_TRANSFORMERS = (5, 24)  # the Cache interface and generate's `cache=` this module follows
+if tuple(int(p) for p in transformers.__version__.split(".")[:2] if p.isdigit()) < MIN_TRANSFORMERS:
+    raise ImportError(f"archspec.hf.model needs transformers >= {'.'.join(map(str, MIN_TRANSFORMERS))}, "
+                      f"found {transformers.__version__}: pip install -U 'archspec[hf]'")
+
+# checked before the names below are imported: an older transformers lacks some of them
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin  # noqa: E402
+from transformers import PreTrainedConfig, PreTrainedModel  # noqa: E402
+from transformers.cache_utils import Cache  # noqa: E402
+from transformers.utils import ModelOutput  # noqa: E402
+
+from ..checkpoint_json import read_record, record  # noqa: E402
+from ..codegen.build import build  # noqa: E402
+from ..codegen.model import Block, CausalLM  # noqa: E402
+from ..components.modules import DTYPE_NAMES, ComponentModule  # noqa: E402
+from ..errors import CheckpointError  # noqa: E402
 
 MODEL_TYPE = "archspec"
 CONFIG_FILE = "config.json"
