@@ -1,0 +1,1 @@
+"""Hugging Face transformers interop (issue 20); an optional extra: archspec[hf]."""
