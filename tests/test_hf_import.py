@@ -47,6 +47,17 @@ FAMILIES = {
                          tie_word_embeddings=False, pad_token_id=0, bos_token_id=0, eos_token_id=0),
     "mamba2": dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_heads=4, head_dim=16, n_groups=2,
                    state_size=8, chunk_size=8, pad_token_id=0, bos_token_id=0, eos_token_id=0),
+    "jamba": dict(ATTN, num_hidden_layers=4, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
+                  expert_layer_offset=0, num_experts=4, num_experts_per_tok=2, mamba_d_state=8, mamba_dt_rank=4,
+                  use_mamba_kernels=False),
+    "bamba": dict(ATTN, num_hidden_layers=3, attn_layer_indices=[1], mamba_n_heads=4, mamba_d_head=16,
+                  mamba_n_groups=2, mamba_d_state=8, mamba_chunk_size=8,
+                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}),
+    "zamba2": dict(vocab_size=V, hidden_size=32, num_hidden_layers=5, max_position_embeddings=64,
+                   layers_block_type=["mamba", "hybrid", "mamba", "hybrid", "hybrid"], intermediate_size=64,
+                   num_attention_heads=4, num_key_value_heads=4, mamba_d_state=8, n_mamba_heads=4, mamba_ngroups=1,
+                   num_mem_blocks=2, use_shared_attention_adapter=True, adapter_rank=4, use_mem_rope=True,
+                   chunk_size=8, use_mamba_kernels=False),
 }
 
 

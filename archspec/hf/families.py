@@ -412,5 +412,122 @@ def _mamba2(c: Config) -> dict:
     return _finish(c.family, model, {"ssm": m}, layout([("ssm",)] * n))
 
 
-BUILDERS = {**{f: _llama_like for f in ("llama", "mistral", "qwen2", "phi3")}, "gemma2": _gemma2, "gpt2": _gpt2,
+# --- hybrid families ----------------------------------------------------------------------------
+
+def _jamba(c: Config) -> dict:
+    """Layer i: attention where i % attn_layer_period == attn_layer_offset (no positional
+    encoding), else Mamba1 with RMSNorms on dt, B and C; then an MoE where
+    i % expert_layer_period == expert_layer_offset (with more than one expert), else an MLP."""
+    d, n = c.need("hidden_size"), c.need("num_hidden_layers")
+    if _activation(c, "hidden_act", GATED, "silu") != "swiglu":
+        raise c.unsupported("hidden_act", c.data.get("hidden_act"), "archspec's experts are SwiGLU or GeGLU")
+    eps = float(c.get("rms_norm_eps", 1e-6))
+    heads = c.need("num_attention_heads")
+    attn = {"type": "attention", "n_heads": heads, "rope": False}
+    if c.get("num_key_value_heads", heads) != heads:
+        attn["n_kv_heads"] = c.get("num_key_value_heads")
+    expand = c.get("mamba_expand", 2)
+    rank = c.get("mamba_dt_rank", "auto")
+    mamba = {"type": "mamba", "d_state": c.get("mamba_d_state", 16), "d_conv": c.get("mamba_d_conv", 4),
+             "expand": expand, "dt_rank": math.ceil(d / 16) if rank == "auto" else rank,
+             "conv_bias": bool(c.get("mamba_conv_bias", True)), "bias": bool(c.get("mamba_proj_bias", False)),
+             "inner_norms": True, "inner_norm_eps": eps}
+    f = c.need("intermediate_size")
+    experts = c.get("num_experts", 16)
+    moe = {"type": "moe", "n_experts": experts, "topk": c.need("num_experts_per_tok"), "d_ff": f,
+           "renormalize": False, "aux_loss_scale": float(c.get("router_aux_loss_coef", 0.001))}
+    mlp = {"type": "mlp", "activation": "swiglu", "d_ff": f}
+    ap, ao = c.get("attn_layer_period", 8), c.get("attn_layer_offset", 4)
+    ep, eo = c.get("expert_layer_period", 2), c.get("expert_layer_offset", 1)
+    layers = [("attn" if i % ap == ao else "mamba", "moe" if experts > 1 and i % ep == eo else "mlp") for i in range(n)]
+    components = {k: v for k, v in (("mamba", mamba), ("attn", attn), ("mlp", mlp), ("moe", moe))
+                  if any(k in layer for layer in layers)}
+    model = _model(c, d, norm={"type": "rmsnorm", "eps": eps}, tie_default=False)
+    return _finish(c.family, model, components, layout(layers))
+
+
+def _bamba(c: Config) -> dict:
+    """Layer i: attention (partial RoPE) where i is in attn_layer_indices, else Mamba2; then a
+    SwiGLU MLP."""
+    d, n = c.need("hidden_size"), c.need("num_hidden_layers")
+    eps = float(c.get("rms_norm_eps", 1e-5))
+    c.expect("mlp_bias", False, False, "archspec's bamba import takes MLPs without biases")
+    attn = _attention(c, d, bias=bool(c.get("attention_bias", False)))
+    mlp = {"type": "mlp", "activation": _activation(c, "hidden_act", GATED, "silu"), "d_ff": c.need("intermediate_size")}
+    ssm = _mamba2_component(c, d, heads=c.get("mamba_n_heads", 128), head_dim=c.get("mamba_d_head", 64),
+                            state=c.get("mamba_d_state", 256), groups=c.get("mamba_n_groups", 1),
+                            conv=c.get("mamba_d_conv", 4), expand=c.get("mamba_expand", 2),
+                            chunk=c.get("mamba_chunk_size", 256), conv_bias=bool(c.get("mamba_conv_bias", True)),
+                            bias=bool(c.get("mamba_proj_bias", False)), eps=eps, heads_key="mamba_n_heads")
+    attn_at = set(c.get("attn_layer_indices") or [])
+    layers = [("attn" if i in attn_at else "ssm", "mlp") for i in range(n)]
+    components = {k: v for k, v in (("ssm", ssm), ("attn", attn), ("mlp", mlp)) if any(k in layer for layer in layers)}
+    model = _model(c, d, norm={"type": "rmsnorm", "eps": eps}, tie_default=False)
+    return _finish(c.family, model, components, layout(layers))
+
+
+# Zamba2's Mamba2 clamps dt to (time_step_min, inf); a spec's numbers are finite, and a dt of
+# 1e4 (softplus of 1e4) is far past any step a trained model takes: the clamp never binds
+ZAMBA2_DT_MAX = 10000.0
+
+
+def _zamba2(c: Config) -> dict:
+    """Mamba2 layers; a 'hybrid' layer runs a shared transformer block (feed_block, one of
+    num_mem_blocks, alternating by use) on [x ; embeddings] first, feeding the Mamba2 layer."""
+    d, n = c.need("hidden_size"), c.need("num_hidden_layers")
+    types = c.need("layers_block_type")
+    if len(types) != n or set(types) - {"mamba", "linear_attention", "hybrid"}:  # transformers 5: linear_attention
+        raise c.unsupported("layers_block_type", types, f"{n} entries of mamba (linear_attention) / hybrid")
+    c.expect("add_bias_linear", False, False, "archspec's Zamba2 blocks have no biases")
+    c.expect("use_long_context", False, False, "a rescaled rope_theta for long contexts")
+    c.expect("hidden_act", ("gelu", "silu"), "gelu")
+    heads, kv = c.need("num_attention_heads"), c.get("num_key_value_heads", c.data.get("num_attention_heads"))
+    expand, mamba_heads = c.get("mamba_expand", 2), c.need("n_mamba_heads")
+    derived = {"attention_hidden_size": 2 * d, "attention_head_dim": 2 * d // heads,
+               "mamba_headdim": int(expand * d) // mamba_heads, "kv_channels": d // heads, "num_query_groups": kv,
+               "hybrid_layer_ids": [i for i, t in enumerate(types) if t == "hybrid"]}
+    for key, value in derived.items():
+        if c.get(key, value) != value:
+            raise c.unsupported(key, c.data[key], f"Zamba2 derives it: {value}")
+    head_dim = derived["mamba_headdim"]
+    ssm = {"type": "mamba2", "d_state": c.get("mamba_d_state", 64), "d_conv": c.get("mamba_d_conv", 4),
+           "expand": expand, "head_dim": head_dim, "n_groups": c.get("mamba_ngroups", 1),
+           "chunk_size": c.get("chunk_size", 256), "conv_bias": bool(c.get("use_conv_bias", True)),
+           "norm_eps": 1e-5,  # Zamba2's gated norm has a fixed eps
+           "dt_min": float(c.get("time_step_min", 1e-3)), "dt_max": float(c.get("time_step_max", 0.1)),
+           "dt_init_floor": float(c.get("time_step_floor", 1e-4)),
+           "dt_limit": [float(c.get("time_step_min", 1e-3)), ZAMBA2_DT_MAX]}
+    if ssm["expand"] * d % head_dim:
+        raise c.unsupported("n_mamba_heads", mamba_heads, "it must divide expand * hidden_size")
+    c.get("rope_parameters"), c.get("rope_theta")  # read below only with use_mem_rope
+    blocks = c.get("num_mem_blocks", 1)
+    adapters = c.get("use_shared_attention_adapter", False)
+    rank = c.get("adapter_rank", 128)
+    components = {"M": ssm}
+    n_uses = len(derived["hybrid_layer_ids"])
+    for b in range(blocks):
+        uses = len(range(b, n_uses, blocks))
+        block = {"type": "feed_block", "share": f"block{b}" if uses > 1 else None, "n_heads": heads, "d_ff": c.need("intermediate_size"),
+                 "activation": "geglu" if c.data.get("hidden_act", "gelu") == "gelu" else "swiglu",
+                 "softmax_scale": (derived["attention_head_dim"] / 2) ** -0.5, "norm_eps": float(c.get("rms_norm_eps", 1e-5)),
+                 "lora_rank": rank, "lora_targets": ["q", "k", "v", "gate_up"] if adapters else ["gate_up"]}
+        if kv != heads:
+            block["n_kv_heads"] = kv
+        if c.get("use_mem_rope", False):
+            block.update(_rope(c, derived["attention_head_dim"]))
+        else:
+            block["rope"] = False
+        components[f"T{b}"] = block
+    layers, use = [], 0
+    for t in types:
+        if t == "hybrid":
+            layers.append((f"T{use % blocks}", "M"))
+            use += 1
+        else:
+            layers.append(("M",))
+    model = _model(c, d, norm={"type": "rmsnorm", "eps": float(c.get("rms_norm_eps", 1e-5))}, tie_default=True)
+    return _finish(c.family, model, components, layout(layers))
+
+
+BUILDERS = {"jamba": _jamba, "bamba": _bamba, "zamba2": _zamba2, **{f: _llama_like for f in ("llama", "mistral", "qwen2", "phi3")}, "gemma2": _gemma2, "gpt2": _gpt2,
             **{f: _moe_family for f in MOE}, "mamba": _mamba, "falcon_mamba": _mamba, "mamba2": _mamba2}
