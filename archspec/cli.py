@@ -152,7 +152,14 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--tokenizer", default=None, metavar="TOKDIR",
                      help="a directory holding a Hugging Face tokenizer.json (needs the `tokenizers` "
                      "package) to use instead of byte-level tokens")
+    _hf_parsers(sub)
     return p
+
+
+def _hf_parsers(sub) -> None:
+    """import-hf, convert, export-hf (archspec/hf/cli.py: it loads only when one runs)."""
+    from .hf.cli import add_parsers
+    add_parsers(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -604,6 +611,17 @@ def _progress(done: int, total: int, result) -> None:
 COMMANDS = {"validate": cmd_validate, "kernels": cmd_kernels, "report": cmd_report, "build": cmd_build, "graph": cmd_graph,
             "schema": cmd_schema, "components": cmd_components,
             "diff": cmd_diff, "generate": cmd_generate}
+
+
+def _hf_command(name: str):
+    def run(args) -> int:
+        from .hf import cli as hf_cli
+        return getattr(hf_cli, name)(args)
+    return run
+
+
+COMMANDS.update({"import-hf": _hf_command("cmd_import_hf"), "convert": _hf_command("cmd_convert"),
+                 "export-hf": _hf_command("cmd_export_hf")})
 
 
 def entry() -> None:

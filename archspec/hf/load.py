@@ -42,7 +42,10 @@ def read_config(path: str | os.PathLike) -> dict:
 def import_spec(path: str | os.PathLike) -> tuple[str, dict]:
     """The family and the spec dict of a config.json (or a model directory)."""
     config = read_config(path)
-    return config.get("model_type"), spec_from_config(config)
+    spec = spec_from_config(config)
+    if not config.get("_name_or_path"):  # save_pretrained leaves it empty: the directory names the model
+        spec["model"]["name"] = _config_path(path).resolve().parent.name or spec["model"]["name"]
+    return config.get("model_type"), spec
 
 
 def import_text(path: str | os.PathLike) -> str:
