@@ -8,6 +8,7 @@ save_pretrained into a temporary directory, and imports that directory.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from archspec.hf import HFImportError, from_hf, spec_from_config  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
+SPECS = Path(__file__).resolve().parent.parent / "specs"
 V = 97
 ATTN = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=64)
@@ -97,3 +99,184 @@ def test_import_gives_transformers_logits(name, tmp_path):
     # norm or option moves them by 1e-2 or more
     err = (_logits(model, tokens) - _logits(hf, tokens)).abs().max().item()
     assert err < 1e-4, err
+
+
+def test_a_sharded_checkpoint_loads(tmp_path):
+    hf = _tiny("llama")
+    hf.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file() and not (tmp_path / "model.safetensors").exists()
+    model, _ = from_hf(tmp_path)
+    tokens = torch.randint(0, V, (1, 9), generator=torch.Generator().manual_seed(2))
+    assert (_logits(model, tokens) - _logits(hf, tokens)).abs().max().item() < 1e-4  # as above
+
+
+# --- the published configs import as the shipped specs -------------------------------------------
+
+def _same_spec(config: dict, spec_file: str) -> None:
+    from archspec.hf.export import canonical
+    from archspec.hf.families import spec_text
+    imported = archspec.loads(spec_text(spec_from_config(config), config["model_type"]))
+    assert canonical(imported) == canonical(archspec.load(SPECS / spec_file))
+
+
+PUBLISHED = {  # the published config.json's values (no download): model_type, keys, shipped spec
+    "llama-2-7b.yaml": ("llama", dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                                      num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+                                      rms_norm_eps=1e-5, tie_word_embeddings=False, dtype="bfloat16")),
+    "qwen2.5-0.5b.yaml": ("qwen2", dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                        num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
+                                        rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                                        dtype="bfloat16")),
+    "olmoe-1b-7b.yaml": ("olmoe", dict(vocab_size=50304, hidden_size=2048, intermediate_size=1024, num_hidden_layers=16,
+                                       num_attention_heads=16, num_key_value_heads=16, num_experts=64,
+                                       num_experts_per_tok=8, max_position_embeddings=4096, rms_norm_eps=1e-5,
+                                       tie_word_embeddings=False, dtype="bfloat16")),
+    "gemma-2-2b.yaml": ("gemma2", dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                                       num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+                                       max_position_embeddings=8192, tie_word_embeddings=True, dtype="bfloat16")),
+    "gpt2.yaml": ("gpt2", dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)),
+    "mamba-130m.yaml": ("mamba", dict(vocab_size=50280, hidden_size=768, num_hidden_layers=24, state_size=16,
+                                      max_position_embeddings=2048)),
+}
+
+
+@pytest.mark.parametrize("spec_file", sorted(PUBLISHED))
+def test_published_configs_import_as_the_shipped_specs(spec_file):
+    """The import of each published config (transformers' own to_dict, every key it writes)
+    is the shipped spec, setting for setting (archspec.hf.export.canonical: all but names,
+    backends and initialisation)."""
+    model_type, hyper = PUBLISHED[spec_file]
+    config = transformers.AutoConfig.for_model(model_type, **hyper).to_dict()
+    _same_spec(config, spec_file)
+
+
+# --- what cannot be imported is an error naming it -----------------------------------------------
+
+def _llama_config(**changes) -> dict:
+    config = transformers.AutoConfig.for_model("llama", **FAMILIES["llama"]).to_dict()
+    config.update(changes)
+    return config
+
+
+@pytest.mark.parametrize("changes, words", [
+    (dict(model_type="t5"), "model_type 't5' is not a family archspec imports"),
+    (dict(model_type=None), "model_type None is not a family"),
+    (dict(rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0}),
+     "rope_parameters.rope_type = 'llama3' is not expressible"),
+    (dict(rope_scaling={"type": "linear", "factor": 2.0}), "rope_scaling = 'linear' is not expressible"),
+    (dict(hidden_act="relu"), "hidden_act = 'relu' is not expressible"),
+    (dict(mlp_bias=True), "mlp_bias = True is not expressible"),
+    (dict(pretraining_tp=2), "pretraining_tp = 2"),
+    (dict(some_new_switch=True), "unknown key(s) some_new_switch = True"),
+    (dict(vocab_size=None), "'vocab_size' is missing"),
+])
+def test_what_archspec_cannot_express_is_an_error_naming_it(changes, words):
+    with pytest.raises(HFImportError) as e:
+        spec_from_config(_llama_config(**changes))
+    assert words in str(e.value)
+
+
+@pytest.mark.parametrize("model_type, hyper, words", [
+    ("gemma2", dict(head_dim=16, query_pre_attn_scalar=8), "query_pre_attn_scalar = 8"),
+    ("gpt2", dict(scale_attn_by_inverse_layer_idx=True), "scale_attn_by_inverse_layer_idx = True"),
+    ("olmoe", dict(clip_qkv=8.0), "clip_qkv = 8.0"),
+    ("mamba2", dict(num_heads=3), "num_heads = 3"),
+    ("zamba2", dict(add_bias_linear=True), "add_bias_linear = True"),
+])
+def test_a_family_option_archspec_lacks_is_an_error(model_type, hyper, words):
+    config = transformers.AutoConfig.for_model(model_type).to_dict()
+    config.update(hyper)
+    with pytest.raises(HFImportError, match="not expressible") as e:
+        spec_from_config(config)
+    assert words in str(e.value)
+
+
+def _rewrite(directory, edit) -> None:
+    """Load a saved checkpoint's tensors, edit the dict, write it back."""
+    from safetensors.torch import load_file, save_file
+    path = directory / "model.safetensors"
+    tensors = load_file(path)
+    edit(tensors)
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def test_a_tensor_of_the_wrong_shape_names_it_and_both_shapes(tmp_path):
+    _saved("llama", tmp_path)
+    _rewrite(tmp_path, lambda t: t.update({"model.layers.1.mlp.up_proj.weight": torch.zeros(48, 32)}))
+    with pytest.raises(HFImportError, match=r"model\.layers\.1\.mlp\.up_proj\.weight has shape \[48, 32\] but .* "
+                                            r"needs \[64, 32\]"):
+        from_hf(tmp_path)
+
+
+def test_a_fused_tensor_of_the_wrong_size_is_refused(tmp_path):
+    _saved("phi3", tmp_path)
+    _rewrite(tmp_path, lambda t: t.update({"model.layers.0.self_attn.qkv_proj.weight": torch.zeros(60, 32)}))
+    with pytest.raises(HFImportError, match=r"qkv_proj\.weight has shape \[60, 32\] .* needs \[64, 32\]"):
+        from_hf(tmp_path)
+
+
+def test_missing_and_unexpected_tensors_are_named(tmp_path):
+    _saved("mixtral", tmp_path)
+    _rewrite(tmp_path, lambda t: t.pop("model.layers.1.block_sparse_moe.experts.3.w2.weight"))
+    with pytest.raises(HFImportError, match=r"lacks 1 tensor\(s\) .*: model\.layers\.1\.block_sparse_moe\.experts\.3\.w2"):
+        from_hf(tmp_path)
+    _saved("mixtral", tmp_path)
+    _rewrite(tmp_path, lambda t: t.update({"model.layers.0.extra.weight": torch.zeros(3)}))
+    with pytest.raises(HFImportError, match=r"no place for: model\.layers\.0\.extra\.weight"):
+        from_hf(tmp_path)
+
+
+def test_a_tied_head_is_ignored_only_when_it_is_the_embedding(tmp_path):
+    hf = _saved("qwen2", tmp_path)  # tied: transformers saves no lm_head
+    emb = hf.get_input_embeddings().weight.detach().clone()
+    _rewrite(tmp_path, lambda t: t.update({"lm_head.weight": emb}))
+    from_hf(tmp_path)  # a kept copy of the embedding: fine
+    _rewrite(tmp_path, lambda t: t.update({"lm_head.weight": emb + 1}))
+    with pytest.raises(HFImportError, match="lm_head.weight differs from model.embed_tokens.weight"):
+        from_hf(tmp_path)
+
+
+def test_pickled_weights_are_not_loaded(tmp_path):
+    _saved("llama", tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    with pytest.raises(HFImportError, match="only pytorch_model.bin: pickled weights"):
+        from_hf(tmp_path)
+
+
+# --- the CLI ------------------------------------------------------------------------------------
+
+def test_cli_import_convert_report_and_generate(tmp_path, capsys):
+    from archspec.cli import main
+    hyper = dict(FAMILIES["llama"], vocab_size=300)  # byte-level generation needs ids 0-255
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hyper)).eval()
+    hf.save_pretrained(tmp_path / "llama")
+    assert main(["import-hf", str(tmp_path / "llama"), "-o", str(tmp_path / "llama.yaml")]) == 0
+    assert main(["validate", str(tmp_path / "llama.yaml")]) == 0
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "llama.yaml"), "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["totals"]["params"] == sum(p.numel() for p in hf.parameters())
+    assert main(["convert", str(tmp_path / "llama"), "-o", str(tmp_path / "saved")]) == 0
+    model, spec = archspec.load_saved(tmp_path / "saved")
+    assert spec.model.name == "llama"
+    tokens = torch.tensor([list(b"hello")])
+    assert (_logits(model, tokens) - _logits(hf, tokens)).abs().max().item() < 1e-4  # as above
+    capsys.readouterr()
+    assert main(["generate", str(tmp_path / "saved"), "--prompt", "hi", "--max-new-tokens", "4"]) == 0
+    ours = archspec.generate(model, [list(b"hi")], max_new_tokens=4)
+    theirs = hf.generate(torch.tensor([list(b"hi")]), max_new_tokens=4, do_sample=False)[0, 2:].tolist()
+    assert list(ours[0]) == theirs  # greedy: the same tokens as transformers' own generate
+
+
+def test_cli_errors_exit_cleanly(tmp_path, capsys):
+    from archspec.cli import main
+    assert main(["import-hf", str(tmp_path / "missing")]) == 2
+    (tmp_path / "config.json").write_text(json.dumps(_llama_config(rope_scaling={"rope_type": "yarn", "factor": 4.0})))
+    assert main(["import-hf", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "rope_scaling = 'yarn' is not expressible" in err and "Traceback" not in err
+    (tmp_path / "config.json").write_text("{not json")
+    assert main(["import-hf", str(tmp_path / "config.json")]) == 1
+    assert "not a readable JSON config" in capsys.readouterr().err
