@@ -280,3 +280,13 @@ def test_cli_errors_exit_cleanly(tmp_path, capsys):
     (tmp_path / "config.json").write_text("{not json")
     assert main(["import-hf", str(tmp_path / "config.json")]) == 1
     assert "not a readable JSON config" in capsys.readouterr().err
+
+
+def test_import_hf_runs_without_torch(tmp_path):
+    """`archspec import-hf` reads JSON and writes YAML: it runs in an interpreter that cannot
+    import torch (tests/test_layering.py's), as validate and report do."""
+    from test_layering import RUN_COMMAND, _run
+    (tmp_path / "config.json").write_text(json.dumps(_llama_config()))
+    result = _run("-c", RUN_COMMAND, "import-hf", str(tmp_path), "-o", str(tmp_path / "spec.yaml"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "layout: (attn mlp) x 2" in (tmp_path / "spec.yaml").read_text()
