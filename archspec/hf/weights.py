@@ -131,7 +131,7 @@ def mapping(family: str, model, names: set[str] | frozenset = frozenset()) -> li
                           fused_qkv=family == "phi3")
         ours, module = f"sublayers.{2 * i + 1}.members.{fm.name}.", subs[2 * i + 1].members[fm.name]
         if fm.type == "moe":
-            if family == "mixtral":
+            if family == "mixtral" and not fused:  # on disk: Mixtral's original names (w1 gate, w3 up, w2 down)
                 out += _moe(ours, layer + "block_sparse_moe.", module, fm.config["n_experts"], fused,
                             expert_names=("w1", "w3", "w2"))
             else:
