@@ -18,7 +18,7 @@ import archspec
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
-from archspec.hf import HFImportError, from_hf, spec_from_config  # noqa: E402
+from archspec.hf import HFImportError, from_hf, spec_from_config, spec_text  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -34,12 +34,17 @@ FAMILIES = {
     "qwen2-sliding": dict(ATTN, model_type="qwen2", num_hidden_layers=4, use_sliding_window=True, sliding_window=5,
                           layer_types=["sliding_attention", "full_attention"] * 2),
     "phi3": dict(ATTN, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    "phi3-sliding": dict(ATTN, model_type="phi3", pad_token_id=0, bos_token_id=1, eos_token_id=2, sliding_window=5),
     "phi3-partial": dict(ATTN, model_type="phi3", pad_token_id=0, bos_token_id=1, eos_token_id=2,
                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}),
     "gemma2": dict(ATTN, num_hidden_layers=4, head_dim=16, query_pre_attn_scalar=16, sliding_window=5,
                    attn_logit_softcapping=2.0, final_logit_softcapping=3.0),
     "gpt2": dict(vocab_size=V, n_positions=64, n_embd=32, n_layer=2, n_head=4),
     "mixtral": dict(ATTN, num_local_experts=4, num_experts_per_tok=2, intermediate_size=16),
+    "qwen2_moe-sliding-dense": dict(ATTN, model_type="qwen2_moe", num_hidden_layers=4, moe_intermediate_size=16,
+                                    shared_expert_intermediate_size=48, num_experts=4, num_experts_per_tok=2,
+                                    norm_topk_prob=True, use_sliding_window=True, sliding_window=5, max_window_layers=3,
+                                    mlp_only_layers=[2]),
     "qwen2_moe": dict(ATTN, moe_intermediate_size=16, shared_expert_intermediate_size=48, num_experts=4,
                       num_experts_per_tok=2),
     "olmoe": dict(ATTN, intermediate_size=16, num_experts=4, num_experts_per_tok=2, eos_token_id=1, pad_token_id=0),
@@ -169,6 +174,7 @@ def _llama_config(**changes) -> dict:
     (dict(pretraining_tp=2), "pretraining_tp = 2"),
     (dict(some_new_switch=True), "unknown key(s) some_new_switch = True"),
     (dict(vocab_size=None), "'vocab_size' is missing"),
+    (dict(quantization_config={"quant_method": "gptq", "bits": 4}), "quantization_config (quant_method gptq)"),
 ])
 def test_what_archspec_cannot_express_is_an_error_naming_it(changes, words):
     with pytest.raises(HFImportError) as e:
@@ -306,3 +312,24 @@ def test_fused_experts_load_too(name, tmp_path):
     model, _ = from_hf(tmp_path)
     tokens = torch.randint(0, V, (2, 12), generator=torch.Generator().manual_seed(1))
     assert (_logits(model, tokens) - _logits(hf, tokens)).abs().max().item() < 1e-4  # as above
+
+
+@pytest.mark.parametrize("model_type, hyper, windows", [
+    # transformers 4.x configs lack layer_types: each family's config class derives them
+    ("qwen2", dict(num_hidden_layers=4, use_sliding_window=True, sliding_window=8, max_window_layers=2),
+     [None, None, 8, 8]),
+    ("qwen2", dict(num_hidden_layers=4, use_sliding_window=False, sliding_window=8), [None] * 4),
+    ("qwen2_moe", dict(num_hidden_layers=4, use_sliding_window=True, sliding_window=8, max_window_layers=3),
+     [8, None, 8, None]),
+    ("qwen2_moe", dict(num_hidden_layers=4, use_sliding_window=False, sliding_window=0), [None] * 4),
+    ("gemma2", dict(num_hidden_layers=4, sliding_window=8), [8, None, 8, None]),
+    ("mistral", dict(num_hidden_layers=2, sliding_window=8), [8, 8]),
+])
+def test_windows_without_layer_types_follow_the_family(model_type, hyper, windows):
+    config = transformers.AutoConfig.for_model(model_type, **dict(ATTN, **hyper)).to_dict()
+    expected = config.pop("layer_types", None)
+    spec = archspec.loads(spec_text(spec_from_config(config), model_type))
+    got = [sub.members[0].config["window"] for sub in spec.sublayers[0::2]]
+    assert got == windows
+    if expected is not None:  # transformers' own derivation agrees
+        assert [w is not None for w in windows] == [t == "sliding_attention" for t in expected]

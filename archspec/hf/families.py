@@ -34,13 +34,13 @@ IGNORED = {
     "transformers_version", "initializer_range", "use_cache", "pad_token_id", "bos_token_id", "eos_token_id",
     "tokenizer_class", "prefix", "sep_token_id", "decoder_start_token_id", "task_specific_params",
     "finetuning_task", "torchscript", "tf_legacy_loss", "pruned_heads", "tie_encoder_decoder", "add_cross_attention",
-    "cross_attention_hidden_size", "is_decoder", "use_bfloat16", "num_labels", "auto_map", "quantization_config_",
+    "cross_attention_hidden_size", "is_decoder", "use_bfloat16", "num_labels", "auto_map",
     "attention_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout", "summary_type",
     "summary_use_proj", "summary_activation", "summary_proj_to_labels", "summary_first_dropout",
     "output_router_logits", "router_jitter_noise", "router_z_loss_coef", "z_loss_coefficient",
     "use_mamba_kernels", "use_mambapy", "use_associative_scan", "use_mem_eff_path", "residual_in_fp32",
-    "rescale_prenorm_residual", "num_logits_to_keep", "reorder_and_upcast_attn", "pretraining_tp_",
-    "attn_implementation", "_attn_implementation_autoset", "max_window_layers_",
+    "rescale_prenorm_residual", "num_logits_to_keep", "reorder_and_upcast_attn",
+    "attn_implementation", "_attn_implementation_autoset",
 }
 
 ATTENTION = ("llama", "mistral", "qwen2", "phi3", "gemma2", "gpt2")
@@ -95,6 +95,11 @@ def spec_from_config(config: dict) -> dict:
     if not isinstance(config, dict):
         raise HFImportError("config.json must hold a JSON object (a transformers model config)")
     family = config.get("model_type")
+    quant = config.get("quantization_config")
+    if quant:
+        method = quant.get("quant_method", "?") if isinstance(quant, dict) else "?"
+        raise HFImportError(f"config.json has a quantization_config (quant_method {method}): the weights are "
+                            "quantized, and archspec imports float weights; import the unquantized checkpoint")
     if family not in BUILDERS:
         raise HFImportError(f"model_type {family!r} is not a family archspec imports; it imports "
                             + ", ".join(FAMILIES))
@@ -178,7 +183,7 @@ def _window(c: Config, window, max_seq: int):
 GATED = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "gelu_pytorch_tanh": "geglu_tanh",
          "gelu_new": "geglu_tanh"}
 PLAIN = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu",
-         "silu": "silu", "gelu_fast_": None}
+         "silu": "silu"}
 
 
 def _activation(c: Config, key: str, table: dict, default: str) -> str:
@@ -201,19 +206,28 @@ def layout(layers: list[tuple[str, ...]]) -> str:
 
 
 def _layer_kinds(c: Config, n: int, max_seq: int) -> list[int | None]:
-    """Each layer's sliding window (None: full attention), from layer_types or the family's
-    sliding_window settings."""
+    """Each layer's sliding window (None: full attention), as the family's modeling code
+    decides it: Qwen2, Qwen2-MoE and Gemma-2 by layer_types (derived as their config classes
+    do when a 4.x config lacks it); Mistral, Mixtral and Phi-3 window every layer when
+    sliding_window is set (their models do not read layer_types)."""
     window = c.get("sliding_window")
     types = c.get("layer_types")
-    use = c.get("use_sliding_window", True) if "use_sliding_window" in c.data else True
-    c.get("max_window_layers")
-    if types is not None:
-        if len(types) != n or set(types) - {"full_attention", "sliding_attention"}:
-            raise c.unsupported("layer_types", types, f"{n} entries of full_attention / sliding_attention")
-        return [_window(c, window, max_seq) if t == "sliding_attention" else None for t in types]
-    if not use:
+    use = bool(c.get("use_sliding_window", c.family not in ("qwen2", "qwen2_moe")))
+    below = c.get("max_window_layers", n)
+    if c.family not in ("qwen2", "qwen2_moe", "gemma2"):
+        return [_window(c, window, max_seq)] * n
+    if not use or window is None:
         return [None] * n
-    return [_window(c, window, max_seq)] * n
+    if types is None:
+        if c.family == "qwen2":
+            types = ["sliding_attention" if i >= below else "full_attention" for i in range(n)]
+        elif c.family == "qwen2_moe":
+            types = ["sliding_attention" if (i + 1) % 2 and i < below else "full_attention" for i in range(n)]
+        else:
+            types = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n)]
+    if len(types) != n or set(types) - {"full_attention", "sliding_attention"}:
+        raise c.unsupported("layer_types", types, f"{n} entries of full_attention / sliding_attention")
+    return [_window(c, window, max_seq) if t == "sliding_attention" else None for t in types]
 
 
 def _decoder(c: Config, d: int, attn: dict, ffn_of, n: int, max_seq: int) -> tuple[dict, str]:
@@ -252,7 +266,6 @@ def _llama_like(c: Config) -> dict:
     if c.family == "llama":
         c.expect("pretraining_tp", 1, 1, "a tensor-parallel split of the projections at pretraining")
         c.expect("mlp_bias", False, False, "archspec's llama import takes MLPs without biases")
-        c.expect("head_dim", (None, c.data.get("head_dim")), None)
     if c.family == "phi3":
         c.get("original_max_position_embeddings")
         c.get("partial_rotary_factor")
