@@ -119,14 +119,16 @@ def _decoder(spec, family: str, architecture: str) -> dict | None:
                       final_logit_softcapping=spec.model.logit_softcap, hidden_activation=ACT.get(ffn["activation"]),
                       intermediate_size=ffn["d_ff"], attention_bias=False)
         return config
-    if family in ("mistral", "mixtral"):
+    if family in ("mistral", "mixtral", "phi3"):
         if window is not None and not all(t == "sliding_attention" for t in types):
             raise _NoMatch
         config["sliding_window"] = window
-    elif family == "qwen2":
+    elif family in ("qwen2", "qwen2_moe"):
         config.update(layer_types=types, use_sliding_window=window is not None, sliding_window=window)
     if family == "llama":
         config.update(attention_bias=bool(attn.get("bias")), mlp_bias=False)
+    if family == "phi3":  # Phi3Config's default token ids (32000) lie outside small vocabularies
+        config.update(pad_token_id=None, bos_token_id=None, eos_token_id=None)
     if family == "olmoe":
         config.update(attention_bias=bool(attn.get("bias")))
     if family == "qwen2_moe":
@@ -191,6 +193,65 @@ def _ssm(spec, family: str) -> dict | None:
     return config
 
 
+def _period(flags: list[bool]) -> tuple[int, int] | None:
+    """(period, offset) such that flags[i] == (i % period == offset), if any."""
+    n = len(flags)
+    for period in range(1, n + 1):
+        for offset in range(period):
+            if all(f == (i % period == offset) for i, f in enumerate(flags)):
+                return period, offset
+    return None
+
+
+def _jamba(spec) -> dict | None:
+    pairs = _pairs(spec, mixers=("mamba", "attention"), ffns=("mlp", "moe"))
+    if pairs is None:
+        return None
+    attn = next((a.config for a, _ in pairs if a.type == "attention"), None)
+    mamba = next((a.config for a, _ in pairs if a.type == "mamba"), None)
+    moe = next((f.config for _, f in pairs if f.type == "moe"), None)
+    ffn = moe or pairs[0][1].config
+    attn_at = _period([a.type == "attention" for a, _ in pairs])
+    experts_at = _period([f.type == "moe" for _, f in pairs]) if moe else (2, 1)
+    if attn_at is None or experts_at is None or attn is None or mamba is None:
+        raise _NoMatch
+    config = _base(spec, "jamba", "JambaForCausalLM")
+    config.update(num_hidden_layers=len(pairs), num_attention_heads=attn["n_heads"],
+                  num_key_value_heads=attn.get("n_kv_heads") or attn["n_heads"], hidden_act="silu",
+                  rms_norm_eps=float(spec.norm.config.get("eps", 1e-6)), intermediate_size=ffn["d_ff"],
+                  attn_layer_period=attn_at[0], attn_layer_offset=attn_at[1], expert_layer_period=experts_at[0],
+                  expert_layer_offset=experts_at[1], num_experts=moe["n_experts"] if moe else 1,
+                  num_experts_per_tok=moe["topk"] if moe else 1,
+                  router_aux_loss_coef=moe["aux_loss_scale"] if moe else 0.001,
+                  mamba_d_state=mamba["d_state"], mamba_d_conv=mamba["d_conv"], mamba_expand=mamba["expand"],
+                  mamba_dt_rank=mamba["dt_rank"], mamba_conv_bias=mamba["conv_bias"], mamba_proj_bias=mamba["bias"],
+                  use_mamba_kernels=False)
+    return config
+
+
+def _bamba(spec) -> dict | None:
+    pairs = _pairs(spec, mixers=("mamba2", "attention"), ffns=("mlp",))
+    if pairs is None:
+        return None
+    attn = next((a.config for a, _ in pairs if a.type == "attention"), None)
+    ssm = next((a.config for a, _ in pairs if a.type == "mamba2"), None)
+    if attn is None or ssm is None:
+        raise _NoMatch
+    config = _base(spec, "bamba", "BambaForCausalLM")
+    keys = _attention_keys(spec, attn)
+    keys.pop("head_dim")
+    inner = int(ssm["expand"] * spec.model.d_model)
+    config.update(keys, num_hidden_layers=len(pairs), hidden_act=ACT.get(pairs[0][1].config["activation"]),
+                  intermediate_size=pairs[0][1].config["d_ff"], rms_norm_eps=float(spec.norm.config.get("eps", 1e-5)),
+                  attn_layer_indices=[i for i, (a, _) in enumerate(pairs) if a.type == "attention"],
+                  attention_bias=bool(attn.get("bias")), mlp_bias=False, mamba_n_heads=inner // ssm["head_dim"],
+                  mamba_d_head=ssm["head_dim"], mamba_n_groups=ssm["n_groups"], mamba_d_state=ssm["d_state"],
+                  mamba_d_conv=ssm["d_conv"], mamba_expand=ssm["expand"], mamba_chunk_size=ssm["chunk_size"],
+                  mamba_conv_bias=ssm["conv_bias"], mamba_proj_bias=ssm["bias"],
+                  time_step_limit=list(ssm["dt_limit"] or (0.0, float("inf"))))
+    return config
+
+
 WRITERS = {
     "llama": lambda s: _decoder(s, "llama", "LlamaForCausalLM"),
     "mistral": lambda s: _decoder(s, "mistral", "MistralForCausalLM"),
@@ -203,6 +264,9 @@ WRITERS = {
     "mamba": lambda s: _ssm(s, "mamba"),
     "falcon_mamba": lambda s: _ssm(s, "falcon_mamba"),
     "mamba2": lambda s: _ssm(s, "mamba2"),
+    "phi3": lambda s: _decoder(s, "phi3", "Phi3ForCausalLM"),
+    "jamba": _jamba,
+    "bamba": _bamba,
 }
 
 

@@ -50,6 +50,11 @@ HYBRID = ("jamba", "bamba", "zamba2")
 FAMILIES = ATTENTION + MOE + SSM + HYBRID
 
 
+# the families whose modeling code rotates only part of each head (the others ignore the factor
+# or fail on it)
+PARTIAL_ROTARY = ("phi3", "bamba")
+
+
 class Config:
     """A config dict that remembers which keys were read, so that `finish` can name the rest."""
 
@@ -143,6 +148,9 @@ def _rope(c: Config, head_dim: int) -> dict:
                             "scaling are not modelled")
     theta = params.pop("rope_theta", c.get("rope_theta", 10000.0))
     partial = params.pop("partial_rotary_factor", c.get("partial_rotary_factor", 1.0))
+    if partial != 1.0 and c.family not in PARTIAL_ROTARY:
+        raise c.unsupported("partial_rotary_factor", partial, f"transformers' {c.family} rotates whole heads; "
+                            "its model would not run this config")
     if params:
         raise c.unsupported("rope_parameters", sorted(params), "unknown RoPE settings")
     out = {"rope_theta": float(theta)}
