@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 EXPORTED = ["llama", "llama-tied-headdim", "mistral", "qwen2", "qwen2-sliding", "gemma2", "gpt2", "mixtral",
             "qwen2_moe", "qwen2_moe-sliding-dense", "olmoe", "mamba", "falcon_mamba", "mamba2", "phi3", "phi3-partial",
-            "phi3-sliding", "jamba", "bamba"]
+            "phi3-sliding", "jamba", "bamba", "zamba2"]
 
 
 def _load_hf(directory):
@@ -86,7 +86,8 @@ def test_an_archspec_model_exports_to_its_family(which, tmp_path):
 
 @pytest.mark.parametrize("spec_file, family", [("llama-2-7b.yaml", "llama"), ("qwen2.5-0.5b.yaml", "qwen2"),
                                                ("gemma-2-2b.yaml", "gemma2"), ("olmoe-1b-7b.yaml", "olmoe"),
-                                               ("gpt2.yaml", "gpt2"), ("mamba-130m.yaml", "mamba")])
+                                               ("gpt2.yaml", "gpt2"), ("mamba-130m.yaml", "mamba"),
+                                               ("zamba2-1.2b.yaml", "zamba2")])
 def test_published_specs_match_their_family(spec_file, family):
     """And transformers builds the exported config with the spec's parameter count (meta device)."""
     spec = archspec.load(SPECS / spec_file)

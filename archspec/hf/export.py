@@ -29,15 +29,20 @@ GENERIC = ("use the generic wrapper instead: archspec.hf.model's ArchspecConfig 
 
 
 def canonical(spec) -> tuple:
-    """What a transformers config must reproduce of a ResolvedSpec."""
+    """What a transformers config must reproduce of a ResolvedSpec. Share groups compare by
+    which uses they join (numbered in order of first use), not by name."""
     model = {k: _value(v) for k, v in asdict(spec.model).items() if k not in _NOT_COMPARED_MODEL}
-    norm = (spec.norm.type, _settings(spec.norm.config))
-    subs = [tuple((m.type, _settings(m.config)) for m in sub.members) for sub in spec.sublayers]
+    norm = (spec.norm.type, _settings(spec.norm.config, {}))
+    groups: dict = {}
+    subs = [tuple((m.type, _settings(m.config, groups)) for m in sub.members) for sub in spec.sublayers]
     return model, norm, subs
 
 
-def _settings(config: dict) -> tuple:
-    return tuple(sorted((k, _value(v)) for k, v in config.items() if k not in _NOT_COMPARED))
+def _settings(config: dict, groups: dict) -> tuple:
+    out = {k: _value(v) for k, v in config.items() if k not in _NOT_COMPARED}
+    if config.get("share") is not None:
+        out["share"] = groups.setdefault(config["share"], len(groups))
+    return tuple(sorted(out.items()))
 
 
 def _value(v):
@@ -252,6 +257,46 @@ def _bamba(spec) -> dict | None:
     return config
 
 
+def _zamba2(spec) -> dict | None:
+    """Mamba2 layers, each hybrid one preceded by a use of a shared block (feed_block): block b
+    at every use u with u % num_mem_blocks == b."""
+    members = _members(spec)
+    if members is None or not members or members[-1].type != "mamba2":
+        return None
+    types, blocks, uses = [], [], []
+    for i, m in enumerate(members):
+        if m.type == "feed_block":
+            if members[i + 1].type != "mamba2":
+                raise _NoMatch
+            uses.append(m.name)
+            if m.name not in blocks:
+                blocks.append(m.name)
+        elif m.type == "mamba2":
+            types.append("hybrid" if i and members[i - 1].type == "feed_block" else "mamba")
+        else:
+            return None
+    if not blocks or any(u != blocks[k % len(blocks)] for k, u in enumerate(uses)):
+        raise _NoMatch
+    ssm = next(m.config for m in members if m.type == "mamba2")
+    block = next(m.config for m in members if m.type == "feed_block")
+    m = spec.model
+    heads = block["n_heads"]
+    config = _base(spec, "zamba2", "Zamba2ForCausalLM")
+    config.update(num_hidden_layers=len(types), layers_block_type=types, mamba_d_state=ssm["d_state"],
+                  mamba_d_conv=ssm["d_conv"], mamba_expand=ssm["expand"], mamba_ngroups=ssm["n_groups"],
+                  n_mamba_heads=int(ssm["expand"] * m.d_model) // ssm["head_dim"], chunk_size=ssm["chunk_size"],
+                  use_conv_bias=ssm["conv_bias"], add_bias_linear=False, intermediate_size=block["d_ff"],
+                  hidden_act={"geglu": "gelu", "swiglu": "silu"}[block["activation"]], num_attention_heads=heads,
+                  num_key_value_heads=block.get("n_kv_heads") or heads, num_mem_blocks=len(blocks),
+                  use_shared_attention_adapter="q" in block["lora_targets"], adapter_rank=block["lora_rank"],
+                  use_mem_rope=block["rope"], rms_norm_eps=float(spec.norm.config.get("eps", 1e-5)),
+                  time_step_min=ssm["dt_min"], time_step_max=ssm["dt_max"], time_step_floor=ssm["dt_init_floor"],
+                  use_long_context=False, use_mamba_kernels=False)
+    if block["rope"]:
+        config["rope_parameters"] = {"rope_type": "default", "rope_theta": float(block["rope_theta"])}
+    return config
+
+
 WRITERS = {
     "llama": lambda s: _decoder(s, "llama", "LlamaForCausalLM"),
     "mistral": lambda s: _decoder(s, "mistral", "MistralForCausalLM"),
@@ -267,6 +312,7 @@ WRITERS = {
     "phi3": lambda s: _decoder(s, "phi3", "Phi3ForCausalLM"),
     "jamba": _jamba,
     "bamba": _bamba,
+    "zamba2": _zamba2,
 }
 
 
