@@ -333,3 +333,20 @@ def test_windows_without_layer_types_follow_the_family(model_type, hyper, window
     assert got == windows
     if expected is not None:  # transformers' own derivation agrees
         assert [w is not None for w in windows] == [t == "sliding_attention" for t in expected]
+
+
+def test_the_checkpoint_dtype_is_the_spec_dtype_unless_asked(tmp_path, capsys):
+    from archspec.cli import main
+    hf = _tiny("mamba").to(torch.bfloat16)
+    hf.save_pretrained(tmp_path / "hf")
+    model, spec = from_hf(tmp_path / "hf")
+    assert spec.model.dtype == "bfloat16" and {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    params = dict(model.named_parameters())
+    assert torch.equal(params["sublayers.1.members.ssm.A_log"], hf.backbone.layers[1].mixer.A_log)  # bit for bit
+    assert main(["convert", str(tmp_path / "hf"), "-o", str(tmp_path / "f32"), "--dtype", "float32"]) == 0
+    loaded, _ = archspec.load_saved(tmp_path / "f32")
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "hf"), "-o", str(tmp_path / "f32")]) == 2  # exists: --overwrite
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "hf"), "-o", str(tmp_path / "f32"), "--overwrite"]) == 0
