@@ -188,6 +188,9 @@ def test_what_archspec_cannot_express_is_an_error_naming_it(changes, words):
     ("olmoe", dict(clip_qkv=8.0), "clip_qkv = 8.0"),
     ("mamba2", dict(num_heads=3), "num_heads = 3"),
     ("zamba2", dict(add_bias_linear=True), "add_bias_linear = True"),
+    ("mixtral", dict(num_experts_per_tok=1), "num_experts_per_tok = 1"),
+    ("llama", dict(rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}),
+     "partial_rotary_factor = 0.5"),
 ])
 def test_a_family_option_archspec_lacks_is_an_error(model_type, hyper, words):
     config = transformers.AutoConfig.for_model(model_type).to_dict()

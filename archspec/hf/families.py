@@ -1,7 +1,7 @@
 """A transformers config.json to an archspec spec, family by family (`archspec import-hf`).
 
     spec = spec_from_config(json.load(open("config.json")))   # {"model": ..., "components": ..., "layout": ...}
-    text = spec_text(spec, source="config.json")               # YAML, with a header saying where it came from
+    text = spec_text(spec, "llama", source="config.json")      # YAML, with a header saying where it came from
 
 Plain dicts in, plain dicts out: no torch and no transformers here (the family is the config's
 `model_type`). Every key of the config is accounted for: read into the spec, checked to hold a
@@ -40,7 +40,8 @@ IGNORED = {
     "output_router_logits", "router_jitter_noise", "router_z_loss_coef", "z_loss_coefficient",
     "use_mamba_kernels", "use_mambapy", "use_associative_scan", "use_mem_eff_path", "residual_in_fp32",
     "rescale_prenorm_residual", "num_logits_to_keep", "reorder_and_upcast_attn",
-    "attn_implementation", "_attn_implementation_autoset",
+    "attn_implementation", "_attn_implementation_autoset", "cache_implementation",
+    "calc_logits_for_entire_prompt",
 }
 
 ATTENTION = ("llama", "mistral", "qwen2", "phi3", "gemma2", "gpt2")
@@ -353,8 +354,10 @@ def _moe_family(c: Config) -> dict:
         if shared:
             moe.update(n_shared_experts=1, shared_d_ff=shared, shared_expert_gate=True)
     moe["aux_loss_scale"] = float(c.get("router_aux_loss_coef", 0.01))
-    if moe["topk"] == 1 and moe["renormalize"]:
-        moe["renormalize"] = False  # one weight renormalised is 1 either way; archspec asks for the plain form
+    if moe["topk"] == 1 and moe["renormalize"]:  # every routing weight 1: archspec refuses that router
+        raise c.unsupported("num_experts_per_tok", 1, "top-1 routing renormalised gives every token's expert "
+                            "weight 1, which archspec's moe refuses (its router would learn only from the "
+                            "auxiliary losses)")
     dense_layers = set()
     if c.family == "qwen2_moe":
         step = c.get("decoder_sparse_step", 1)
