@@ -366,3 +366,14 @@ def test_greedy_generation_gives_transformers_tokens(name, tmp_path):
     theirs = hf.generate(prompt, max_new_tokens=10, do_sample=False, min_new_tokens=10)[0, 6:].tolist()
     ours = archspec.generate(model, prompt.tolist(), max_new_tokens=10)
     assert list(ours[0]) == theirs
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_a_config_without_the_class_defaults_imports_the_same(name):
+    """A hand-written (or old) config.json leaves keys out: transformers takes its config
+    class's defaults (Mixtral's RoPE base 1e6, Phi-3's and OLMoE's eps 1e-5, ...), and so does
+    the import."""
+    hyper = dict(FAMILIES[name])
+    model_type = hyper.pop("model_type", name)
+    full = json.loads(transformers.AutoConfig.for_model(model_type, **hyper).to_json_string(use_diff=False))
+    assert spec_from_config(dict(hyper, model_type=model_type)) == spec_from_config(full)

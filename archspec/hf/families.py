@@ -56,6 +56,21 @@ FAMILIES = ATTENTION + MOE + SSM + HYBRID
 PARTIAL_ROTARY = ("phi3", "bamba")
 
 
+# where a family's config class defaults differ from the value the code below assumes (a
+# config.json written by hand, or by an old version, may leave them out; transformers then
+# takes the class default, and so does the import)
+CLASS_DEFAULTS = {
+    "llama": {"rms_norm_eps": 1e-6}, "mistral": {"rms_norm_eps": 1e-6, "sliding_window": 4096},
+    "mixtral": {"rms_norm_eps": 1e-5, "rope_theta": 1e6, "router_aux_loss_coef": 0.001},
+    "qwen2": {"rms_norm_eps": 1e-6}, "qwen2_moe": {"rms_norm_eps": 1e-6, "router_aux_loss_coef": 0.001,
+                                                   "sliding_window": 4096},
+    "olmoe": {"rms_norm_eps": 1e-5, "router_aux_loss_coef": 0.01}, "gemma2": {"rms_norm_eps": 1e-6,
+                                                                              "sliding_window": 4096},
+    "phi3": {"rms_norm_eps": 1e-5}, "jamba": {"rms_norm_eps": 1e-6, "router_aux_loss_coef": 0.001},
+    "bamba": {"rms_norm_eps": 1e-5}, "zamba2": {"rms_norm_eps": 1e-5},
+}
+
+
 class Config:
     """A config dict that remembers which keys were read, so that `finish` can name the rest."""
 
@@ -63,9 +78,13 @@ class Config:
         self.family, self.data, self.read = family, data, set()
 
     def get(self, key: str, default=None):
+        """The key's value; a missing key takes the family's class default (else `default`),
+        an explicit null `default` (null sliding_window stays no window)."""
         self.read.add(key)
-        value = self.data.get(key, default)
-        return default if value is None and default is not None else value
+        if key not in self.data:
+            return CLASS_DEFAULTS.get(self.family, {}).get(key, default)
+        value = self.data[key]
+        return default if value is None else value
 
     def need(self, key: str):
         self.read.add(key)
@@ -258,7 +277,7 @@ def _decoder(c: Config, d: int, attn: dict, ffn_of, n: int, max_seq: int) -> tup
     return components, layout(layers)
 
 
-def _finish(family: str, model: dict, components: dict, layout_text: str) -> dict:
+def _spec(model: dict, components: dict, layout_text: str) -> dict:
     return {"model": model, "components": components, "layout": layout_text}
 
 
@@ -282,7 +301,7 @@ def _llama_like(c: Config) -> dict:
     mlp = {"type": "mlp", "activation": _activation(c, "hidden_act", GATED, "silu"), "d_ff": c.need("intermediate_size")}
     components, lay = _decoder(c, d, attn, lambda i: ("mlp", mlp), n, max_seq)
     model = _model(c, d, norm={"type": "rmsnorm", "eps": float(c.get("rms_norm_eps", 1e-6))}, tie_default=False)
-    return _finish(c.family, model, components, lay)
+    return _spec(model, components, lay)
 
 
 def _gemma2(c: Config) -> dict:
@@ -312,7 +331,7 @@ def _gemma2(c: Config) -> dict:
         extra_model["logit_softcap"] = float(c.get("final_logit_softcapping"))
     model = _model(c, d, norm={"type": "rmsnorm", "eps": float(c.get("rms_norm_eps", 1e-6)), "unit_offset": True},
                    tie_default=True, **extra_model)
-    return _finish(c.family, model, components, lay)
+    return _spec(model, components, lay)
 
 
 def _gpt2(c: Config) -> dict:
@@ -326,7 +345,7 @@ def _gpt2(c: Config) -> dict:
            "d_ff": c.get("n_inner") or 4 * d, "bias": True}
     model = _model(c, d, norm={"type": "layernorm", "eps": float(c.get("layer_norm_epsilon", 1e-5))},
                    tie_default=True, max_seq=c.need("n_positions"), learned_positions=True)
-    return _finish(c.family, model, {"attn": attn, "mlp": mlp}, layout([("attn", "mlp")] * n))
+    return _spec(model, {"attn": attn, "mlp": mlp}, layout([("attn", "mlp")] * n))
 
 
 # --- mixture-of-experts families ----------------------------------------------------------------
@@ -367,7 +386,7 @@ def _moe_family(c: Config) -> dict:
     attn = _attention(c, d, bias=bias, **extra)
     components, lay = _decoder(c, d, attn, lambda i: ("mlp", mlp) if i in dense_layers else ("moe", moe), n, max_seq)
     model = _model(c, d, norm={"type": "rmsnorm", "eps": float(c.get("rms_norm_eps", 1e-6))}, tie_default=False)
-    return _finish(c.family, model, components, lay)
+    return _spec(model, components, lay)
 
 
 # --- state-space families -----------------------------------------------------------------------
@@ -390,7 +409,7 @@ def _mamba(c: Config) -> dict:
         m.update(inner_norms=True, inner_norm_weights=False, inner_norm_eps=float(c.get("mixer_rms_eps", 1e-6)))
     model = _model(c, d, norm={"type": "rmsnorm", "eps": float(c.get("layer_norm_epsilon", 1e-5))},
                    tie_default=True, max_seq=_ssm_max_seq(c))
-    return _finish(c.family, model, {"ssm": m}, layout([("ssm",)] * n))
+    return _spec(model, {"ssm": m}, layout([("ssm",)] * n))
 
 
 def _ssm_max_seq(c: Config) -> int:
@@ -433,7 +452,7 @@ def _mamba2(c: Config) -> dict:
                           chunk=c.get("chunk_size", 256), conv_bias=bool(c.get("use_conv_bias", True)),
                           bias=bool(c.get("use_bias", False)), eps=eps, heads_key="num_heads")
     model = _model(c, d, norm={"type": "rmsnorm", "eps": eps}, tie_default=False, max_seq=_ssm_max_seq(c))
-    return _finish(c.family, model, {"ssm": m}, layout([("ssm",)] * n))
+    return _spec(model, {"ssm": m}, layout([("ssm",)] * n))
 
 
 # --- hybrid families ----------------------------------------------------------------------------
@@ -467,7 +486,7 @@ def _jamba(c: Config) -> dict:
     components = {k: v for k, v in (("mamba", mamba), ("attn", attn), ("mlp", mlp), ("moe", moe))
                   if any(k in layer for layer in layers)}
     model = _model(c, d, norm={"type": "rmsnorm", "eps": eps}, tie_default=False)
-    return _finish(c.family, model, components, layout(layers))
+    return _spec(model, components, layout(layers))
 
 
 def _bamba(c: Config) -> dict:
@@ -487,7 +506,7 @@ def _bamba(c: Config) -> dict:
     layers = [("attn" if i in attn_at else "ssm", "mlp") for i in range(n)]
     components = {k: v for k, v in (("ssm", ssm), ("attn", attn), ("mlp", mlp)) if any(k in layer for layer in layers)}
     model = _model(c, d, norm={"type": "rmsnorm", "eps": eps}, tie_default=False)
-    return _finish(c.family, model, components, layout(layers))
+    return _spec(model, components, layout(layers))
 
 
 # Zamba2's Mamba2 clamps dt to (time_step_min, inf); a spec's numbers are finite, and a dt of
@@ -550,7 +569,7 @@ def _zamba2(c: Config) -> dict:
         else:
             layers.append(("M",))
     model = _model(c, d, norm={"type": "rmsnorm", "eps": float(c.get("rms_norm_eps", 1e-5))}, tie_default=True)
-    return _finish(c.family, model, components, layout(layers))
+    return _spec(model, components, layout(layers))
 
 
 BUILDERS = {"jamba": _jamba, "bamba": _bamba, "zamba2": _zamba2, **{f: _llama_like for f in ("llama", "mistral", "qwen2", "phi3")}, "gemma2": _gemma2, "gpt2": _gpt2,

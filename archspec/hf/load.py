@@ -122,13 +122,14 @@ def from_hf(path: str | os.PathLike, device: str = "cpu", dtype: str | None = No
     spec = resolved_spec(directory)
     ckpt = Checkpoint(directory)
     names = ckpt.names()
-    model = build(spec, dtype=dtype, meta=True)  # names and shapes, no memory
+    model = build(spec, dtype=dtype, meta=True)  # names and shapes, no memory: checked before allocating
     entries = mapping(family, model, names)
     wanted = {n for e in entries for n in e.theirs}
     missing = wanted - names
     extra = {n for n in names - wanted if not n.endswith(_NOT_WEIGHTS)}
     tied_head = spec.model.tie_embeddings and "lm_head.weight" in extra
-    extra.discard("lm_head.weight") if tied_head else None
+    if tied_head:  # transformers may keep the tied head: it must be the embedding (checked below)
+        extra.discard("lm_head.weight")
     if missing:
         raise HFImportError(f"{directory}: the checkpoint lacks {len(missing)} tensor(s) the {family} spec needs: "
                             f"{_listed(missing)}")

@@ -56,9 +56,8 @@ def _attention(ours: str, theirs: str, module, fused_qkv: bool = False) -> list[
     return out + [_copy(ours + n, theirs + n) for n in names]
 
 
-def _mlp(ours: str, theirs: str, module, fused_gate_up: bool = False, names: dict | None = None) -> list[Entry]:
+def _mlp(ours: str, theirs: str, module, fused_gate_up: bool = False) -> list[Entry]:
     """gate/up/down by archspec's names (Llama's), Phi-3's fused gate_up_proj."""
-    rename = names or {}
     out = []
     params = [n for n, _ in module.named_parameters()]
     if fused_gate_up:
@@ -66,7 +65,7 @@ def _mlp(ours: str, theirs: str, module, fused_gate_up: bool = False, names: dic
         params = [n for n in params if not n.startswith(("gate_proj.", "up_proj."))]
     for n in params:
         proj, _, leaf = n.partition(".")
-        out.append(_copy(ours + n, theirs + rename.get(proj, proj) + "." + leaf))
+        out.append(_copy(ours + n, f"{theirs}{proj}.{leaf}"))
     return out
 
 
@@ -99,7 +98,8 @@ def _plain(ours: str, theirs: str, module) -> list[Entry]:
 
 def mapping(family: str, model, names: set[str] | frozenset = frozenset()) -> list[Entry]:
     """The entries of `family`'s checkpoint for the archspec build `model` (its spec:
-    model.spec). `names` (the checkpoint's) tells the fused expert layout from the per-expert one."""
+    model.spec). `names` (the checkpoint's) tells the fused expert layout from the per-expert
+    one; exports write per expert, as transformers' save_pretrained does."""
     spec = model.spec
     fused = any(n.endswith("experts.gate_up_proj") for n in names)
     subs = model.sublayers
