@@ -140,6 +140,8 @@ PUBLISHED = {  # the published config.json's values (no download): model_type, k
                                        num_attention_heads=8, num_key_value_heads=4, head_dim=256,
                                        max_position_embeddings=8192, tie_word_embeddings=True, dtype="bfloat16")),
     "gpt2.yaml": ("gpt2", dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)),
+    # the spec keeps archspec's aux-loss coefficient (0.01; Jamba's is 0.001): training only
+    "jamba-v0.1.yaml": ("jamba", dict(dtype="bfloat16", router_aux_loss_coef=0.01)),
     "mamba-130m.yaml": ("mamba", dict(vocab_size=50280, hidden_size=768, num_hidden_layers=24, state_size=16,
                                       max_position_embeddings=2048)),
 }
