@@ -379,3 +379,23 @@ def test_a_config_without_the_class_defaults_imports_the_same(name):
     model_type = hyper.pop("model_type", name)
     full = json.loads(transformers.AutoConfig.for_model(model_type, **hyper).to_json_string(use_diff=False))
     assert spec_from_config(dict(hyper, model_type=model_type)) == spec_from_config(full)
+
+
+TINYLLAMA_4X = {  # a transformers 4.x config.json, as TinyLlama-1.1B's: top-level rope_theta, torch_dtype
+    "architectures": ["LlamaForCausalLM"], "attention_bias": False, "bos_token_id": 1, "eos_token_id": 2,
+    "hidden_act": "silu", "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 5632,
+    "max_position_embeddings": 2048, "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 22,
+    "num_key_value_heads": 4, "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": None,
+    "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+    "transformers_version": "4.35.0", "use_cache": True, "vocab_size": 32000}
+
+
+def test_a_transformers_4_config_imports():
+    spec = archspec.loads(spec_text(spec_from_config(TINYLLAMA_4X), "llama"))
+    (attn,), (mlp,) = spec.sublayers[0].members, spec.sublayers[1].members
+    assert (attn.config["n_heads"], attn.config["n_kv_heads"], attn.config["rope_theta"]) == (32, 4, 10000.0)
+    assert mlp.config["d_ff"] == 5632 and spec.norm.config["eps"] == 1e-5 and spec.model.dtype == "bfloat16"
+    config = transformers.LlamaConfig(**{k: v for k, v in TINYLLAMA_4X.items() if k != "transformers_version"})
+    with torch.device("meta"):
+        expected = sum(p.numel() for p in transformers.LlamaForCausalLM(config).parameters())
+    assert archspec.account(spec).total().params == expected == 1_100_048_384
