@@ -288,6 +288,10 @@ def test_cli_errors_exit_cleanly(tmp_path, capsys):
     assert main(["import-hf", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "rope_scaling = 'yarn' is not expressible" in err and "Traceback" not in err
+    (tmp_path / "config.json").write_text(json.dumps(_llama_config(max_position_embeddings=10**12)))
+    assert main(["import-hf", str(tmp_path)]) == 1  # archspec's own limits, located in the imported spec
+    err = capsys.readouterr().err
+    assert "<spec imported from" in err and "error at model.max_seq_len: must be <= 16,777,216" in err
     (tmp_path / "config.json").write_text("{not json")
     assert main(["import-hf", str(tmp_path / "config.json")]) == 1
     assert "not a readable JSON config" in capsys.readouterr().err

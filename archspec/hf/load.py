@@ -56,7 +56,8 @@ def import_text(path: str | os.PathLike) -> str:
 def resolved_spec(path: str | os.PathLike):
     """The ResolvedSpec of an import (archspec's own validation of what the import wrote)."""
     from ..spec import loads
-    return loads(import_text(path), str(_config_path(path)))
+    # errors locate in the imported spec's text (what `import-hf -o` writes), not config.json
+    return loads(import_text(path), f"<spec imported from {_config_path(path)}>")
 
 
 class Checkpoint:
