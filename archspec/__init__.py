@@ -7,6 +7,7 @@
     archspec.save(model, "out/")                 # weights (safetensors) + the resolved spec, atomically
     model, spec = archspec.load_saved("out/")    # rebuilt from the saved configs, weights loaded strictly
     new = archspec.generate(model, [[1, 2, 3]], max_new_tokens=20)  # decoding with a state cache
+    model, spec = archspec.from_hf("llama-dir/")  # a local transformers checkpoint (archspec/hf)
     d = archspec.diff(spec_a, spec_b)            # structural diff, cost deltas, checkpoint reuse
     k = archspec.kernels_report([spec], targets=[TARGETS["sm_90"]])  # the kernel gate (ops/aot.py)
 
@@ -29,12 +30,13 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     ".diff": ["diff"],
     ".generate": ["generate"],
     ".graph": ["component_graph"],
+    ".hf.load": ["from_hf"],
     ".kernels": ["kernels_report"],
     ".report": ["report"],
     ".spec": ["ResolvedSpec", "load", "loads"],
 })
 
 __all__ = ["load", "loads", "report", "account", "component_graph", "build", "save", "load_saved",
-           "generate", "diff", "kernels_report", "FlopConvention", "SpecError", "BuildRefused", "CheckpointError",
+           "generate", "from_hf", "diff", "kernels_report", "FlopConvention", "SpecError", "BuildRefused", "CheckpointError",
            "KernelFallbackWarning",
            "ResolvedSpec", "__version__"]

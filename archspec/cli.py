@@ -153,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="a directory holding a Hugging Face tokenizer.json (needs the `tokenizers` "
                      "package) to use instead of byte-level tokens")
     _train_parser(sub)
+    _hf_parsers(sub)
     return p
 
 
@@ -217,6 +218,12 @@ def _train_parser(sub) -> None:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last "
                    "complete checkpoint (the same spec, exactly as if never stopped)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _hf_parsers(sub) -> None:
+    """import-hf, convert, export-hf (archspec/hf/cli.py: it loads only when one runs)."""
+    from .hf.cli import add_parsers
+    add_parsers(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -691,6 +698,17 @@ def cmd_train(args) -> int:
 COMMANDS = {"validate": cmd_validate, "kernels": cmd_kernels, "report": cmd_report, "build": cmd_build, "graph": cmd_graph,
             "schema": cmd_schema, "components": cmd_components,
             "diff": cmd_diff, "generate": cmd_generate, "train": cmd_train}
+
+
+def _hf_command(name: str):
+    def run(args) -> int:
+        from .hf import cli as hf_cli
+        return getattr(hf_cli, name)(args)
+    return run
+
+
+COMMANDS.update({"import-hf": _hf_command("cmd_import_hf"), "convert": _hf_command("cmd_convert"),
+                 "export-hf": _hf_command("cmd_export_hf")})
 
 
 def entry() -> None:

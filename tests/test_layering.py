@@ -29,7 +29,7 @@ SPEC_SIDES = sorted(f"archspec.components.{p.parent.name}.spec"
 FRONT_END = ["archspec.loader", "archspec.expr", "archspec.validate", "archspec.schema", "archspec.layout",
              "archspec.spec", "archspec.plan", "archspec.accounting", "archspec.backends",
              "archspec.report", "archspec.graph", "archspec.diff", "archspec.components", "archspec.cli",
-             *SPEC_SIDES]
+             "archspec.hf.families", "archspec.hf.load", "archspec.hf.export", "archspec.hf.cli", *SPEC_SIDES]
 SPECS = ROOT / "specs"
 COMMANDS = [["validate", "specs/tiny.yaml", "specs/hydra-tiny.yaml", "specs/mom-tiny.yaml"],
             ["report", "specs/llama-2-7b.yaml", "--format", "json"],
