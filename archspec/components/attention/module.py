@@ -77,14 +77,8 @@ class AttentionProjections(ComponentModule):
             q, k = self._norm(q, self.q_norm), self._norm(k, self.k_norm)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if self.use_rope and positions is not None:  # rows take the time axis' place: T = 1
-            cos, sin = self.rope_tables_for(x.device, start + t)
-            cos, sin = cos[positions], sin[positions]
-            q, k = (apply_partial_rope(y.transpose(0, 2), cos, sin).transpose(0, 2) for y in (q, k))
-        elif self.use_rope:
-            cos, sin = self.rope_tables_for(x.device, start + t)
-            cos, sin = cos[start:start + t], sin[start:start + t]
-            q, k = apply_partial_rope(q, cos, sin), apply_partial_rope(k, cos, sin)
+        if self.use_rope:
+            q, k = rotate(q, k, *self.rope_tables_for(x.device, start + t), start, positions)
         return q, k, v
 
     def _norm(self, x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
@@ -127,6 +121,19 @@ def apply_partial_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) ->
     if r == x.shape[-1]:
         return apply_rope(x, cos, sin)
     return torch.cat([apply_rope(x[..., :r], cos, sin), x[..., r:]], dim=-1)
+
+
+def rotate(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int,
+           positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE of q [B, H, T, hd] and k [B, H_kv, T, hd] at positions start .. start + T - 1, or
+    with `positions` (int64 [B], T = 1) each row at its own position; tables (cos, sin) narrower
+    than hd rotate the first values of each head only (partial rotary)."""
+    if positions is not None:  # rows take the time axis' place
+        cos, sin = cos[positions], sin[positions]
+        return tuple(apply_partial_rope(y.transpose(0, 2), cos, sin).transpose(0, 2) for y in (q, k))
+    t = q.shape[-2]
+    cos, sin = cos[start:start + t], sin[start:start + t]
+    return apply_partial_rope(q, cos, sin), apply_partial_rope(k, cos, sin)
 
 
 def softcapped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cap: float,

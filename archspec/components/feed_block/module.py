@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from ..attention.module import KVCache, apply_rope, rope_tables
+from ..attention.module import KVCache, rope_tables, rotate
 from ..base import ModelConfig
 from ..modules import ComponentModule, at_least_float32, fresh, state_device_dtype
 from .spec import ACTIVATIONS, in_width, lora_dims, shared_key
@@ -125,14 +125,8 @@ class FeedBlockModule(ComponentModule):
         q = self._adapted("q", u, a.q_proj(u)).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self._adapted("k", u, a.k_proj(u)).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self._adapted("v", u, a.v_proj(u)).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if self.use_rope and positions is not None:  # rows take the time axis' place: T = 1
-            cos, sin = self._rope(u.device, start + t)
-            cos, sin = cos[positions], sin[positions]
-            q, k = (apply_rope(y.transpose(0, 2), cos, sin).transpose(0, 2) for y in (q, k))
-        elif self.use_rope:
-            cos, sin = self._rope(u.device, start + t)
-            cos, sin = cos[start:start + t], sin[start:start + t]
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.use_rope:
+            q, k = rotate(q, k, *self._rope(u.device, start + t), start, positions)
         return q, k, v
 
     def _rope(self, device, t: int):
