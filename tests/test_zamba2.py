@@ -379,3 +379,23 @@ def test_feed_block_activation_bytes_equal_what_autograd_saves(config):
         ctx.embeddings = torch.randn(2, t, 32)
         measured = saved_bytes(module, torch.randn(2, t, 32, requires_grad=True), ctx)
         assert measured == 2 * inst.component.activation_bytes(inst.config, spec.model, t), t
+
+
+def test_sandwich_norms_skip_the_feed_sublayers():
+    """model: post_norm on a model with feeds: every ordinary sublayer gets its post norm, a feed
+    (no norm, no residual) none; parameters stay exact and decoding gives the forward (1e-5 in
+    float32: rounding of a few hundred products per logit is ~1e-7 to 1e-6)."""
+    import re
+    text = (SPECS / "zamba2-tiny.yaml").read_text()
+    spec = archspec.loads(re.sub(r"(\n  d_model: \d+)", r"\1\n  post_norm: true", text, count=1))
+    model = archspec.build(spec, seed=0).eval()
+    assert account(spec, 16).total().params == sum(p.numel() for p in model.parameters())
+    feeds = {s.index for s in spec.sublayers if any(m.component.feeds_next for m in s.members)}
+    with_post = {i for i, block in enumerate(model.sublayers) if block.post_norm is not None}
+    assert feeds and with_post == set(range(len(spec.sublayers))) - feeds
+    tokens = torch.randint(0, spec.model.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(tokens).logits
+        state = model.init_state(2, 16)
+        out = [model.prefill(tokens[:, :5], state)] + [model.step(tokens[:, t], state)[:, None] for t in range(5, 16)]
+    assert torch.allclose(torch.cat(out, 1), full, atol=1e-5, rtol=0)
