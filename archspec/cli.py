@@ -578,28 +578,16 @@ def cmd_generate(args) -> int:
     return EXIT_OK
 
 
-def load_tokenizer(directory: str):
-    """The `tokenizers` Tokenizer in directory/tokenizer.json, or a UsageError naming what is
-    missing (the package, the directory or the file)."""
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:
-        raise UsageError("--tokenizer needs the `tokenizers` package: pip install tokenizers") from None
-    path = Path(directory) / "tokenizer.json"
-    if not path.is_file():
-        raise UsageError(f"--tokenizer {directory}: no tokenizer.json there")
-    try:
-        return Tokenizer.from_file(str(path))
-    except Exception as e:  # a damaged file: its parser's own message
-        raise UsageError(f"--tokenizer {directory}: cannot read tokenizer.json: {e}") from None
-
-
 def _generate_with_tokenizer(args, device) -> int:
     """cmd_generate with a tokenizer: the prompt's ids from it, and the text streamed as the
     decoding of all new ids so far (a token may only complete a character with the next one)."""
     from .checkpoint import load_saved
     from .generate import check_prompts, check_sampling, generate
-    tokenizer = load_tokenizer(args.tokenizer)
+    from .tokenizer import TokenizerError, load_tokenizer
+    try:
+        tokenizer = load_tokenizer(args.tokenizer)
+    except TokenizerError as e:
+        raise UsageError(str(e)) from None
     prompt = list(tokenizer.encode(args.prompt).ids)
     if not prompt:
         raise UsageError("--prompt is empty: generation needs at least one token to start from")

@@ -5,8 +5,7 @@
 
 transformers is an optional extra (`pip install archspec[hf]`); the core never imports it, only
 this script does. For each family: a transformers model with random weights (LlamaConfig /
-MambaConfig), the matching archspec spec built in-process, and the weights copied by name
-(`llama_names` / `mamba_names`; issue 20 will add a real importer). Checks first, before any
+MambaConfig), saved and imported with `archspec.from_hf` (its spec and weights). Checks first, before any
 timing: the forward's logits agree (fp32, max |difference| <= 1e-5 of the largest |logit|: the
 two compute the same math in different op orders, rounding ~1e-7 of it; a wrong weight or norm
 eps gives 1e-3 or more), and both generate the same greedy tokens. Then `repeats` rounds, each
@@ -22,6 +21,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,79 +30,6 @@ from _common import environment, write  # noqa: E402
 
 D_MODEL, LAYERS, VOCAB, HEADS, KV_HEADS, D_FF = 64, 4, 256, 4, 2, 192
 LOGIT_TOL = 1e-5  # normwise, fp32 (module docstring)
-
-LLAMA_SPEC = f"""
-model: {{name: llama-tiny, vocab_size: {VOCAB}, d_model: {D_MODEL}, max_seq_len: 4096, tie_embeddings: true,
-         norm: {{type: rmsnorm, eps: 1e-6}}}}
-components:
-  A: {{type: attention, n_heads: {HEADS}, n_kv_heads: {KV_HEADS}, rope_theta: 10000}}
-  F: {{type: mlp, activation: swiglu, d_ff: {D_FF}}}
-layout: "(A F) x {LAYERS}"
-"""
-
-MAMBA_SPEC = f"""
-model: {{name: mamba-tiny-hf, vocab_size: {VOCAB}, d_model: {D_MODEL}, max_seq_len: 4096, tie_embeddings: true,
-         norm: {{type: rmsnorm, eps: 1e-5}}}}
-components:
-  M: {{type: mamba, d_state: 16, d_conv: 4, expand: 2}}
-layout: "M x {LAYERS}"
-"""
-
-
-def llama_names(hf_name: str) -> str | None:
-    """transformers' LlamaForCausalLM parameter name -> archspec's (None: the tied lm_head).
-    Layer i is two archspec sublayers: 2i attention (input_layernorm), 2i + 1 the MLP
-    (post_attention_layernorm)."""
-    if hf_name == "lm_head.weight":
-        return None
-    if hf_name == "model.embed_tokens.weight":
-        return "embedding.weight"
-    if hf_name == "model.norm.weight":
-        return "final_norm.weight"
-    _, _, i, part, rest = hf_name.split(".", 4)
-    i = int(i)
-    if part == "input_layernorm":
-        return f"sublayers.{2 * i}.norm.{rest}"
-    if part == "post_attention_layernorm":
-        return f"sublayers.{2 * i + 1}.norm.{rest}"
-    if part == "self_attn":
-        return f"sublayers.{2 * i}.members.A.{rest}"
-    if part == "mlp":
-        return f"sublayers.{2 * i + 1}.members.F.{rest}"
-    raise KeyError(hf_name)
-
-
-def mamba_names(hf_name: str) -> str | None:
-    """transformers' MambaForCausalLM parameter name -> archspec's (None: the tied lm_head)."""
-    if hf_name == "lm_head.weight":
-        return None
-    if hf_name == "backbone.embeddings.weight":
-        return "embedding.weight"
-    if hf_name == "backbone.norm_f.weight":
-        return "final_norm.weight"
-    _, _, i, part, rest = hf_name.split(".", 4)
-    if part == "norm":
-        return f"sublayers.{i}.norm.{rest}"
-    if part == "mixer":
-        return f"sublayers.{i}.members.M.{rest}"
-    raise KeyError(hf_name)
-
-
-def copy_weights(hf, model, names) -> None:
-    """Every archspec parameter from exactly one transformers parameter of the same shape."""
-    import torch
-    ours = dict(model.named_parameters())
-    done = set()
-    with torch.no_grad():
-        for name, p in hf.named_parameters(remove_duplicate=False):
-            target = names(name)
-            if target is None:
-                assert p.data_ptr() == hf.get_input_embeddings().weight.data_ptr(), "lm_head must be tied"
-                continue
-            ours[target].copy_(p)
-            done.add(target)
-    assert done == set(ours), sorted(set(ours) - done)
-
 
 def build_pair(family: str):
     import torch
@@ -114,19 +41,20 @@ def build_pair(family: str):
             vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=D_FF, num_hidden_layers=LAYERS,
             num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=4096,
             rms_norm_eps=1e-6, tie_word_embeddings=True, attention_bias=False, mlp_bias=False)
-        hf, spec, names = transformers.LlamaForCausalLM(cfg), LLAMA_SPEC, llama_names
+        hf = transformers.LlamaForCausalLM(cfg)
     else:
         cfg = transformers.MambaConfig(
             vocab_size=VOCAB, hidden_size=D_MODEL, state_size=16, num_hidden_layers=LAYERS, expand=2,
             conv_kernel=4, use_bias=False, use_conv_bias=True, layer_norm_epsilon=1e-5,
             tie_word_embeddings=True)
-        hf, spec, names = transformers.MambaForCausalLM(cfg), MAMBA_SPEC, mamba_names
+        hf = transformers.MambaForCausalLM(cfg)
     hf = hf.float().eval()
     hf.generation_config.eos_token_id = None  # every row generates exactly N tokens
     hf.generation_config.pad_token_id = 0
-    model = archspec.build(archspec.loads(spec), dtype="float32", seed=0).eval()
-    copy_weights(hf, model, names)
-    return hf, model
+    with tempfile.TemporaryDirectory() as saved:  # archspec's importer: config.json -> spec, weights
+        hf.save_pretrained(saved)
+        model, _ = archspec.from_hf(saved, dtype="float32")
+    return hf, model.eval()
 
 
 def check_agreement(hf, model, prompts) -> dict:

@@ -19,6 +19,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
 from archspec.hf import HFImportError, from_hf, spec_from_config, spec_text  # noqa: E402
+from test_published_specs import _tiny_hf  # noqa: E402  (one tiny random transformers model builder)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -70,15 +71,7 @@ FAMILIES = {
 
 def _tiny(name: str):
     hyper = dict(FAMILIES[name])
-    model_type = hyper.pop("model_type", name)
-    torch.manual_seed(0)
-    cfg = transformers.AutoConfig.for_model(model_type, **hyper)
-    cfg._attn_implementation = "eager"
-    model = transformers.AutoModelForCausalLM.from_config(cfg).float().eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
+    return _tiny_hf(hyper.pop("model_type", name), **hyper)
 
 
 def _saved(name: str, tmp_path):

@@ -111,10 +111,10 @@ class Run:
                              f"{self.spec.model.max_seq_len}")
         tokenizer = None
         if cfg.tokenizer is not None:
-            from ..cli import UsageError, load_tokenizer
+            from ..tokenizer import TokenizerError, load_tokenizer
             try:
                 tokenizer = load_tokenizer(cfg.tokenizer)
-            except UsageError as e:
+            except TokenizerError as e:
                 raise TrainError(str(e)) from None
         streams = [read_stream(p, self.spec.model.vocab_size, tokenizer) for p in cfg.data]
         self.windows = Windows(streams, cfg.seq_len, cfg.eval_fraction)

@@ -211,21 +211,16 @@ class AttentionModule(AttentionProjections):
         p_b, K and V to slot p_b mod L, and row b reads the slots it has filled (j <= p_b; all
         of a ring once p_b >= L - 1) among the first min(pos + 1, L)."""
         b, p = x_t.shape[0], state.pos
-        state.check(p + 1)
         rows = p - state.lag
         q, k, v = self.qkv(x_t[:, None], start=p, positions=rows)
-        slots = state.k.shape[2]
-        batch = torch.arange(b, device=x_t.device)
-        state.k[batch, :, rows % slots] = k[:, :, 0].to(state.k.dtype)
-        state.v[batch, :, rows % slots] = v[:, :, 0].to(state.v.dtype)
+        seen = state.write_rows(k, v, rows)  # [B, 1, 1, n]
         state.pos = p + 1
-        n = min(p + 1, slots)
-        seen = torch.arange(n, device=x_t.device) <= rows[:, None]  # [B, n]
+        n = seen.shape[-1]
         if self.softcap is not None:
-            o = softcapped_attention(q, state.k[:, :, :n], state.v[:, :, :n], self.softcap, seen[:, None, None])
+            o = softcapped_attention(q, state.k[:, :, :n], state.v[:, :, :n], self.softcap, seen)
             return self.o_proj(o.reshape(b, self.n_heads * self.head_dim))
         o = nn.functional.scaled_dot_product_attention(
-            q, state.k[:, :, :n], state.v[:, :, :n], attn_mask=seen[:, None, None],
+            q, state.k[:, :, :n], state.v[:, :, :n], attn_mask=seen,
             enable_gqa=self.n_kv_heads != self.n_heads)
         return self.o_proj(o.reshape(b, self.n_heads * self.head_dim))
 
@@ -242,10 +237,10 @@ class AttentionModule(AttentionProjections):
 
 
 @dataclass
-class KVCache:
-    """An attention layer's decoding state: k, v [B, H_kv, L, hd] in the model dtype (position
-    p in slot p mod L), `pos`, the tokens consumed so far, and `lag`, the rows' offsets
-    behind pos (None: none; components/modules.py)."""
+class SlotsKV:
+    """Keys and values in slots, k, v [B, H_kv, slots, hd] in the model dtype, made for
+    `max_len` tokens; `pos`, the tokens consumed so far, and `lag`, the rows' offsets behind pos
+    (None: none; components/modules.py). The attention layers' states build on it."""
     k: torch.Tensor
     v: torch.Tensor
     max_len: int
@@ -254,8 +249,14 @@ class KVCache:
 
     def check(self, t: int) -> None:
         if t > self.max_len:
-            raise ValueError(f"this KV cache holds {self.max_len} positions (init_state's max_len); "
-                             f"writing positions up to {t - 1} needs a larger max_len")
+            raise ValueError(f"this decoding state was made for {self.max_len} tokens (init_state's "
+                             f"max_len); writing positions up to {t - 1} needs a larger max_len")
+
+
+@dataclass
+class KVCache(SlotsKV):
+    """An attention layer's decoding state: position p in slot p mod L (L = max_len, or a
+    window's ring)."""
 
     def write(self, k: torch.Tensor, v: torch.Tensor, start: int) -> None:
         """Store k, v [B, H_kv, T, hd] of positions start .. start + T - 1 (the last L of
@@ -272,3 +273,16 @@ class KVCache:
         idx = torch.arange(start, start + t, device=k.device) % slots
         self.k[:, :, idx] = k.to(self.k.dtype)
         self.v[:, :, idx] = v.to(self.v.dtype)
+
+    def write_rows(self, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Store one token per row, k, v [B, H_kv, 1, hd], row b's at its own position rows[b]
+        (slot rows[b] mod L), and give which of the first min(pos + 1, L) slots each row has
+        filled (j <= rows[b]; all of a ring once rows[b] >= L - 1): bool [B, 1, 1, n], the mask
+        its query reads under."""
+        self.check(self.pos + 1)
+        slots = self.k.shape[2]
+        batch = torch.arange(k.shape[0], device=k.device)
+        self.k[batch, :, rows % slots] = k[:, :, 0].to(self.k.dtype)
+        self.v[batch, :, rows % slots] = v[:, :, 0].to(self.v.dtype)
+        n = min(self.pos + 1, slots)
+        return (torch.arange(n, device=k.device) <= rows[:, None])[:, None, None]

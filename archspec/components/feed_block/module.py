@@ -175,15 +175,11 @@ class FeedBlockModule(ComponentModule):
         b, p = x_t.shape[0], state.pos
         rows = None if state.lag is None else p - state.lag  # each row's own position (modules.py)
         q, k, v = self._qkv(core, core.input_layernorm(u)[:, None], p, rows)
-        seen = None
         if rows is None:
             state.write(k, v, p)
+            seen = None
         else:  # row b writes slot p_b and reads the slots it has filled, j <= p_b
-            state.check(p + 1)
-            batch = torch.arange(b, device=x_t.device)
-            state.k[batch, :, rows] = k[:, :, 0].to(state.k.dtype)
-            state.v[batch, :, rows] = v[:, :, 0].to(state.v.dtype)
-            seen = (torch.arange(p + 1, device=x_t.device) <= rows[:, None])[:, None, None]
+            seen = state.write_rows(k, v, rows)
         state.pos = p + 1
         o = nn.functional.scaled_dot_product_attention(q, state.k[:, :, :p + 1], state.v[:, :, :p + 1],
                                                        attn_mask=seen, scale=self.scale,

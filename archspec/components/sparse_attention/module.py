@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from ...ops import sparse_attention as SA
-from ..attention.module import AttentionProjections
+from ..attention.module import AttentionProjections, SlotsKV
 from ..base import ModelConfig
 from ..modules import fresh, row_positions, state_device_dtype
 from .spec import _keeps_everything, _window_plan
@@ -187,17 +187,6 @@ class SparseAttentionModule(AttentionProjections):
 
 
 @dataclass
-class SparseKV:
+class SparseKV(SlotsKV):
     """sparse_attention's decoding state: K and V [B, H_kv, R + G, hd] (the slots:
-    SparseAttentionModule.slots), `pos`, the tokens consumed, and `lag`, the rows' offsets
-    behind pos (None: none; components/modules.py)."""
-    k: torch.Tensor
-    v: torch.Tensor
-    max_len: int
-    pos: int = 0
-    lag: torch.Tensor | None = None
-
-    def check(self, t: int) -> None:
-        if t > self.max_len:
-            raise ValueError(f"this state was made for {self.max_len} tokens (init_state's max_len); "
-                             f"position {t - 1} needs a larger max_len")
+    SparseAttentionModule.slots)."""
